@@ -1,0 +1,1 @@
+"""Experiment configs; installed as `kbit_jax.configs` (see setup.cfg)."""

@@ -1,0 +1,1 @@
+"""kbit-jax: k-bit inference scaling laws in JAX."""

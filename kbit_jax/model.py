@@ -1,0 +1,156 @@
+"""Decoder-only pre-LayerNorm Transformer; one model for float and k-bit weights.
+
+Every weight matmul goes through `nn.Dense(dot_general_cls=...)`: the config picks the
+`dot_general` (plain `lax.dot_general`, or AQT's `AqtDotGeneral` for k-bit weights), so
+quantization is injected, never forked. Attention scores and softmax are never quantized
+(as in the k-bit study). Parameters carry logical axis names (`vocab`, `embed`, `heads`,
+`mlp`, `length`); `sharding.py` maps them onto mesh axes with the config's rules.
+
+Shape suffixes: B batch, L length (query), M length (key), D d_model, H heads,
+K head dim, F d_ff, V vocab.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kbit_jax.presets import Preset
+
+DotGeneralFactory = Callable[[], Callable[..., jax.Array]] | None
+
+
+def _dense(features: int, axes: tuple[str, str], p: Preset, dtype: Any,
+           dot_general_cls: DotGeneralFactory, std: float, name: str) -> nn.Dense:
+  return nn.Dense(
+      features, use_bias=p.use_bias, dtype=dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+      dot_general_cls=dot_general_cls)
+
+
+def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+def rotary(x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int) -> jax.Array:
+  """GPT-NeoX rotary embedding on the first `rotary_dims` dims of each head (half-split)."""
+  if rotary_dims == 0:
+    return x_BxLxHxK
+  x_rot, x_pass = x_BxLxHxK[..., :rotary_dims], x_BxLxHxK[..., rotary_dims:]
+  half = rotary_dims // 2
+  inv_freq_R = 1.0 / (10000.0 ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  angles_LxR = positions_L[:, None].astype(jnp.float32) * inv_freq_R[None, :]
+  sin, cos = jnp.sin(angles_LxR)[None, :, None, :], jnp.cos(angles_LxR)[None, :, None, :]
+  x1, x2 = x_rot[..., :half].astype(jnp.float32), x_rot[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rotated.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
+
+
+class Attention(nn.Module):
+  p: Preset
+  dtype: Any
+  dot_general_cls: DotGeneralFactory = None
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    p = self.p
+    B, L, _ = x_BxLxD.shape
+    H, K = p.num_heads, p.head_dim
+    out_std = 0.02 / (2 * p.num_layers) ** 0.5
+    dense = lambda name, std=0.02: _dense(p.d_model, ("embed", "heads"), p, self.dtype,
+                                          self.dot_general_cls, std, name)
+    q_BxLxHxK = dense("query")(x_BxLxD).reshape(B, L, H, K)
+    k_BxMxHxK = dense("key")(x_BxLxD).reshape(B, L, H, K)
+    v_BxMxHxK = dense("value")(x_BxLxD).reshape(B, L, H, K)
+    if p.positions == "rotary":
+      positions_L = jnp.arange(L)
+      rotary_dims = int(K * p.rotary_pct) // 2 * 2
+      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims)
+      k_BxMxHxK = rotary(k_BxMxHxK, positions_L, rotary_dims)
+    scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(self.dtype)
+    causal_LxM = jnp.tril(jnp.ones((L, L), dtype=bool))
+    scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM.astype(jnp.float32), -1e30)
+    probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
+    out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
+    out = _dense(p.d_model, ("heads", "embed"), p, self.dtype, self.dot_general_cls,
+                 out_std, "out")
+    return out(out_BxLxHxK.reshape(B, L, H * K))
+
+
+_ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False),
+                "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+                "relu": nn.relu}
+
+
+class Mlp(nn.Module):
+  p: Preset
+  dtype: Any
+  dot_general_cls: DotGeneralFactory = None
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    p = self.p
+    h_BxLxF = _dense(p.d_ff, ("embed", "mlp"), p, self.dtype, self.dot_general_cls, 0.02,
+                     "wi")(x_BxLxD)
+    h_BxLxF = nn.with_logical_constraint(_ACTIVATIONS[p.activation](h_BxLxF),
+                                         ("batch", "length", "mlp"))
+    out_std = 0.02 / (2 * p.num_layers) ** 0.5
+    return _dense(p.d_model, ("mlp", "embed"), p, self.dtype, self.dot_general_cls, out_std,
+                  "wo")(h_BxLxF)
+
+
+class Block(nn.Module):
+  p: Preset
+  dtype: Any
+  dot_general_cls: DotGeneralFactory = None
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD + Attention(self.p, self.dtype, self.dot_general_cls, name="attn")(
+        _layer_norm(self.dtype, "ln1")(x_BxLxD))
+    x_BxLxD = x_BxLxD + Mlp(self.p, self.dtype, self.dot_general_cls, name="mlp")(
+        _layer_norm(self.dtype, "ln2")(x_BxLxD))
+    return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+
+
+class Transformer(nn.Module):
+  """tokens_BxL (int32) -> logits_BxLxV (float32)."""
+  p: Preset
+  dtype: Any = jnp.float32           # compute dtype; parameters stay float32
+  dot_general_cls: DotGeneralFactory = None
+  remat: bool = False                # recompute each block in the backward pass
+
+  @nn.compact
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    p = self.p
+    L = tokens_BxL.shape[1]
+    if L > p.max_len and p.positions == "learned":
+      raise ValueError(f"sequence length {L} > model max_len {p.max_len}")
+    embed = nn.Embed(p.vocab_size, p.d_model, dtype=self.dtype, name="embed",
+                     embedding_init=nn.with_logical_partitioning(
+                         nn.initializers.normal(0.02), ("vocab", "embed")))
+    x_BxLxD = embed(tokens_BxL)
+    if p.positions == "learned":
+      pos_LxD = self.param("pos_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(0.01), ("length", "embed")), (p.max_len, p.d_model))
+      x_BxLxD = x_BxLxD + pos_LxD[:L].astype(self.dtype)[None]
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+    block = nn.remat(Block) if self.remat else Block
+    for i in range(p.num_layers):
+      x_BxLxD = block(p, self.dtype, self.dot_general_cls, name=f"layer_{i}")(x_BxLxD)
+    x_BxLxD = _layer_norm(self.dtype, "ln_f")(x_BxLxD)
+    if p.tie_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      head = nn.Dense(p.vocab_size, use_bias=False, dtype=self.dtype, name="head",
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                               ("embed", "vocab")),
+                      dot_general_cls=self.dot_general_cls)
+      logits_BxLxV = head(x_BxLxD)
+    return nn.with_logical_constraint(logits_BxLxV.astype(jnp.float32),
+                                      ("batch", "length", "vocab"))
