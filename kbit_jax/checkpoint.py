@@ -1,0 +1,78 @@
+"""Orbax checkpoints: everything needed to resume (state, data-iterator state, config).
+
+One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N.
+Saves are asynchronous; Orbax writes each step to a temporary directory and renames it
+when complete, so a `kill -9` mid-save leaves the previous steps intact. A step that is
+complete on disk but unreadable (a corrupt file) is skipped on restore with a warning,
+falling back to the next older one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
+    self.directory = epath.Path(workdir) / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                             read_only=read_only),
+        item_names=("state", "data", "config"))
+
+  def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict):
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(config.to_dict())))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """Newest readable (step, state, data_state), each array in `abstract_state`'s sharding.
+
+    `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with shardings: restoring onto
+    a different mesh than the one that saved works, Orbax reshards while reading.
+    """
+    for step in reversed(self.steps()):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore()))
+        return step, restored.state, dict(restored.data)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back "
+                        "to the previous one", step, self.directory, type(e).__name__, e)
+        print(f"WARNING: checkpoint step {step} unreadable ({type(e).__name__}); "
+              "falling back to the previous one", flush=True)
+    return None
+
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+    """Only the model parameters (for evaluation), from `step` or the newest readable."""
+    steps = [step] if step is not None else list(reversed(self.steps()))
+    for s in steps:
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract_params},
+                restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                          {"params": abstract_params}),
+                partial_restore=True)))
+        return restored.state["params"]
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("params at step %d unreadable (%s); trying older", s, e)
+    raise FileNotFoundError(f"no readable checkpoint with params in {self.directory}")
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()

@@ -1,0 +1,73 @@
+"""Config validation: every bad value is reported with its key and the allowed values,
+before any array is allocated or any function compiled."""
+from __future__ import annotations
+
+import ml_collections
+
+from kbit_jax import presets
+from kbit_jax.configs import common
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                prefix: str = ""):
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if key not in reference:
+      raise ValueError(f"config key {name!r} is unknown; allowed under "
+                       f"{prefix.rstrip('.') or 'the top level'}: {sorted(reference.keys())}")
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_keys(value, reference[key], name + ".")
+
+
+def _positive(config, *names):
+  for name in names:
+    section, key = name.split(".")
+    value = config[section][key]
+    if not value > 0:
+      raise ValueError(f"{name}={value!r} must be > 0")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks everything that does not need the devices. Raises ValueError."""
+  _check_keys(config, common.base_config())
+  p = presets.get_preset(config.model.preset)
+  if p.d_model % p.num_heads:
+    raise ValueError(f"model.preset={config.model.preset!r}: num_heads={p.num_heads} does "
+                     f"not divide d_model={p.d_model}")
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")
+  _positive(config, "train.steps", "train.lr", "train.batch_size", "train.log_every",
+            "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+            "data.seq_len")
+  if config.train.warmup_steps < 0:
+    raise ValueError(f"train.warmup_steps={config.train.warmup_steps} must be >= 0")
+  if p.positions == "learned" and config.data.seq_len > p.max_len:
+    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.preset="
+                     f"{config.model.preset!r}'s max_len={p.max_len}")
+  if config.mesh.rules not in common.RULE_SETS:
+    raise ValueError(f"mesh.rules={config.mesh.rules!r} is unknown; allowed: "
+                     f"{sorted(common.RULE_SETS)}")
+  from kbit_jax import data  # pylint: disable=g-import-not-at-top
+  from kbit_jax.quant import spec as quant_spec  # pylint: disable=g-import-not-at-top
+  data.validate(config.data)
+  quant_spec.QuantSpec.from_config(config.quant)
+
+
+def validate_for_devices(config: ml_collections.ConfigDict, mesh) -> None:
+  """Checks that need the mesh: the batch must split evenly over batch axes and hosts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.train.batch_size % batch_shards:
+    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                     f"mesh's data*fsdp={batch_shards}; use a multiple of {batch_shards}")
+  if config.train.batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  p = presets.get_preset(config.model.preset)
+  for axis, dim, name in (("tensor", p.num_heads, "num_heads"), ("tensor", p.d_ff, "d_ff"),
+                          ("fsdp", p.d_model, "d_model")):
+    if mesh.shape[axis] > 1 and dim % mesh.shape[axis]:
+      raise ValueError(f"mesh.{axis}={mesh.shape[axis]} does not divide model.preset="
+                       f"{config.model.preset!r}'s {name}={dim}")

@@ -1,0 +1,35 @@
+"""Model FLOPs per token and this machine's measured matmul peak (for MFU)."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from kbit_jax.presets import Preset
+
+
+def flops_per_token(p: Preset, seq_len: int, training: bool = True) -> float:
+  """Matmul FLOPs per token: 2 per multiply-add forward, x3 with the backward pass.
+
+  Counts the weight matmuls (including the output head) and the two attention matmuls
+  (QK^T and PV) over the full LxL square, as they are computed; ignores norms/softmax.
+  """
+  weights = p.num_layers * (4 * p.d_model ** 2 + 2 * p.d_model * p.d_ff) + p.d_model * p.vocab_size
+  attention = p.num_layers * 2 * seq_len * p.d_model
+  forward = 2 * (weights + attention)
+  return 3 * forward if training else forward
+
+
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
+  """Best-of-`repeats` FLOP/s of an n x n x n matmul on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best

@@ -1,0 +1,32 @@
+"""Text for the `kbit codebook` and `kbit bits` commands (flags live in `main.py`).
+
+  kbit codebook --dtype nf --bits 4 [--exponent_bits 0] [--json]
+  kbit bits                              # total-bits table of every preset, k = 3, 4, 8
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from kbit_jax.quant import bits as bits_lib
+from kbit_jax.quant import codebooks
+
+
+def codebook_main(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False
+                  ) -> str:
+  """The normalised codes of a data type, one per line (or a JSON list)."""
+  values = [float(v) for v in codebooks.codebook(dtype, bits, exponent_bits)]
+  if as_json:
+    return json.dumps(values)
+  e = exponent_bits or codebooks.study_exponent_bits(bits)
+  title = f"# {dtype}, k={bits}" + (f", e={e}" if dtype == "float" else "")
+  return "\n".join([f"{title}: {len(values)} codes"] + [f"{v:+.8f}" for v in values])
+
+
+def bits_table_main(presets: Iterable[str] | None = None, bits: Iterable[int] = (3, 4, 8),
+                    blocksize: int = 64, dtype: str = "int") -> str:
+  """Total model bits per preset at 16 and k bits (targets attn,mlp)."""
+  table = bits_lib.bits_table(presets, bits, blocksize, dtype)
+  title = (f"# total model bits, dtype={dtype}, B={blocksize}, targets attn,mlp; "
+           f"quantized tensors cost k + 16/B bits per parameter, the rest 16")
+  return title + "\n" + bits_lib.format_bits_table(table)

@@ -1,0 +1,79 @@
+"""Pure-jnp fake quantization of a whole params tree: the reference k-bit path.
+
+Every targeted kernel (see `spec.target_of`) is replaced by dequantize(quantize(w)):
+blockwise absmax with the spec's codebook, optional double quantization, centering and
+16-bit outlier rows. Everything else is returned unchanged. `jax.jit(fake_quant_params,
+static_argnums=1)` compiles it; pass `codebook_C` (a `codebooks.padded` array) as a
+traced argument to reuse one compiled function for every (k, data-free dtype) with the
+same blocksize, targets and outlier share.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kbit_jax.quant import blockwise, codebooks, outliers
+from kbit_jax.quant.spec import QuantSpec, is_quantized, named_leaves, reboxed, unboxed
+
+
+def spec_codebook(spec: QuantSpec) -> jax.Array:
+  """The spec's data-free codebook padded to 256 codes (float32)."""
+  return codebooks.padded(spec.codebook())
+
+
+def _data_codebook(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None) -> jax.Array:
+  x = blockwise.normalized(w, spec.blocksize)
+  if keep_R is not None:
+    x = jnp.where(keep_R[:, None], jnp.nan, x)   # kept rows are not part of the data
+  return codebooks.padded(codebooks.quantile_codebook(x.reshape(-1), spec.bits))
+
+
+def fake_quant_tensor(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None = None,
+                      codebook_C: jax.Array | None = None) -> jax.Array:
+  """Fake-quantizes one tensor; rows where `keep_R` is True stay exact (16-bit)."""
+  quantized = w if keep_R is None else outliers.split_rows(w, keep_R)
+  if spec.data_dependent:
+    codebook_C = _data_codebook(quantized, spec, keep_R)
+  elif codebook_C is None:
+    codebook_C = spec_codebook(spec)
+  quantized = blockwise.fake_quant(quantized, codebook_C, spec.blocksize,
+                                   centered=spec.centered, double_quant=spec.double_quant)
+  return quantized if keep_R is None else outliers.merge_rows(w, quantized, keep_R)
+
+
+def _num_layers(names: list[tuple[str, ...]]) -> int:
+  return len({n[0] for n in names if n[0].startswith("layer_")})
+
+
+def outlier_masks(params: Any, spec: QuantSpec) -> dict[tuple[str, ...], jax.Array]:
+  """Name -> rows kept in 16 bits, for every quantized tensor that has a proxy source."""
+  names, leaves, _ = named_leaves(params)
+  if spec.outlier_share == 0.0:
+    return {}
+  values = {n: unboxed(leaf) for n, leaf in zip(names, leaves)}
+  masks = {}
+  for n in names:
+    source = outliers.proxy_source(n, _num_layers(names))
+    if not is_quantized(n, spec) or source not in values:
+      continue
+    w = values[n]
+    masks[n] = outliers.outlier_rows(outliers.proxy_std(values[source]),
+                                     outliers.num_outliers(w.shape[0], spec.outlier_share))
+  return masks
+
+
+def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None = None
+                      ) -> Any:
+  """params -> params with every targeted kernel fake-quantized (same tree and dtypes)."""
+  if not spec.quantized:
+    return params
+  names, leaves, treedef = named_leaves(params)
+  masks = outlier_masks(params, spec)   # from the unquantized weights
+  out = []
+  for n, leaf in zip(names, leaves):
+    if is_quantized(n, spec):
+      leaf = reboxed(leaf, fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C))
+    out.append(leaf)
+  return jax.tree_util.tree_unflatten(treedef, out)

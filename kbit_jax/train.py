@@ -1,0 +1,218 @@
+"""Train a language model: the recipe, top to bottom.
+
+    config -> mesh -> model -> sharded state -> (resume) -> loop:
+      batch -> jitted step -> metrics one step late -> eval -> checkpoint
+
+`train_and_evaluate(config, workdir)` is what `kbit train` runs. Resuming from `workdir`
+continues bit-identically: the state, the step and the data iterator's position are all
+in the checkpoint, and nothing in a step depends on wall-clock or host state.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from kbit_jax import checkpoint, config_lib, data, flops, metrics, model, presets, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_cfg.lr, warmup_steps=train_cfg.warmup_steps,
+      decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
+      end_value=train_cfg.lr * train_cfg.min_lr_ratio)
+
+
+def decay_mask(params: Any) -> Any:
+  """Weight decay on matmul kernels only: not on biases, norms or embedding tables."""
+  def is_kernel(path, _):
+    return getattr(path[-1], "key", None) == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(train_cfg.grad_clip),
+      optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                  weight_decay=train_cfg.weight_decay, mask=decay_mask))
+
+
+def make_model(config: ml_collections.ConfigDict, dot_general_cls=None) -> model.Transformer:
+  return model.Transformer(presets.get_preset(config.model.preset),
+                           dtype=jnp.dtype(config.model.dtype),
+                           dot_general_cls=dot_general_cls, remat=config.model.remat)
+
+
+def init_state_fn(net: model.Transformer, tx: optax.GradientTransformation, seed: int,
+                  seq_len: int):
+  """Returns a zero-arg function building the boxed TrainState (for eval_shape / jit)."""
+  def init():
+    params = net.init(jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init
+
+
+def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """Mean next-token negative log-likelihood in nats."""
+  logprobs_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+  nll_BxL = -jnp.take_along_axis(logprobs_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  return nll_BxL.mean()
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, net: model.Transformer,
+               tx: optax.GradientTransformation, schedule: optax.Schedule):
+  def loss_fn(params):
+    return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                  "lr": schedule(state.step)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, net: model.Transformer) -> jax.Array:
+  return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
+
+
+class Trainer:
+  """The compiled pieces of one training run on one mesh; `train_and_evaluate` drives it."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    self.rules = sharding.logical_rules(config.mesh)
+    dot_general_cls = None
+    if config.quant.mode == "qat":  # quantization-aware training: k-bit forward, STE backward
+      from kbit_jax.quant import aqt, spec  # pylint: disable=g-import-not-at-top
+      dot_general_cls = aqt.make_dot_general_cls(spec.QuantSpec.from_config(config.quant))
+    self.net = make_model(config, dot_general_cls)
+    self.tx = make_optimizer(config.train)
+    self.schedule = learning_rate_schedule(config.train)
+    self.init_fn = init_state_fn(self.net, self.tx, config.train.seed, config.data.seq_len)
+    self.abstract_boxed = jax.eval_shape(self.init_fn)
+    self.state_sharding = sharding.state_shardings(self.abstract_boxed, mesh, self.rules)
+    batch_sharding = sharding.batch_sharding(mesh)
+    self._train_step = jax.jit(
+        functools.partial(train_step, net=self.net, tx=self.tx, schedule=self.schedule),
+        in_shardings=(self.state_sharding, batch_sharding),
+        out_shardings=(self.state_sharding, None), donate_argnums=0)
+    self._eval_step = jax.jit(functools.partial(eval_step, net=self.net),
+                              in_shardings=(self.state_sharding.params, batch_sharding))
+
+  def abstract_state(self) -> TrainState:
+    """ShapeDtypeStructs carrying this mesh's shardings (restore target)."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        nn.unbox(self.abstract_boxed), self.state_sharding)
+
+  def init(self) -> TrainState:
+    return sharding.sharded_init(self.init_fn, self.mesh, self.rules)[0]
+
+  def step(self, state: TrainState, batch: dict[str, np.ndarray]):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self._train_step(state, sharding.global_batch(batch, self.mesh))
+
+  def evaluate(self, params: Any, batches: list[dict[str, np.ndarray]]) -> float:
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      losses = [self._eval_step(params, sharding.global_batch(b, self.mesh)) for b in batches]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def host_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a global batch."""
+  n, i = jax.process_count(), jax.process_index()
+  return {k: np.split(v, n)[i] for k, v in batch.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
+  config_lib.validate(config)
+  if config.mesh.distributed:
+    jax.distributed.initialize()
+  mesh = sharding.make_mesh(config.mesh)
+  config_lib.validate_for_devices(config, mesh)
+  tc = config.train
+  trainer = Trainer(config, mesh)
+  ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
+  train_iter = data.make_train_iterator(config.data, tc.batch_size, tc.seed,
+                                        jax.process_index(), jax.process_count())
+  val_batches = [host_rows(b) for b in data.eval_batches(
+      config.data, "validation", tc.batch_size, tc.eval_batches)]
+
+  restored = ckpt.restore_latest(trainer.abstract_state())
+  if restored is None:
+    state, start = trainer.init(), 0
+  else:
+    start, state, data_state = restored
+    train_iter.set_state(data_state)
+    print(f"resumed from step {start} in {ckpt.directory}", flush=True)
+
+  p = presets.get_preset(config.model.preset)
+  tokens_per_step = tc.batch_size * config.data.seq_len
+  flops_per_step = flops.flops_per_token(p, config.data.seq_len) * tokens_per_step
+  peak = flops.measure_matmul_peak() * jax.device_count()
+  logger = metrics.MetricsLogger(workdir, tc.steps)
+  print(f"model {config.model.preset}: {presets.param_counts(p)['total']:,} params; "
+        f"mesh {dict(mesh.shape)}; logs: {logger.logdir}  metrics: {logger.jsonl_path}  "
+        f"checkpoints: {ckpt.directory}", flush=True)
+
+  pending, last = None, {}
+  last_good_step, t_last = start, time.perf_counter()
+  for step in range(start + 1, tc.steps + 2):
+    if step <= tc.steps:
+      state, step_metrics = trainer.step(state, next(train_iter))
+    # Step `step - 1` has finished by now (or soon): fetch its metrics, never this step's.
+    if pending is not None:
+      done_step, done = pending[0], jax.device_get(pending[1])
+      if not np.isfinite(done["loss"]):
+        ckpt.wait()
+        logger.close()
+        raise FloatingPointError(
+            f"loss is {done['loss']} at step {done_step}; stopping. The last good "
+            f"checkpoint is step {last_good_step} in {ckpt.directory}")
+      if done_step % tc.log_every == 0 or done_step == tc.steps:
+        now = time.perf_counter()
+        steps_done = done_step - (last.get("step", start))
+        seconds = now - t_last
+        done["tokens_per_s"] = steps_done * tokens_per_step / seconds
+        done["mfu"] = steps_done * flops_per_step / seconds / peak
+        done["perplexity"] = float(np.exp(done["loss"]))
+        logger.write(done_step, done)
+        logger.progress(done_step, done)
+        last.update(step=done_step, **done)
+        t_last = now
+    if step > tc.steps:
+      break
+    pending = (step, step_metrics)
+    if step % tc.eval_every == 0 or step == tc.steps:
+      val_loss = trainer.evaluate(state.params, val_batches)
+      logger.write(step, {"loss": val_loss, "perplexity": float(np.exp(val_loss))}, "val")
+      logger.progress(step, {"val_loss": val_loss})
+      last["val_loss"] = val_loss
+    if step % tc.checkpoint_every == 0 or step == tc.steps:
+      # A NaN at this step must not overwrite good checkpoints: check the loss first.
+      if not np.isfinite(float(step_metrics["loss"])):
+        continue
+      ckpt.save(step, state, train_iter.get_state(), config)
+      last_good_step = step
+  ckpt.wait()
+  ckpt.close()
+  logger.close()
+  logging.info("finished %d steps", tc.steps)
+  return last

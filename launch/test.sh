@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# README command 2: set up, then run the whole test suite on CPU (8 fake devices).
+# Extra arguments go to pytest, e.g. `bash launch/test.sh -k sharding`.
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo/launch/setup_venv.sh" || exit 1
+cd "$repo"
+python -m pytest -q --durations=15 "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"
