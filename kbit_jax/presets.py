@@ -42,22 +42,23 @@ _pythia = dict(vocab_size=PYTHIA_VOCAB, max_len=2048, positions="rotary", tie_em
                rotary_pct=0.25)
 
 PRESETS: dict[str, Preset] = {
-    # name: Preset(layers, d_model, heads, d_ff, ...)        # ~params (from param_counts)
-    "s0": Preset(1, 16, 2, 64, **_tiny),                       # 0.08M
-    "s1": Preset(2, 32, 2, 128, **_tiny),                      # 0.17M
-    "s2": Preset(2, 64, 4, 256, **_tiny),                      # 0.39M
-    "s3": Preset(3, 96, 4, 384, **_tiny),                      # 0.78M
-    "s4": Preset(4, 128, 4, 512, **_tiny),                     # 1.39M
-    "s5": Preset(4, 192, 6, 768, **_tiny),                     # 2.67M
-    "s6": Preset(6, 256, 8, 1024, **_tiny),                    # 5.90M
-    "s7": Preset(8, 320, 5, 1280, **_tiny),                    # 11.3M
-    "70m": Preset(6, 512, 8, 2048, **_pythia),                 # 70.4M  (Pythia-70M)
-    "160m": Preset(12, 768, 12, 3072, **_pythia),              # 162M
-    "410m": Preset(24, 1024, 16, 4096, **_pythia),             # 405M
-    "1b": Preset(16, 2048, 8, 8192, **_pythia),                # 1.01B
-    "1.4b": Preset(24, 2048, 16, 8192, **_pythia),             # 1.41B
-    "2.8b": Preset(32, 2560, 32, 10240, **_pythia),            # 2.78B
-    "6.9b": Preset(32, 4096, 32, 16384, **_pythia),            # 6.86B
+    # name: Preset(layers, d_model, heads, d_ff, ...)    # params (exact, param_counts)
+    "s0": Preset(1, 16, 2, 64, **_tiny),                   # 77,040
+    "s1": Preset(2, 32, 2, 128, **_tiny),                  # 172,928
+    "s2": Preset(2, 64, 4, 256, **_tiny),                  # 395,008
+    "s3": Preset(3, 96, 4, 384, **_tiny),                  # 778,080
+    "s4": Preset(4, 128, 4, 512, **_tiny),                 # 1,383,168
+    "s5": Preset(4, 192, 6, 768, **_tiny),                 # 2,664,576
+    "s6": Preset(6, 256, 8, 1024, **_tiny),                # 5,918,720
+    "s7": Preset(8, 320, 5, 1280, **_tiny),                # 11,338,880
+    # Pythia shapes; totals equal the published Pythia parameter counts.
+    "70m": Preset(6, 512, 8, 2048, **_pythia),             # 70,426,624
+    "160m": Preset(12, 768, 12, 3072, **_pythia),          # 162,322,944
+    "410m": Preset(24, 1024, 16, 4096, **_pythia),         # 405,334,016
+    "1b": Preset(16, 2048, 8, 8192, **_pythia),            # 1,011,781,632
+    "1.4b": Preset(24, 2048, 16, 8192, **_pythia),         # 1,414,647,808
+    "2.8b": Preset(32, 2560, 32, 10240, **_pythia),        # 2,775,208,960
+    "6.9b": Preset(32, 4096, 32, 16384, **{**_pythia, "vocab_size": 50432}),  # 6,857,302,016
 }
 
 

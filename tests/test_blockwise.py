@@ -83,6 +83,45 @@ def test_fake_quant_properties_every_type_and_k(w, blocksize):
                                     codes, err_msg=dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _data_and_centered(w, k, blocksize):
+  """quantile: (codebook, codes, scales, fake quant); int_centered: (scale, fake quant)."""
+  quantile = QuantSpec(bits=k, dtype="quantile", blocksize=blocksize)
+  codebook_C = codebooks.padded(codebooks.quantile_codebook(
+      blockwise.normalized(w, blocksize).reshape(-1), k))
+  codes, scales = blockwise.quantize(w, codebook_C, blocksize)
+  y_quantile = reference.fake_quant_tensor(w, quantile)
+  x_NxB = blockwise.to_blocks(w, blocksize)
+  valid_NxB = blockwise.to_blocks(jnp.ones(w.shape, bool), blocksize)
+  mean_N = (x_NxB.sum(-1) / valid_NxB.sum(-1)).astype(jnp.float16).astype(jnp.float32)
+  r_NxB = jnp.where(valid_NxB, x_NxB - mean_N[:, None], 0)
+  scale_N = blockwise.scale_to_16bit(jnp.abs(r_NxB).max(-1)).astype(jnp.float32)
+  y_centered = reference.fake_quant_tensor(w, QuantSpec(bits=k, dtype="int_centered",
+                                                        blocksize=blocksize))
+  per_value = lambda v_N: blockwise.from_blocks(jnp.broadcast_to(v_N[:, None], x_NxB.shape),
+                                                w.shape, blocksize)
+  return (codebook_C, codes, per_value(scales.astype(jnp.float32)), scales, y_quantile,
+          per_value(scale_N), y_centered)
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.given(w=weights, k=st.sampled_from(KS))
+def test_quantile_and_centered_error_bounds(w, k):
+  codebook_C, codes, s, scales, y, s_centered, y_centered = map(
+      np.asarray, _data_and_centered(w, k, 64))
+  # quantile: its data codebook obeys the same cell-radius bound as any codebook, and
+  # requantizing with the stored codebook and constants gives the same code values
+  # (indices may differ where neighbouring quantiles coincide).
+  cb = codebook_C[:2 ** k]
+  assert np.all(np.abs(y - w) <= _cell_radius(cb, codes) * s + 1e-6 * s)
+  again = _requantize(jnp.asarray(y), jnp.asarray(scales), jnp.asarray(codebook_C), 64)
+  np.testing.assert_array_equal(codebook_C[np.asarray(again)], codebook_C[codes])
+  # int_centered: w - mean16 is within half an int step of its own (residual) constant.
+  half_step = 0.5 / (2 ** (k - 1) - 1)
+  assert np.all(np.abs(y_centered - w) <= half_step * s_centered
+                + 1e-6 * (s_centered + np.abs(w)))
+
+
 def test_one_compile_serves_every_type_and_k():
   f = jax.jit(blockwise.fake_quant, static_argnums=2)
   w = jax.random.normal(jax.random.PRNGKey(0), SHAPE)

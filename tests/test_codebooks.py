@@ -111,9 +111,10 @@ def test_quantile_codebook_of_uniform(k):
   n = 2 ** k
   x = jnp.linspace(-1, 1, 100_001)
   q = np.asarray(codebooks.quantile_codebook(x, k))
-  levels = np.arange(n + 1) / (n + 1)
-  raw = ((2 * levels - 1)[:-1] + (2 * levels - 1)[1:]) / 2   # the formula, Q(u) = 2u - 1
+  levels = np.arange(n + 1) / n                  # equal-mass bin edges, Q(u) = 2u - 1
+  raw = ((2 * levels - 1)[:-1] + (2 * levels - 1)[1:]) / 2   # bin centres
   np.testing.assert_allclose(q, raw / np.abs(raw).max(), atol=1e-4)
+  np.testing.assert_allclose(q, -q[::-1], atol=1e-4)          # symmetric data, symmetric codes
 
 
 @hypothesis.settings(max_examples=25, deadline=None)

@@ -22,10 +22,14 @@ def test_eval_shape_matches_param_counts(name):
   assert head == counts["head"]
 
 
-def test_pythia_70m_has_pythias_parameter_count():
-  # Pythia-70M (GPT-NeoX, untied, biases, no head bias) has 70,426,624 parameters per its
-  # model card; ours differs only by LayerNorm/rotary details that carry no parameters.
-  assert presets.param_counts(presets.PRESETS["70m"])["total"] == 70_426_624
+@pytest.mark.parametrize("name, total", [
+    ("70m", 70_426_624), ("160m", 162_322_944), ("410m", 405_334_016),
+    ("1b", 1_011_781_632), ("1.4b", 1_414_647_808), ("2.8b", 2_775_208_960),
+    ("6.9b", 6_857_302_016)])
+def test_pythia_presets_have_pythias_parameter_counts(name, total):
+  # Published totals of the Pythia suite (GPT-NeoX: untied head without bias, biases
+  # elsewhere); sequential vs parallel residual changes no parameter count.
+  assert presets.param_counts(presets.PRESETS[name])["total"] == total
 
 
 def test_size_table_spans_tiny_to_7b():

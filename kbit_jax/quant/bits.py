@@ -35,8 +35,14 @@ def constant_bits(num_blocks: int, spec: QuantSpec) -> int:
 
 
 def tensor_bits(names: tuple[str, ...], shape: tuple[int, ...], spec: QuantSpec,
-                has_proxy: bool = True) -> dict[str, Any]:
-  """One row of the report: what storing this tensor costs under `spec`."""
+                has_proxy: bool | None = None) -> dict[str, Any]:
+  """One row of the report: what storing this tensor costs under `spec`.
+
+  `has_proxy`: whether the tensor gets outlier rows (its proxy source exists in the
+  model); by default, whether it has a proxy source at all (not the embedding).
+  """
+  if has_proxy is None:
+    has_proxy = outliers.proxy_source(names, num_layers=1) is not None
   n = math.prod(shape)
   row = dict(name="/".join(names), shape=tuple(shape), params=n, target=target_of(names),
              quantized=is_quantized(names, spec), outlier_params=0)

@@ -96,7 +96,8 @@ def scale_to_16bit(absmax: jax.Array) -> jax.Array:
 
 
 def midpoints(codebook_C: jax.Array) -> jax.Array:
-  """Decision boundaries between neighbouring codes (last axis); +inf after the last."""
+  """Decision boundaries between neighbouring codes (last axis); +inf past the last real
+  code of a `codebooks.padded` codebook."""
   codebook_C = jnp.asarray(codebook_C, jnp.float32)
   return (codebook_C[..., :-1] + codebook_C[..., 1:]) / 2
 
@@ -105,7 +106,8 @@ def nearest_code(x_NxB: jax.Array, codebook: jax.Array) -> jax.Array:
   """uint8 index of the nearest code for float32 values in [-1, 1].
 
   `codebook` is (C,) shared by all blocks or (N, C) one per block, sorted, optionally
-  +inf padded.
+  +inf padded. A value on a midpoint takes the lower code; where codes repeat (data
+  codebooks) the first of the equal codes is chosen.
   """
   mid = midpoints(codebook)
   x_NxB = x_NxB.astype(jnp.float32)

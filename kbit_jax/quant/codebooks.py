@@ -34,6 +34,7 @@ and one compiled function serves every k and data type of a block layout.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -114,6 +115,11 @@ def codebook(dtype: str, bits: int, exponent_bits: int = 0) -> np.ndarray:
 
   `exponent_bits` is for `float` only; 0 means `study_exponent_bits(bits)`.
   """
+  return _codebook(dtype, bits, exponent_bits).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _codebook(dtype: str, bits: int, exponent_bits: int) -> np.ndarray:
   if dtype not in DTYPES:
     raise ValueError(f"quant.dtype={dtype!r} is unknown; allowed: {list(DTYPES)}")
   _check_bits(bits)
@@ -154,12 +160,16 @@ def padded(codebook_C: jax.Array | np.ndarray, size: int = CODEBOOK_SIZE) -> jax
 def quantile_codebook(x: jax.Array, bits: int) -> jax.Array:
   """SRAM-quantile codes of normalised values, along the last axis; jittable.
 
-  q_i = (Q(i / (2^k + 1)) + Q((i + 1) / (2^k + 1))) / 2 for i = 0 .. 2^k - 1 (the study's
-  formula), Q the empirical quantile function (linear interpolation) of `x`'s last axis,
-  then divided by max |q_i| so that, like every type, the codes reach -1 or +1. `x`
-  should be absmax-normalised values (`blockwise.normalized`). The formula uses Q(0) (the
-  minimum) but not Q(1), so the codes lean to the negative side; bitsandbytes'
-  `create_quantile_map` instead takes 2^k - 1 symmetric bin-centre quantiles plus a zero.
+  The 2^k codes are the centres of 2^k bins of equal probability mass: with bin edges at
+  the quantiles Q(j / 2^k), j = 0 .. 2^k (Q(0) the minimum, Q(1) the maximum, linear
+  interpolation between order statistics), q_i = (Q(i / 2^k) + Q((i + 1) / 2^k)) / 2.
+  The study writes q_i = ½[Q(i/(2^k+1)) + Q((i+1)/(2^k+1))] without the index range;
+  taken literally for i = 0 .. 2^k - 1 it uses the minimum but never the maximum, so the
+  codes lean negative and the top code falls well short of the largest weight (worse than
+  nf on Gaussian weights, where the study found quantile among the best types). Edges at
+  j / 2^k keep the equal-mass property and are symmetric. The codes are then divided by
+  max |q_i| so that, like every type, they reach -1 or +1. `x` should be
+  absmax-normalised values (`blockwise.normalized`).
   Shape (..., n) -> (..., 2^k), sorted; neighbouring codes may coincide (e.g. 256 codes
   from a block of 64 values), which `blockwise` handles. NaNs are ignored (use them to
   leave values out). Pass a flattened tensor for one codebook per tensor, or (blocks, B)
@@ -167,7 +177,7 @@ def quantile_codebook(x: jax.Array, bits: int) -> jax.Array:
   """
   _check_bits(bits)
   n = 2 ** bits
-  levels_P = jnp.arange(n + 1, dtype=jnp.float32) / (n + 1)
+  levels_P = jnp.arange(n + 1, dtype=jnp.float32) / n
   q_Px = jnp.nanquantile(jnp.asarray(x, jnp.float32), levels_P, axis=-1)
   q_xP = jnp.moveaxis(q_Px, 0, -1)
   q_xC = (q_xP[..., :-1] + q_xP[..., 1:]) / 2

@@ -1,0 +1,153 @@
+"""Training throughput on CPU: our jitted train step vs HF `transformers` GPT-2 in PyTorch.
+
+One run prints, for one preset, batch and sequence length:
+  ours   `kbit_jax.train.Trainer.step` (the step `kbit train` runs: forward, backward,
+         clip + AdamW, donated state) on real batches of the embedded corpus, one device;
+  peer   `GPT2LMHeadModel` with the same dims (layers, d_model, heads, d_ff, vocab,
+         max_len; tied embeddings; exact GELU; dropout 0), the same loss on the same
+         batches, `clip_grad_norm_` + `AdamW`, PyTorch CPU float32;
+  peak   this machine's float32 matmul peak, `kbit_jax.flops.measure_matmul_peak`.
+Rounds alternate ours, peer, ours, peer, ... (warmup and compile excluded) because the
+machine is shared and noisy; the table shows medians over rounds, and the ratio is the
+median of the per-round ratios. MFU = flops_per_token(training) x tokens/s / peak, with
+the peak measured at the start of each round (same contention as that round's timings).
+
+  python benchmarks/train_throughput.py                      # s7, batch 32 x 128
+  python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 5
+
+Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: big enough that
+every weight matmul has 4096 rows (Eigen/oneDNN run near peak), small enough that a step
+of s7 takes ~1-3 s on 2 cores, so 3 rounds of 4 steps each finish in ~3 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the peer is built from a config, never fetched
+
+import jax
+import numpy as np
+
+from kbit_jax import data, flops, presets, sharding, train
+from kbit_jax.configs import lm
+
+THREADS = 2
+
+
+def our_runner(preset: str, batch: int, seq_len: int):
+  """(run(n_steps), batches) for our Trainer on a one-device mesh."""
+  config = lm.get_config(f"size={preset},batch={batch},seq_len={seq_len}")
+  config.mesh.data = 1
+  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  state = trainer.init()
+  batches = data.make_train_iterator(config.data, batch, config.train.seed, 0, 1)
+
+  def run(n: int) -> float:
+    nonlocal state
+    for _ in range(n):
+      state, _ = trainer.step(state, next(batches))
+    jax.block_until_ready(state)
+    return float(state.step)
+
+  return run, batches
+
+
+def peer_runner(p: presets.Preset, batch: int, seq_len: int, batches):
+  """run(n_steps) for HF GPT-2 with `p`'s dims, trained like ours, on the same batches."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(THREADS)
+  torch.manual_seed(0)
+  gpt2_cfg = transformers.GPT2Config(
+      n_layer=p.num_layers, n_embd=p.d_model, n_head=p.num_heads, n_inner=p.d_ff,
+      vocab_size=p.vocab_size, n_positions=p.max_len, activation_function="gelu",
+      layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
+  net = transformers.GPT2LMHeadModel(gpt2_cfg).train()
+  ours = presets.param_counts(p)["total"]
+  theirs = sum(t.numel() for t in net.parameters())
+  if ours != theirs:
+    raise AssertionError(f"peer has {theirs:,} params, ours {ours:,}: dims do not match")
+  opt = torch.optim.AdamW(net.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
+                          foreach=True)
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def run(n: int) -> float:
+    for _ in range(n):
+      b = next(batches)
+      inputs = torch.from_numpy(b["inputs"].astype(np.int64))
+      targets = torch.from_numpy(b["targets"].astype(np.int64))
+      logits = net(input_ids=inputs).logits
+      loss = loss_fn(logits.view(-1, p.vocab_size), targets.view(-1))
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+      opt.step()
+    return loss.item()
+
+  return run
+
+
+def tokens_per_s(run, steps: int, tokens_per_step: int) -> float:
+  t0 = time.perf_counter()
+  run(steps)
+  return steps * tokens_per_step / (time.perf_counter() - t0)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="s7", help="a key of kbit_jax.presets.PRESETS")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--seq_len", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
+  parser.add_argument("--rounds", type=int, default=3, help="ours/peer round pairs")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+  args = parser.parse_args()
+  if jax.device_count() != 1:
+    print(f"note: {jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); "
+          "ours uses the first only, which gets 1/N of the cores. Unset XLA_FLAGS.")
+  p = presets.get_preset(args.preset)
+  tokens_per_step = args.batch * args.seq_len
+  flops_per_token = flops.flops_per_token(p, args.seq_len, training=True)
+
+  t0 = time.perf_counter()
+  ours, batches = our_runner(args.preset, args.batch, args.seq_len)
+  ours(1)
+  compile_s = time.perf_counter() - t0
+  ours(args.warmup - 1)
+  peer = peer_runner(p, args.batch, args.seq_len, batches)
+  peer(args.warmup)
+  print(f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token (training); init+compile {compile_s:.1f} s; "
+        f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS}", flush=True)
+
+  rows = []
+  for r in range(args.rounds):
+    peak = flops.measure_matmul_peak()
+    ours_tps = tokens_per_s(ours, args.steps, tokens_per_step)
+    peer_tps = tokens_per_s(peer, args.steps, tokens_per_step)
+    rows.append((peak, ours_tps, peer_tps))
+    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s, ours {ours_tps:.0f} "
+          f"tok/s, peer {peer_tps:.0f} tok/s, ratio {ours_tps / peer_tps:.2f}", flush=True)
+
+  med = lambda xs: statistics.median(xs)
+  peak = med([r[0] for r in rows])
+  mfu_ours = med([r[1] * flops_per_token / r[0] for r in rows])
+  mfu_peer = med([r[2] * flops_per_token / r[0] for r in rows])
+  header = ("preset", "params", "batch x seq", "ours tok/s", "peer tok/s", "ratio",
+            "MFU ours", "MFU peer", "peak GFLOP/s")
+  values = (args.preset, f"{presets.param_counts(p)['total'] / 1e6:.1f}M",
+            f"{args.batch} x {args.seq_len}", f"{med([r[1] for r in rows]):.0f}",
+            f"{med([r[2] for r in rows]):.0f}", f"{med([r[1] / r[2] for r in rows]):.2f}",
+            f"{mfu_ours:.2f}", f"{mfu_peer:.2f}", f"{peak / 1e9:.0f}")
+  widths = [max(len(h), len(v)) for h, v in zip(header, values)]
+  for line in (header, values):
+    print("  ".join(s.rjust(w) for s, w in zip(line, widths)))
+
+
+if __name__ == "__main__":
+  main()
