@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
+  c.train.profile_steps = 0          # >0: jax.profiler trace of that many steps (after
+                                     # compile) into <workdir>/profile (TensorBoard/Perfetto)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                   # -1: all devices not used by fsdp x tensor
@@ -84,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = "megatron"          # a key of RULE_SETS
   c.mesh.distributed = False         # call jax.distributed.initialize() (multi-host)
+  # Left empty/0/-1, jax detects these on Cloud TPU, SLURM and other managed clusters;
+  # set them for hand-started processes (e.g. two CPU processes on one machine).
+  c.mesh.coordinator_address = ""    # host:port of process 0
+  c.mesh.num_processes = 0
+  c.mesh.process_id = -1
 
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16                  # weight bits k: 2..8, or 16 for the float baseline

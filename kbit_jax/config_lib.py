@@ -41,6 +41,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(config, "train.steps", "train.lr", "train.batch_size", "train.log_every",
             "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
             "data.seq_len")
+  if config.train.profile_steps < 0:
+    raise ValueError(f"train.profile_steps={config.train.profile_steps} must be >= 0")
   if config.train.warmup_steps < 0:
     raise ValueError(f"train.warmup_steps={config.train.warmup_steps} must be >= 0")
   if p.positions == "learned" and config.data.seq_len > p.max_len:

@@ -50,6 +50,19 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
   return tuple(dims)
 
 
+def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize()` from `config.mesh` (before any other jax call).
+
+  Cross-process collectives of the CPU backend need gloo (the setting touches only the
+  CPU backend; GPUs and TPUs bring their own collectives).
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=mesh_cfg.coordinator_address or None,
+      num_processes=mesh_cfg.num_processes or None,
+      process_id=None if mesh_cfg.process_id < 0 else mesh_cfg.process_id)
+
+
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))

@@ -140,11 +140,30 @@ def host_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: np.split(v, n)[i] for k, v in batch.items()}
 
 
+class _Profiler:
+  """A jax.profiler trace of `num_steps` steps from `first_step` (0 steps: off)."""
+
+  def __init__(self, workdir: str, first_step: int, num_steps: int):
+    self.logdir = f"{workdir}/profile"
+    self.first, self.last = first_step, first_step + num_steps - 1
+    self.enabled = num_steps > 0 and jax.process_index() == 0
+
+  def before(self, step: int):
+    if self.enabled and step == self.first:
+      jax.profiler.start_trace(self.logdir)
+
+  def after(self, step: int, state: TrainState):
+    if self.enabled and step == self.last:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      print(f"profile of steps {self.first}-{self.last} written to {self.logdir}", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
   config_lib.validate(config)
-  if config.mesh.distributed:
-    jax.distributed.initialize()
+  if config.mesh.distributed and not jax.distributed.is_initialized():
+    sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate_for_devices(config, mesh)
   tc = config.train
@@ -174,9 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   pending, last = None, {}
   last_good_step, t_last = start, time.perf_counter()
+  profile = _Profiler(workdir, first_step=start + 3, num_steps=tc.profile_steps)
   for step in range(start + 1, tc.steps + 2):
     if step <= tc.steps:
+      profile.before(step)
       state, step_metrics = trainer.step(state, next(train_iter))
+      profile.after(step, state)
     # Step `step - 1` has finished by now (or soon): fetch its metrics, never this step's.
     if pending is not None:
       done_step, done = pending[0], jax.device_get(pending[1])

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# README command 1: set up, then run the main job end to end on this machine's CPU.
+# README command 1: set up, then run the main job end to end on this machine's CPU: the
+# default PTQ grid of configs/grid.py (4 sizes trained on the embedded corpus, then every
+# k x data type x block size evaluated), ending with tables of mean zero-shot accuracy and
+# perplexity (rows size and data type, columns k, block size 64).
 #   bash launch/local.sh [WORKDIR]        (default: workdirs/local)
-# Rerunning resumes: finished work in WORKDIR is reused, not redone.
+# Rerunning resumes: trained models and finished cells in WORKDIR are reused, not redone.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/launch/setup_venv.sh"
 cd "$repo"
 workdir="${1:-workdirs/local}"
-kbit train --config configs/lm.py --workdir "$workdir/lm"
-echo "TensorBoard: tensorboard --logdir $workdir/lm/tensorboard"
+SECONDS=0
+kbit grid --config configs/grid.py:cpu --workdir "$workdir/grid"
+echo "wall time: ${SECONDS}s"
+echo "records: $workdir/grid/results  (python -c \"from kbit_jax import results; print(results.load('$workdir/grid/results'))\")"
+echo "TensorBoard of the training runs: tensorboard --logdir $workdir/grid/models"
