@@ -92,6 +92,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.num_processes = 0
   c.mesh.process_id = -1
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = "lambada,hellaswag,piqa,winogrande"  # zero-shot tasks; "" = none
+  c.eval.task_dir = ""               # "" = built-in tasks from the corpus's test split; else a
+                                     # folder with lambada_test.jsonl, hellaswag_val.jsonl,
+                                     # valid.jsonl (+ valid-labels.lst), dev.jsonl (winogrande)
+  c.eval.items_per_task = 400        # built-in: items generated; files: first N (0 = all)
+  c.eval.task_seed = 0               # built-in tasks' generator seed
+  c.eval.batch_size = 32             # rows per log-likelihood / perplexity call
+  c.eval.max_len = 0                 # longest scored sequence; 0 = the model's max_len
+  c.eval.ppl_split = "validation"    # perplexity split of the data source; "" = none
+  c.eval.ppl_max_batches = 0         # 0 = the whole split
+  c.eval.text_file = ""              # also report perplexity on this local UTF-8 file
+
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16                  # weight bits k: 2..8, or 16 for the float baseline
   c.quant.dtype = "int"              # int | int_centered | float | quantile | dynamic | nf

@@ -51,9 +51,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.mesh.rules not in common.RULE_SETS:
     raise ValueError(f"mesh.rules={config.mesh.rules!r} is unknown; allowed: "
                      f"{sorted(common.RULE_SETS)}")
-  from kbit_jax import data  # pylint: disable=g-import-not-at-top
+  from kbit_jax import data, evaluate  # pylint: disable=g-import-not-at-top
   from kbit_jax.quant import spec as quant_spec  # pylint: disable=g-import-not-at-top
   data.validate(config.data)
+  evaluate.validate(config.eval, config.data)
   quant_spec.QuantSpec.from_config(config.quant)
 
 

@@ -6,12 +6,12 @@ with their official field names, or, when `eval.task_dir` is empty, from built-i
 offline tasks generated from the embedded corpus's test split (end of this file). Both
 go through the same record -> Item conversion, so the prompts are lm-eval's either way:
 
-| task       | file in task_dir                       | request per choice                         | metrics              |
-|------------|----------------------------------------|--------------------------------------------|----------------------|
-| lambada    | lambada_test.jsonl ("text")            | (text minus last ' '-word, ' ' + last word) | acc (greedy), ppl    |
-| hellaswag  | hellaswag_val.jsonl                    | (preprocess(label: ctx_a ctx_b), ' ' + end) | acc, acc_norm        |
-| piqa       | valid.jsonl (+ valid-labels.lst)       | ('Question: goal\\nAnswer:', ' ' + sol)     | acc, acc_norm        |
-| winogrande | dev.jsonl (winogrande_1.1, xl dev)     | (sentence up to '_' + option, ' ' + rest)  | acc                  |
+| task       | file in task_dir          | request per choice (context, continuation)  | metrics  |
+|------------|---------------------------|---------------------------------------------|----------|
+| lambada    | lambada_test.jsonl        | text up to its last ' '-word, ' ' + word    | acc, ppl |
+| hellaswag  | hellaswag_val.jsonl       | preprocess(label: ctx_a Ctx_b), ' ' + end   | acc(norm)|
+| piqa       | valid.jsonl (+ labels)    | 'Question: goal\nAnswer:', ' ' + sol        | acc(norm)|
+| winogrande | dev.jsonl (1.1, xl dev)   | sentence up to '_' + option, ' ' + rest     | acc      |
 
 acc: the choice of highest summed log-likelihood is the gold one. acc_norm: the same
 after dividing each log-likelihood by its choice's length in characters (lm-eval's
@@ -25,6 +25,7 @@ sample standard deviation (n - 1) of the per-item 0/1 scores over sqrt(n).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -286,17 +287,18 @@ def _passage_start(words: Sequence[str], last: int, max_words: int) -> int:
   return max(0, last - max_words + 1)
 
 
-def _documents() -> list[_Words]:
+@functools.lru_cache(maxsize=1)
+def _documents() -> tuple[_Words, ...]:
   from kbit_jax import data  # pylint: disable=g-import-not-at-top
-  return [_Words(d, tuple(doc.split()))
-          for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT))]
+  return tuple(_Words(d, tuple(doc.split()))
+               for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT)))
 
 
 def _sentence_ends(words: Sequence[str], ends: tuple[str, ...] = _END) -> list[int]:
   return [i for i, w in enumerate(words) if _is_end(w, ends)]
 
 
-def _lambada_candidates(docs: list[_Words]) -> list[tuple[int, Record]]:
+def _lambada_candidates(docs: Sequence[_Words]) -> list[tuple[int, Record]]:
   """Clause-final content words that already occurred in the passage."""
   out = []
   for d in docs:
@@ -309,7 +311,7 @@ def _lambada_candidates(docs: list[_Words]) -> list[tuple[int, Record]]:
   return out
 
 
-def _continuation_candidates(docs: list[_Words], context_words: int,
+def _continuation_candidates(docs: Sequence[_Words], context_words: int,
                              split_sentence: bool) -> list[tuple[int, str, str]]:
   """(doc, context, true continuation). Whole next sentence (HellaSwag-style), or a
   sentence cut in half (PiQA-style), after up to `context_words` words of context."""
@@ -327,7 +329,7 @@ def _continuation_candidates(docs: list[_Words], context_words: int,
   return out
 
 
-def _winogrande_candidates(docs: list[_Words]) -> list[tuple[int, tuple[str, ...], int]]:
+def _winogrande_candidates(docs: Sequence[_Words]) -> list[tuple[int, tuple[str, ...], int]]:
   """(doc, passage words, blank index): the last content word of a passage that occurs
   earlier in it, followed by at least two words."""
   out = []
