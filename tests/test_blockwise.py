@@ -256,7 +256,7 @@ def test_outlier_rows_are_exact_and_chosen_by_proxy_std():
   # The kept rows do not set any block's absmax: quantizing the rest alone gives the same.
   rest = w.copy()
   rest[top] = 0
-  alone = np.asarray(reference.fake_quant_tensor(jnp.asarray(rest), spec))
+  alone = np.asarray(reference.fake_quant_tensor(jnp.asarray(rest), spec, kernel=True))
   np.testing.assert_array_equal(np.delete(y, top, 0), np.delete(alone, top, 0))
 
 
@@ -273,3 +273,17 @@ def test_fake_quant_params_touches_only_targets():
       changed = not np.array_equal(a, b)
       assert changed == (target_of(n) in spec.targets), n
   assert reference.fake_quant_params(params, QuantSpec(bits=16)) is params
+
+
+def test_kernel_blocks_run_along_inputs_as_in_the_study():
+  """The study flattened PyTorch's (out, in) weights: a block is B inputs of one output."""
+  w = jax.random.normal(jax.random.key(3), (128, 8))          # (in, out)
+  spec = QuantSpec(bits=3, dtype="int", blocksize=64)
+  got = reference.fake_quant_tensor(w, spec, kernel=True)
+  cb = codebooks.padded(codebooks.codebook("int", 3))
+  np.testing.assert_array_equal(got, blockwise.fake_quant(w.T, cb, 64).T)
+  # Each column's two blocks are scaled by their own absmax: the top input of each keeps it.
+  for col in range(8):
+    for half in (slice(0, 64), slice(64, 128)):
+      i = int(jnp.argmax(jnp.abs(w[half, col])))
+      assert abs(float(got[half, col][i]) - float(w[half, col][i])) < 1e-3 * abs(float(w[half, col][i]))

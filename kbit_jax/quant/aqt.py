@@ -5,7 +5,11 @@ takes; every targeted `nn.Dense` then runs `AqtDotGeneral` with an AQT config wh
 weight side is `aqt_numerics.BlockwiseWeightQuantizer` (blockwise absmax, one float16
 constant per block) with AQT's `IntSymmetric` (int, int_centered) or a codebook numerics
 (float, dynamic, nf, quantile), and whose input side is AQT's per-token absmax int
-quantizer when `spec.act_bits < 16` (weights-only otherwise, as in the study).
+quantizer when `spec.act_bits < 16` (weights-only otherwise, as in the study). Blocks
+follow `layout`: "contraction" (default, the study's grouping: it flattened PyTorch's
+(out, in) weights, so a block is B consecutive inputs of one output unit; the same as
+`reference.fake_quant_params`) or "flat" (B consecutive values of our row-major (in, out)
+kernel, i.e. `blockwise.fake_quant(w)`); see `aqt_numerics`.
 
 Modes (`QuantMode`):
 - TRAIN: quantize on the fly; gradients are straight-through. `cfg.dlhs` re-quantizes the
@@ -13,10 +17,11 @@ Modes (`QuantMode`):
   weight gradient is x^T g (STE). This is QAT (`spec.mode == "qat"`) and also the PTQ
   forward on float params.
 - CONVERT: `convert(params, preset, spec)` runs the model once (a 1x1 token batch) and
-  writes, per quantized kernel, collection `aqt`: `codes` (uint8 code indices, two per
-  byte when k <= 4; for int the index is j + 2^(k-1) - 1), `scale` (float16 per block;
-  float32 = already double-quantized with `double_quant`), `mean` (float16, int_centered)
-  and `codebook` (float32, quantile). The float kernels are dropped from `params`.
+  writes, per quantized kernel, collection `aqt`: `codes` (uint8 code indices in the
+  (blocks, B) layout, two per byte when k <= 4, so 3-bit codes take 4 bits; for int the
+  index is j + 2^(k-1) - 1), `scale` (float16 per block; float32 = already
+  double-quantized with `double_quant`), `mean` (float16, int_centered) and `codebook`
+  (float32, quantile). The float kernels are dropped from `params`.
 - SERVE: `serve_apply` rebuilds each kernel's QTensor from that storage and hands it to
   `AqtDotGeneral(rhs_qtensor=...)`; it equals TRAIN exactly. `nn.Dense` still declares
   its `kernel`, so a broadcast zero stands in for it (free under jit, never read).
@@ -28,10 +33,11 @@ layouts and data-dependent codebooks need storage of our own.
 Blockwise is done at the quantizer (quantize -> dequantize the kernel, then one plain
 matmul, AQT's `DequantMode.THIS_INPUT`), not with `AqtDotGeneral(tiling_fn=...)`: tiling
 the contraction axis into K/B tiles makes the dot_general batched over tiles and writes a
-(K/B)x larger output before summing it (see `benchmarks/quant_overhead.py`, which times
-both: the tiled form is several times slower on CPU), and it cannot express the `flat`
-layout of `blockwise.py`, whose blocks run along the output axis. For PTQ evaluation the
-study's method, dequantize once and run the float model, is `dequantize_params`.
+(K/B)x larger output before summing it (`benchmarks/quant_overhead.py` times both on a
+768x3072 matmul: the tiled form is 6-10x slower than float on CPU, the quantizer-level
+form within noise of float), and AQT calibrates tiles along the contraction axis only, so
+it cannot express the `flat` layout, whose blocks run along the output axis. For PTQ evaluation the study's method, dequantize once and run the float model, is
+`dequantize_params`; SERVE decodes every kernel on every step (memory-bound on CPU).
 
 Limits: `outlier_share > 0` (needs the previous layer's weights) and target `embed` (a
 lookup, not a matmul) raise here; use `reference.fake_quant_params`. Under a bfloat16
@@ -54,7 +60,7 @@ from flax import traverse_util
 
 from kbit_jax.model import Transformer
 from kbit_jax.presets import Preset
-from kbit_jax.quant import aqt_numerics, codebooks
+from kbit_jax.quant import aqt_numerics
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, target_of
 
 __all__ = ["QuantMode", "make_aqt_config", "make_dot_general_cls", "convert", "serve_apply",
@@ -76,15 +82,18 @@ def _check_supported(spec: QuantSpec) -> None:
 
 
 def weight_numerics(spec: QuantSpec):
+  """AQT's IntSymmetric for int types, a CodebookNumerics for every other type."""
   if spec.dtype in ("int", "int_centered"):
     return aqt_numerics.int_numerics_for(spec.bits)
   codes = () if spec.data_dependent else tuple(float(c) for c in spec.codebook())
   return aqt_numerics.CodebookNumerics(bits=spec.bits, codes=codes)
 
 
-def make_aqt_config(spec: QuantSpec, layout: str = "flat") -> aqt_dot_general.DotGeneral:
+def make_aqt_config(spec: QuantSpec, layout: str = "contraction") -> aqt_dot_general.DotGeneral:
   """AQT config of one targeted matmul: lhs = inputs (B..., K), rhs = kernel (K, N)."""
   _check_supported(spec)
+  if layout not in aqt_numerics.LAYOUTS:
+    raise ValueError(f"block layout={layout!r} is unknown; allowed: {list(aqt_numerics.LAYOUTS)}")
   act_bits = None if spec.act_bits == UNQUANTIZED_BITS else spec.act_bits
   cfg = aqt_config.dot_general_make(lhs_bits=act_bits, rhs_bits=None)
   cfg.fwd.dg_accumulator_dtype = None          # the matmul itself is a float matmul
@@ -104,35 +113,43 @@ def _storage_names(spec: QuantSpec) -> tuple[str, ...]:
           + (("codebook",) if spec.data_dependent else ()))
 
 
+def _pack_axis(shape: tuple[int, int]) -> int:
+  return 1 if shape[0] % 2 and not shape[1] % 2 else 0
+
+
 def _pack(codes_NxB: jax.Array, bits: int) -> jax.Array:
-  """uint8 codes -> two 4-bit codes per byte when k <= 4 (flattened), else unchanged."""
+  """uint8 codes (blocks, B) -> two 4-bit codes per byte when k <= 4, else unchanged.
+
+  The first half of the rows (of the columns if the rows are odd and the columns not)
+  takes the low nibble, the second half the high one: unpacking is then one
+  concatenate, which XLA fuses with the dequantization at full speed (interleaving
+  neighbouring codes made the decode ~10x slower on CPU).
+  """
   if bits > 4:
     return codes_NxB
-  flat = codes_NxB.reshape(-1)
-  flat = jnp.pad(flat, (0, flat.size % 2)).reshape(-1, 2)
-  return flat[:, 0] | (flat[:, 1] << 4)
+  axis = _pack_axis(codes_NxB.shape)
+  pad = [(0, 0), (0, 0)]
+  pad[axis] = (0, codes_NxB.shape[axis] % 2)
+  low, high = jnp.split(jnp.pad(codes_NxB, pad), 2, axis=axis)
+  return low | (high << 4)
 
 
-def _unpack(stored: jax.Array, bits: int, shape: tuple[int, ...]) -> jax.Array:
+def _unpack(stored: jax.Array, bits: int, shape: tuple[int, int]) -> jax.Array:
   if bits > 4:
     return stored
-  size = shape[0] * shape[1]
-  pairs = jnp.stack([stored & 0xF, stored >> 4], axis=-1).reshape(-1)
-  return pairs[:size].reshape(shape)
+  codes = jnp.concatenate([stored & 0xF, stored >> 4], axis=_pack_axis(shape))
+  return codes[:shape[0], :shape[1]]
 
 
 def encode(quantizer: aqt_numerics.BlockwiseWeightQuantizer, w_KxN: jax.Array,
            bits: int) -> dict[str, jax.Array]:
   """(in, out) kernel -> its packed storage (see the module docstring)."""
-  qt = quantizer.calibrate_weight(w_KxN)
+  tiling, scale_Nx1, mean_Nx1 = quantizer.block_constants(w_KxN)
+  qt = quantizer.qtensor(tiling, scale_Nx1, mean_Nx1, w_KxN.dtype)
   codes_NxB, codebook_C = quantizer.encode_weight(w_KxN, qt)
-  scale_Nx1 = qt.scale[0] * (quantizer.rhs.numerics.get_quant_bound()
-                             if quantizer.is_int else 1.0)
-  stored = dict(codes=_pack(codes_NxB, bits),
-                scale=scale_Nx1.astype(jnp.float32 if quantizer.double_quant
-                                       else jnp.float16))
-  if quantizer.centered:
-    stored["mean"] = (-qt.bias[0]).astype(jnp.float16)
+  stored = dict(codes=_pack(codes_NxB, bits), scale=scale_Nx1)
+  if mean_Nx1 is not None:
+    stored["mean"] = mean_Nx1
   if codebook_C is not None:
     stored["codebook"] = codebook_C
   return stored
@@ -142,21 +159,16 @@ def decode(quantizer: aqt_numerics.BlockwiseWeightQuantizer, stored: dict[str, j
            shape: tuple[int, ...], dtype: Any, bits: int) -> aqt_tensor.QTensor:
   """Packed storage -> the full QTensor that TRAIN mode computes for the same kernel."""
   tiling = aqt_numerics.block_tiling(shape, quantizer.blocksize, quantizer.layout)
+  qt = quantizer.qtensor(tiling, stored["scale"], stored.get("mean"), dtype)
   codes_NxB = _unpack(stored["codes"], bits, tuple(tiling.tiled_shape))
-  scale_Nx1 = stored["scale"].astype(jnp.float32)
-  if quantizer.is_int:
-    scale_Nx1 = scale_Nx1 / quantizer.rhs.numerics.get_quant_bound()
-  bias = [-stored["mean"].astype(jnp.float32)] if quantizer.centered else []
-  return aqt_tensor.QTensor(qvalue=quantizer.qvalue(codes_NxB, stored.get("codebook")),
-                            scale=[scale_Nx1], scale_t=None, bias=bias,
-                            dequant_dtype=dtype, tiling_state=tiling)
+  return qt.replace(qvalue=quantizer.qvalue(codes_NxB, stored.get("codebook")))
 
 
 class KbitDotGeneral(nn.Module):
   """`nn.Dense(dot_general_cls=...)` for k-bit weights; untargeted layers stay float."""
   spec: QuantSpec
   mode: QuantMode = QuantMode.TRAIN
-  layout: str = "flat"
+  layout: str = "contraction"
 
   def _targeted(self) -> bool:
     names = tuple(self.path[:-1]) + ("kernel",)   # this module sits inside its nn.Dense
@@ -184,7 +196,7 @@ class KbitDotGeneral(nn.Module):
 
 
 def make_dot_general_cls(spec: QuantSpec, mode: QuantMode = QuantMode.TRAIN,
-                         layout: str = "flat") -> Callable[[], nn.Module] | None:
+                         layout: str = "contraction") -> Callable[[], nn.Module] | None:
   """Factory for `Transformer(dot_general_cls=...)`; None when nothing is quantized."""
   if not spec.quantized and spec.act_bits == UNQUANTIZED_BITS:
     return None
@@ -202,7 +214,7 @@ def _kernel_paths(aqt_vars: Any) -> set[tuple[str, ...]]:
 
 
 @functools.partial(jax.jit, static_argnames=("preset", "spec", "layout"))
-def convert(params: Any, preset: Preset, spec: QuantSpec, layout: str = "flat") -> dict:
+def convert(params: Any, preset: Preset, spec: QuantSpec, layout: str = "contraction") -> dict:
   """Float params -> {"params": params less the quantized kernels, "aqt": their storage}."""
   model = Transformer(preset, jnp.float32,
                       dot_general_cls=make_dot_general_cls(spec, QuantMode.CONVERT, layout))
@@ -226,7 +238,7 @@ def _float_params(qparams: dict, preset: Preset, fill: Callable) -> Any:
 
 @functools.partial(jax.jit, static_argnames=("preset", "spec", "dtype", "layout"))
 def serve_apply(qparams: dict, tokens_BxL: jax.Array, preset: Preset, spec: QuantSpec,
-                dtype: Any = jnp.float32, layout: str = "flat") -> jax.Array:
+                dtype: Any = jnp.float32, layout: str = "contraction") -> jax.Array:
   """Logits from converted params; the kernels are decoded inside every matmul."""
   model = Transformer(preset, dtype,
                       dot_general_cls=make_dot_general_cls(spec, QuantMode.SERVE, layout))
@@ -237,7 +249,7 @@ def serve_apply(qparams: dict, tokens_BxL: jax.Array, preset: Preset, spec: Quan
 
 @functools.partial(jax.jit, static_argnames=("preset", "spec", "layout"))
 def dequantize_params(qparams: dict, preset: Preset, spec: QuantSpec,
-                      layout: str = "flat") -> Any:
+                      layout: str = "contraction") -> Any:
   """Converted params -> float32 params (the study's PTQ eval: dequantize once)."""
   quantizer = make_aqt_config(spec, layout).fwd.dg_quantizer
   stored = {}
@@ -253,10 +265,3 @@ def stored_bytes(qparams: dict) -> dict[str, int]:
   nbytes = lambda tree: sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(tree))
   quantized, other = nbytes(qparams.get(COLLECTION, {})), nbytes(qparams["params"])
   return dict(quantized=quantized, float=other, total=quantized + other)
-
-
-def codebook_size(spec: QuantSpec) -> int:
-  """Codes of the spec's type (for reports): 2^k - 1 for int, fewer if codes coincide."""
-  return (2 ** spec.bits if spec.data_dependent
-          else len(codebooks.codebook(spec.dtype, spec.bits, spec.exponent_bits
-                                      if spec.dtype == "float" else 0)))

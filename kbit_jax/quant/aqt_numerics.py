@@ -187,25 +187,36 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
     lhs_qt = self.lhs.calibrate(lhs, calibration_axes=lhs_ca)
     return (lhs, lhs_qt), (rhs, self.calibrate_weight(rhs))
 
-  def calibrate_weight(self, w_KxN: jax.Array) -> aqt_tensor.QTensor:
-    """QTensor without qvalue: scale (and -mean bias if centered) per block."""
+  def block_constants(self, w_KxN: jax.Array
+                      ) -> tuple[BlockTiling, jax.Array, jax.Array | None]:
+    """(layout, absmax per block as stored: float16 rounded up or double-quantized,
+    block mean (float16) if centered), as `blockwise.fake_quant` computes them."""
     tiling = block_tiling(w_KxN.shape, self.blocksize, self.layout)
     x_NxB = tiling.apply(w_KxN.astype(F32))
-    bias = []
+    mean_Nx1 = None
     if self.centered:
       valid_NxB = tiling.apply(jnp.ones(w_KxN.shape, bool))
       mean_N = jnp.sum(x_NxB, axis=-1) / jnp.sum(valid_NxB, axis=-1)
-      mean_Nx1 = mean_N.astype(blockwise.SCALE_DTYPE).astype(F32)[:, None]
-      x_NxB = jnp.where(valid_NxB, x_NxB - mean_Nx1, 0.0)
-      bias = [-mean_Nx1]
+      mean_Nx1 = mean_N.astype(blockwise.SCALE_DTYPE)[:, None]
+      x_NxB = jnp.where(valid_NxB, x_NxB - mean_Nx1.astype(F32), 0.0)
     absmax_N = jnp.max(jnp.abs(x_NxB), axis=-1)
     scale_N = (blockwise.double_quantize(absmax_N) if self.double_quant
                else blockwise.scale_to_16bit(absmax_N))
-    scale_Nx1 = jnp.where(scale_N > 0, scale_N.astype(F32), 1.0)[:, None]
-    if self.is_int:
+    return tiling, scale_N[:, None], mean_Nx1
+
+  def qtensor(self, tiling: BlockTiling, scale_Nx1: jax.Array, mean_Nx1: jax.Array | None,
+              dtype) -> aqt_tensor.QTensor:
+    """QTensor without qvalue; dequant = qvalue * scale + mean (AQT: q * s - bias)."""
+    scale_Nx1 = scale_Nx1.astype(F32)
+    scale_Nx1 = jnp.where(scale_Nx1 > 0, scale_Nx1, 1.0)
+    if self.is_int:   # AQT's int qvalue is j, not j / qb
       scale_Nx1 = scale_Nx1 / self.rhs.numerics.get_quant_bound()
+    bias = [] if mean_Nx1 is None else [-mean_Nx1.astype(F32)]
     return aqt_tensor.QTensor(qvalue=None, scale=[scale_Nx1], scale_t=None, bias=bias,
-                              dequant_dtype=w_KxN.dtype, tiling_state=tiling)
+                              dequant_dtype=dtype, tiling_state=tiling)
+
+  def calibrate_weight(self, w_KxN: jax.Array) -> aqt_tensor.QTensor:
+    return self.qtensor(*self.block_constants(w_KxN), w_KxN.dtype)
 
   def encode_weight(self, w_KxN: jax.Array, qt: aqt_tensor.QTensor
                     ) -> tuple[jax.Array, jax.Array | None]:

@@ -23,23 +23,35 @@ def spec_codebook(spec: QuantSpec) -> jax.Array:
   return codebooks.padded(spec.codebook())
 
 
-def _data_codebook(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None) -> jax.Array:
+def _data_codebook(w: jax.Array, spec: QuantSpec, keep: jax.Array | None) -> jax.Array:
   x = blockwise.normalized(w, spec.blocksize)
-  if keep_R is not None:
-    x = jnp.where(keep_R[:, None], jnp.nan, x)   # kept rows are not part of the data
+  if keep is not None:
+    x = jnp.where(keep, jnp.nan, x)   # values kept in 16 bits are not part of the data
   return codebooks.padded(codebooks.quantile_codebook(x.reshape(-1), spec.bits))
 
 
 def fake_quant_tensor(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None = None,
-                      codebook_C: jax.Array | None = None) -> jax.Array:
-  """Fake-quantizes one tensor; rows where `keep_R` is True stay exact (16-bit)."""
+                      codebook_C: jax.Array | None = None, *, kernel: bool = False
+                      ) -> jax.Array:
+  """Fake-quantizes one tensor; rows where `keep_R` is True stay exact (16-bit).
+
+  `kernel=True` for a matmul kernel stored (in, out): its blocks then run along the input
+  axis of each output unit, as in the study, which flattened PyTorch's (out, in) weights
+  (the "contraction" layout of `aqt.py`). Per-channel scales (B = -1) are per output
+  column either way. Other tensors are flattened as stored.
+  """
   quantized = w if keep_R is None else outliers.split_rows(w, keep_R)
+  keep = None if keep_R is None else jnp.broadcast_to(keep_R[:, None], w.shape)
+  transpose = kernel and spec.blocksize != blockwise.PER_CHANNEL   # columns either way
+  if transpose:
+    quantized, keep = quantized.T, (None if keep is None else keep.T)
   if spec.data_dependent:
-    codebook_C = _data_codebook(quantized, spec, keep_R)
+    codebook_C = _data_codebook(quantized, spec, keep)
   elif codebook_C is None:
     codebook_C = spec_codebook(spec)
   quantized = blockwise.fake_quant(quantized, codebook_C, spec.blocksize,
                                    centered=spec.centered, double_quant=spec.double_quant)
+  quantized = quantized.T if transpose else quantized
   return quantized if keep_R is None else outliers.merge_rows(w, quantized, keep_R)
 
 
@@ -74,6 +86,7 @@ def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None
   out = []
   for n, leaf in zip(names, leaves):
     if is_quantized(n, spec):
-      leaf = reboxed(leaf, fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C))
+      leaf = reboxed(leaf, fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C,
+                                             kernel=n[-1] == "kernel"))
     out.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, out)
