@@ -121,3 +121,17 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert wi.sharding.mesh.shape["fsdp"] == 8
   for a, b in zip(jax.tree.leaves(state_222), jax.tree.leaves(state_181)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_qat_uses_the_quantized_forward():
+  """quant.mode=qat: 2-bit weights change the very first loss; training stays finite."""
+  config = tiny_config()
+  config.model.preset = "s1"
+  batches = first_batches(config, 3)
+  mesh = sharding.make_mesh(config.mesh)
+  float_losses, _ = run_steps(config, mesh, batches)
+  config.quant.mode, config.quant.bits, config.quant.blocksize = "qat", 2, 32
+  qat_losses, state = run_steps(config, mesh, batches)
+  assert all(np.isfinite(qat_losses))
+  assert abs(qat_losses[0] - float_losses[0]) > 1e-4
+  assert "aqt" not in state.params   # QAT keeps float master weights only
