@@ -1,6 +1,11 @@
 """The `kbit` command: parse flags, call one function.
 
     kbit train --config configs/lm.py:size=s2 --workdir /tmp/kbit/s2
+    kbit grid --config configs/grid.py:cpu --workdir /tmp/kbit/grid [--dry_run]
+    kbit fit --results /tmp/kbit/grid/results --out /tmp/kbit/report
+    kbit report --results /tmp/kbit/grid/results --out /tmp/kbit/report
+    kbit import --hf_dir ~/models/pythia-70m --workdir /tmp/kbit/pythia-70m
+    kbit compile_check --config configs/lm.py:size=1b,dtype=bfloat16 --topology v5e-16
     kbit codebook --dtype nf --bits 4 [--json]
     kbit bits                       # total-bits table of the presets at k = 3, 4, 8, B = 64
 """
@@ -11,11 +16,19 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "codebook", "bits")
+COMMANDS = ("train", "grid", "fit", "report", "import", "compile_check", "codebook", "bits")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
                                           "configs/lm.py:size=s2", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "grid: print the plan and its cost, run nothing.")
+_RESULTS = flags.DEFINE_string("results", None, "fit/report: the grid's results directory.")
+_OUT = flags.DEFINE_string("out", None, "fit/report: where tables, figures and the report go.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "fit/report: bootstrap replicates.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "import: a local Hugging Face model directory.")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e-16", "compile_check: target, e.g. v5e-16.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "compile_check: device count instead "
+                                    "of --topology.")
 _DTYPE = flags.DEFINE_string("dtype", "nf", "codebook: data type.")
 _BITS = flags.DEFINE_integer("bits", 4, "codebook: bits k.")
 _EXPONENT_BITS = flags.DEFINE_integer("exponent_bits", 0, "codebook: float exponent bits "
@@ -23,16 +36,16 @@ _EXPONENT_BITS = flags.DEFINE_integer("exponent_bits", 0, "codebook: float expon
 _JSON = flags.DEFINE_bool("json", False, "codebook: print a JSON list.")
 
 
-def _need(flag, name: str, command: str):
+def _need(flag, command: str):
   if flag.value is None:
-    raise app.UsageError(f"`kbit {command}` needs --{name}")
+    raise app.UsageError(f"`kbit {command}` needs --{flag.name}")
   return flag.value
 
 
 def _validated(check, *args):
   """Bad input ends the program with one clear line, before anything is compiled."""
   try:
-    check(*args)
+    return check(*args)
   except ValueError as e:
     sys.exit(f"kbit: invalid config: {e}")
 
@@ -43,16 +56,36 @@ def main(argv):
   command = argv[1] if len(argv) > 1 else "train"
   if command not in COMMANDS or len(argv) > 2:
     raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}; allowed: {COMMANDS}")
+  # pylint: disable=g-import-not-at-top
   if command == "train":
-    from kbit_jax import config_lib, train  # pylint: disable=g-import-not-at-top
-    config, workdir = _need(_CONFIG, "config", command), _need(_WORKDIR, "workdir", command)
+    from kbit_jax import config_lib, train
+    config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
     _validated(config_lib.validate, config)
     train.train_and_evaluate(config, workdir)
+  elif command == "grid":
+    from kbit_jax import grid, grid_plan
+    config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
+    grid.run(_validated(grid_plan.make_plan, config), workdir, _DRY_RUN.value)
+  elif command == "fit":
+    from kbit_jax import scaling
+    scaling.fit_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
+  elif command == "report":
+    from kbit_jax import report
+    report.report_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
+  elif command == "import":
+    from kbit_jax.convert import importer
+    importer.import_main(_need(_HF_DIR, command), _need(_WORKDIR, command))
+  elif command == "compile_check":
+    from kbit_jax import compile_check
+    num_devices, hbm = _validated(compile_check.target, _TOPOLOGY.value, _NUM_DEVICES.value)
+    compile_check.fake_devices(num_devices)   # before jax starts its CPU backend
+    report = _validated(compile_check.compile_check, _need(_CONFIG, command), num_devices, hbm)
+    print(compile_check.format_report(report))
   elif command == "codebook":
-    from kbit_jax.quant import cli  # pylint: disable=g-import-not-at-top
+    from kbit_jax.quant import cli
     cli.codebook_main(_DTYPE.value, _BITS.value, _EXPONENT_BITS.value, _JSON.value)
   elif command == "bits":
-    from kbit_jax.quant import cli  # pylint: disable=g-import-not-at-top
+    from kbit_jax.quant import cli
     cli.bits_table_main()
 
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # README command 1: set up, then run the main job end to end on this machine's CPU: the
 # default PTQ grid of configs/grid.py (4 sizes trained on the embedded corpus, then every
-# k x data type x block size evaluated), ending with tables of mean zero-shot accuracy and
-# perplexity (rows size and data type, columns k, block size 64).
+# k x data type x block size evaluated), then the scaling fits, figures and the report.
 #   bash launch/local.sh [WORKDIR]        (default: workdirs/local)
 # Rerunning resumes: trained models and finished cells in WORKDIR are reused, not redone.
 set -euo pipefail
@@ -12,6 +11,8 @@ cd "$repo"
 workdir="${1:-workdirs/local}"
 SECONDS=0
 kbit grid --config configs/grid.py:cpu --workdir "$workdir/grid"
+kbit report --results "$workdir/grid/results" --out "$workdir/report" --bootstrap 100
 echo "wall time: ${SECONDS}s"
-echo "records: $workdir/grid/results  (python -c \"from kbit_jax import results; print(results.load('$workdir/grid/results'))\")"
+echo "report: $workdir/report/report.md (and report.html, figures/)"
+echo "records: $workdir/grid/results (one JSON per cell; kbit_jax.results.load gives a DataFrame)"
 echo "TensorBoard of the training runs: tensorboard --logdir $workdir/grid/models"

@@ -1,0 +1,90 @@
+"""The post-training-quantization grid: sizes x k x data types x block sizes x outlier
+shares x training seeds. Each (size, seed) is trained once on the embedded corpus, then
+every quantization cell of it is evaluated (zero-shot tasks + perplexity).
+
+    kbit grid --config configs/grid.py --workdir /tmp/kbit/grid --dry_run   # plan + cost
+    kbit grid --config configs/grid.py:cpu --workdir workdirs/local/grid    # 19 min, 2 cores
+    kbit grid --config configs/grid.py:tiny --workdir /tmp/kbit/tiny        # seconds (tests)
+    kbit grid --config configs/grid.py --config.grid.sizes=s1,s2 --config.grid.bits="(4,16)" ...
+
+Arguments: `cpu` (the default grid) or `tiny` (one size, 20 steps, 7 cells), `tokens`
+(training tokens per size), `seeds` (number of training seeds).
+
+Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `base` (the
+training config every size starts from, configs/common.py), `per_size` (overrides of
+`base` for one preset: its steps, batch, lr; sizes without an entry train with `base`),
+`eval` (kbit_jax/evaluate.py: tasks, items per task, perplexity batches).
+
+The default CPU grid: 4 sizes (s1..s4, 25k..793k non-embedding parameters) trained on
+~1M tokens each, k in {3, 4, 5, 6, 8, 16}, data types int / float / quantile / nf, block
+sizes 64, 256 and per tensor (0), no outliers, one seed: 4 x (1 + 5 x 4 x 3) = 244 cells.
+The evaluation is deliberately cheap (25 items per task, 8k perplexity tokens): the task
+accuracies of these small models have standard errors of ~0.05, perplexity is the
+precise metric at this scale.
+
+quant.targets: "attn,mlp,embed". The study quantized all linear layers of models whose
+parameters are mostly outside the embedding. The tiny presets tie the output head to the
+token embedding, which holds 40-85% of their parameters (s1..s4); leaving it in 16 bits
+would make total model bits, the study's x-axis, barely depend on k. With tied weights
+the head *is* the embedding matmul, a linear layer, so it is quantized too (the learned
+position table, biases and LayerNorms stay 16-bit, as in the study).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from kbit_jax.configs import common
+
+# preset -> (peak learning rate, sequences per batch): larger models a smaller lr.
+CPU_SIZES = {"s1": (3e-3, 32), "s2": (3e-3, 32), "s3": (2e-3, 32), "s4": (2e-3, 32)}
+
+
+def _eval_section(tiny: bool) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      tasks="lambada,hellaswag,piqa,winogrande",
+      task_dir="",                   # '' = built-in tasks from the corpus's test split
+      items_per_task=4 if tiny else 25,
+      task_seed=0,
+      batch_size=8 if tiny else 32,
+      max_len=0,                     # 0 = the model's max_len
+      ppl_split="validation",
+      ppl_max_batches=1 if tiny else 2,
+      text_file=""))
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, cpu=False, tiny=False, tokens=1_000_000, seeds=1)
+  c = ml_collections.ConfigDict()
+  c.grid = ml_collections.ConfigDict(dict(
+      sizes=tuple(CPU_SIZES),
+      seeds=tuple(range(a.seeds)),
+      bits=(3, 4, 5, 6, 8, 16),
+      dtypes=("int", "float", "quantile", "nf"),
+      blocksizes=(64, 256, 0),
+      outlier_shares=(0.0,),
+      targets="attn,mlp,embed"))
+
+  base = common.base_config()
+  base.data.seq_len = 128
+  base.train.log_every = 50
+  base.train.eval_batches = 4
+  base.train.keep_checkpoints = 1
+  c.base = base
+  c.per_size = ml_collections.ConfigDict()
+  for size, (lr, batch) in CPU_SIZES.items():
+    steps = max(1, round(a.tokens / (batch * base.data.seq_len)))
+    c.per_size[size] = ml_collections.ConfigDict({"train": dict(
+        lr=lr, batch_size=batch, steps=steps, warmup_steps=max(1, steps // 10),
+        eval_every=steps, checkpoint_every=100)})
+  c.eval = _eval_section(a.tiny)
+
+  if a.tiny:
+    c.grid.sizes = ("s0",)
+    c.grid.bits = (3, 4, 16)
+    c.grid.dtypes = ("int", "nf", "quantile")
+    c.grid.blocksizes = (64,)
+    base.data.seq_len = 32
+    c.per_size = ml_collections.ConfigDict({"s0": {"train": dict(
+        lr=3e-3, batch_size=8, steps=20, warmup_steps=5, log_every=10, eval_every=20,
+        eval_batches=2, checkpoint_every=10)}})
+  return c

@@ -1,0 +1,290 @@
+"""Run a planned grid, resumably: train each (size, seed) once, then evaluate every
+quantization cell of it and store one record per cell.
+
+    kbit grid --config configs/grid.py:cpu --workdir W [--dry_run]
+
+    W/models/<size>-seed<s>/   the training run (train.py; a finished run is reused)
+    W/results/<cell id>.json   one record per finished cell (results.py)
+
+Compiles do not grow with the number of cells. A model's float parameters are restored
+once; each cell's quantized copy comes from one jitted `reference.fake_quant_params`
+whose static spec is reduced to the cell's layout (block size, outlier share, centering,
+double quantization, targets) while the codebook, padded to 256 codes, is an array
+argument: one compile per layout serves every data-free (k, dtype). The data-dependent
+`quantile` type estimates its 2^k codes from the weights inside the function, so it
+compiles once per (layout, k). The quantized copy keeps the float parameters' shapes,
+dtypes and shardings, and evaluate.py takes parameters as jit arguments, so every cell
+of a model reuses the same evaluation executables. Backend compiles are counted with a
+jax.monitoring listener and reported per cell (record `compiles/cell`; `compiles/run`:
+all compiles of this run so far, training included) and per grid (the last log line).
+
+Evaluation runs on the first fsdp x tensor devices (the data axis would only replicate
+the same work). A cell's record is written atomically after the cell and finished cells
+are skipped on a rerun, so a `kill -9` loses at most the cell in flight.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import functools
+import pathlib
+import subprocess
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from kbit_jax import checkpoint, evaluate, grid_plan, presets, results, sharding, train
+from kbit_jax.quant import bits as quant_bits
+from kbit_jax.quant import codebooks, reference
+from kbit_jax.quant.spec import QuantSpec
+
+# jax records every XLA compile (cache misses only) under this event, with `fun_name`.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_COMPILES: collections.Counter = collections.Counter()
+
+
+def _count_compile(event: str, _: float, **kwargs):
+  if event == COMPILE_EVENT:
+    _COMPILES[kwargs.get("fun_name", "?")] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def compile_count() -> int:
+  """Backend compiles in this process so far."""
+  return sum(_COMPILES.values())
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         timeout=10, check=True, cwd=pathlib.Path(__file__).parent)
+    return out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+# ----------------------------------------------------------------------------- models
+
+def model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
+  return epath.Path(workdir) / "models" / run.name
+
+
+@contextlib.contextmanager
+def _read_only_checkpoints(directory: epath.Path, keep: int):
+  """A read-only Checkpointer, without Orbax's warnings about being read-only."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    ckpt = checkpoint.Checkpointer(str(directory), keep, read_only=True)
+  finally:
+    logging.set_verbosity(level)
+  try:
+    yield ckpt
+  finally:
+    ckpt.close()
+
+
+def _checkpoint_steps(directory: epath.Path, keep: int) -> list[int]:
+  if not (directory / "checkpoints").exists():
+    return []
+  with _read_only_checkpoints(directory, keep) as ckpt:
+    return ckpt.steps()
+
+
+def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
+  """Trains (or resumes) `run` unless its final checkpoint exists; returns seconds spent."""
+  directory, steps = model_dir(workdir, run), run.config.train.steps
+  done = _checkpoint_steps(directory, run.config.train.keep_checkpoints)
+  if done and done[-1] > steps:
+    raise ValueError(f"{directory} holds a training run of {done[-1]} steps but the grid "
+                     f"asks for train.steps={steps}; use another --workdir")
+  if steps in done:
+    print(f"grid: {run.name}: reusing the trained model in {directory}", flush=True)
+    return 0.0
+  print(f"grid: {run.name}: training {run.train_tokens:,} tokens in {directory}", flush=True)
+  t0 = time.perf_counter()
+  train.train_and_evaluate(run.config, str(directory))
+  return time.perf_counter() - t0
+
+
+def eval_mesh(mesh_cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The training mesh without its data axis: model parallelism only."""
+  cfg = ml_collections.ConfigDict(mesh_cfg.to_dict())
+  cfg.data = 1
+  fill = -1 in (cfg.fsdp, cfg.tensor)
+  devices = jax.devices() if fill else jax.devices()[:cfg.fsdp * cfg.tensor]
+  return sharding.make_mesh(cfg, devices)
+
+
+def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
+  """The final float parameters of `run`, on the evaluation mesh."""
+  trainer = train.Trainer(run.config, eval_mesh(run.config.mesh))
+  with _read_only_checkpoints(model_dir(workdir, run),
+                              run.config.train.keep_checkpoints) as ckpt:
+    return ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+
+
+# ----------------------------------------------------------------------------- cells
+
+def layout_spec(spec: QuantSpec) -> QuantSpec:
+  """`spec` with what only the codebook depends on (k, data-free dtype) made canonical.
+
+  `fake_quant_params(params, layout_spec(s), codebook(s))` equals
+  `fake_quant_params(params, s)` for a data-free `s`; `quantile` stays as it is.
+  """
+  if spec.data_dependent or not spec.quantized:
+    return spec
+  dtype = "int_centered" if spec.centered else "nf" if spec.double_quant else "int"
+  return QuantSpec(bits=max(codebooks.BITS), dtype=dtype, blocksize=spec.blocksize,
+                   outlier_share=spec.outlier_share, double_quant=spec.double_quant,
+                   targets=spec.targets, act_bits=spec.act_bits, mode=spec.mode)
+
+
+def codebook(spec: QuantSpec) -> np.ndarray | None:
+  """The spec's codebook padded to CODEBOOK_SIZE with +inf (as `codebooks.padded`), in
+  numpy: an eager jnp pad would compile once per codebook length, i.e. per k."""
+  if spec.data_dependent:
+    return None
+  codes = np.asarray(spec.codebook(), np.float32)
+  return np.pad(codes, (0, codebooks.CODEBOOK_SIZE - len(codes)), constant_values=np.inf)
+
+
+class CellEvaluator:
+  """Quantizes and evaluates the cells of one model; compiles once per layout."""
+
+  def __init__(self, run: grid_plan.ModelRun, params: Any, eval_cfg: ml_collections.ConfigDict):
+    self.params = params
+    self.net = train.make_model(run.config)
+    self.config = ml_collections.ConfigDict({"data": run.config.data.to_dict(),
+                                             "eval": eval_cfg.to_dict()})
+    self._quantize = jax.jit(reference.fake_quant_params, static_argnums=1,
+                             out_shardings=jax.tree.map(lambda x: x.sharding, params))
+
+  def quantized(self, spec: QuantSpec) -> Any:
+    if not spec.quantized:
+      return self.params
+    return jax.block_until_ready(self._quantize(self.params, layout_spec(spec),
+                                                codebook(spec)))
+
+  def evaluate(self, params: Any) -> dict[str, Any]:
+    return evaluate.evaluate(params, self.net, self.config)
+
+
+def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str, Any],
+                params: Any, timing: dict[str, float], compiles: dict[str, int]
+                ) -> dict[str, Any]:
+  counts = presets.param_counts(presets.get_preset(run.preset))
+  report = quant_bits.bits_report(params, cell.spec)
+  t = run.config.train
+  return dict(
+      key=cell.key_dict,
+      model=dict(params=counts["total"], non_embedding_params=counts["non_embedding"],
+                 embedding_params=counts["embedding"], train_steps=t.steps,
+                 train_batch_size=t.batch_size, seq_len=run.config.data.seq_len,
+                 train_lr=t.lr),
+      bits=dict(total_bits=report["total_bits"], bits_per_param=report["bits_per_param"],
+                quantized_params=report["quantized_params"],
+                quantized_bits_per_param=report["quantized_bits_per_param"]),
+      metrics=metrics, time=timing, compiles=compiles, name=cell.name,
+      git_commit=git_commit(),
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+  parts = []
+  if "mean" in metrics:
+    parts.append(f"acc {metrics['mean']['acc']:.3f}")
+  parts += [f"ppl {v['perplexity']:.2f}" for k, v in metrics.items() if k.startswith("ppl/")]
+  return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- driver
+
+class Progress:
+  """Cells done / total, elapsed, and an ETA from the plan's estimates scaled by how
+  fast the work done in this run actually went."""
+
+  def __init__(self, total: int, done: int, remaining_est_s: float):
+    self.total, self.done = total, done
+    self.remaining_est = remaining_est_s
+    self.t0 = time.perf_counter()
+    self.est_done = 0.0
+
+  def work(self, est_s: float):
+    self.est_done += est_s
+    self.remaining_est -= est_s
+
+  def advance(self, cell_name: str, seconds: float, compiles: int, headline: str) -> str:
+    """Counts one more cell done; returns its progress line."""
+    self.done += 1
+    elapsed = time.perf_counter() - self.t0
+    eta = self.remaining_est * elapsed / max(self.est_done, 1e-9)
+    return (f"grid {self.done}/{self.total} {cell_name}: {headline} | {seconds:.1f}s "
+            f"{compiles} compiles | elapsed {grid_plan.format_duration(elapsed)} "
+            f"eta {grid_plan.format_duration(eta)}")
+
+
+def _trained(run: grid_plan.ModelRun, workdir: str) -> bool:
+  steps = _checkpoint_steps(model_dir(workdir, run), run.config.train.keep_checkpoints)
+  return run.config.train.steps in steps
+
+
+def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, Any]:
+  """Prints the plan; unless `dry_run`, trains and evaluates every unfinished cell."""
+  results_dir = epath.Path(workdir) / "results"
+  finished = results.finished_ids(results_dir)
+  cost = grid_plan.estimate(plan)
+  print(grid_plan.format_plan(plan, cost, finished), flush=True)
+  print(f"results: {results_dir}", flush=True)
+  todo = {m.name: [c for c in m.cells if c.id not in finished] for m in plan.models}
+  remaining = sum(map(len, todo.values()))
+  if dry_run:
+    return dict(cells=len(plan.cells), todo=remaining, cost=cost)
+  per_model = cost["per_model"]
+  train_est = {m.name: 0.0 if _trained(m, workdir) else per_model[m.name]["train_s"]
+               for m in plan.models if todo[m.name]}
+  progress = Progress(len(plan.cells), len(plan.cells) - remaining, sum(
+      train_est[n] + per_model[n]["cell_s"] * len(todo[n]) for n in train_est))
+  t_start, cpu_start = time.perf_counter(), time.process_time()
+  compiles_start, before = compile_count(), _COMPILES.copy()
+  for m in plan.models:
+    if not todo[m.name]:
+      continue
+    train_s = ensure_trained(m, workdir)
+    progress.work(train_est[m.name])
+    evaluator = CellEvaluator(m, restore_params(m, workdir), plan.config.eval)
+    for cell in todo[m.name]:
+      t0, c0 = time.perf_counter(), compile_count()
+      params = evaluator.quantized(cell.spec)
+      t1 = time.perf_counter()
+      metrics = evaluator.evaluate(params)
+      t2 = time.perf_counter()
+      compiles = dict(cell=compile_count() - c0, run=compile_count() - compiles_start)
+      timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
+      results.write(results_dir, make_record(m, cell, metrics, evaluator.params, timing,
+                                             compiles))
+      progress.work(per_model[m.name]["cell_s"])
+      print(progress.advance(cell.name, t2 - t0, compiles["cell"], _headline(metrics)),
+            flush=True)
+  seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
+  grid_compiles = compile_count() - compiles_start
+  by_function = ", ".join(f"{name} {n}" for name, n in (_COMPILES - before).most_common(6))
+  by_function = f" (most: {by_function})" if by_function else ""
+  print(f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
+        f"{len(plan.cells) - remaining} found finished) in "
+        f"{grid_plan.format_duration(seconds)} (process CPU time "
+        f"{grid_plan.format_duration(cpu_seconds)}); compiles per grid: {grid_compiles}"
+        f"{by_function}", flush=True)
+  df = results.load(results_dir)
+  print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
+  return dict(cells=len(plan.cells), evaluated=remaining, seconds=seconds,
+              cpu_seconds=cpu_seconds, compiles=grid_compiles)

@@ -1,0 +1,330 @@
+"""Plan a post-training-quantization grid: expand the axes into cells, validate every cell
+before any work, and estimate what the grid costs.
+
+    plan = grid_plan.make_plan(config)       # configs/grid.py; ValueError names a bad cell
+    print(grid_plan.format_plan(plan, grid_plan.estimate(plan), finished_ids))
+
+A grid is models x quantization cells. A model is one (size, training seed), trained
+once with `base` + `per_size[size]`. Its cells are every (k, dtype, block size, outlier
+share) with k < 16, plus one 16-bit cell (the float model itself: no data type or
+block size, so it is never repeated per dtype). Every cell's `QuantSpec` is built here
+and its targets checked against the model's parameter shapes, so a bad cell is reported
+with its name and the bad key before anything is trained.
+
+A cell's key (results.py) names the model (preset, seed, training tokens), the
+resolved quantization (float exponent bits included) and a fingerprint of the eval
+section, so rerunning a grid finds its finished cells and a changed evaluation does not.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Sequence
+
+import jax
+import ml_collections
+
+from kbit_jax import config_lib, data, evaluate, flops, presets, results, sharding, tasks
+from kbit_jax.quant import bits as quant_bits
+from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
+
+AXES = ("sizes", "seeds", "bits", "dtypes", "blocksizes", "outlier_shares")
+QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")   # unused by the 16-bit cell
+GRID_KEYS = AXES + ("targets",)
+# Time model of `estimate`: FLOPs at an assumed share of the measured matmul peak, plus
+# fixed costs (Python, host-side task scoring, compiles), calibrated with the default CPU
+# grid on 2 shared CPU cores (load ~6; f32, tiny presets, where the fixed costs dominate).
+TRAIN_MFU = 0.3
+EVAL_MFU = 0.4
+MODEL_OVERHEAD_S = 10.0      # compile the train step, restore, evaluation compiles
+STEP_OVERHEAD_S = 0.15
+CELL_OVERHEAD_S = 1.0
+QUANTILE_COMPILE_S = 1.5     # `quantile` compiles its quantizer once per (layout, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One evaluation: a model under one quantization spec."""
+  model: str                 # ModelRun.name
+  key: tuple[tuple[str, Any], ...]
+  spec: QuantSpec
+
+  @property
+  def key_dict(self) -> dict[str, Any]:
+    return dict(self.key)
+
+  @property
+  def id(self) -> str:
+    return results.cell_id(self.key_dict)
+
+  @property
+  def name(self) -> str:
+    s = self.spec
+    if not s.quantized:
+      return f"{self.model} k16"
+    e = f"e{s.exponent_bits}" if s.dtype == "float" else ""
+    return f"{self.model} k{s.bits} {s.dtype}{e} B{s.blocksize} p{s.outlier_share:g}"
+
+  @property
+  def layout(self) -> tuple:
+    """What the compiled quantizer depends on besides the codebook (see grid.py)."""
+    s = self.spec
+    return (s.blocksize, s.outlier_share, s.centered, s.double_quant, s.targets)
+
+
+@dataclasses.dataclass(eq=False)
+class ModelRun:
+  """One (size, seed) to train, and its cells."""
+  preset: str
+  seed: int
+  config: ml_collections.ConfigDict   # the full training config
+  cells: list[Cell]
+
+  @property
+  def name(self) -> str:
+    return f"{self.preset}-seed{self.seed}"
+
+  @property
+  def train_tokens(self) -> int:
+    t = self.config.train
+    return t.steps * t.batch_size * self.config.data.seq_len
+
+
+@dataclasses.dataclass(eq=False)
+class Plan:
+  config: ml_collections.ConfigDict   # the grid config
+  models: list[ModelRun]
+
+  @property
+  def cells(self) -> list[Cell]:
+    return [c for m in self.models for c in m.cells]
+
+
+def _axis(grid: ml_collections.ConfigDict, name: str) -> tuple:
+  """An axis as a tuple; string items may hold comma lists (`--config.grid.sizes=s1,s2`)."""
+  value = grid[name]
+  items = value if isinstance(value, (tuple, list)) else (value,)
+  out = []
+  for item in items:
+    out.extend(p.strip() for p in item.split(",") if p.strip()) if isinstance(
+        item, str) else out.append(item)
+  if len(set(out)) != len(out):
+    raise ValueError(f"grid.{name}={value!r} repeats a value")
+  return tuple(out)
+
+
+def _check_grid_keys(config: ml_collections.ConfigDict) -> None:
+  for section in ("grid", "base", "per_size", "eval"):
+    if section not in config:
+      raise ValueError(f"the grid config has no {section!r} section; it needs "
+                       "grid, base, per_size and eval (see configs/grid.py)")
+  unknown = sorted(set(config.grid.keys()) - set(GRID_KEYS))
+  if unknown:
+    raise ValueError(f"grid.{unknown[0]} is unknown; allowed: {list(GRID_KEYS)}")
+
+
+def model_config(config: ml_collections.ConfigDict, size: str, seed: int
+                 ) -> ml_collections.ConfigDict:
+  """`base` + `per_size[size]`, with the preset and the training seed set."""
+  c = ml_collections.ConfigDict(config.base.to_dict())
+  if size in config.per_size:
+    overrides = config.per_size[size].to_dict()
+    for section, values in overrides.items():
+      if section not in c or not isinstance(values, dict):
+        raise ValueError(f"per_size.{size}.{section} is unknown; allowed: sections of base "
+                         f"{sorted(c.keys())}, each a dict of overrides")
+      bad = sorted(set(values) - set(c[section].keys()))
+      if bad:
+        raise ValueError(f"per_size.{size}.{section}.{bad[0]} is unknown; allowed: "
+                         f"{sorted(c[section].keys())}")
+      c[section].update(values)
+  c.model.preset = size
+  c.train.seed = seed
+  return c
+
+
+def eval_id(config: ml_collections.ConfigDict) -> str:
+  """Fingerprint of the evaluation settings (part of every cell key)."""
+  return results.cell_id(config.eval.to_dict())[:8]
+
+
+def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
+  q = spec.quantized
+  return tuple(dict(
+      preset=run.preset, seed=run.seed, train_tokens=run.train_tokens,
+      bits=spec.bits, dtype=spec.dtype if q else "none",
+      exponent_bits=spec.exponent_bits if q else 0,
+      blocksize=spec.blocksize if q else None,
+      outlier_share=spec.outlier_share if q else 0.0,
+      targets=",".join(spec.targets) if q else "none",
+      double_quant=spec.double_quant, eval_id=eval_fingerprint).items())
+
+
+def _specs(grid: dict[str, tuple], targets: str) -> Iterable[tuple[str, dict[str, Any]]]:
+  """(cell label, QuantSpec kwargs): 16 bits once, then layouts x dtypes x k."""
+  if UNQUANTIZED_BITS in grid["bits"]:
+    yield "k16", dict(bits=UNQUANTIZED_BITS, targets=targets)
+  for b in grid["blocksizes"]:
+    for p in grid["outlier_shares"]:
+      for dtype in grid["dtypes"]:
+        for k in grid["bits"]:
+          if k != UNQUANTIZED_BITS:
+            yield f"k{k} {dtype} B{b} p{p:g}", dict(
+                bits=k, dtype=dtype, blocksize=b, outlier_share=p, targets=targets)
+
+
+def _check_devices(run_cfg: ml_collections.ConfigDict, name: str) -> None:
+  try:
+    config_lib.validate(run_cfg)
+    config_lib.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh))
+  except ValueError as e:
+    raise ValueError(f"grid size {name}: {e}") from None
+
+
+def make_plan(config: ml_collections.ConfigDict) -> Plan:
+  """Expands and validates the grid; raises ValueError naming the bad cell or key."""
+  _check_grid_keys(config)
+  grid = {name: _axis(config.grid, name) for name in AXES}
+  needed = AXES if any(k != UNQUANTIZED_BITS for k in grid["bits"]) else (
+      tuple(a for a in AXES if a not in QUANT_AXES))
+  empty = [f"grid.{a}" for a in needed if not grid[a]]
+  if empty:
+    raise ValueError(f"the grid has no cells: {', '.join(empty)} is empty")
+  try:
+    evaluate.validate(config.eval, config.base.data)
+  except ValueError as e:
+    raise ValueError(f"grid eval section: {e}") from None
+  fingerprint = eval_id(config)
+  models = []
+  for size in grid["sizes"]:
+    shapes = quant_bits.preset_shapes(presets.get_preset(size))
+    for seed in grid["seeds"]:
+      run = ModelRun(size, seed, model_config(config, size, seed), [])
+      _check_devices(run.config, run.name)
+      for label, kwargs in _specs(grid, config.grid.targets):
+        try:
+          spec = QuantSpec(**kwargs)
+          check_targets_exist(shapes, spec)
+        except ValueError as e:
+          raise ValueError(f"grid cell {run.name} {label}: {e}") from None
+        run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+      models.append(run)
+  return Plan(config, models)
+
+
+# ----------------------------------------------------------------------------- cost
+
+def _request_lengths(config: ml_collections.ConfigDict) -> list[int]:
+  """Tokens of each log-likelihood request of the eval tasks (context + continuation)."""
+  ec = config.eval
+  tokenizer = data.load_tokenizer(config.base.data.tokenizer)
+  pairs = [pair for name in tasks.task_names(ec) for item in tasks.load_task(name, ec)
+           for pair in item.requests]
+  return [len(c) + len(x) for c, x in evaluate.encode_requests(tokenizer, pairs)]
+
+
+def _ppl_tokens(config: ml_collections.ConfigDict, run_cfg: ml_collections.ConfigDict) -> int:
+  ec = config.eval
+  if not ec.ppl_split:
+    return 0
+  stream = len(data.token_stream(run_cfg.data, ec.ppl_split)) - 1
+  cap = ec.ppl_max_batches * ec.batch_size * run_cfg.data.seq_len
+  return min(stream, cap) if cap else stream
+
+
+def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
+  """FLOPs, tokens and seconds per model and in total, from `flops` and the time model
+  above; `peak_flops` defaults to this machine's measured f32 matmul peak."""
+  if peak_flops is None:
+    peak_flops = flops.measure_matmul_peak(n=1024, repeats=3) * jax.device_count()
+  lengths = _request_lengths(plan.config)
+  per_model = {}
+  for run in plan.models:
+    p, seq_len = presets.get_preset(run.preset), run.config.data.seq_len
+    cap = plan.config.eval.max_len or p.max_len
+    task_tokens = sum(min(n - 1, cap) for n in lengths)
+    ppl_tokens = _ppl_tokens(plan.config, run.config)
+    train_flops = flops.flops_per_token(p, seq_len) * run.train_tokens
+    eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
+    quantile_cells = sum(c.spec.data_dependent for c in run.cells)
+    per_model[run.name] = dict(
+        params=presets.param_counts(p), train_tokens=run.train_tokens,
+        train_flops=train_flops, train_s=train_flops / (peak_flops * TRAIN_MFU)
+        + run.config.train.steps * STEP_OVERHEAD_S + MODEL_OVERHEAD_S,
+        eval_tokens_per_cell=task_tokens + ppl_tokens, task_tokens=task_tokens,
+        ppl_tokens=ppl_tokens, cells=len(run.cells),
+        cell_s=eval_flops / (peak_flops * EVAL_MFU) + CELL_OVERHEAD_S
+        + QUANTILE_COMPILE_S * quantile_cells / len(run.cells))
+  train_s = sum(m["train_s"] for m in per_model.values())
+  eval_s = sum(m["cell_s"] * m["cells"] for m in per_model.values())
+  return dict(peak_flops=peak_flops, requests=len(lengths), per_model=per_model,
+              train_s=train_s, eval_s=eval_s, total_s=train_s + eval_s)
+
+
+# ----------------------------------------------------------------------------- printing
+
+def format_duration(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  h, rem = divmod(seconds, 3600)
+  return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def _compact(values: Sequence[Any]) -> str:
+  return ",".join(str(v) for v in values)
+
+
+def _layout_rows(run: ModelRun) -> list[tuple[str, ...]]:
+  groups: dict[tuple, list[Cell]] = {}
+  for cell in run.cells:
+    groups.setdefault(cell.layout if cell.spec.quantized else None, []).append(cell)
+  rows = []
+  for layout, cells in groups.items():
+    ks = sorted({c.spec.bits for c in cells})
+    dtypes = list(dict.fromkeys(c.spec.dtype for c in cells))
+    if layout is None:
+      rows.append((run.name, "16", "-", "-", "-", str(len(cells)), "0"))
+      continue
+    compiles = int(any(d != "quantile" for d in dtypes)) + len(ks) * ("quantile" in dtypes)
+    rows.append((run.name, _compact(ks), _compact(dtypes), str(layout[0]), f"{layout[1]:g}",
+                 str(len(cells)), str(compiles)))
+  return rows
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+  line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))
+  return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
+
+
+def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset()) -> str:
+  """The plan as text: models and their training cost, cells per layout, totals."""
+  g = plan.config.grid
+  cells = plan.cells
+  done = sum(c.id in finished for c in cells)
+  out = [f"grid plan: {len(plan.models)} models, {len(cells)} cells "
+         f"({done} already finished)",
+         f"axes: sizes={_compact(_axis(g, 'sizes'))} seeds={_compact(_axis(g, 'seeds'))} "
+         f"bits={_compact(_axis(g, 'bits'))} dtypes={_compact(_axis(g, 'dtypes'))} "
+         f"blocksizes={_compact(_axis(g, 'blocksizes'))} (0 = per tensor) "
+         f"outlier_shares={_compact(_axis(g, 'outlier_shares'))} targets={g.targets}", ""]
+  rows = []
+  for run in plan.models:
+    m = cost["per_model"][run.name]
+    rows.append((run.name, f"{m['params']['total']:,}", f"{m['params']['non_embedding']:,}",
+                 f"{m['train_tokens']:,}", f"{run.config.train.steps}",
+                 f"{m['train_flops'] / 1e12:.2f}", format_duration(m["train_s"]),
+                 f"{m['eval_tokens_per_cell']:,}", f"{m['cell_s']:.1f}s", str(m["cells"])))
+  out += _table(("model", "params", "non-emb", "train tokens", "steps", "train TFLOP",
+                 "est train", "eval tok/cell", "est/cell", "cells"), rows)
+  out.append("")
+  out += _table(("model", "k", "dtypes", "B", "p", "cells", "quantizer compiles"),
+                [r for run in plan.models for r in _layout_rows(run)])
+  out += ["", f"evaluation per cell: {cost['requests']} task requests + perplexity on "
+          f"eval.ppl_split={plan.config.eval.ppl_split!r}; tokens above exclude padding",
+          f"estimate: matmul peak {cost['peak_flops'] / 1e9:.0f} GFLOP/s (measured here), "
+          f"assuming {TRAIN_MFU:.0%} of it in training and {EVAL_MFU:.0%} in evaluation, "
+          f"+{MODEL_OVERHEAD_S:g}s per model, +{STEP_OVERHEAD_S:g}s per step, "
+          f"+{CELL_OVERHEAD_S:g}s per cell, +{QUANTILE_COMPILE_S:g}s per quantile cell",
+          f"estimated time: training {format_duration(cost['train_s'])}, evaluation "
+          f"{format_duration(cost['eval_s'])}, total {format_duration(cost['total_s'])} "
+          f"(for all {len(cells)} cells)"]
+  return "\n".join(out)

@@ -1,0 +1,139 @@
+"""The results store: one JSON record per evaluated grid cell, loaded as one DataFrame.
+
+    results.write(results_dir, record)        # atomic; the file name is the cell's id
+    df = results.load(results_dir)            # pandas.DataFrame, one row per cell
+
+A record is a dict with a `key` (what identifies the cell: model, training tokens, the
+quantization and a fingerprint of the evaluation settings) and whatever was measured.
+Its file is `<cell_id(key)>.json`, `cell_id` a hash of the key, so two records of one
+cell cannot coexist: rewriting a cell replaces its file. Each write goes to a hidden
+temporary file in the same directory that is then renamed: a reader, or a rerun after a
+`kill -9`, sees either the whole record or none. Paths go through etils.epath, so
+`results_dir` may be local or `gs://...`.
+
+`load` flattens nested dicts into columns joined by "/": the fields of the groups
+`key`, `model`, `bits` and `metrics` become bare columns (`preset`, `bits`, `dtype`,
+`params`, `total_bits`, `mean/acc`, `lambada/acc_stderr`, `ppl/validation/perplexity`,
+...), other groups keep their name (`time/eval_s`, `compiles/cell`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from typing import Any
+
+import pandas as pd
+from etils import epath
+
+SUFFIX = ".json"
+TMP_PREFIX = ".tmp-"
+BARE_GROUPS = ("key", "model", "bits", "metrics")   # flattened without a prefix in `load`
+
+
+def cell_id(key: dict[str, Any]) -> str:
+  """A stable 16-hex-digit id of a cell key (independent of dict order)."""
+  text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def record_path(results_dir: str | epath.Path, key: dict[str, Any]) -> epath.Path:
+  return epath.Path(results_dir) / f"{cell_id(key)}{SUFFIX}"
+
+
+def finished_ids(results_dir: str | epath.Path) -> set[str]:
+  """Ids of the cells with a record (temporary files of unfinished writes excluded)."""
+  directory = epath.Path(results_dir)
+  if not directory.exists():
+    return set()
+  return {p.name[:-len(SUFFIX)] for p in directory.iterdir()
+          if p.name.endswith(SUFFIX) and not p.name.startswith(TMP_PREFIX)}
+
+
+def write(results_dir: str | epath.Path, record: dict[str, Any]) -> epath.Path:
+  """Writes `record` atomically as `<cell_id(record['key'])>.json`; returns its path."""
+  if "key" not in record:
+    raise ValueError(f"a record needs a 'key'; it has {sorted(record)}")
+  directory = epath.Path(results_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = record_path(directory, record["key"])
+  tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+  tmp.write_text(json.dumps({"id": cell_id(record["key"]), **record}, indent=1,
+                            sort_keys=True))
+  tmp.replace(path)   # os.replace locally; on GCS a server-side copy, whole or absent
+  return path
+
+
+def read(path: str | epath.Path) -> dict[str, Any]:
+  """One record; an unreadable or malformed file raises ValueError naming it."""
+  path = epath.Path(path)
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"results record {path} is unreadable ({type(e).__name__}: {e}); "
+                     "delete it to have the grid redo that cell") from None
+  if not isinstance(record, dict) or not isinstance(record.get("key"), dict):
+    raise ValueError(f"results record {path} has no 'key' dict; delete it to have the "
+                     "grid redo that cell")
+  if record.get("id") != cell_id(record["key"]):
+    raise ValueError(f"results record {path}: its id {record.get('id')!r} is not the hash "
+                     f"of its key ({cell_id(record['key'])}); the file was edited or renamed")
+  return record
+
+
+def load_records(results_dir: str | epath.Path) -> list[dict[str, Any]]:
+  """Every record in `results_dir`, in file-name order."""
+  directory = epath.Path(results_dir)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"results directory {directory} does not exist")
+  return [read(directory / f"{i}{SUFFIX}") for i in sorted(finished_ids(directory))]
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+  """One DataFrame row: BARE_GROUPS' fields bare, other nested keys joined by '/'."""
+  row: dict[str, Any] = {}
+
+  def put(prefix: str, value: Any):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        put(f"{prefix}/{k}" if prefix else str(k), v)
+    else:
+      row[prefix] = value
+
+  for group in sorted(record, key=lambda g: (g not in BARE_GROUPS, BARE_GROUPS.index(g)
+                                               if g in BARE_GROUPS else 0, g)):
+    put("" if group in BARE_GROUPS else group, record[group])
+  return row
+
+
+def load(results_dir: str | epath.Path) -> pd.DataFrame:
+  """All records of `results_dir` as a DataFrame, one row per cell."""
+  return pd.DataFrame([flatten(r) for r in load_records(results_dir)])
+
+
+def pivot(df: pd.DataFrame, value: str, blocksize: int = 64) -> pd.DataFrame:
+  """Rows (preset by size, dtype), columns k: `value` at block size B (mean over training
+  seeds); the 16-bit baseline is repeated in every dtype's row."""
+  if value not in df:
+    raise ValueError(f"results have no column {value!r}; allowed: {sorted(df.columns)}")
+  baseline = df[df["bits"] == 16]
+  quantized = df[(df["bits"] != 16) & (df["blocksize"] == blocksize)]
+  rows = pd.concat([quantized] + [baseline.assign(dtype=d) for d in quantized["dtype"].unique()])
+  table = rows.pivot_table(index=["params", "preset", "dtype"], columns="bits", values=value,
+                           aggfunc="mean")
+  return table.droplevel("params")
+
+
+def format_tables(df: pd.DataFrame, blocksize: int = 64,
+                  values: tuple[tuple[str, str], ...] = (
+                      ("mean/acc", "{:.3f}"), ("ppl/validation/perplexity", "{:.1f}"))
+                  ) -> str:
+  """Text tables of `values` at block size B: rows (size, dtype), columns k."""
+  out = []
+  for value, fmt in values:
+    if value in df and (df["bits"] != 16).any():
+      text = pivot(df, value, blocksize).to_string(
+          float_format=lambda x: "nan" if math.isnan(x) else fmt.format(x))
+      out.append(f"{value} at B={blocksize} (columns: k)\n{text}")
+  return "\n\n".join(out)

@@ -1,0 +1,250 @@
+"""The PTQ grid: plan expansion and validation, compile counts, resume after kill -9."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from kbit_jax import checkpoint, evaluate, grid, grid_plan, presets, results, sharding, train
+from kbit_jax.configs import grid as grid_config
+from kbit_jax.quant import bits as quant_bits
+from kbit_jax.quant import reference
+from kbit_jax.quant.spec import QuantSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(arg=None, **grid_overrides):
+  c = grid_config.get_config(arg)
+  for key, value in grid_overrides.items():
+    c.grid[key] = value
+  return c
+
+
+# ----------------------------------------------------------------------------- plan
+
+def test_default_grid_expands_with_one_16_bit_cell_per_model():
+  plan = grid_plan.make_plan(_config(seeds=(0, 1)))
+  assert [m.name for m in plan.models] == [f"s{i}-seed{s}" for i in (1, 2, 3, 4) for s in (0, 1)]
+  for m in plan.models:
+    assert len(m.cells) == 1 + 5 * 4 * 3       # k16 + k(3,4,5,6,8) x 4 dtypes x 3 blocks
+    assert [c.spec.bits for c in m.cells].count(16) == 1
+  ids = [c.id for c in plan.cells]
+  assert len(ids) == len(set(ids)) == 8 * 61
+  k16 = plan.models[0].cells[0]
+  assert k16.key_dict["dtype"] == "none" and k16.key_dict["blocksize"] is None
+  floats = [c for c in plan.cells if c.spec.dtype == "float"]
+  assert {(c.spec.bits, c.key_dict["exponent_bits"]) for c in floats} == {
+      (3, 2), (4, 3), (5, 3), (6, 3), (8, 3)}     # the study's exponent bits, resolved
+
+
+def test_grid_without_16_bits_and_16_bits_alone():
+  assert all(c.spec.quantized for c in grid_plan.make_plan(_config("tiny", bits=(4,))).cells)
+  only16 = grid_plan.make_plan(_config("tiny", bits=(16,), dtypes=(), blocksizes=()))
+  assert len(only16.cells) == 1
+
+
+def test_axis_accepts_a_comma_list():
+  plan = grid_plan.make_plan(_config("tiny", sizes=("s0,s1",)))
+  assert [m.preset for m in plan.models] == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(blocksizes=(64, 100)), r"grid cell s0-seed0 k3 int B100 p0: quant.blocksize=100"),
+    (dict(bits=(4, 9)), r"grid cell s0-seed0 k9 int B64 p0: quant.bits=9"),
+    (dict(dtypes=("int", "fp")), r"grid cell s0-seed0 k3 fp B64 p0: quant.dtype='fp'"),
+    (dict(targets="attn,head"), r"grid cell s0-seed0 k16: quant.targets='attn,head'"),
+    (dict(outlier_shares=(1.5,)), r"k3 int B64 p1.5: quant.outlier_share=1.5"),
+    (dict(sizes=("s0", "s99")), r"model.preset='s99' is unknown"),
+    (dict(bits=(3, 3)), r"grid.bits=\(3, 3\) repeats a value"),
+])
+def test_bad_cell_is_reported_at_plan_time(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    grid_plan.make_plan(_config("tiny", **overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dtypes=()), "the grid has no cells: grid.dtypes is empty"),
+    (dict(sizes=()), "the grid has no cells: grid.sizes is empty"),
+    (dict(bits=(), seeds=()), "grid.seeds, grid.bits is empty"),
+])
+def test_empty_grid_is_an_error(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    grid_plan.make_plan(_config("tiny", **overrides))
+
+
+def test_bad_per_size_and_eval_sections_are_named():
+  c = _config("tiny")
+  c.per_size.s0.train.stepz = 3
+  with pytest.raises(ValueError, match=r"per_size.s0.train.stepz is unknown"):
+    grid_plan.make_plan(c)
+  c = _config("tiny")
+  c.per_size.s0.train.batch_size = 12
+  with pytest.raises(ValueError, match=r"grid size s0-seed0: train.batch_size=12 is not "
+                     "divisible"):
+    grid_plan.make_plan(c)
+  c = _config("tiny")
+  c.eval.tasks = "lambada,squad"
+  with pytest.raises(ValueError, match=r"grid eval section: eval.tasks: task 'squad'"):
+    grid_plan.make_plan(c)
+  c = _config("tiny")
+  c.grid.sizez = ("s0",)
+  with pytest.raises(ValueError, match=r"grid.sizez is unknown"):
+    grid_plan.make_plan(c)
+
+
+def test_plan_text_and_estimate():
+  plan = grid_plan.make_plan(_config("tiny"))
+  cost = grid_plan.estimate(plan, peak_flops=1e11)
+  m = cost["per_model"]["s0-seed0"]
+  assert m["train_tokens"] == 20 * 8 * 32 and m["cells"] == 7
+  assert m["ppl_tokens"] == 8 * 32 and m["task_tokens"] > 0
+  assert cost["total_s"] == pytest.approx(cost["train_s"] + cost["eval_s"])
+  text = grid_plan.format_plan(plan, cost, {plan.cells[0].id})
+  assert "1 models, 7 cells (1 already finished)" in text
+  assert "estimated time" in text and "100 GFLOP/s" in text
+
+
+# ----------------------------------------------------------------------------- quantizer
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec(bits=3, dtype="float", targets=("attn", "mlp", "embed")),
+    QuantSpec(bits=4, dtype="nf", double_quant=True, blocksize=256),
+    QuantSpec(bits=5, dtype="int_centered", blocksize=0),
+    QuantSpec(bits=4, dtype="dynamic", outlier_share=0.1),
+    QuantSpec(bits=3, dtype="quantile"),
+])
+def test_layout_spec_with_codebook_equals_the_spec(spec):
+  shapes = nn.unbox(quant_bits.preset_shapes(presets.get_preset("s0"))["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
+  quantize = jax.jit(reference.fake_quant_params, static_argnums=1)
+  want = quantize(params, spec)
+  got = quantize(params, grid.layout_spec(spec), grid.codebook(spec))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               want, got)
+  assert (grid.layout_spec(spec) == spec) == spec.data_dependent
+
+
+# ----------------------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The tiny grid run in this process (8 fake devices train, one evaluates)."""
+  workdir = str(tmp_path_factory.mktemp("grid"))
+  plan = grid_plan.make_plan(_config("tiny"))
+  summary = grid.run(plan, workdir)
+  return plan, workdir, summary
+
+
+def _records(workdir):
+  return {r["id"]: r for r in results.load_records(os.path.join(workdir, "results"))}
+
+
+def test_tiny_grid_writes_one_record_per_cell(tiny_run):
+  plan, workdir, summary = tiny_run
+  records = _records(workdir)
+  assert summary["evaluated"] == 7 and set(records) == {c.id for c in plan.cells}
+  for r in records.values():
+    assert r["key"]["preset"] == "s0" and r["model"]["params"] == 77_040
+    assert 0 <= r["metrics"]["mean"]["acc"] <= 1
+    assert r["metrics"]["ppl/validation"]["perplexity"] > 1
+    assert set(r["metrics"]) >= {"lambada", "hellaswag", "piqa", "winogrande"}
+    assert r["git_commit"] and r["time"]["cell_s"] > 0
+  by_name = {r["name"]: r for r in records.values()}
+  assert by_name["s0-seed0 k16"]["bits"]["bits_per_param"] == 16
+  k4 = by_name["s0-seed0 k4 int B64 p0"]["bits"]
+  assert k4["quantized_bits_per_param"] == pytest.approx(4 + 16 / 64, rel=1e-3)
+
+
+def test_compiles_do_not_grow_with_k_and_dtype(tiny_run):
+  """One quantizer compile per layout for data-free types, one per k for quantile, and
+  the evaluation executables of the 16-bit cell are reused by every other cell."""
+  plan, workdir, _ = tiny_run
+  records = _records(workdir)
+  order = plan.cells
+  compiles = [records[c.id]["compiles"]["cell"] for c in order]
+  assert order[0].spec.bits == 16 and compiles[0] >= 2          # evaluation executables
+  data_free = [n for c, n in zip(order, compiles)
+               if c.spec.quantized and not c.spec.data_dependent]
+  assert data_free[0] == 1 and data_free[1:] == [0] * (len(data_free) - 1)
+  assert [n for c, n in zip(order, compiles) if c.spec.data_dependent] == [1, 1]
+  assert records[order[-1].id]["compiles"]["run"] >= sum(compiles)   # + training
+
+
+def test_16_bit_cell_equals_the_float_models_own_evaluation(tiny_run):
+  plan, workdir, _ = tiny_run
+  run = plan.models[0]
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                            jax.devices()[:1])
+  abstract = train.Trainer(run.config, mesh).abstract_state().params
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "models", run.name), 1)
+  params = ckpt.restore_params(abstract)
+  ckpt.close()
+  cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
+                                       eval=plan.config.eval.to_dict()))
+  want = evaluate.evaluate(params, train.make_model(run.config), cfg)
+  got = _records(workdir)[run.cells[0].id]["metrics"]
+  assert set(got) == set(want)
+  for task in want:
+    for metric, value in want[task].items():
+      np.testing.assert_allclose(got[task][metric], value, rtol=1e-6, err_msg=f"{task}/{metric}")
+
+
+def test_rerun_skips_finished_cells(tiny_run, capsys):
+  plan, workdir, _ = tiny_run
+  before = {p.name: p.stat().st_mtime_ns for p in os.scandir(os.path.join(workdir, "results"))}
+  summary = grid.run(plan, workdir)
+  assert summary["evaluated"] == 0 and summary["compiles"] == 0
+  after = {p.name: p.stat().st_mtime_ns for p in os.scandir(os.path.join(workdir, "results"))}
+  assert after == before
+  assert "7 cells (7 already finished)" in capsys.readouterr().out
+
+
+def _grid_command(workdir):
+  return [sys.executable, "-m", "kbit_jax.main", "grid", "--config",
+          os.path.join(REPO, "configs", "grid.py") + ":tiny", "--workdir", workdir]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
+  """Killed after some cells (the trained model is copied: train.py's own resume is
+  tests/test_resume.py's job), rerun: the same records as the in-process run."""
+  plan, workdir, _ = tiny_run
+  shutil.copytree(os.path.join(workdir, "models"), tmp_path / "models")
+  results_dir = tmp_path / "results"
+  log = tmp_path / "killed.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(_grid_command(str(tmp_path)), cwd=REPO, stdout=out, stderr=out)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if len(results.finished_ids(results_dir)) >= 2:
+        break
+      time.sleep(0.02)
+    assert proc.poll() is None, f"the grid ended before the kill:\n{log.read_text()[-3000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  partial = results.finished_ids(results_dir)
+  assert 2 <= len(partial) < len(plan.cells)
+  results.load_records(results_dir)     # every record the killed run left is whole
+  rerun = subprocess.run(_grid_command(str(tmp_path)), cwd=REPO, capture_output=True, text=True)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"{len(plan.cells) - len(partial)} evaluated now" in rerun.stdout
+  resumed, reference_run = _records(str(tmp_path)), _records(workdir)
+  assert set(resumed) == set(reference_run)
+  assert sorted(p for p in os.listdir(results_dir) if p.endswith(".json")) == sorted(
+      f"{i}.json" for i in resumed)
+  for cell_id, record in reference_run.items():
+    got = resumed[cell_id]
+    assert got["key"] == record["key"] and got["bits"] == record["bits"]
+    for task, metrics in record["metrics"].items():
+      for metric, value in metrics.items():
+        np.testing.assert_allclose(got["metrics"][task][metric], value, rtol=1e-6,
+                                   err_msg=f"{record['name']} {task}/{metric}")
