@@ -103,8 +103,13 @@ class Tokenizer:
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(path: str = "embedded") -> Tokenizer:
-  """`"embedded"` (the shipped BPE-4k) or a path (local or gs://) to a SentencePiece .model."""
+  """`"embedded"` (the shipped BPE-4k), a path (local or gs://) to a SentencePiece .model,
+  or a directory holding a Hugging Face tokenizer (tokenizer.json or vocab.json +
+  merges.txt, e.g. a `kbit import` workdir), which gets the same interface."""
   file = TOKENIZER_FILE if path == "embedded" else epath.Path(path)
+  if path != "embedded" and file.is_dir():
+    from kbit_jax.convert import tokenizer as hf_tokenizer  # pylint: disable=g-import-not-at-top
+    return hf_tokenizer.load_hf_tokenizer(path)
   tokenizer = Tokenizer(file.read_bytes(), path)
   if tokenizer.eos_id < 0:
     raise ValueError(f"data.tokenizer={path!r} has no eos piece; packing needs one to "

@@ -74,7 +74,10 @@ def main(argv):
     report.report_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
   elif command == "import":
     from kbit_jax.convert import importer
-    importer.import_main(_need(_HF_DIR, command), _need(_WORKDIR, command))
+    try:
+      importer.import_main(_need(_HF_DIR, command), _need(_WORKDIR, command))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+      sys.exit(f"kbit import: {e}")
   elif command == "compile_check":
     from kbit_jax import compile_check
     num_devices, hbm = _validated(compile_check.target, _TOPOLOGY.value, _NUM_DEVICES.value)

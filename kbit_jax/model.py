@@ -1,4 +1,11 @@
-"""Decoder-only pre-LayerNorm Transformer; one model for float and k-bit weights.
+"""Decoder-only Transformer; one model for float and k-bit weights, trained or imported.
+
+The preset's architecture switches cover the study's pretrained families without forking
+the model (kbit_jax/convert imports them): positions learned (GPT-2; OPT with
+`pos_offset` 2), rotary (Pythia) or ALiBi (BLOOM); sequential pre-LN blocks, GPT-NeoX's
+`parallel_residual` or OPT-350m's `post_norm`; BLOOM's `embed_norm`; OPT-350m's narrower
+token embedding (`embed_dim`) with projections in and out. Defaults give the pre-LN model
+the tiny presets train.
 
 Every weight matmul goes through `nn.Dense(dot_general_cls=...)`: the config picks the
 `dot_general` (plain `lax.dot_general`, or AQT's `AqtDotGeneral` for k-bit weights), so
@@ -11,44 +18,60 @@ K head dim, F d_ff, V vocab.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kbit_jax.presets import Preset
 
 DotGeneralFactory = Callable[[], Callable[..., jax.Array]] | None
 
 
-def _dense(features: int, axes: tuple[str, str], p: Preset, dtype: Any,
-           dot_general_cls: DotGeneralFactory, std: float, name: str) -> nn.Dense:
+def _dense(features: int, axes: tuple[str | None, str | None], p: Preset, dtype: Any,
+           dot_general_cls: DotGeneralFactory, std: float, name: str,
+           use_bias: bool | None = None) -> nn.Dense:
   return nn.Dense(
-      features, use_bias=p.use_bias, dtype=dtype, name=name,
+      features, use_bias=p.use_bias if use_bias is None else use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
       dot_general_cls=dot_general_cls)
 
 
-def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name,
+def _layer_norm(p: Preset, dtype: Any, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=p.norm_eps, dtype=dtype, name=name,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
 
-def rotary(x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int) -> jax.Array:
+def rotary(x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int,
+           base: float = 10000.0) -> jax.Array:
   """GPT-NeoX rotary embedding on the first `rotary_dims` dims of each head (half-split)."""
   if rotary_dims == 0:
     return x_BxLxHxK
   x_rot, x_pass = x_BxLxHxK[..., :rotary_dims], x_BxLxHxK[..., rotary_dims:]
   half = rotary_dims // 2
-  inv_freq_R = 1.0 / (10000.0 ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  inv_freq_R = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) / half))
   angles_LxR = positions_L[:, None].astype(jnp.float32) * inv_freq_R[None, :]
   sin, cos = jnp.sin(angles_LxR)[None, :, None, :], jnp.cos(angles_LxR)[None, :, None, :]
   x1, x2 = x_rot[..., :half].astype(jnp.float32), x_rot[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return jnp.concatenate([rotated.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """BLOOM's ALiBi slope of each head (Press et al.; HF `build_alibi_tensor`): a geometric
+  sequence for the largest power of two <= num_heads, the rest interleaved from the next."""
+  closest = 2 ** math.floor(math.log2(num_heads))
+  base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+  slopes = [base ** i for i in range(1, closest + 1)]
+  if closest != num_heads:
+    extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+    slopes += [extra_base ** i for i in range(1, 2 * (num_heads - closest), 2)]
+  return np.asarray(slopes, np.float32)
 
 
 class Attention(nn.Module):
@@ -70,11 +93,17 @@ class Attention(nn.Module):
     if p.positions == "rotary":
       positions_L = jnp.arange(L)
       rotary_dims = int(K * p.rotary_pct) // 2 * 2
-      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims)
-      k_BxMxHxK = rotary(k_BxMxHxK, positions_L, rotary_dims)
+      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims, p.rotary_base)
+      k_BxMxHxK = rotary(k_BxMxHxK, positions_L, rotary_dims, p.rotary_base)
     scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(self.dtype)
+    scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
+    if p.positions == "alibi":
+      # -slope * (query - key distance), <= 0 at any length; HF adds slope * key position,
+      # which differs by a per-query constant that softmax ignores.
+      distance_LxM = (jnp.arange(L)[None, :] - jnp.arange(L)[:, None]).astype(jnp.float32)
+      scores_BxHxLxM = scores_BxHxLxM + alibi_slopes(H)[:, None, None] * distance_LxM
     causal_LxM = jnp.tril(jnp.ones((L, L), dtype=bool))
-    scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM.astype(jnp.float32), -1e30)
+    scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM, -1e30)
     probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
     out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
     out = _dense(p.d_model, ("heads", "embed"), p, self.dtype, self.dot_general_cls,
@@ -111,10 +140,18 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    x_BxLxD = x_BxLxD + Attention(self.p, self.dtype, self.dot_general_cls, name="attn")(
-        _layer_norm(self.dtype, "ln1")(x_BxLxD))
-    x_BxLxD = x_BxLxD + Mlp(self.p, self.dtype, self.dot_general_cls, name="mlp")(
-        _layer_norm(self.dtype, "ln2")(x_BxLxD))
+    p = self.p
+    attn = Attention(p, self.dtype, self.dot_general_cls, name="attn")
+    mlp = Mlp(p, self.dtype, self.dot_general_cls, name="mlp")
+    ln1, ln2 = _layer_norm(p, self.dtype, "ln1"), _layer_norm(p, self.dtype, "ln2")
+    if p.parallel_residual:      # GPT-NeoX: both branches read the block's input
+      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD)) + mlp(ln2(x_BxLxD))
+    elif p.post_norm:            # OPT-350m: normalise after each residual add
+      x_BxLxD = ln1(x_BxLxD + attn(x_BxLxD))
+      x_BxLxD = ln2(x_BxLxD + mlp(x_BxLxD))
+    else:
+      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD))
+      x_BxLxD = x_BxLxD + mlp(ln2(x_BxLxD))
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
 
@@ -131,19 +168,29 @@ class Transformer(nn.Module):
     L = tokens_BxL.shape[1]
     if L > p.max_len and p.positions == "learned":
       raise ValueError(f"sequence length {L} > model max_len {p.max_len}")
-    embed = nn.Embed(p.vocab_size, p.d_model, dtype=self.dtype, name="embed",
+    embed = nn.Embed(p.vocab_size, p.token_dim, dtype=self.dtype, name="embed",
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(0.02), ("vocab", "embed")))
     x_BxLxD = embed(tokens_BxL)
+    if p.token_dim != p.d_model:
+      x_BxLxD = _dense(p.d_model, (None, "embed"), p, self.dtype, self.dot_general_cls, 0.02,
+                       "embed_proj_in", use_bias=False)(x_BxLxD)
     if p.positions == "learned":
       pos_LxD = self.param("pos_embed", nn.with_logical_partitioning(
-          nn.initializers.normal(0.01), ("length", "embed")), (p.max_len, p.d_model))
-      x_BxLxD = x_BxLxD + pos_LxD[:L].astype(self.dtype)[None]
+          nn.initializers.normal(0.01), ("length", "embed")), (p.max_len + p.pos_offset,
+                                                                p.d_model))
+      x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset:p.pos_offset + L].astype(self.dtype)[None]
+    if p.embed_norm:
+      x_BxLxD = _layer_norm(p, self.dtype, "embed_norm")(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
     block = nn.remat(Block) if self.remat else Block
     for i in range(p.num_layers):
       x_BxLxD = block(p, self.dtype, self.dot_general_cls, name=f"layer_{i}")(x_BxLxD)
-    x_BxLxD = _layer_norm(self.dtype, "ln_f")(x_BxLxD)
+    if not p.post_norm:          # a post-norm block already ends with a LayerNorm
+      x_BxLxD = _layer_norm(p, self.dtype, "ln_f")(x_BxLxD)
+    if p.token_dim != p.d_model:
+      x_BxLxD = _dense(p.token_dim, ("embed", None), p, self.dtype, self.dot_general_cls,
+                       0.02, "embed_proj_out", use_bias=False)(x_BxLxD)
     if p.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:

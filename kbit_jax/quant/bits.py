@@ -107,12 +107,12 @@ def bits_table(presets: Iterable[str] | None = None, bits: Iterable[int] = (3, 4
 
 
 def format_bits_table(table: list[dict[str, Any]]) -> str:
-  header = (f"{'preset':>7} {'k':>3} {'params':>14} {'quantized':>14} {'total bits':>16} "
+  header = (f"{'preset':>12} {'k':>3} {'params':>14} {'quantized':>14} {'total bits':>16} "
             f"{'GiB':>8} {'bits/param':>10} {'quant b/p':>9}")
   lines = [header, "-" * len(header)]
   for r in table:
     q = r["quantized_bits_per_param"]
-    lines.append(f"{r['preset']:>7} {r['bits']:>3} {r['params']:>14,} "
+    lines.append(f"{r['preset']:>12} {r['bits']:>3} {r['params']:>14,} "
                  f"{r['quantized_params']:>14,} {r['total_bits']:>16,} "
                  f"{r['total_bits'] / 8 / 2**30:>8.3f} {r['bits_per_param']:>10.4f} "
                  f"{'-' if math.isnan(q) else f'{q:.4f}':>9}")
