@@ -11,7 +11,7 @@ cd "$repo"
 workdir="${1:-workdirs/local}"
 SECONDS=0
 kbit grid --config configs/grid.py:cpu --workdir "$workdir/grid"
-kbit report --results "$workdir/grid/results" --out "$workdir/report" --bootstrap 100
+kbit report --results "$workdir/grid/results" --out "$workdir/report" --bootstrap 50
 echo "wall time: ${SECONDS}s"
 echo "report: $workdir/report/report.md (and report.html, figures/)"
 echo "records: $workdir/grid/results (one JSON per cell; kbit_jax.results.load gives a DataFrame)"
