@@ -8,6 +8,7 @@ falling back to the next older one.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -20,6 +21,8 @@ from etils import epath
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
+    # Orbax wants absolute paths; a relative local workdir is taken from the cwd.
+    workdir = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
     self.directory = epath.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory,

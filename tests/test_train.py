@@ -81,6 +81,13 @@ def test_train_writes_metrics_tensorboard_and_checkpoints(tmp_path):
   assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == [10, 20]
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  train.train_and_evaluate(tiny_config(steps=10), "runs/rel")
+  assert checkpoint.Checkpointer("runs/rel", 3).steps() == [10]
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   # AdamW moves every weight by ~lr per step, so lr=1e30 overflows the logits at step 2.
   config = tiny_config(lr=1e30, warmup_steps=0, checkpoint_every=1)
