@@ -104,6 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ppl_split = "validation"    # perplexity split of the data source; "" = none
   c.eval.ppl_max_batches = 0         # 0 = the whole split
   c.eval.text_file = ""              # also report perplexity on this local UTF-8 file
+  c.eval.probes = ""                 # k-bit probes (probes.py): "" = none, or k's in 1..6
+                                     # ("1,2,3,4,5,6"): 2^k-way continuation choice
+  c.eval.probe_items = 64            # items per built-in probe (a multiple of 2^k balances)
+  c.eval.probe_file = ""             # JSONL {"context", "options": [>= 2], "label"} probe
+  c.eval.probe_threshold = 0.5       # probe/summary/max_k: largest k with acc above this
 
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16                  # weight bits k: 2..8, or 16 for the float baseline

@@ -10,6 +10,12 @@ every quantization cell of it is evaluated (zero-shot tasks + perplexity).
 Arguments: `cpu` (the default grid) or `tiny` (one size, 20 steps, 7 cells), `tokens`
 (training tokens per size), `seeds` (number of training seeds).
 
+Optional axes (defaults leave the grid as it is): `grid.act_bits` (activation bits a, e.g.
+(8, 16): AQT input quantization of the attn/mlp matmuls, one evaluation net per a),
+`grid.tokens` (training-token budgets per size, e.g. (250_000, 1_000_000): one run per
+budget in W/models/<size>-seed<s>-D<tokens>/). k-bit probes: `eval.probes="1,2,3,4"`
+(kbit_jax/probes.py). experiments/kbit_probes/ uses all three.
+
 Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `base` (the
 training config every size starts from, configs/common.py), `per_size` (overrides of
 `base` for one preset: its steps, batch, lr; sizes without an entry train with `base`),
@@ -49,7 +55,11 @@ def _eval_section(tiny: bool) -> ml_collections.ConfigDict:
       max_len=0,                     # 0 = the model's max_len
       ppl_split="validation",
       ppl_max_batches=1 if tiny else 2,
-      text_file=""))
+      text_file="",
+      probes="",                     # k-bit probes off: keys at their defaults leave the
+      probe_items=64,                # cells' eval fingerprint unchanged (evaluate.py)
+      probe_file="",
+      probe_threshold=0.5))
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ reports per-token perplexity, bits per byte and per-word perplexity, all from th
 total NLL: bytes and words (whitespace-separated) are counted in the decoded text of the
 scored tokens, one document at a time (eos tokens are scored but add no text).
 
-Zero-shot tasks (`evaluate_tasks`, tasks in tasks.py) reduce to log-likelihood requests
+Zero-shot tasks (`evaluate_tasks`, tasks in tasks.py) and k-bit probes (probes.py) reduce to log-likelihood requests
 (context tokens, continuation tokens), scored by `loglikelihoods` as lm-eval's
 `_loglikelihood_tokens` does: context + continuation, left-truncated to the last
 max_len + 1 tokens, the model run on all but the last token; the result is the summed
@@ -36,12 +36,17 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from kbit_jax import data, model, tasks
+from kbit_jax import data, model, probes, tasks
 
 MIN_BUCKET = 16
 LOG_EVERY = 50                       # batches between progress lines
 EVAL_KEYS = ("tasks", "task_dir", "items_per_task", "task_seed", "batch_size", "max_len",
-             "ppl_split", "ppl_max_batches", "text_file")
+             "ppl_split", "ppl_max_batches", "text_file", "probes", "probe_items",
+             "probe_file", "probe_threshold")
+# Keys added after grids had stored results: a section without one reads this default,
+# and `fingerprint_dict` leaves a key at its default out of the cells' eval fingerprint,
+# so adding them changed no existing cell key.
+EVAL_DEFAULTS = {"probes": "", "probe_items": 64, "probe_file": "", "probe_threshold": 0.5}
 Request = tuple[Sequence[int], Sequence[int]]   # (context tokens, continuation tokens)
 
 
@@ -53,11 +58,41 @@ def _int_at_least(eval_cfg: ml_collections.ConfigDict, key: str, low: int) -> No
     raise ValueError(f"eval.{key}={value!r} must be an int >= {low}")
 
 
+def with_defaults(eval_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `eval_cfg` with every missing EVAL_DEFAULTS key at its default."""
+  out = ml_collections.ConfigDict(eval_cfg.to_dict())
+  for key, value in EVAL_DEFAULTS.items():
+    if key not in out:
+      out[key] = value
+  return out
+
+
+def fingerprint_dict(eval_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The eval settings that identify an evaluation: EVAL_DEFAULTS keys at their default
+  are left out (a section written before they existed has the same fingerprint)."""
+  return {k: v for k, v in eval_cfg.to_dict().items()
+          if not (k in EVAL_DEFAULTS and v == EVAL_DEFAULTS[k])}
+
+
+def _validate_probes(eval_cfg: ml_collections.ConfigDict) -> None:
+  """eval.probes, probe_items, probe_threshold; a probe file is read in full, so a bad
+  record is reported (file:line) before anything is compiled."""
+  ks = probes.parse_probes(eval_cfg.probes)
+  if ks:
+    _int_at_least(eval_cfg, "probe_items", 1)
+  threshold = eval_cfg.probe_threshold
+  if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+      0 <= threshold < 1):
+    raise ValueError(f"eval.probe_threshold={threshold!r} must be a number in [0, 1)")
+  if eval_cfg.probe_file:
+    probes.load_file(eval_cfg.probe_file)
+
+
 def validate(eval_cfg: ml_collections.ConfigDict,
              data_cfg: ml_collections.ConfigDict | None = None) -> None:
-  """Raises ValueError naming the first bad `eval.*` key. Reads no task file's records,
-  compiles nothing; checks that every file the config names exists."""
-  missing = [k for k in EVAL_KEYS if k not in eval_cfg]
+  """Raises ValueError naming the first bad `eval.*` key. Reads no task file's records
+  (but the whole probe file), compiles nothing; checks that every file named exists."""
+  missing = [k for k in EVAL_KEYS if k not in eval_cfg and k not in EVAL_DEFAULTS]
   if missing:
     raise ValueError(f"eval.{missing[0]} is missing; the eval section needs {list(EVAL_KEYS)}")
   names = tasks.task_names(eval_cfg)
@@ -82,6 +117,7 @@ def validate(eval_cfg: ml_collections.ConfigDict,
                            f"the official {tasks.TASK_FILES[name]})")
   if eval_cfg.text_file and not epath.Path(eval_cfg.text_file).exists():
     raise ValueError(f"eval.text_file={eval_cfg.text_file!r} does not exist")
+  _validate_probes(with_defaults(eval_cfg))
   if data_cfg is not None and data_cfg.source == "embedded" and eval_cfg.ppl_split:
     if eval_cfg.ppl_split not in data.SPLITS:
       raise ValueError(f"eval.ppl_split={eval_cfg.ppl_split!r} is unknown; allowed: "
@@ -323,26 +359,40 @@ def text_file_perplexity(params: Any, net: model.Transformer,
 
 # ----------------------------------------------------------------------------- tasks
 
+def load_items(eval_cfg: ml_collections.ConfigDict) -> dict[str, list[tasks.Item]]:
+  """{name: items} of eval.tasks, then of the probes (probes.py: "probe/k<k>", "probe/file")."""
+  ec = with_defaults(eval_cfg)
+  items = {name: tasks.load_task(name, ec) for name in tasks.task_names(ec)}
+  items.update(probes.load_probes(ec))
+  return items
+
+
 def evaluate_tasks(params: Any, net: model.Transformer, tokenizer: data.Tokenizer,
                    eval_cfg: ml_collections.ConfigDict) -> dict[str, dict[str, float]]:
   """{task: metrics} for eval.tasks, and "mean": the mean of their acc (the study's
-  mean zero-shot accuracy). All task files are read before anything is compiled; the
-  requests of all tasks are scored together, so they share the buckets' compiles."""
+  mean zero-shot accuracy); {probe: metrics} for the probes and "probe/summary". All
+  files are read before anything is compiled; the requests of all tasks and probes are
+  scored together, so they share the buckets' compiles."""
   validate(eval_cfg)
   if tokenizer.vocab_size > net.p.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model's "
                      f"vocab_size is {net.p.vocab_size}")
-  names = tasks.task_names(eval_cfg)
-  items = {name: tasks.load_task(name, eval_cfg) for name in names}
-  pairs = [pair for name in names for item in items[name] for pair in item.requests]
+  items = load_items(eval_cfg)
+  pairs = [pair for name in items for item in items[name] for pair in item.requests]
   results = iter(loglikelihoods(params, net, encode_requests(tokenizer, pairs),
                                 eval_cfg.batch_size, eval_cfg.max_len))
   out = {}
-  for name in names:
-    per_item = [[next(results) for _ in item.requests] for item in items[name]]
-    out[name] = tasks.score_items(name, items[name], per_item)
-  if out:
-    out["mean"] = tasks.mean_accuracy(out)
+  for name, name_items in items.items():
+    per_item = [[next(results) for _ in item.requests] for item in name_items]
+    out[name] = (probes.score_probe(name_items, per_item) if name.startswith("probe/")
+                 else tasks.score_items(name, name_items, per_item))
+  task_metrics = {n: out[n] for n in tasks.task_names(eval_cfg)}
+  if task_metrics:
+    out["mean"] = tasks.mean_accuracy(task_metrics)
+  probe_metrics = {n: m for n, m in out.items() if n.startswith("probe/")}
+  if probe_metrics:
+    out["probe/summary"] = probes.summary(probe_metrics,
+                                          with_defaults(eval_cfg).probe_threshold)
   return out
 
 

@@ -3,7 +3,8 @@ quantization cell of it and store one record per cell.
 
     kbit grid --config configs/grid.py:cpu --workdir W [--dry_run]
 
-    W/models/<size>-seed<s>/   the training run (train.py; a finished run is reused)
+    W/models/<size>-seed<s>/   the training run (train.py; a finished run is reused);
+                               <size>-seed<s>-D<tokens>/ per budget of a grid.tokens axis
     W/results/<cell id>.json   one record per finished cell (results.py)
 
 Compiles do not grow with the number of cells. A model's float parameters are restored
@@ -18,6 +19,11 @@ of a model reuses the same evaluation executables. Backend compiles are counted 
 jax.monitoring listener and reported per cell (record `compiles/cell`; `compiles/run`:
 all compiles of this run so far, training included) and per grid (the last log line).
 
+Activation quantization (grid.act_bits a < 16): the weights are fake-quantized as above
+and the net is built with AQT's dot_general quantizing the inputs of the attn and mlp
+matmuls to a bits (`act_quant_net`); one net per a, so compiles grow with the number of
+act_bits values, not cells.
+
 Evaluation runs on the first fsdp x tensor devices (the data axis would only replicate
 the same work). A cell's record is written atomically after the cell and finished cells
 are skipped on a rerun, so a `kill -9` loses at most the cell in flight.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import functools
 import pathlib
@@ -41,8 +48,8 @@ from etils import epath
 
 from kbit_jax import checkpoint, evaluate, grid_plan, presets, results, sharding, train
 from kbit_jax.quant import bits as quant_bits
-from kbit_jax.quant import codebooks, reference
-from kbit_jax.quant.spec import QuantSpec
+from kbit_jax.quant import aqt, codebooks, reference
+from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
 
 # jax records every XLA compile (cache misses only) under this event, with `fun_name`.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -136,17 +143,18 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
 # ----------------------------------------------------------------------------- cells
 
 def layout_spec(spec: QuantSpec) -> QuantSpec:
-  """`spec` with what only the codebook depends on (k, data-free dtype) made canonical.
+  """`spec` with what only the codebook depends on (k, data-free dtype) made canonical,
+  and act_bits at 16 (the weights' quantizer does not depend on it).
 
   `fake_quant_params(params, layout_spec(s), codebook(s))` equals
   `fake_quant_params(params, s)` for a data-free `s`; `quantile` stays as it is.
   """
   if spec.data_dependent or not spec.quantized:
-    return spec
+    return dataclasses.replace(spec, act_bits=UNQUANTIZED_BITS)
   dtype = "int_centered" if spec.centered else "nf" if spec.double_quant else "int"
   return QuantSpec(bits=max(codebooks.BITS), dtype=dtype, blocksize=spec.blocksize,
                    outlier_share=spec.outlier_share, double_quant=spec.double_quant,
-                   targets=spec.targets, act_bits=spec.act_bits, mode=spec.mode)
+                   targets=spec.targets, mode=spec.mode)
 
 
 def codebook(spec: QuantSpec) -> np.ndarray | None:
@@ -158,12 +166,31 @@ def codebook(spec: QuantSpec) -> np.ndarray | None:
   return np.pad(codes, (0, codebooks.CODEBOOK_SIZE - len(codes)), constant_values=np.inf)
 
 
+def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
+  """The float net, or for act_bits < 16 the net whose targeted matmuls (attn, mlp: the
+  nn.Dense layers) quantize their inputs with AQT's per-token absmax int quantizer to
+  act_bits (aqt.make_dot_general_cls); the weights reach it already fake-quantized."""
+  if act_bits == UNQUANTIZED_BITS:
+    return train.make_model(run.config)
+  targets = tuple(t for t in run.cells[0].spec.targets if t != "embed") or ("attn", "mlp")
+  return train.make_model(run.config, _act_dot_general_cls(act_bits, targets))
+
+
+@functools.lru_cache(maxsize=None)
+def _act_dot_general_cls(act_bits: int, targets: tuple[str, ...]):
+  """One factory per (a, targets): equal nets, so models of one preset share executables."""
+  spec = QuantSpec(bits=UNQUANTIZED_BITS, act_bits=act_bits, targets=targets)
+  return aqt.make_dot_general_cls(spec)
+
+
 class CellEvaluator:
-  """Quantizes and evaluates the cells of one model; compiles once per layout."""
+  """Quantizes and evaluates the cells of one model; compiles once per layout, and the
+  evaluation once per activation bit width (one net per act_bits)."""
 
   def __init__(self, run: grid_plan.ModelRun, params: Any, eval_cfg: ml_collections.ConfigDict):
+    self.run = run
     self.params = params
-    self.net = train.make_model(run.config)
+    self.nets: dict[int, Any] = {}
     self.config = ml_collections.ConfigDict({"data": run.config.data.to_dict(),
                                              "eval": eval_cfg.to_dict()})
     self._quantize = jax.jit(reference.fake_quant_params, static_argnums=1,
@@ -175,8 +202,10 @@ class CellEvaluator:
     return jax.block_until_ready(self._quantize(self.params, layout_spec(spec),
                                                 codebook(spec)))
 
-  def evaluate(self, params: Any) -> dict[str, Any]:
-    return evaluate.evaluate(params, self.net, self.config)
+  def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
+    if act_bits not in self.nets:
+      self.nets[act_bits] = act_quant_net(self.run, act_bits)
+    return evaluate.evaluate(params, self.nets[act_bits], self.config)
 
 
 def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str, Any],
@@ -203,6 +232,8 @@ def _headline(metrics: dict[str, Any]) -> str:
   parts = []
   if "mean" in metrics:
     parts.append(f"acc {metrics['mean']['acc']:.3f}")
+  if "probe/summary" in metrics:
+    parts.append(f"probe bits {metrics['probe/summary']['bits']:.2f}")
   parts += [f"ppl {v['perplexity']:.2f}" for k, v in metrics.items() if k.startswith("ppl/")]
   return " ".join(parts)
 
@@ -266,7 +297,7 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
       t0, c0 = time.perf_counter(), compile_count()
       params = evaluator.quantized(cell.spec)
       t1 = time.perf_counter()
-      metrics = evaluator.evaluate(params)
+      metrics = evaluator.evaluate(params, cell.spec.act_bits)
       t2 = time.perf_counter()
       compiles = dict(cell=compile_count() - c0, run=compile_count() - compiles_start)
       timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)

@@ -5,9 +5,11 @@ before any work, and estimate what the grid costs.
     print(grid_plan.format_plan(plan, grid_plan.estimate(plan), finished_ids))
 
 A grid is models x quantization cells. A model is one (size, training seed), trained
-once with `base` + `per_size[size]`. Its cells are every (k, dtype, block size, outlier
+once with `base` + `per_size[size]`; with a `grid.tokens` axis, one per (size, seed,
+token budget D), each a separate run whose steps are D / (batch x seq_len). Its cells are every (k, dtype, block size, outlier
 share) with k < 16, plus one 16-bit cell (the float model itself: no data type or
-block size, so it is never repeated per dtype). Every cell's `QuantSpec` is built here
+block size, so it is never repeated per dtype), all of it once per `grid.act_bits` a
+(matmul-input bits; 16, the default, is weights-only and adds nothing to cell keys). Every cell's `QuantSpec` is built here
 and its targets checked against the model's parameter shapes, so a bad cell is reported
 with its name and the bad key before anything is trained.
 
@@ -18,18 +20,24 @@ section, so rerunning a grid finds its finished cells and a changed evaluation d
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Iterable, Sequence
 
 import jax
 import ml_collections
 
-from kbit_jax import config_lib, data, evaluate, flops, presets, results, sharding, tasks
+from kbit_jax import config_lib, data, evaluate, flops, presets, results, sharding
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
 
 AXES = ("sizes", "seeds", "bits", "dtypes", "blocksizes", "outlier_shares")
 QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")   # unused by the 16-bit cell
-GRID_KEYS = AXES + ("targets",)
+# Axes added later; a grid section without one reads its default, which adds nothing to
+# the cells' keys, names or model directories (the default grid is unchanged):
+# act_bits: matmul-input bits a of every cell, 16 = weights-only (the study);
+# tokens: training-token budgets D per size, () = the one budget of per_size's steps.
+OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": ()}
+GRID_KEYS = AXES + tuple(OPTIONAL_AXES) + ("targets",)
 # Time model of `estimate`: FLOPs at an assumed share of the measured matmul peak, plus
 # fixed costs (Python, host-side task scoring, compiles), calibrated with the default CPU
 # grid on 2 shared CPU cores (load ~6; f32, tiny presets, where the fixed costs dominate).
@@ -59,10 +67,11 @@ class Cell:
   @property
   def name(self) -> str:
     s = self.spec
+    a = f" a{s.act_bits}" if s.act_bits != UNQUANTIZED_BITS else ""
     if not s.quantized:
-      return f"{self.model} k16"
+      return f"{self.model} k16{a}"
     e = f"e{s.exponent_bits}" if s.dtype == "float" else ""
-    return f"{self.model} k{s.bits} {s.dtype}{e} B{s.blocksize} p{s.outlier_share:g}"
+    return f"{self.model} k{s.bits} {s.dtype}{e} B{s.blocksize} p{s.outlier_share:g}{a}"
 
   @property
   def layout(self) -> tuple:
@@ -73,15 +82,17 @@ class Cell:
 
 @dataclasses.dataclass(eq=False)
 class ModelRun:
-  """One (size, seed) to train, and its cells."""
+  """One (size, seed, token budget) to train, and its cells."""
   preset: str
   seed: int
   config: ml_collections.ConfigDict   # the full training config
   cells: list[Cell]
+  tokens_axis: bool = False           # trained for a grid.tokens budget: "-D<tokens>"
 
   @property
   def name(self) -> str:
-    return f"{self.preset}-seed{self.seed}"
+    d = f"-D{self.train_tokens}" if self.tokens_axis else ""
+    return f"{self.preset}-seed{self.seed}{d}"
 
   @property
   def train_tokens(self) -> int:
@@ -101,7 +112,7 @@ class Plan:
 
 def _axis(grid: ml_collections.ConfigDict, name: str) -> tuple:
   """An axis as a tuple; string items may hold comma lists (`--config.grid.sizes=s1,s2`)."""
-  value = grid[name]
+  value = grid[name] if name in grid else OPTIONAL_AXES[name]
   items = value if isinstance(value, (tuple, list)) else (value,)
   out = []
   for item in items:
@@ -122,9 +133,11 @@ def _check_grid_keys(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"grid.{unknown[0]} is unknown; allowed: {list(GRID_KEYS)}")
 
 
-def model_config(config: ml_collections.ConfigDict, size: str, seed: int
-                 ) -> ml_collections.ConfigDict:
-  """`base` + `per_size[size]`, with the preset and the training seed set."""
+def model_config(config: ml_collections.ConfigDict, size: str, seed: int,
+                 tokens: int = 0) -> ml_collections.ConfigDict:
+  """`base` + `per_size[size]`, with the preset and the training seed set; `tokens` > 0
+  rescales the steps (and warmup, eval and checkpoint intervals) to that token budget at
+  the size's batch size: a separate run per budget, with its own cosine schedule."""
   c = ml_collections.ConfigDict(config.base.to_dict())
   if size in config.per_size:
     overrides = config.per_size[size].to_dict()
@@ -139,16 +152,23 @@ def model_config(config: ml_collections.ConfigDict, size: str, seed: int
       c[section].update(values)
   c.model.preset = size
   c.train.seed = seed
+  if tokens:
+    t = c.train
+    steps = max(1, round(tokens / (t.batch_size * c.data.seq_len)))
+    t.warmup_steps = max(1, round(t.warmup_steps * steps / t.steps))
+    t.eval_every, t.checkpoint_every, t.steps = steps, min(t.checkpoint_every, steps), steps
   return c
 
 
 def eval_id(config: ml_collections.ConfigDict) -> str:
   """Fingerprint of the evaluation settings (part of every cell key)."""
-  return results.cell_id(config.eval.to_dict())[:8]
+  return results.cell_id(evaluate.fingerprint_dict(config.eval))[:8]
 
 
 def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
+  """The cell's identity; act_bits only when < 16, so weights-only keys are as before."""
   q = spec.quantized
+  act = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
   return tuple(dict(
       preset=run.preset, seed=run.seed, train_tokens=run.train_tokens,
       bits=spec.bits, dtype=spec.dtype if q else "none",
@@ -156,20 +176,24 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
       blocksize=spec.blocksize if q else None,
       outlier_share=spec.outlier_share if q else 0.0,
       targets=",".join(spec.targets) if q else "none",
-      double_quant=spec.double_quant, eval_id=eval_fingerprint).items())
+      double_quant=spec.double_quant, eval_id=eval_fingerprint, **act).items())
 
 
 def _specs(grid: dict[str, tuple], targets: str) -> Iterable[tuple[str, dict[str, Any]]]:
-  """(cell label, QuantSpec kwargs): 16 bits once, then layouts x dtypes x k."""
-  if UNQUANTIZED_BITS in grid["bits"]:
-    yield "k16", dict(bits=UNQUANTIZED_BITS, targets=targets)
-  for b in grid["blocksizes"]:
-    for p in grid["outlier_shares"]:
-      for dtype in grid["dtypes"]:
-        for k in grid["bits"]:
-          if k != UNQUANTIZED_BITS:
-            yield f"k{k} {dtype} B{b} p{p:g}", dict(
-                bits=k, dtype=dtype, blocksize=b, outlier_share=p, targets=targets)
+  """(cell label, QuantSpec kwargs): per activation bits a, 16 bits once, then layouts x
+  dtypes x k."""
+  for a in grid["act_bits"]:
+    label = "" if a == UNQUANTIZED_BITS else f" a{a}"
+    if UNQUANTIZED_BITS in grid["bits"]:
+      yield f"k16{label}", dict(bits=UNQUANTIZED_BITS, targets=targets, act_bits=a)
+    for b in grid["blocksizes"]:
+      for p in grid["outlier_shares"]:
+        for dtype in grid["dtypes"]:
+          for k in grid["bits"]:
+            if k != UNQUANTIZED_BITS:
+              yield f"k{k} {dtype} B{b} p{p:g}{label}", dict(
+                  bits=k, dtype=dtype, blocksize=b, outlier_share=p, targets=targets,
+                  act_bits=a)
 
 
 def _check_devices(run_cfg: ml_collections.ConfigDict, name: str) -> None:
@@ -183,7 +207,11 @@ def _check_devices(run_cfg: ml_collections.ConfigDict, name: str) -> None:
 def make_plan(config: ml_collections.ConfigDict) -> Plan:
   """Expands and validates the grid; raises ValueError naming the bad cell or key."""
   _check_grid_keys(config)
-  grid = {name: _axis(config.grid, name) for name in AXES}
+  grid = {name: _axis(config.grid, name) for name in AXES + tuple(OPTIONAL_AXES)}
+  for d in grid["tokens"]:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+      raise ValueError(f"grid.tokens={config.grid.tokens!r}: {d!r} is not a positive int "
+                       "token budget; allowed: () (per_size's steps) or ints >= 1")
   needed = AXES if any(k != UNQUANTIZED_BITS for k in grid["bits"]) else (
       tuple(a for a in AXES if a not in QUANT_AXES))
   empty = [f"grid.{a}" for a in needed if not grid[a]]
@@ -197,8 +225,9 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
   models = []
   for size in grid["sizes"]:
     shapes = quant_bits.preset_shapes(presets.get_preset(size))
-    for seed in grid["seeds"]:
-      run = ModelRun(size, seed, model_config(config, size, seed), [])
+    for seed, tokens in itertools.product(grid["seeds"], grid["tokens"] or (0,)):
+      run = ModelRun(size, seed, model_config(config, size, seed, tokens), [],
+                     tokens_axis=bool(tokens))
       _check_devices(run.config, run.name)
       for label, kwargs in _specs(grid, config.grid.targets):
         try:
@@ -217,7 +246,7 @@ def _request_lengths(config: ml_collections.ConfigDict) -> list[int]:
   """Tokens of each log-likelihood request of the eval tasks (context + continuation)."""
   ec = config.eval
   tokenizer = data.load_tokenizer(config.base.data.tokenizer)
-  pairs = [pair for name in tasks.task_names(ec) for item in tasks.load_task(name, ec)
+  pairs = [pair for items in evaluate.load_items(ec).values() for item in items
            for pair in item.requests]
   return [len(c) + len(x) for c, x in evaluate.encode_requests(tokenizer, pairs)]
 
@@ -305,7 +334,9 @@ def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset
          f"axes: sizes={_compact(_axis(g, 'sizes'))} seeds={_compact(_axis(g, 'seeds'))} "
          f"bits={_compact(_axis(g, 'bits'))} dtypes={_compact(_axis(g, 'dtypes'))} "
          f"blocksizes={_compact(_axis(g, 'blocksizes'))} (0 = per tensor) "
-         f"outlier_shares={_compact(_axis(g, 'outlier_shares'))} targets={g.targets}", ""]
+         f"outlier_shares={_compact(_axis(g, 'outlier_shares'))} "
+         f"act_bits={_compact(_axis(g, 'act_bits'))} "
+         f"tokens={_compact(_axis(g, 'tokens')) or 'per_size'} targets={g.targets}", ""]
   rows = []
   for run in plan.models:
     m = cost["per_model"][run.name]

@@ -36,7 +36,7 @@ K_COLORS = {2: "#8c564b", 3: "#d62728", 4: "#ff7f0e", 5: "#bcbd22", 6: "#2ca02c"
             7: "#17becf", 8: "#1f77b4", 16: "#000000"}
 OTHER_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf")
-MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
+MAIN_DTYPES = scaling.MAIN_DTYPES
 BITS_LABEL = "total model bits (log scale)"
 METRIC_LABEL = {"acc": "mean zero-shot accuracy", "nll": "perplexity (validation, log scale)"}
 DPI = 130

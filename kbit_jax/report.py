@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax import plots, scaling
+from kbit_jax import plots, plots_axes, scaling, scaling_axes
 from kbit_jax.scaling import BASELINE_METHOD
 
 MAX_LIST = 30          # longest list of skipped fits / issues shown in full
@@ -218,8 +218,47 @@ def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
   return blocks
 
 
+def _frame_table(table, digits: int = 3) -> Block:
+  """A DataFrame (MultiIndex rows) as a table block."""
+  names = [str(n) for n in table.index.names]
+  header = tuple(names + [str(c) for c in table.columns])
+  rows = [tuple(_cell(v) for v in (i if isinstance(i, tuple) else (i,)))
+          + tuple(num(v, digits) for v in r) for i, r in zip(table.index, table.to_numpy())]
+  return ("table", header, rows)
+
+
+def axes_blocks(cells, figures: Sequence[plots.Figure], notes: Sequence[str],
+                out_dir: epath.Path) -> list[Block]:
+  """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (scaling_axes)."""
+  if cells is None or cells.empty:
+    return []
+  blocks: list[Block] = [("h", 2, "Probes, activation bits and training tokens")]
+  blocks += figure_blocks(figures, notes, out_dir)[1:]
+  probe = scaling_axes.probe_table(cells)
+  if not probe.empty:
+    blocks += [("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
+               _frame_table(probe)]
+  for metric, what, digits in (("nll", "ln perplexity", 5),
+                               ("acc", "mean zero-shot accuracy", 3)):
+    for name, table in scaling_axes.act_tables(cells, metric).items():
+      blocks += [("h", 3, f"{name}: {what}, weight bits (rows) x activation bits"),
+                 _frame_table(table, digits)]
+  fits = scaling_axes.nd_fits(cells)
+  if fits:
+    blocks += [("h", 3, "Performance = a N^b D^c (16-bit cells, log-linear least squares)"),
+               ("table", ("metric", "a", "b (N)", "c (D)", "R^2", "points"),
+                [(f["metric"], num(f["a"]), num(f["b"]), num(f["c"]), num(f["r2"]),
+                  num(f["points"])) for f in fits.values()])]
+  penalty = scaling_axes.penalty_table(scaling_axes.ptq_penalty(cells))
+  if not penalty.empty and penalty.shape[1] > 2:
+    blocks += [("h", 3, "PTQ penalty nll(k) - nll(16) [nats] per training tokens D"),
+               _frame_table(penalty)]
+  return blocks if len(blocks) > 1 else []
+
+
 def report_blocks(a: scaling.Analysis | None, figures: Sequence[plots.Figure],
-                  notes: Sequence[str], out_dir: epath.Path, error: str = "") -> list[Block]:
+                  notes: Sequence[str], out_dir: epath.Path, error: str = "",
+                  axes: list[Block] = ()) -> list[Block]:
   blocks: list[Block] = [("h", 1, "k-bit inference scaling: report")]
   if a is None:
     return blocks + [("p", f"No analysis could be made: {error}")]
@@ -229,6 +268,7 @@ def report_blocks(a: scaling.Analysis | None, figures: Sequence[plots.Figure],
   if a.issues:
     blocks += [("h", 2, "Data issues"), ("ul", _limited(a.issues))]
   blocks += figure_blocks(figures, notes, out_dir)
+  blocks += list(axes)
   blocks += bit_optimal_blocks(a) + fit_blocks(a) + joint_blocks(a) + extrapolation_blocks(a)
   if a.skipped:
     blocks += [("h", 2, "Skipped fits"), ("ul", _limited(a.skipped))]
@@ -295,14 +335,19 @@ def to_html(blocks: Sequence[Block]) -> str:
 
 
 def render(a: scaling.Analysis | None, out_dir: str, error: str = "",
-           figures: Sequence[plots.Figure] | None = None, notes: Sequence[str] = ()
-           ) -> dict[str, epath.Path]:
-  """Writes report.md and report.html (and the figures, unless given) to `out_dir`."""
+           figures: Sequence[plots.Figure] | None = None, notes: Sequence[str] = (),
+           all_cells=None) -> dict[str, epath.Path]:
+  """Writes report.md and report.html (and the figures, unless given) to `out_dir`;
+  `all_cells` (scaling_axes.load_all_cells) adds the probes / act bits / tokens section."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   if figures is None:
     figures, notes = plots.make_figures(a, str(out / "figures")) if a is not None else ([], [])
-  blocks = report_blocks(a, figures, notes, out, error)
+  axes = []
+  if all_cells is not None and not all_cells.empty:
+    axes = axes_blocks(all_cells, *plots_axes.make_figures(all_cells, str(out / "figures")),
+                       out)
+  blocks = report_blocks(a, figures, notes, out, error, axes)
   paths = {"md": out / "report.md", "html": out / "report.html"}
   paths["md"].write_text(to_markdown(blocks))
   paths["html"].write_text(to_html(blocks))
@@ -320,7 +365,9 @@ def report_main(results_dir: str, out_dir: str, n_boot: int = 200, level: float 
     return paths
   a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
   scaling.write_tables(a, out_dir)
-  paths = render(a, out_dir)
+  all_cells = scaling_axes.load_all_cells(results_dir)
+  scaling_axes.write_tables(all_cells, out_dir)
+  paths = render(a, out_dir, all_cells=all_cells)
   print(scaling.summary(a))
   print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths

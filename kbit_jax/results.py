@@ -113,15 +113,19 @@ def load(results_dir: str | epath.Path) -> pd.DataFrame:
 
 
 def pivot(df: pd.DataFrame, value: str, blocksize: int = 64) -> pd.DataFrame:
-  """Rows (preset by size, dtype), columns k: `value` at block size B (mean over training
-  seeds); the 16-bit baseline is repeated in every dtype's row."""
+  """Rows (preset by size, training tokens when a preset has several, dtype), columns k:
+  `value` of the weights-only cells at block size B (mean over training seeds); the
+  16-bit baseline is repeated in every dtype's row."""
   if value not in df:
     raise ValueError(f"results have no column {value!r}; allowed: {sorted(df.columns)}")
+  if "act_bits" in df:   # weights-only cells (activation-quantized ones lack 16 here)
+    df = df[df["act_bits"].isna() | (df["act_bits"] == 16)]
   baseline = df[df["bits"] == 16]
   quantized = df[(df["bits"] != 16) & (df["blocksize"] == blocksize)]
   rows = pd.concat([quantized] + [baseline.assign(dtype=d) for d in quantized["dtype"].unique()])
-  table = rows.pivot_table(index=["params", "preset", "dtype"], columns="bits", values=value,
-                           aggfunc="mean")
+  budgets = int("train_tokens" in df and df.groupby("preset")["train_tokens"].nunique().max() > 1)
+  table = rows.pivot_table(index=["params", "preset"] + ["train_tokens"] * budgets + ["dtype"],
+                           columns="bits", values=value, aggfunc="mean")
   return table.droplevel("params")
 
 

@@ -43,6 +43,8 @@ from kbit_jax.scaling_fit import FitError, FitResult
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
 METRICS = ("nll", "acc")      # nll = ln(perplexity), nats per token
+# The figures' *main* data type: the first present (the study's recommended types first).
+MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
 # Chance accuracy of each zero-shot task (lambada is greedy generation: 0); the mean
 # accuracy's floor `lo` is the mean over the tasks a cell was scored on.
 CHANCE = {"lambada": 0.0, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5}
@@ -59,13 +61,15 @@ STORE_COLUMNS = {
     "total_bits": "total_bits", "bits_per_param": "bits_per_param", "git_commit": "commit",
     "name": "cell", "created": "created", "train_steps": "train_steps",
     "train_batch_size": "train_batch_size", "seq_len": "seq_len", "train_lr": "train_lr",
+    "act_bits": "act_bits",
 }
 REQUIRED = ("preset", "bits", "params", "total_bits")
 DEFAULTS = {"seed": 0, "tokens": np.nan, "dtype": "none", "exponent_bits": 0,
             "blocksize": np.nan, "outlier_share": 0.0, "targets": "", "double_quant": False,
-            "eval_id": "", "commit": "unknown", "created": ""}
+            "eval_id": "", "commit": "unknown", "created": "", "act_bits": BASELINE_BITS}
 METRIC_PREFIXES = ("metrics/", "")
 PPL_SPLITS = ("validation", "text_file", "test")   # preferred perplexity, in order
+PROBE_METRICS = ("bits", "bits_unclipped", "acc", "macro_f1", "max_k")
 
 
 class ScalingWarning(UserWarning):
@@ -130,6 +134,10 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}/{task}"] = pd.to_numeric(df[col], errors="coerce")
   out["chance"] = float(np.mean([CHANCE.get(t, 0.0) for t in tasks])) if tasks else 0.0
   out.attrs["tasks"] = tasks
+  for col in df.columns:   # k-bit probes (probes.py): probe/k<k>/<metric>, probe/summary/*
+    parts = col.removeprefix("metrics/").split("/")
+    if parts[0] == "probe" and len(parts) == 3 and parts[2] in PROBE_METRICS:
+      out[f"probe_{parts[2]}/{parts[1]}"] = pd.to_numeric(df[col], errors="coerce")
   return _normalise(out)
 
 
@@ -142,6 +150,7 @@ def blocksize_label(b: Any) -> str:
 def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   cells = cells.copy()
   cells["k"] = cells["k"].astype(int)
+  cells["act_bits"] = cells["act_bits"].fillna(BASELINE_BITS).astype(int)
   cells["seed"] = cells["seed"].fillna(0).astype(int)
   cells["outlier_share"] = cells["outlier_share"].fillna(0.0).astype(float)
   cells["exponent_bits"] = cells["exponent_bits"].fillna(0).astype(int)
@@ -195,7 +204,7 @@ def _name_cells(cells: pd.DataFrame, limit: int = 8) -> str:
   return ", ".join(names[:limit]) + more
 
 
-def _keep_largest(cells: pd.DataFrame, column: str, what: str, issues: list[str],
+def keep_largest(cells: pd.DataFrame, column: str, what: str, issues: list[str],
                   mask: pd.Series | None = None) -> pd.DataFrame:
   """Keeps the most common value of `column` (among `mask` rows); warns naming the rest."""
   scope = cells if mask is None else cells[mask]
@@ -215,17 +224,23 @@ def check_cells(cells: pd.DataFrame, issues: list[str] | None = None
                 ) -> tuple[pd.DataFrame, list[str]]:
   """Drops what cannot be analysed (warning for each) and assigns training families."""
   issues = [] if issues is None else issues
+  act = cells[cells["act_bits"] != BASELINE_BITS]
+  if len(act):
+    issues.append(f"{len(act)} cell(s) with activation bits < 16 are left out of the fits "
+                  "(weights-only, as in the study) and shown in the weight x activation "
+                  "bits tables (scaling_axes.py)")
+    cells = cells.drop(index=act.index)
   bad_bits = cells[~(cells["total_bits"] > 0)]
   if len(bad_bits):
     _warn(issues, f"{len(bad_bits)} cell(s) without a positive total_bits left out: "
           f"{_name_cells(bad_bits)}")
     cells = cells.drop(index=bad_bits.index)
-  cells = _keep_largest(cells, "eval_id", "evaluation settings (eval_id)", issues)
-  cells = _keep_largest(cells, "targets", "quantization targets", issues,
+  cells = keep_largest(cells, "eval_id", "evaluation settings (eval_id)", issues)
+  cells = keep_largest(cells, "targets", "quantization targets", issues,
                         mask=cells["k"] != BASELINE_BITS)
   counts = cells.groupby("preset")["params"].nunique()
   for preset in counts[counts > 1].index:
-    cells = _keep_largest(cells, "params", f"the parameter count of preset {preset}", issues,
+    cells = keep_largest(cells, "params", f"the parameter count of preset {preset}", issues,
                           mask=cells["preset"] == preset)
   for metric in METRICS:
     bad = cells[~np.isfinite(cells[metric].to_numpy(float))]
@@ -239,7 +254,7 @@ def check_cells(cells: pd.DataFrame, issues: list[str] | None = None
   return cells.reset_index(drop=True), issues
 
 
-def _tokens_label(t: float) -> str:
+def tokens_label(t: float) -> str:
   if not np.isfinite(t):
     return "D=?"
   for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -255,14 +270,14 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   per_preset = cells.groupby("preset")["tokens"].apply(lambda s: tuple(sorted(set(s.fillna(-1)))))
   if per_preset.map(len).max() == 1:
     distinct = cells["tokens"].dropna().unique()
-    label = _tokens_label(distinct[0]) if len(distinct) == 1 else "one run per size"
+    label = tokens_label(distinct[0]) if len(distinct) == 1 else "one run per size"
     return pd.Series(label, index=cells.index)
   if per_preset.nunique() == 1:
-    labels = cells["tokens"].map(_tokens_label)
+    labels = cells["tokens"].map(tokens_label)
   else:
     ratio = cells["tokens"] / cells["params"]
     labels = ratio.map(lambda r: f"D/N={float(f'{r:.2g}'):g}" if np.isfinite(r) else "D=?")
-  note = "; ".join(f"{p}: {', '.join(_tokens_label(t) for t in ts)}"
+  note = "; ".join(f"{p}: {', '.join(tokens_label(t) for t in ts)}"
                    for p, ts in per_preset.items() if len(ts) > 1)
   issues.append(f"training tokens differ within presets ({note}): fitting each training "
                 f"family separately ({', '.join(sorted(labels.unique()))}); the precision "
@@ -514,10 +529,14 @@ def summary(a: Analysis) -> str:
 
 def fit_main(results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95,
              seed: int = 0) -> Analysis:
-  """`kbit fit --results DIR`: fits every form the store allows; writes the tables."""
+  """`kbit fit --results DIR`: fits every form the store allows; writes the tables, and
+  those of the probes, activation bits and N-D axes (scaling_axes)."""
+  from kbit_jax import scaling_axes  # pylint: disable=g-import-not-at-top  (it imports us)
   cells, issues = load_cells(results_dir)
   a = analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  paths = write_tables(a, out_dir)
+  all_cells = scaling_axes.load_all_cells(results_dir)
+  paths = {**write_tables(a, out_dir), **scaling_axes.write_tables(all_cells, out_dir)}
   print(summary(a))
+  print(scaling_axes.summary(all_cells))
   print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
   return a

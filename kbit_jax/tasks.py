@@ -55,13 +55,13 @@ Record = dict[str, Any]
 
 # ----------------------------------------------------------------------------- records
 
-def _field(record: Record, name: str, where: str) -> Any:
+def field(record: Record, name: str, where: str) -> Any:
   if name not in record:
     raise ValueError(f"{where}: missing field {name!r}; the record has {sorted(record)}")
   return record[name]
 
 
-def _label(value: Any, num_choices: int, name: str, where: str) -> int:
+def parse_label(value: Any, num_choices: int, name: str, where: str) -> int:
   try:
     label = int(value)
   except (TypeError, ValueError):
@@ -72,14 +72,14 @@ def _label(value: Any, num_choices: int, name: str, where: str) -> int:
   return label
 
 
-def _choice_item(context: str, choices: Sequence[str], label: int) -> Item:
+def choice_item(context: str, choices: Sequence[str], label: int) -> Item:
   return Item(requests=tuple((context, " " + c) for c in choices), label=label,
               choice_chars=tuple(len(c) for c in choices))
 
 
 def lambada_item(record: Record, where: str) -> Item:
   """lambada_openai: the context is the text up to its last space-separated word."""
-  text = _field(record, "text", where)
+  text = field(record, "text", where)
   context, _, word = text.rpartition(" ")
   return Item(requests=((context, " " + word),), label=0, choice_chars=(len(word),))
 
@@ -95,26 +95,26 @@ def hellaswag_item(record: Record, where: str) -> Item:
   if "ctx_a" in record and "ctx_b" in record:
     ctx = record["ctx_a"] + " " + record["ctx_b"].capitalize()
   else:
-    ctx = _field(record, "ctx", where)
-  query = hellaswag_preprocess(_field(record, "activity_label", where) + ": " + ctx)
-  endings = _field(record, "endings", where)
+    ctx = field(record, "ctx", where)
+  query = hellaswag_preprocess(field(record, "activity_label", where) + ": " + ctx)
+  endings = field(record, "endings", where)
   if not isinstance(endings, list) or len(endings) < 2:
     raise ValueError(f"{where}: endings={endings!r} must be a list of at least 2 strings")
-  label = _label(_field(record, "label", where), len(endings), "label", where)
-  return _choice_item(query, [hellaswag_preprocess(e) for e in endings], label)
+  label = parse_label(field(record, "label", where), len(endings), "label", where)
+  return choice_item(query, [hellaswag_preprocess(e) for e in endings], label)
 
 
 def piqa_item(record: Record, where: str) -> Item:
-  goal, sol1, sol2 = (_field(record, k, where) for k in ("goal", "sol1", "sol2"))
-  label = _label(_field(record, "label", where), 2, "label", where)
-  return _choice_item(f"Question: {goal}\nAnswer:", [sol1, sol2], label)
+  goal, sol1, sol2 = (field(record, k, where) for k in ("goal", "sol1", "sol2"))
+  label = parse_label(field(record, "label", where), 2, "label", where)
+  return choice_item(f"Question: {goal}\nAnswer:", [sol1, sol2], label)
 
 
 def winogrande_item(record: Record, where: str) -> Item:
   """Partial evaluation: each option completes the context, the rest is scored."""
-  sentence = _field(record, "sentence", where)
-  options = [_field(record, k, where) for k in ("option1", "option2")]
-  answer = _field(record, "answer", where)
+  sentence = field(record, "sentence", where)
+  options = [field(record, k, where) for k in ("option1", "option2")]
+  answer = field(record, "answer", where)
   if answer not in ("1", "2"):
     raise ValueError(f"{where}: answer={answer!r} is unknown; allowed: ['1', '2']")
   blank = sentence.find("_")
@@ -172,7 +172,7 @@ def _piqa_labels(records: list[tuple[Record, str]], jsonl: epath.Path) -> None:
     raise ValueError(f"{labels_path} has {len(labels)} labels but {jsonl} has "
                      f"{len(records)} records")
   for (record, _), (label, where) in zip(records, labels):
-    record["label"] = _label(label, 2, "label", where)
+    record["label"] = parse_label(label, 2, "label", where)
 
 
 def load_file_task(task: str, task_dir: str, limit: int = 0) -> list[Item]:
@@ -288,7 +288,7 @@ def _passage_start(words: Sequence[str], last: int, max_words: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _documents() -> tuple[_Words, ...]:
+def documents() -> tuple[_Words, ...]:
   from kbit_jax import data  # pylint: disable=g-import-not-at-top
   return tuple(_Words(d, tuple(doc.split()))
                for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT)))
@@ -311,7 +311,7 @@ def _lambada_candidates(docs: Sequence[_Words]) -> list[tuple[int, Record]]:
   return out
 
 
-def _continuation_candidates(docs: Sequence[_Words], context_words: int,
+def continuation_candidates(docs: Sequence[_Words], context_words: int,
                              split_sentence: bool) -> list[tuple[int, str, str]]:
   """(doc, context, true continuation). Whole next sentence (HellaSwag-style), or a
   sentence cut in half (PiQA-style), after up to `context_words` words of context."""
@@ -346,14 +346,14 @@ def _winogrande_candidates(docs: Sequence[_Words]) -> list[tuple[int, tuple[str,
   return out
 
 
-def _sample(candidates: list, n: int, rng: np.random.Generator, task: str) -> list:
+def sample(candidates: list, n: int, rng: np.random.Generator, task: str) -> list:
   if len(candidates) < n:
     raise ValueError(f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
                      f"offers only {len(candidates)} built-in {task} items")
   return [candidates[i] for i in rng.permutation(len(candidates))[:n]]
 
 
-def _distractors(pool: list[tuple[int, str, str]], doc: int, true: str, k: int,
+def distractors(pool: list[tuple[int, str, str]], doc: int, true: str, k: int,
                  rng: np.random.Generator) -> list[str]:
   """k different continuations of other documents' passages."""
   picked: list[str] = []
@@ -364,7 +364,7 @@ def _distractors(pool: list[tuple[int, str, str]], doc: int, true: str, k: int,
   return picked
 
 
-def _with_label(true: str, others: list[str], label: int) -> list[str]:
+def with_label(true: str, others: list[str], label: int) -> list[str]:
   return others[:label] + [true] + others[label:]
 
 
@@ -377,7 +377,7 @@ def _winogrande_record(passage: tuple[str, ...], b: int, label: int,
   others = same_case or others
   if not others:
     return None
-  options = _with_label(target, [others[int(rng.integers(len(others)))]], label)
+  options = with_label(target, [others[int(rng.integers(len(others)))]], label)
   return {"sentence": " ".join(passage[:b] + ("_",) + passage[b + 1:]),
           "option1": options[0], "option2": options[1], "answer": str(label + 1)}
 
@@ -387,13 +387,13 @@ def builtin_records(task: str, n: int, seed: int) -> list[Record]:
   if task not in TASKS:
     raise ValueError(f"eval.tasks: task {task!r} is unknown; allowed: {list(TASKS)}")
   rng = np.random.default_rng([seed, TASKS.index(task)])
-  docs = _documents()
+  docs = documents()
   if task == "lambada":
-    return [r for _, r in _sample(_lambada_candidates(docs), n, rng, task)]
+    return [r for _, r in sample(_lambada_candidates(docs), n, rng, task)]
   if task == "winogrande":
     candidates = _winogrande_candidates(docs)
     records = []
-    for doc, passage, b in _sample(candidates, len(candidates), rng, task):
+    for doc, passage, b in sample(candidates, len(candidates), rng, task):
       record = _winogrande_record(passage, b, len(records) % 2, rng)
       if record is not None:
         records.append(record)
@@ -401,17 +401,17 @@ def builtin_records(task: str, n: int, seed: int) -> list[Record]:
         return records
     raise ValueError(f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
                      f"offers only {len(records)} built-in {task} items")
-  pool = _continuation_candidates(docs, 50 if task == "hellaswag" else 30,
+  pool = continuation_candidates(docs, 50 if task == "hellaswag" else 30,
                                   split_sentence=task == "piqa")
   records = []
-  for k, (doc, context, true) in enumerate(_sample(pool, n, rng, task)):
+  for k, (doc, context, true) in enumerate(sample(pool, n, rng, task)):
     if task == "hellaswag":
       label = k % 4
-      endings = _with_label(true, _distractors(pool, doc, true, 3, rng), label)
+      endings = with_label(true, distractors(pool, doc, true, 3, rng), label)
       records.append({"activity_label": "Passage", "ctx": context, "endings": endings,
                       "label": label})
     else:
       label = k % 2
-      sols = _with_label(true, _distractors(pool, doc, true, 1, rng), label)
+      sols = with_label(true, distractors(pool, doc, true, 1, rng), label)
       records.append({"goal": context, "sol1": sols[0], "sol2": sols[1], "label": label})
   return records

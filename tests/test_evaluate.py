@@ -275,3 +275,23 @@ def test_validate_names_missing_task_files_and_keys(tmp_path):
   net, params = _bigram(max_len=64)
   with pytest.raises(ValueError, match="eval.max_len=128 exceeds"):
     evaluate.loglikelihoods(params, net, [([1], [2])], 4, max_len=128)
+
+
+def test_probes_end_to_end_with_tasks_and_bounded_compiles(tmp_path):
+  probe_file = tmp_path / "p.jsonl"
+  probe_file.write_text(json.dumps({"context": "the cat sat on the", "label": 1,
+                                    "options": ["dog", "mat", "sun", "car"]}) + "\n")
+  net, params = _bigram(vocab=4096, max_len=128)
+  cfg = _eval_cfg(tasks="piqa", items_per_task=4, batch_size=16, max_len=128)
+  cfg.update(dict(probes="1,2", probe_items=8, probe_file=str(probe_file),
+                  probe_threshold=0.5))
+  before = evaluate.score_rows._cache_size()
+  out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
+  assert evaluate.score_rows._cache_size() - before <= len(evaluate.bucket_lengths(128))
+  assert set(out) == {"piqa", "mean", "probe/k1", "probe/k2", "probe/file", "probe/summary"}
+  assert out["mean"]["tasks"] == 1
+  assert (out["probe/k2"]["n"], out["probe/k2"]["k"], out["probe/file"]["k"]) == (8, 2, 2)
+  for name in ("probe/k1", "probe/k2", "probe/file"):
+    m = out[name]
+    assert m["bits"] == max(0.0, m["bits_unclipped"]) and 0 <= m["acc"] <= 1
+  assert out["probe/summary"]["bits_offered"] == 3

@@ -70,6 +70,31 @@ def test_bad_cell_is_reported_at_plan_time(overrides, message):
     grid_plan.make_plan(_config("tiny", **overrides))
 
 
+def test_act_bits_and_tokens_axes_add_cells_and_keep_the_default_keys():
+  base = grid_plan.make_plan(_config("tiny"))
+  plan = grid_plan.make_plan(_config("tiny", act_bits=(8, 16), tokens=(5120, 10240)))
+  assert [m.name for m in plan.models] == ["s0-seed0-D5120", "s0-seed0-D10240"]
+  assert [m.config.train.steps for m in plan.models] == [20, 40]
+  assert [m.train_tokens for m in plan.models] == [5120, 10240]
+  assert len(plan.cells) == 2 * 2 * len(base.cells)
+  assert len({c.id for c in plan.cells}) == len(plan.cells)
+  a8 = [c for c in plan.models[0].cells if c.spec.act_bits == 8]
+  assert a8[0].name == "s0-seed0-D5120 k16 a8" and a8[0].key_dict["act_bits"] == 8
+  assert all("act_bits" not in c.key_dict for c in base.cells)
+  same_budget = grid_plan.make_plan(_config("tiny", act_bits=(16,)))
+  assert [c.id for c in same_budget.cells] == [c.id for c in base.cells]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(act_bits=(12, 16)), r"grid cell s0-seed0 k16 a12: quant.act_bits=12"),
+    (dict(act_bits=(1,)), r"grid cell s0-seed0 k16 a1: quant.act_bits=1"),
+    (dict(tokens=(0,)), r"grid.tokens=\(0,\): 0 is not a positive int"),
+])
+def test_bad_act_bits_and_tokens_are_plan_time_errors(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    grid_plan.make_plan(_config("tiny", **overrides))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(dtypes=()), "the grid has no cells: grid.dtypes is empty"),
     (dict(sizes=()), "the grid has no cells: grid.sizes is empty"),
@@ -248,3 +273,33 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
       for metric, value in metrics.items():
         np.testing.assert_allclose(got["metrics"][task][metric], value, rtol=1e-6,
                                    err_msg=f"{record['name']} {task}/{metric}")
+
+
+@pytest.fixture(scope="module")
+def axes_run(tmp_path_factory):
+  """A tiny grid over act_bits x tokens with probes on."""
+  workdir = str(tmp_path_factory.mktemp("axes"))
+  c = _config("tiny", act_bits=(8, 16), tokens=(2560, 5120), bits=(4, 16), dtypes=("int",))
+  c.eval.update(dict(tasks="piqa", probes="1,2", probe_items=4))
+  plan = grid_plan.make_plan(c)
+  return plan, workdir, grid.run(plan, workdir)
+
+
+def test_act_bits_cells_run_with_one_evaluation_net_per_act_bits(axes_run):
+  plan, workdir, summary = axes_run
+  records = _records(workdir)
+  assert summary["evaluated"] == len(plan.cells) == 8
+  for i, m in enumerate(plan.models):
+    assert os.path.isdir(os.path.join(workdir, "models", m.name))
+    a8_k16, a8_k4, a16_k16, a16_k4 = [records[c.id]["compiles"]["cell"] for c in m.cells]
+    assert a8_k4 <= 1 and a16_k4 == 0                # the k4 quantizer; the a's net reused
+    if i == 0:
+      assert a8_k16 >= 2     # the a8 net's executables (a16's may be cached by earlier tests)
+    else:
+      assert a8_k16 == a16_k16 == 0                  # the same net and shapes: reused
+  by_name = {r["name"]: r["metrics"] for r in records.values()}
+  for name, metrics in by_name.items():
+    assert {"probe/k1", "probe/k2", "probe/summary"} <= set(metrics), name
+  first = plan.models[0].name
+  assert (by_name[f"{first} k16 a8"]["ppl/validation"]["perplexity"] !=
+          by_name[f"{first} k16"]["ppl/validation"]["perplexity"])
