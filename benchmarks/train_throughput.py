@@ -13,11 +13,12 @@ median of the per-round ratios. MFU = flops_per_token(training) x tokens/s / pea
 the peak measured at the start of each round (same contention as that round's timings).
 
   python benchmarks/train_throughput.py                      # s7, batch 32 x 128
-  python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 5
+  python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 7
 
-Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: big enough that
-every weight matmul has 4096 rows (Eigen/oneDNN run near peak), small enough that a step
-of s7 takes ~1-3 s on 2 cores, so 3 rounds of 4 steps each finish in ~3 minutes.
+Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: every weight matmul
+has 4096 rows (near the matmul peak on its own), attention's L x L work stays a small share
+(at 16 x 256 it doubles per token), and a step of s7 takes ~1.5-4 s on 2 shared cores, so
+5 rounds of 3 steps a side finish in about 3 minutes.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the peer is built from a config, never fetched
+# PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine that
+# made the peer 2-3x slower (measured), so its idle threads sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax
 import numpy as np
@@ -45,17 +49,16 @@ def our_runner(preset: str, batch: int, seq_len: int):
   state = trainer.init()
   batches = data.make_train_iterator(config.data, batch, config.train.seed, 0, 1)
 
-  def run(n: int) -> float:
+  def run(n: int) -> None:
     nonlocal state
     for _ in range(n):
       state, _ = trainer.step(state, next(batches))
     jax.block_until_ready(state)
-    return float(state.step)
 
   return run, batches
 
 
-def peer_runner(p: presets.Preset, batch: int, seq_len: int, batches):
+def peer_runner(p: presets.Preset, batches):
   """run(n_steps) for HF GPT-2 with `p`'s dims, trained like ours, on the same batches."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -76,7 +79,7 @@ def peer_runner(p: presets.Preset, batch: int, seq_len: int, batches):
                           foreach=True)
   loss_fn = torch.nn.CrossEntropyLoss()
 
-  def run(n: int) -> float:
+  def run(n: int) -> None:
     for _ in range(n):
       b = next(batches)
       inputs = torch.from_numpy(b["inputs"].astype(np.int64))
@@ -87,15 +90,16 @@ def peer_runner(p: presets.Preset, batch: int, seq_len: int, batches):
       loss.backward()
       torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
       opt.step()
-    return loss.item()
 
   return run
 
 
-def tokens_per_s(run, steps: int, tokens_per_step: int) -> float:
-  t0 = time.perf_counter()
+def timed(run, steps: int, tokens_per_step: int) -> tuple[float, float]:
+  """(tokens/s, cores busy): CPU seconds of this process per wall second shows contention."""
+  t0, c0 = time.perf_counter(), time.process_time()
   run(steps)
-  return steps * tokens_per_step / (time.perf_counter() - t0)
+  seconds = time.perf_counter() - t0
+  return steps * tokens_per_step / seconds, (time.process_time() - c0) / seconds
 
 
 def main():
@@ -103,13 +107,17 @@ def main():
   parser.add_argument("--preset", default="s7", help="a key of kbit_jax.presets.PRESETS")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
-  parser.add_argument("--rounds", type=int, default=3, help="ours/peer round pairs")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+  parser.add_argument("--rounds", type=int, default=5, help="rounds of (ours, peer)")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps a side before timing (ours compiles in the first)")
   args = parser.parse_args()
+  for name in ("batch", "seq_len", "steps", "rounds", "warmup"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name}={getattr(args, name)} must be >= 1")
   if jax.device_count() != 1:
     print(f"note: {jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); "
-          "ours uses the first only, which gets 1/N of the cores. Unset XLA_FLAGS.")
+          "ours runs on the first only. Unset XLA_FLAGS for comparable numbers.")
   p = presets.get_preset(args.preset)
   tokens_per_step = args.batch * args.seq_len
   flops_per_token = flops.flops_per_token(p, args.seq_len, training=True)
@@ -119,22 +127,24 @@ def main():
   ours(1)
   compile_s = time.perf_counter() - t0
   ours(args.warmup - 1)
-  peer = peer_runner(p, args.batch, args.seq_len, batches)
+  peer = peer_runner(p, batches)
   peer(args.warmup)
   print(f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token (training); init+compile {compile_s:.1f} s; "
-        f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS}", flush=True)
+        f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS} "
+        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})", flush=True)
 
   rows = []
   for r in range(args.rounds):
     peak = flops.measure_matmul_peak()
-    ours_tps = tokens_per_s(ours, args.steps, tokens_per_step)
-    peer_tps = tokens_per_s(peer, args.steps, tokens_per_step)
+    ours_tps, ours_cores = timed(ours, args.steps, tokens_per_step)
+    peer_tps, peer_cores = timed(peer, args.steps, tokens_per_step)
     rows.append((peak, ours_tps, peer_tps))
-    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s, ours {ours_tps:.0f} "
-          f"tok/s, peer {peer_tps:.0f} tok/s, ratio {ours_tps / peer_tps:.2f}", flush=True)
+    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; ours {ours_tps:.0f} "
+          f"tok/s on {ours_cores:.1f} cores; peer {peer_tps:.0f} tok/s on {peer_cores:.1f} "
+          f"cores; ratio {ours_tps / peer_tps:.2f}", flush=True)
 
-  med = lambda xs: statistics.median(xs)
+  med = statistics.median
   peak = med([r[0] for r in rows])
   mfu_ours = med([r[1] * flops_per_token / r[0] for r in rows])
   mfu_peer = med([r[2] * flops_per_token / r[0] for r in rows])
