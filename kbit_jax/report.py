@@ -238,6 +238,10 @@ def axes_blocks(cells, figures: Sequence[plots.Figure], notes: Sequence[str],
   if not probe.empty:
     blocks += [("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
                _frame_table(probe)]
+    probe_fits = scaling_axes.probe_fits(cells)
+    if not probe_fits.empty:
+      blocks += [("h", 3, "Recovered bits = a + b ln x, least squares over sizes"),
+                 _frame_table(probe_fits.set_index(["tokens", "k", "x"]))]
   for metric, what, digits in (("nll", "ln perplexity", 5),
                                ("acc", "mean zero-shot accuracy", 3)):
     for name, table in scaling_axes.act_tables(cells, metric).items():

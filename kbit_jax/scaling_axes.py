@@ -78,6 +78,25 @@ def probe_table(cells: pd.DataFrame) -> pd.DataFrame:
                                "probe_max_k/summary": "max_k"})
 
 
+def probe_fits(cells: pd.DataFrame) -> pd.DataFrame:
+  """Recovered bits (summed over the probes) = a + b ln x, by least squares over sizes,
+  per training budget and weight k, for x = N (non-embedding parameters; the claim is
+  k-bit reasoning ~ log N) and x = total model bits. Needs >= 2 sizes; `sizes` says how
+  many points each line has (with 2 it is exact, not a fit)."""
+  if "probe_bits/summary" not in cells:
+    return pd.DataFrame()
+  rows = []
+  for (tokens, k), g in _weights_only(cells).groupby(["tokens", "k"]):
+    per_size = g.groupby("preset")[["n", "total_bits", "probe_bits/summary"]].mean()
+    if len(per_size) < 2:
+      continue
+    for column, x in (("n", "ln N"), ("total_bits", "ln total bits")):
+      slope, intercept = np.polyfit(np.log(per_size[column]), per_size["probe_bits/summary"], 1)
+      rows.append(dict(tokens=tokens, k=k, x=x, slope=slope, intercept=intercept,
+                       sizes=len(per_size)))
+  return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- activations
 
 def act_tables(cells: pd.DataFrame, metric: str = "nll") -> dict[str, pd.DataFrame]:
@@ -153,7 +172,8 @@ def penalty_table(penalty: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- output
 
 def write_tables(cells: pd.DataFrame, out_dir: str) -> dict[str, Any]:
-  """nd_fits.json, ptq_penalty.csv (+ _by_d), probe_bits.csv, act_bits_nll.csv: those the
+  """nd_fits.json, ptq_penalty.csv (+ _by_d), probe_bits.csv, probe_fits.csv,
+  act_bits_nll.csv: those the
   store allows. Returns {name: path}."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +184,7 @@ def write_tables(cells: pd.DataFrame, out_dir: str) -> dict[str, Any]:
     paths["nd_fits"].write_text(json.dumps(fits, indent=1))
   penalty = ptq_penalty(cells)
   tables = {"ptq_penalty": penalty, "ptq_penalty_by_d": penalty_table(penalty).reset_index(),
-            "probe_bits": probe_table(cells).reset_index()}
+            "probe_bits": probe_table(cells).reset_index(), "probe_fits": probe_fits(cells)}
   acts = act_tables(cells, "nll")
   if acts:
     tables["act_bits_nll"] = pd.concat(acts, names=["model"]).reset_index()
@@ -179,6 +199,10 @@ def summary(cells: pd.DataFrame) -> str:
   """The N-D fits and the PTQ penalty slopes, a few lines for the terminal."""
   lines = [f"  N-D fit {m}: {f['a']:.3g} N^{f['b']:.3f} D^{f['c']:.3f} (R^2 {f['r2']:.3f}, "
            f"{f['points']} cells)" for m, f in nd_fits(cells).items()]
+  fits = probe_fits(cells)
+  for row in fits[fits["x"] == "ln N"].itertuples() if len(fits) else ():
+    lines.append(f"  probe bits, D={row.tokens:.3g}, k{row.k}: {row.intercept:.2f} + "
+                 f"{row.slope:.2f} ln N ({row.sizes} sizes)")
   table = penalty_table(ptq_penalty(cells))
   if len(table) and table.shape[1] > 2:
     by_k = table.groupby(level="k")["slope ln pen/ln D"].median()

@@ -17,6 +17,9 @@ def _loss(n, d, k, a):
   return base + ptq + (0.0 if a == 16 else 0.01)
 
 
+PROBE_A, PROBE_B = -2.0, 0.4   # recovered bits = a + b ln N (- a small k term)
+
+
 def _store():
   rows = []
   for preset, n in SIZES.items():
@@ -34,7 +37,8 @@ def _store():
               "ppl/validation/nll": nll, "ppl/validation/perplexity": math.exp(nll),
               "mean/acc": 0.5 * n ** 0.05 * d ** 0.02 / 2,
               "probe/k1/bits": 1 / nll, "probe/k2/bits": 2 / nll,
-              "probe/summary/bits": 3 / nll, "probe/summary/max_k": 1})
+              "probe/summary/bits": PROBE_A + PROBE_B * math.log(n) - 0.01 * (16 - k),
+              "probe/summary/max_k": 1})
   return pd.DataFrame(rows)
 
 
@@ -100,7 +104,19 @@ def test_stores_without_the_axes_skip_them(cells, tmp_path):
 def test_write_tables_and_summary(cells, tmp_path):
   paths = scaling_axes.write_tables(cells, str(tmp_path))
   assert set(paths) == {"nd_fits", "ptq_penalty", "ptq_penalty_by_d", "probe_bits",
-                        "act_bits_nll"}
+                        "probe_fits", "act_bits_nll"}
   assert all(p.exists() for p in paths.values())
   text = scaling_axes.summary(cells)
   assert "N-D fit nll" in text and "k3 0.50" in text
+  assert "probe bits, D=2.5e+05, k3: -2.13 + 0.40 ln N (3 sizes)" in text
+
+
+def test_probe_fits_recover_bits_per_log_n(cells):
+  fits = scaling_axes.probe_fits(cells)
+  assert len(fits) == 2 * 3 * 2        # budgets x weight k x (ln N, ln total bits)
+  by_n = fits[fits["x"] == "ln N"]
+  np.testing.assert_allclose(by_n["slope"], PROBE_B, rtol=1e-9)
+  np.testing.assert_allclose(by_n["intercept"], PROBE_A - 0.01 * (16 - by_n["k"]), rtol=1e-9)
+  assert (by_n["sizes"] == 3).all()
+  # total bits = 2 N k here, so the slope in ln total bits is the same
+  np.testing.assert_allclose(fits[fits["x"] == "ln total bits"]["slope"], PROBE_B, rtol=1e-9)
