@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from kbit_jax import tasks
+from kbit_jax.configs import common
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
-      tasks="lambada,hellaswag,piqa,winogrande", task_dir="", items_per_task=40, task_seed=0,
-      batch_size=8, max_len=0, ppl_split="validation", ppl_max_batches=0, text_file=""))
-  cfg.update(overrides)
+  """The default `eval` section (configs/common.py), smaller for tests."""
+  cfg = common.base_config().eval
+  cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg
 
 
