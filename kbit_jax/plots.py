@@ -18,7 +18,7 @@ first of MAIN_DTYPES present (the study's recommended types first).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -428,17 +428,22 @@ FIGURES: tuple[Callable[[scaling.Analysis, epath.Path], Figure], ...] = (
     fig_fits, fig_bit_optimal, fig_precision_law)
 
 
-def make_figures(a: scaling.Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
-  """Every figure the analysis allows; `notes` names the skipped ones and why."""
+def render(makers: Sequence[Callable[[Any, epath.Path], Figure]], data: Any, out_dir: str
+           ) -> tuple[list[Figure], list[str]]:
+  """Runs each `fig_*` maker on `data`; `notes` names the skipped figures and why."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   figures, notes = [], []
-  for make in FIGURES:
-    name = make.__name__.removeprefix("fig_")
+  for make in makers:
     try:
-      figures.append(make(a, out))
+      figures.append(make(data, out))
     except SkipFigure as e:
-      notes.append(f"figure {name} skipped: {e}")
+      notes.append(f"figure {make.__name__.removeprefix('fig_')} skipped: {e}")
     finally:
       plt.close("all")
   return figures, notes
+
+
+def make_figures(a: scaling.Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
+  """Every figure the analysis allows; `notes` names the skipped ones and why."""
+  return render(FIGURES, a, out_dir)

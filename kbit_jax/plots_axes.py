@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax import scaling, scaling_axes
-from kbit_jax.plots import Figure, SkipFigure, _grid, _legend, _save, k_color, plt
+from kbit_jax import plots, scaling, scaling_axes
+from kbit_jax.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
 
 STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")
@@ -102,14 +102,5 @@ FIGURES: tuple[Callable[[pd.DataFrame, epath.Path], Figure], ...] = (
 
 
 def make_figures(cells: pd.DataFrame, out_dir: str) -> tuple[list[Figure], list[str]]:
-  out = epath.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  figures, notes = [], []
-  for make in FIGURES:
-    try:
-      figures.append(make(cells, out))
-    except SkipFigure as e:
-      notes.append(f"figure {make.__name__.removeprefix('fig_')} skipped: {e}")
-    finally:
-      plt.close("all")
-  return figures, notes
+  """The probe, activation-bits and PTQ-penalty figures the cells allow."""
+  return plots.render(FIGURES, cells, out_dir)
