@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import datetime
 import functools
 import pathlib
@@ -42,13 +41,12 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
 
 from kbit_jax import checkpoint, evaluate, grid_plan, presets, results, sharding, train
 from kbit_jax.quant import bits as quant_bits
-from kbit_jax.quant import aqt, codebooks, reference
+from kbit_jax.quant import aqt, reference
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
 
 # jax records every XLA compile (cache misses only) under this event, with `fun_name`.
@@ -142,30 +140,6 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
 
 # ----------------------------------------------------------------------------- cells
 
-def layout_spec(spec: QuantSpec) -> QuantSpec:
-  """`spec` with what only the codebook depends on (k, data-free dtype) made canonical,
-  and act_bits at 16 (the weights' quantizer does not depend on it).
-
-  `fake_quant_params(params, layout_spec(s), codebook(s))` equals
-  `fake_quant_params(params, s)` for a data-free `s`; `quantile` stays as it is.
-  """
-  if spec.data_dependent or not spec.quantized:
-    return dataclasses.replace(spec, act_bits=UNQUANTIZED_BITS)
-  dtype = "int_centered" if spec.centered else "nf" if spec.double_quant else "int"
-  return QuantSpec(bits=max(codebooks.BITS), dtype=dtype, blocksize=spec.blocksize,
-                   outlier_share=spec.outlier_share, double_quant=spec.double_quant,
-                   targets=spec.targets, mode=spec.mode)
-
-
-def codebook(spec: QuantSpec) -> np.ndarray | None:
-  """The spec's codebook padded to CODEBOOK_SIZE with +inf (as `codebooks.padded`), in
-  numpy: an eager jnp pad would compile once per codebook length, i.e. per k."""
-  if spec.data_dependent:
-    return None
-  codes = np.asarray(spec.codebook(), np.float32)
-  return np.pad(codes, (0, codebooks.CODEBOOK_SIZE - len(codes)), constant_values=np.inf)
-
-
 def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
   """The float net, or for act_bits < 16 the net whose targeted matmuls (attn, mlp: the
   nn.Dense layers) quantize their inputs with AQT's per-token absmax int quantizer to
@@ -199,8 +173,8 @@ class CellEvaluator:
   def quantized(self, spec: QuantSpec) -> Any:
     if not spec.quantized:
       return self.params
-    return jax.block_until_ready(self._quantize(self.params, layout_spec(spec),
-                                                codebook(spec)))
+    return jax.block_until_ready(self._quantize(self.params, reference.layout_spec(spec),
+                                                reference.spec_codebook(spec)))
 
   def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
     if act_bits not in self.nets:

@@ -152,10 +152,10 @@ def test_layout_spec_with_codebook_equals_the_spec(spec):
   params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
   quantize = jax.jit(reference.fake_quant_params, static_argnums=1)
   want = quantize(params, spec)
-  got = quantize(params, grid.layout_spec(spec), grid.codebook(spec))
+  got = quantize(params, reference.layout_spec(spec), reference.spec_codebook(spec))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                want, got)
-  assert (grid.layout_spec(spec) == spec) == spec.data_dependent
+  assert (reference.layout_spec(spec) == spec) == spec.data_dependent
 
 
 # ----------------------------------------------------------------------------- runs

@@ -3,24 +3,48 @@
 Every targeted kernel (see `spec.target_of`) is replaced by dequantize(quantize(w)):
 blockwise absmax with the spec's codebook, optional double quantization, centering and
 16-bit outlier rows. Everything else is returned unchanged. `jax.jit(fake_quant_params,
-static_argnums=1)` compiles it; pass `codebook_C` (a `codebooks.padded` array) as a
-traced argument to reuse one compiled function for every (k, data-free dtype) with the
-same blocksize, targets and outlier share.
+static_argnums=1)` compiles it; with `layout_spec(spec)` as the static spec and
+`spec_codebook(spec)` as a traced argument, one compiled function serves every
+(k, data-free dtype) with the same blocksize, targets and outlier share.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kbit_jax.quant import blockwise, codebooks, outliers
-from kbit_jax.quant.spec import QuantSpec, is_quantized, named_leaves, reboxed, unboxed
+from kbit_jax.quant.spec import (UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves,
+                                 reboxed, unboxed)
 
 
-def spec_codebook(spec: QuantSpec) -> jax.Array:
-  """The spec's data-free codebook padded to 256 codes (float32)."""
-  return codebooks.padded(spec.codebook())
+def spec_codebook(spec: QuantSpec) -> np.ndarray | None:
+  """The spec's data-free codebook padded to CODEBOOK_SIZE with +inf (as
+  `codebooks.padded`), in numpy: an eager jnp pad would compile once per codebook
+  length, i.e. per k. None for data-dependent types (their codes come from the tensor)."""
+  if spec.data_dependent:
+    return None
+  codes = np.asarray(spec.codebook(), np.float32)
+  return np.pad(codes, (0, codebooks.CODEBOOK_SIZE - len(codes)), constant_values=np.inf)
+
+
+def layout_spec(spec: QuantSpec) -> QuantSpec:
+  """`spec` with what only the codebook depends on (k, data-free dtype) made canonical,
+  and act_bits at 16 (the weights' quantizer does not depend on it).
+
+  `fake_quant_params(params, layout_spec(s), spec_codebook(s))` equals
+  `fake_quant_params(params, s)` for a data-free `s`, so one compiled function serves
+  every (k, data type) of a block layout; `quantile` stays as it is.
+  """
+  if spec.data_dependent or not spec.quantized:
+    return dataclasses.replace(spec, act_bits=UNQUANTIZED_BITS)
+  dtype = "int_centered" if spec.centered else "nf" if spec.double_quant else "int"
+  return QuantSpec(bits=max(codebooks.BITS), dtype=dtype, blocksize=spec.blocksize,
+                   outlier_share=spec.outlier_share, double_quant=spec.double_quant,
+                   targets=spec.targets, mode=spec.mode)
 
 
 def _data_codebook(w: jax.Array, spec: QuantSpec, keep: jax.Array | None) -> jax.Array:
