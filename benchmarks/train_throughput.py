@@ -41,10 +41,12 @@ from kbit_jax.configs import lm
 THREADS = 2
 
 
-def our_runner(preset: str, batch: int, seq_len: int):
+def our_runner(preset: str, batch: int, seq_len: int, dtype: str = "float32",
+               attention: str = "einsum"):
   """(run(n_steps), batches) for our Trainer on a one-device mesh."""
   config = lm.get_config(f"size={preset},batch={batch},seq_len={seq_len}")
   config.mesh.data = 1
+  config.model.dtype, config.model.attention = dtype, attention
   trainer = train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = trainer.init()
   batches = data.make_train_iterator(config.data, batch, config.train.seed, 0, 1)
@@ -58,38 +60,51 @@ def our_runner(preset: str, batch: int, seq_len: int):
   return run, batches
 
 
-def peer_runner(p: presets.Preset, batches):
-  """run(n_steps) for HF GPT-2 with `p`'s dims, trained like ours, on the same batches."""
+def peer_runner(p: presets.Preset, batches, device: str = "cpu"):
+  """run(n_steps) for HF GPT-2 with `p`'s dims, trained like ours, on the same batches.
+
+  device "cpu": float32. device "cuda": float32 parameters, bfloat16 autocast (as ours with
+  model.dtype=bfloat16), PyTorch's SDPA (flash) attention, fused AdamW.
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(THREADS)
+  if device == "cpu":
+    torch.set_num_threads(THREADS)
   torch.manual_seed(0)
   gpt2_cfg = transformers.GPT2Config(
       n_layer=p.num_layers, n_embd=p.d_model, n_head=p.num_heads, n_inner=p.d_ff,
       vocab_size=p.vocab_size, n_positions=p.max_len, activation_function="gelu",
       layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
       tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
-  net = transformers.GPT2LMHeadModel(gpt2_cfg).train()
+  net = transformers.GPT2LMHeadModel._from_config(  # pylint: disable=protected-access
+      gpt2_cfg, attn_implementation="sdpa").to(device).train()
   ours = presets.param_counts(p)["total"]
   theirs = sum(t.numel() for t in net.parameters())
   if ours != theirs:
     raise AssertionError(f"peer has {theirs:,} params, ours {ours:,}: dims do not match")
+  cuda = device == "cuda"
   opt = torch.optim.AdamW(net.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
-                          foreach=True)
+                          **(dict(fused=True) if cuda else dict(foreach=True)))
   loss_fn = torch.nn.CrossEntropyLoss()
+  autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else \
+      contextlib.nullcontext
 
   def run(n: int) -> None:
     for _ in range(n):
       b = next(batches)
-      inputs = torch.from_numpy(b["inputs"].astype(np.int64))
-      targets = torch.from_numpy(b["targets"].astype(np.int64))
-      logits = net(input_ids=inputs).logits
-      loss = loss_fn(logits.view(-1, p.vocab_size), targets.view(-1))
+      inputs = torch.from_numpy(b["inputs"].astype(np.int64)).to(device)
+      targets = torch.from_numpy(b["targets"].astype(np.int64)).to(device)
+      with autocast():
+        logits = net(input_ids=inputs).logits
+      loss = loss_fn(logits.float().view(-1, p.vocab_size), targets.view(-1))
       opt.zero_grad(set_to_none=True)
       loss.backward()
       torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
       opt.step()
+    if cuda:
+      torch.cuda.synchronize()
 
   return run
 

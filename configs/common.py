@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "s2"              # a key of kbit_jax.presets.PRESETS
   c.model.dtype = "float32"          # compute dtype: float32 (CPU) | bfloat16 (GPU/TPU)
   c.model.remat = False              # recompute blocks in backward (saves activations)
+  c.model.attention = "einsum"       # einsum | cudnn (GPU flash, bf16) | xla (model.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "embedded"         # embedded | tfds

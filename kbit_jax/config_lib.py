@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax import presets
+from kbit_jax import model, presets
 from kbit_jax.configs import common
 
 DTYPES = ("float32", "bfloat16")
@@ -38,6 +38,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"not divide d_model={p.d_model}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")
+  if config.model.attention not in model.ATTENTION_IMPLS:
+    raise ValueError(f"model.attention={config.model.attention!r} is unknown; allowed: "
+                     f"{model.ATTENTION_IMPLS}")
+  if config.model.attention == "cudnn" and config.model.dtype == "float32":
+    raise ValueError("model.attention='cudnn' needs model.dtype bfloat16 or float16 (cuDNN's "
+                     "flash attention has no float32 kernel); use 'einsum' or 'xla' for float32")
   _positive(config, "train.steps", "train.lr", "train.batch_size", "train.log_every",
             "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
             "data.seq_len")

@@ -9,14 +9,17 @@ import jax.numpy as jnp
 from kbit_jax.presets import Preset
 
 
-def flops_per_token(p: Preset, seq_len: int, training: bool = True) -> float:
+def flops_per_token(p: Preset, seq_len: int, training: bool = True,
+                    causal_half: bool = False) -> float:
   """Matmul FLOPs per token: 2 per multiply-add forward, x3 with the backward pass.
 
   Counts the weight matmuls (including the output head) and the two attention matmuls
-  (QK^T and PV) over the full LxL square, as they are computed; ignores norms/softmax.
+  (QK^T and PV) over the full LxL square, as model.py's "einsum" attention computes them;
+  `causal_half` counts only the lower triangle (what a causal flash kernel computes, the
+  stricter MFU for attention="cudnn"). Ignores norms/softmax.
   """
   weights = p.num_layers * (4 * p.d_model ** 2 + 2 * p.d_model * p.d_ff) + p.d_model * p.vocab_size
-  attention = p.num_layers * 2 * seq_len * p.d_model
+  attention = p.num_layers * 2 * seq_len * p.d_model / (2 if causal_half else 1)
   forward = 2 * (weights + attention)
   return 3 * forward if training else forward
 

@@ -74,10 +74,19 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   return np.asarray(slopes, np.float32)
 
 
+# How the score/softmax/value part of attention is computed (the weight matmuls around
+# it always go through the injected dot_general):
+#   "einsum"  scores in the compute dtype, f32 softmax, one L x M matrix (CPU, tests);
+#   "cudnn"   jax.nn.dot_product_attention's cuDNN flash kernel (GPU, bf16/f16 only);
+#   "xla"     jax.nn.dot_product_attention's XLA implementation (any backend).
+ATTENTION_IMPLS = ("einsum", "cudnn", "xla")
+
+
 class Attention(nn.Module):
   p: Preset
   dtype: Any
   dot_general_cls: DotGeneralFactory = None
+  impl: str = "einsum"          # one of ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -95,17 +104,27 @@ class Attention(nn.Module):
       rotary_dims = int(K * p.rotary_pct) // 2 * 2
       q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims, p.rotary_base)
       k_BxMxHxK = rotary(k_BxMxHxK, positions_L, rotary_dims, p.rotary_base)
-    scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(self.dtype)
-    scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
+    bias_HxLxM = None
     if p.positions == "alibi":
       # -slope * (query - key distance), <= 0 at any length; HF adds slope * key position,
       # which differs by a per-query constant that softmax ignores.
       distance_LxM = (jnp.arange(L)[None, :] - jnp.arange(L)[:, None]).astype(jnp.float32)
-      scores_BxHxLxM = scores_BxHxLxM + alibi_slopes(H)[:, None, None] * distance_LxM
-    causal_LxM = jnp.tril(jnp.ones((L, L), dtype=bool))
-    scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM, -1e30)
-    probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
-    out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
+      bias_HxLxM = alibi_slopes(H)[:, None, None] * distance_LxM
+    if self.impl == "einsum":
+      scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(self.dtype)
+      scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
+      if bias_HxLxM is not None:
+        scores_BxHxLxM = scores_BxHxLxM + bias_HxLxM
+      causal_LxM = jnp.tril(jnp.ones((L, L), dtype=bool))
+      scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM, -1e30)
+      probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
+      out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
+    elif self.impl in ("cudnn", "xla"):
+      bias = None if bias_HxLxM is None else bias_HxLxM[None].astype(self.dtype)
+      out_BxLxHxK = jax.nn.dot_product_attention(
+          q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, bias=bias, is_causal=True, implementation=self.impl)
+    else:
+      raise ValueError(f"attention impl {self.impl!r} is unknown; allowed: {ATTENTION_IMPLS}")
     out = _dense(p.d_model, ("heads", "embed"), p, self.dtype, self.dot_general_cls,
                  out_std, "out")
     return out(out_BxLxHxK.reshape(B, L, H * K))
@@ -137,11 +156,12 @@ class Block(nn.Module):
   p: Preset
   dtype: Any
   dot_general_cls: DotGeneralFactory = None
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     p = self.p
-    attn = Attention(p, self.dtype, self.dot_general_cls, name="attn")
+    attn = Attention(p, self.dtype, self.dot_general_cls, self.attention, name="attn")
     mlp = Mlp(p, self.dtype, self.dot_general_cls, name="mlp")
     ln1, ln2 = _layer_norm(p, self.dtype, "ln1"), _layer_norm(p, self.dtype, "ln2")
     if p.parallel_residual:      # GPT-NeoX: both branches read the block's input
@@ -161,6 +181,7 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32           # compute dtype; parameters stay float32
   dot_general_cls: DotGeneralFactory = None
   remat: bool = False                # recompute each block in the backward pass
+  attention: str = "einsum"          # one of ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
@@ -185,7 +206,8 @@ class Transformer(nn.Module):
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
     block = nn.remat(Block) if self.remat else Block
     for i in range(p.num_layers):
-      x_BxLxD = block(p, self.dtype, self.dot_general_cls, name=f"layer_{i}")(x_BxLxD)
+      x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention,
+                      name=f"layer_{i}")(x_BxLxD)
     if not p.post_norm:          # a post-norm block already ends with a LayerNorm
       x_BxLxD = _layer_norm(p, self.dtype, "ln_f")(x_BxLxD)
     if p.token_dim != p.d_model:

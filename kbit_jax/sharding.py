@@ -85,14 +85,15 @@ def state_shardings(boxed_shapes: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_shapes), mesh, rules)
 
 
-def sharded_init(init_fn: Callable[[], Any], mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
-  """Runs `init_fn` (returning a boxed pytree) with every output built in its sharding.
-
-  Returns (unboxed state, its shardings).
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: tuple,
+                 *args: Any) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` (returning a boxed pytree) with every output built in its
+  sharding. Pass the RNG key in `args` rather than closing over it (see
+  train.init_state_fn). Returns (unboxed state, its shardings).
   """
-  shardings = state_shardings(jax.eval_shape(init_fn), mesh, rules)
+  shardings = state_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
+    state = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
   return state, shardings
 
 

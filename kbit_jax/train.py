@@ -57,14 +57,20 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
 def make_model(config: ml_collections.ConfigDict, dot_general_cls=None) -> model.Transformer:
   return model.Transformer(presets.get_preset(config.model.preset),
                            dtype=jnp.dtype(config.model.dtype),
-                           dot_general_cls=dot_general_cls, remat=config.model.remat)
+                           dot_general_cls=dot_general_cls, remat=config.model.remat,
+                           attention=config.model.attention)
 
 
-def init_state_fn(net: model.Transformer, tx: optax.GradientTransformation, seed: int,
-                  seq_len: int):
-  """Returns a zero-arg function building the boxed TrainState (for eval_shape / jit)."""
-  def init():
-    params = net.init(jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))["params"]
+def init_state_fn(net: model.Transformer, tx: optax.GradientTransformation, seq_len: int):
+  """Returns init(key) building the boxed TrainState (for eval_shape / jit).
+
+  The key is an argument, not a constant inside: a program without inputs is one constant
+  expression, which an XLA compiler may try to evaluate at compile time. (On an H100 with
+  jax 0.11.2, 2026-11-26, compiling the zero-argument init of a 355M model had not finished
+  after 6 minutes, while a 1.4M model's compiled at once; on CPU it takes 7 s.)
+  """
+  def init(key: jax.Array):
+    params = net.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   return init
 
@@ -105,8 +111,9 @@ class Trainer:
     self.net = make_model(config, dot_general_cls)
     self.tx = make_optimizer(config.train)
     self.schedule = learning_rate_schedule(config.train)
-    self.init_fn = init_state_fn(self.net, self.tx, config.train.seed, config.data.seq_len)
-    self.abstract_boxed = jax.eval_shape(self.init_fn)
+    self.init_fn = init_state_fn(self.net, self.tx, config.data.seq_len)
+    self.init_key = jax.random.key(config.train.seed)
+    self.abstract_boxed = jax.eval_shape(self.init_fn, self.init_key)
     self.state_sharding = sharding.state_shardings(self.abstract_boxed, mesh, self.rules)
     batch_sharding = sharding.batch_sharding(mesh)
     self._train_step = jax.jit(
@@ -122,7 +129,7 @@ class Trainer:
                         nn.unbox(self.abstract_boxed), self.state_sharding)
 
   def init(self) -> TrainState:
-    return sharding.sharded_init(self.init_fn, self.mesh, self.rules)[0]
+    return sharding.sharded_init(self.init_fn, self.mesh, self.rules, self.init_key)[0]
 
   def step(self, state: TrainState, batch: dict[str, np.ndarray]):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):

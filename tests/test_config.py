@@ -23,6 +23,8 @@ def config_with(**overrides):
     (dict(train__lr=0.0), r"train.lr=0.0 must be > 0"),
     (dict(train__lr=-1e-3), r"train.lr=-0.001 must be > 0"),
     (dict(model__dtype="float8"), r"model.dtype='float8' is unknown; allowed"),
+    (dict(model__attention="flash"), r"model.attention='flash' is unknown; allowed: \('einsum'"),
+    (dict(model__attention="cudnn"), r"model.attention='cudnn' needs model.dtype bfloat16"),
     (dict(mesh__rules="zero3"), r"mesh.rules='zero3' is unknown; allowed: \['fsdp', 'megatron'"),
     (dict(data__seq_len=4096), r"data.seq_len=4096 exceeds model.preset='s0'.s max_len=512"),
     (dict(quant__bits=9), r"quant.bits=9"),
