@@ -2,13 +2,17 @@
 post-training and evaluated. The checkpoints are downloaded beforehand and imported once
 (kbit_jax/convert/README.md has the download and import commands):
 
-    huggingface-cli download facebook/opt-125m --local-dir ~/hf/opt-125m
+    hf download facebook/opt-125m --local-dir ~/hf/opt-125m
     kbit import --hf_dir ~/hf/opt-125m --workdir ~/kbit/pretrained/opt-125m
+
+    kbit grid --config configs/grid_pretrained.py:families=opt,cpu --workdir W --dry_run
+    kbit grid --config configs/grid_pretrained.py:families=opt,cpu --workdir W
 
     python configs/grid_pretrained.py fsdp=8,tensor=1            # memory per device table
     python configs/grid_pretrained.py fsdp=8,families=opt,max_params=7e9,device_gib=80
 
-Arguments: `families` (comma list of opt, pythia, gpt2, bloom), `max_params` (sizes up
+Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command
+line, where "," separates arguments: families=opt+pythia), `max_params` (sizes up
 to this many parameters; 0 = all), `cpu` (the smallest model of each family), `fsdp`,
 `tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark what fits),
 `hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's deduped
@@ -19,9 +23,16 @@ Sections follow configs/grid.py (`grid`, `base`, `per_size`, `eval`), so
 `grid_plan.make_plan` expands and validates the cells; the sizes are the pretrained
 presets of kbit_jax/presets.py. `pretrained` says where each size's checkpoint comes
 from: `repos` ((size, hub id) pairs), downloaded to `hf_root/<size>`, imported to
-`import_root/<size>`. What `kbit grid` must do with it instead of training (not wired
-yet): restore `import_root/<size>` with `convert.importer.load_imported`, and tokenize
-with `convert.tokenizer.load_hf_tokenizer(import_root/<size>)`.
+`import_root/<size>`. With it `kbit grid` trains nothing (`per_size` and the `train`
+keys of `base` are unused; W/models/ stays empty): each size is restored from
+`import_root/<size>` (`convert.importer.load_imported`, onto the fsdp x tensor mesh), its
+net built from the architecture the import saved (architecture.json, so an import whose
+shapes differ from the preset of its size name still runs), and evaluated with its own
+tokenizer (`data.tokenizer` = the import dir, for perplexity and the tasks). Records
+name the hub id (key `hub_id`) and the import dir; cells are named by size ("opt-125m
+k4 int B64 p0"). `--dry_run` lists missing imports with the commands that create them;
+without it a missing import stops the grid before any work, naming the size, the path
+and the `kbit import` command (grid_plan.py).
 
 quant.targets "attn,mlp": every linear layer of the blocks, as the study; the token
 embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head stay
@@ -29,6 +40,7 @@ embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head st
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import ml_collections
@@ -50,7 +62,8 @@ FAMILIES = {
 
 def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
   from kbit_jax import presets  # pylint: disable=g-import-not-at-top
-  names = [f.strip() for f in a.families.split(",") if f.strip()]
+  # "+" joins families on the command line, where "," separates arguments
+  names = [f.strip() for f in re.split(r"[,+]", a.families) if f.strip()]
   bad = [f for f in names if f not in FAMILIES]
   if bad or not names:
     raise ValueError(f"families={a.families!r}: allowed a comma list of {list(FAMILIES)}")

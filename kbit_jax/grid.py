@@ -24,9 +24,37 @@ and the net is built with AQT's dot_general quantizing the inputs of the attn an
 matmuls to a bits (`act_quant_net`); one net per a, so compiles grow with the number of
 act_bits values, not cells.
 
+Pretrained grids (configs/grid_pretrained.py; grid_plan.py): a model with an import is
+never trained and W/models/ stays empty; its float parameters come from
+`convert.importer.load_imported(import dir)` onto the evaluation mesh, its net from the
+architecture the import saved, its tokenizer from the import dir (`data.tokenizer`), and
+its records name the hub id (key `hub_id`) and the import dir (`model/import_dir`).
+
 Evaluation runs on the first fsdp x tensor devices (the data axis would only replicate
 the same work). A cell's record is written atomically after the cell and finished cells
 are skipped on a rerun, so a `kill -9` loses at most the cell in flight.
+
+Several processes (`--config.base.mesh.distributed=True`; Cloud TPU pod slices, or
+tests/test_multiprocess.py's two CPU processes) run the same program, and process 0
+alone prints the plan, the progress and the tables and writes the records. Training is
+one SPMD program over every device of every process (train.py; Orbax writes checkpoints
+collectively). Evaluation uses no data parallelism, so the data axis only replicates
+work; `eval_mesh` picks its devices:
+  * fsdp x tensor fits one process (the usual case; -1 means all of one process's
+    devices): each process evaluates every cell on its own first fsdp x tensor devices,
+    from its own restore of the checkpoint. Nothing crosses hosts, so no collective can
+    hang on a process that does not take part and every output is addressable for
+    `device_get`; each process gets the same metrics from the same program and inputs.
+  * fsdp x tensor = every device of every process (a model larger than one host's
+    memory): one mesh over all devices, parameters sharded across processes, every
+    process feeding the same (replicated) batches to the same SPMD program.
+  Any other size is an error: a mesh over some processes' devices would leave the
+  others out of computations whose results they must read.
+Splitting the evaluation batches over processes instead would need global input arrays
+and gathered outputs in evaluate.py and save little: the grid's cost is many small cells.
+Every process decides its work from process 0's finished cells, broadcast before any
+work (`_agreed_finished`): a process reading the results directory after process 0 had
+written a record would otherwise skip a cell, or a model's training, that the others do.
 """
 from __future__ import annotations
 
@@ -40,11 +68,16 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
-from kbit_jax import checkpoint, evaluate, grid_plan, presets, results, sharding, train
+from kbit_jax import (checkpoint, evaluate, grid_plan, model, presets, results, sharding,
+                      tpu_cost, train)
+from kbit_jax.convert import importer
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
@@ -99,14 +132,24 @@ def _read_only_checkpoints(directory: epath.Path, keep: int):
 
 
 def _checkpoint_steps(directory: epath.Path, keep: int) -> list[int]:
-  if not (directory / "checkpoints").exists():
+  """Finished training steps in `directory`. A collective with several processes: they
+  all take process 0's answer to whether checkpoints exist (a process that looked after
+  process 0 had started training would otherwise open Orbax's manager, whose
+  cross-process syncs would then pair with training's)."""
+  if not _agreed_flag((directory / "checkpoints").exists()):
     return []
   with _read_only_checkpoints(directory, keep) as ckpt:
     return ckpt.steps()
 
 
 def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
-  """Trains (or resumes) `run` unless its final checkpoint exists; returns seconds spent."""
+  """Trains (or resumes) `run` unless its final checkpoint exists; returns seconds spent.
+  An imported model is never trained (its import dir must exist)."""
+  if run.pretrained:
+    grid_plan.check_import(run)
+    print(f"grid: {run.name}: {run.pretrained.hub_id} imported in "
+          f"{run.pretrained.import_dir}; no training", flush=True)
+    return 0.0
   directory, steps = model_dir(workdir, run), run.config.train.steps
   done = _checkpoint_steps(directory, run.config.train.keep_checkpoints)
   if done and done[-1] > steps:
@@ -122,16 +165,54 @@ def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
 
 
 def eval_mesh(mesh_cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """The training mesh without its data axis: model parallelism only."""
+  """The training mesh without its data axis (model parallelism only): this process's
+  first fsdp x tensor devices (all of them for a -1 axis), or, when fsdp x tensor is
+  every device of every process, one mesh over all of them (see the module docstring)."""
   cfg = ml_collections.ConfigDict(mesh_cfg.to_dict())
   cfg.data = 1
-  fill = -1 in (cfg.fsdp, cfg.tensor)
-  devices = jax.devices() if fill else jax.devices()[:cfg.fsdp * cfg.tensor]
+  local, size = jax.local_devices(), cfg.fsdp * cfg.tensor
+  if -1 in (cfg.fsdp, cfg.tensor):
+    devices = local
+  elif size <= len(local):
+    devices = local[:size]
+  elif size == jax.device_count():
+    devices = jax.devices()
+  else:
+    raise ValueError(f"evaluation needs mesh.fsdp x mesh.tensor = {cfg.fsdp} x {cfg.tensor} "
+                     f"devices: at most the {len(local)} of one process or all "
+                     f"{jax.device_count()} of the {jax.process_count()} processes (grid.py)")
   return sharding.make_mesh(cfg, devices)
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize()` when the grid's `base.mesh.distributed` asks for it;
+  before `grid_plan.make_plan`, which asks jax for the devices (and names a missing
+  `base` section)."""
+  mesh_cfg = config.base.mesh if "base" in config and "mesh" in config.base else None
+  if mesh_cfg and mesh_cfg.get("distributed") and not jax.distributed.is_initialized():
+    sharding.initialize_distributed(mesh_cfg)
+
+
+def _restore_imported(run: grid_plan.ModelRun) -> Any:
+  """The float parameters of an imported model, on the evaluation mesh."""
+  grid_plan.check_import(run)
+  mesh, rules = eval_mesh(run.config.mesh), sharding.logical_rules(run.config.mesh)
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)    # Orbax's warnings about read-only checkpoints
+  try:
+    arch, params = importer.load_imported(run.pretrained.import_dir, mesh, rules)
+  finally:
+    logging.set_verbosity(level)
+  if arch != run.architecture:
+    raise ValueError(f"{run.pretrained.import_dir} holds another architecture than when "
+                     f"the grid was planned ({arch} != {run.architecture}); rerun the grid")
+  return params
+
+
 def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
-  """The final float parameters of `run`, on the evaluation mesh."""
+  """The final float parameters of `run` (trained or imported), on the evaluation mesh."""
+  if run.pretrained:
+    return _restore_imported(run)
   trainer = train.Trainer(run.config, eval_mesh(run.config.mesh))
   with _read_only_checkpoints(model_dir(workdir, run),
                               run.config.train.keep_checkpoints) as ckpt:
@@ -145,9 +226,19 @@ def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
   nn.Dense layers) quantize their inputs with AQT's per-token absmax int quantizer to
   act_bits (aqt.make_dot_general_cls); the weights reach it already fake-quantized."""
   if act_bits == UNQUANTIZED_BITS:
-    return train.make_model(run.config)
+    return _net(run)
   targets = tuple(t for t in run.cells[0].spec.targets if t != "embed") or ("attn", "mlp")
-  return train.make_model(run.config, _act_dot_general_cls(act_bits, targets))
+  return _net(run, _act_dot_general_cls(act_bits, targets))
+
+
+def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> model.Transformer:
+  """train.make_model's net, with the architecture an import saved for imported runs."""
+  if not run.pretrained:
+    return train.make_model(run.config, dot_general_cls)
+  c = run.config.model
+  return model.Transformer(run.architecture, dtype=jnp.dtype(c.dtype),
+                           dot_general_cls=dot_general_cls, remat=c.remat,
+                           attention=c.attention)
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,21 +276,28 @@ class CellEvaluator:
 def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str, Any],
                 params: Any, timing: dict[str, float], compiles: dict[str, int]
                 ) -> dict[str, Any]:
-  counts = presets.param_counts(presets.get_preset(run.preset))
+  counts = presets.param_counts(run.architecture)
   report = quant_bits.bits_report(params, cell.spec)
-  t = run.config.train
   return dict(
       key=cell.key_dict,
       model=dict(params=counts["total"], non_embedding_params=counts["non_embedding"],
-                 embedding_params=counts["embedding"], train_steps=t.steps,
-                 train_batch_size=t.batch_size, seq_len=run.config.data.seq_len,
-                 train_lr=t.lr),
+                 embedding_params=counts["embedding"], seq_len=run.config.data.seq_len,
+                 **_model_source(run)),
       bits=dict(total_bits=report["total_bits"], bits_per_param=report["bits_per_param"],
                 quantized_params=report["quantized_params"],
                 quantized_bits_per_param=report["quantized_bits_per_param"]),
       metrics=metrics, time=timing, compiles=compiles, name=cell.name,
       git_commit=git_commit(),
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
+  """A record's training setup, or for an imported model where it came from."""
+  if run.pretrained:
+    s = run.pretrained
+    return dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+  t = run.config.train
+  return dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -239,20 +337,62 @@ class Progress:
 
 
 def _trained(run: grid_plan.ModelRun, workdir: str) -> bool:
+  """Whether `run` needs no training; raises for an imported model whose import dir is
+  missing (run() asks this of every model with work, before any of it)."""
+  if run.pretrained:
+    grid_plan.check_import(run)
+    return True
   steps = _checkpoint_steps(model_dir(workdir, run), run.config.train.keep_checkpoints)
   return run.config.train.steps in steps
 
 
+def _is_writer() -> bool:
+  """Process 0 writes the records and prints; the others only compute."""
+  return jax.process_index() == 0
+
+
+def _say(text: str) -> None:
+  if _is_writer():
+    print(text, flush=True)
+
+
+def _agreed_flag(flag: bool) -> bool:
+  """Process 0's `flag` on every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _agreed_finished(finished: set[str]) -> set[str]:
+  """Process 0's finished cell ids, on every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return finished
+  blob = "\n".join(sorted(finished)).encode("ascii") if _is_writer() else b""
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(blob))))
+  if not size:
+    return set()
+  buffer = np.zeros(size, np.uint8)
+  if _is_writer():
+    buffer[:] = np.frombuffer(blob, np.uint8)
+  agreed = np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8)
+  return set(agreed.tobytes().decode("ascii").split("\n"))
+
+
 def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, Any]:
-  """Prints the plan; unless `dry_run`, trains and evaluates every unfinished cell."""
+  """Prints the plan; unless `dry_run`, trains and evaluates every unfinished cell.
+
+  Every process of a multi-process run calls this with the same plan: all of them train
+  and evaluate, process 0 alone prints and writes `results/` (see the module docstring).
+  """
   results_dir = epath.Path(workdir) / "results"
-  finished = results.finished_ids(results_dir)
+  finished = _agreed_finished(results.finished_ids(results_dir))
   cost = grid_plan.estimate(plan)
-  print(grid_plan.format_plan(plan, cost, finished), flush=True)
-  print(f"results: {results_dir}", flush=True)
+  _say(grid_plan.format_plan(plan, cost, finished))
+  _say(f"results: {results_dir}")
   todo = {m.name: [c for c in m.cells if c.id not in finished] for m in plan.models}
   remaining = sum(map(len, todo.values()))
   if dry_run:
+    _say(tpu_cost.format_costs(tpu_cost.grid_flops(plan, cost)))
     return dict(cells=len(plan.cells), todo=remaining, cost=cost)
   per_model = cost["per_model"]
   train_est = {m.name: 0.0 if _trained(m, workdir) else per_model[m.name]["train_s"]
@@ -275,21 +415,22 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
       t2 = time.perf_counter()
       compiles = dict(cell=compile_count() - c0, run=compile_count() - compiles_start)
       timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
-      results.write(results_dir, make_record(m, cell, metrics, evaluator.params, timing,
-                                             compiles))
+      if _is_writer():
+        results.write(results_dir, make_record(m, cell, metrics, evaluator.params, timing,
+                                               compiles))
       progress.work(per_model[m.name]["cell_s"])
-      print(progress.advance(cell.name, t2 - t0, compiles["cell"], _headline(metrics)),
-            flush=True)
+      _say(progress.advance(cell.name, t2 - t0, compiles["cell"], _headline(metrics)))
   seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
   grid_compiles = compile_count() - compiles_start
   by_function = ", ".join(f"{name} {n}" for name, n in (_COMPILES - before).most_common(6))
   by_function = f" (most: {by_function})" if by_function else ""
-  print(f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
-        f"{len(plan.cells) - remaining} found finished) in "
-        f"{grid_plan.format_duration(seconds)} (process CPU time "
-        f"{grid_plan.format_duration(cpu_seconds)}); compiles per grid: {grid_compiles}"
-        f"{by_function}", flush=True)
-  df = results.load(results_dir)
-  print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
+  _say(f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
+       f"{len(plan.cells) - remaining} found finished) in "
+       f"{grid_plan.format_duration(seconds)} (process CPU time "
+       f"{grid_plan.format_duration(cpu_seconds)}); compiles per grid: {grid_compiles}"
+       f"{by_function}")
+  if _is_writer():
+    df = results.load(results_dir)
+    print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
   return dict(cells=len(plan.cells), evaluated=remaining, seconds=seconds,
               cpu_seconds=cpu_seconds, compiles=grid_compiles)

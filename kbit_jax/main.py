@@ -65,7 +65,9 @@ def main(argv):
   elif command == "grid":
     from kbit_jax import grid, grid_plan
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    grid.run(_validated(grid_plan.make_plan, config), workdir, _DRY_RUN.value)
+    grid.initialize_distributed(config)   # before make_plan asks jax for the devices
+    plan = _validated(grid_plan.make_plan, config, not _DRY_RUN.value)  # dry run: says missing
+    grid.run(plan, workdir, _DRY_RUN.value)
   elif command == "fit":
     from kbit_jax import scaling
     scaling.fit_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)

@@ -8,7 +8,8 @@
 # 1. creates the VM (or a queued resource with --queued) unless it exists;
 # 2. copies this checkout to every worker and installs it with jax[tpu];
 # 3. runs the command on all workers at once with --config.mesh.distributed=True
-#    (jax.distributed.initialize() finds the other workers by itself on TPU VMs);
+#    (--config.base.mesh.distributed=True for `kbit grid`; jax.distributed.initialize()
+#    finds the other workers by itself on TPU VMs);
 # 4. if the VM was preempted (spot / queued), waits for it to come back (recreating a
 #    deleted spot VM), reinstalls and reruns: training and the grid resume from the
 #    workdir, so only work since the last checkpoint or finished cell is repeated.
@@ -103,7 +104,12 @@ install_repo() {
 python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
 }
 
-remote_cmd="cd kbit-jax && .venv/bin/$(printf '%q ' "${cmd[@]}")--config.mesh.distributed=True"
+# Grid configs keep the training config, and so its mesh, under `base` (configs/grid.py).
+dist_flag="--config.mesh.distributed=True"
+for arg in "${cmd[@]}"; do
+  if [ "$arg" = grid ]; then dist_flag="--config.base.mesh.distributed=True"; break; fi
+done
+remote_cmd="cd kbit-jax && .venv/bin/$(printf '%q ' "${cmd[@]}")$dist_flag"
 for attempt in $(seq 1 "$max_retries"); do
   ensure_vm
   install_repo

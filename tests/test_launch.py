@@ -27,7 +27,11 @@ def test_tpu_vm_dry_run_creates_installs_and_runs_on_all_workers():
   assert command.startswith("+ gcloud compute tpus tpu-vm ssh kbit-v5e --worker=all "
                             "--zone us-west4-a --command cd\\ kbit-jax\\ \\&\\&\\ "
                             ".venv/bin/kbit\\ grid\\ --config\\ configs/grid.py:cpu")
-  assert command.endswith("--workdir\\ gs://b/kbit\\ --config.mesh.distributed=True")
+  # A grid config keeps its mesh under `base` (configs/grid.py).
+  assert command.endswith("--workdir\\ gs://b/kbit\\ --config.base.mesh.distributed=True")
+  rc, lines, _ = dry_run("tpu_vm.sh", *TPU, "--dry_run", "--", "kbit", "train", "--config",
+                         "configs/lm.py:size=1b", "--workdir", "gs://b/train")
+  assert rc == 0 and lines[-1].endswith("gs://b/train\\ --config.mesh.distributed=True")
 
 
 def test_tpu_vm_queued_resource():
