@@ -14,6 +14,7 @@ the peak measured at the start of each round (same contention as that round's ti
 
   python benchmarks/train_throughput.py                      # s7, batch 32 x 128
   python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 7
+  python benchmarks/train_throughput.py --dims 3,512,8,2048    # a wider ~10M shape
 
 Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: every weight matmul
 has 4096 rows (near the matmul peak on its own), attention's L x L work stays a small share
@@ -23,6 +24,7 @@ has 4096 rows (near the matmul peak on its own), attention's L x L work stays a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -120,6 +122,9 @@ def timed(run, steps: int, tokens_per_step: int) -> tuple[float, float]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default="s7", help="a key of kbit_jax.presets.PRESETS")
+  parser.add_argument("--dims", default="",
+                      help="LAYERS,D_MODEL,HEADS,D_FF: time this shape (a tiny preset with "
+                           "these dims, registered for this run only) instead of --preset")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
@@ -133,6 +138,15 @@ def main():
   if jax.device_count() != 1:
     print(f"note: {jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); "
           "ours runs on the first only. Unset XLA_FLAGS for comparable numbers.")
+  if args.dims:
+    try:
+      layers, d_model, heads, d_ff = (int(v) for v in args.dims.split(","))
+    except ValueError:
+      parser.error(f"--dims={args.dims!r}: allowed LAYERS,D_MODEL,HEADS,D_FF (4 ints)")
+    args.preset = f"dims-{layers}x{d_model}x{heads}x{d_ff}"
+    presets.PRESETS[args.preset] = dataclasses.replace(
+        presets.get_preset("s7"), num_layers=layers, d_model=d_model, num_heads=heads,
+        d_ff=d_ff)
   p = presets.get_preset(args.preset)
   tokens_per_step = args.batch * args.seq_len
   flops_per_token = flops.flops_per_token(p, args.seq_len, training=True)
