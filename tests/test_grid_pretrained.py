@@ -15,6 +15,8 @@ evaluated without the grid. About 17 s on 2 CPU cores.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -246,3 +248,17 @@ def test_bad_pretrained_sections_are_plan_time_errors(imported, edit, match):
   edit(config)
   with pytest.raises(ValueError, match=match):
     grid_plan.make_plan(config)
+
+
+def test_cli_refuses_a_missing_import_before_any_work(tmp_path):
+  """`kbit grid` (main.py) plans with require_imports unless --dry_run: one clear line."""
+  workdir = tmp_path / "w"
+  out = subprocess.run(
+      [sys.executable, "-m", "kbit_jax.main", "grid", "--config",
+       f"configs/grid_pretrained.py:families=gpt2,cpu,import_root={tmp_path / 'none'}",
+       "--workdir", str(workdir)], cwd=os.path.dirname(os.path.dirname(__file__)),
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert "kbit: invalid config: 1 imported model(s) of the grid are missing" in out.stderr
+  assert "kbit import --hf_dir" in out.stderr and "Traceback" not in out.stderr
+  assert not workdir.exists()
