@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from train_throughput import our_runner, peer_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_throughput import our_runner, peer_runner, timed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from kbit_jax import flops, model, presets  # pylint: disable=wrong-import-position
 
@@ -42,12 +42,6 @@ def attention_check(preset: str = "s7", seq_len: int = 256) -> float:
   assert np.isfinite(logits["cudnn"]).all(), "cuDNN attention gave non-finite logits"
   return float(np.linalg.norm(logits["cudnn"] - logits["einsum"]) /
                np.linalg.norm(logits["einsum"]))
-
-
-def timed(run, steps: int, tokens_per_step: int) -> float:
-  t0 = time.perf_counter()
-  run(steps)
-  return steps * tokens_per_step / (time.perf_counter() - t0)
 
 
 def main():
@@ -86,8 +80,8 @@ def main():
     peer(2)
   rows = []
   for r in range(args.rounds):
-    ours_tps = timed(ours, args.steps, tokens_per_step)
-    peer_tps = timed(peer, args.steps, tokens_per_step) if peer else float("nan")
+    ours_tps = timed(ours, args.steps, tokens_per_step)[0]
+    peer_tps = timed(peer, args.steps, tokens_per_step)[0] if peer else float("nan")
     rows.append((ours_tps, peer_tps))
     print(f"  round {r + 1}/{args.rounds}: ours {ours_tps:,.0f} tok/s (MFU "
           f"{ours_tps * fpt / peak:.3f}), peer {peer_tps:,.0f} tok/s (MFU "

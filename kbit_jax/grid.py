@@ -68,7 +68,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -233,12 +232,7 @@ def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
 
 def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> model.Transformer:
   """train.make_model's net, with the architecture an import saved for imported runs."""
-  if not run.pretrained:
-    return train.make_model(run.config, dot_general_cls)
-  c = run.config.model
-  return model.Transformer(run.architecture, dtype=jnp.dtype(c.dtype),
-                           dot_general_cls=dot_general_cls, remat=c.remat,
-                           attention=c.attention)
+  return train.make_model(run.config, dot_general_cls, run.architecture)
 
 
 @functools.lru_cache(maxsize=None)

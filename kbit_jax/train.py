@@ -54,8 +54,11 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
                   weight_decay=train_cfg.weight_decay, mask=decay_mask))
 
 
-def make_model(config: ml_collections.ConfigDict, dot_general_cls=None) -> model.Transformer:
-  return model.Transformer(presets.get_preset(config.model.preset),
+def make_model(config: ml_collections.ConfigDict, dot_general_cls=None,
+               preset: presets.Preset | None = None) -> model.Transformer:
+  """The net of `config.model`; `preset` overrides the table entry `model.preset` names
+  (an imported model's saved architecture, grid.py)."""
+  return model.Transformer(preset or presets.get_preset(config.model.preset),
                            dtype=jnp.dtype(config.model.dtype),
                            dot_general_cls=dot_general_cls, remat=config.model.remat,
                            attention=config.model.attention)

@@ -12,7 +12,6 @@ checked against transformers' own loss on the tokens the grid scored (the valida
 split under the import's tokenizer), the 4-bit cell's against the import quantized and
 evaluated without the grid. About 17 s on 2 CPU cores.
 """
-import json
 import os
 import re
 import subprocess
@@ -28,7 +27,7 @@ pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 # pylint: disable-next=g-bad-import-order
-from test_import_hf import EOS, VOCAB, _configs  # noqa: E402
+from test_import_hf import EOS, VOCAB, _configs, save_tokenizer  # noqa: E402
 
 from kbit_jax import (data, evaluate, grid, grid_plan, model, presets, results,  # noqa: E402
                       sharding)
@@ -86,12 +85,7 @@ def _save_tiny_models(hf_root):
     models[size] = m = _train(cls(cfg), tokens_T)
     out = hf_root / size
     m.save_pretrained(out)
-    if name in VOCAB_MERGES:
-      bpe.save_model(str(out))
-    else:
-      bpe.save(str(out / "tokenizer.json"))
-    (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS,
-                                                             "bos_token": EOS}))
+    save_tokenizer(bpe, out, vocab_merges=name in VOCAB_MERGES)
   return models
 
 

@@ -75,6 +75,17 @@ SAVE = {"gpt2": "sharded", "neox_sequential": "bin"}   # others: one model.safet
 VOCAB_MERGES = ("gpt2", "opt_pre_ln", "opt_post_ln_proj")   # tokenizer as OPT's hub dirs
 
 
+def save_tokenizer(bpe, out, vocab_merges: bool):
+  """`bpe` into a saved model dir as the hub has it: vocab.json + merges.txt (GPT-2, OPT)
+  or tokenizer.json, and EOS as the special tokens."""
+  if vocab_merges:
+    bpe.save_model(str(out))
+  else:
+    bpe.save(str(out / "tokenizer.json"))
+  (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS,
+                                                           "bos_token": EOS}))
+
+
 def _randomize(m):
   torch.manual_seed(0)
   with torch.no_grad():
@@ -106,12 +117,7 @@ def hf_root(tmp_path_factory):
     if SAVE.get(name) == "bin":   # transformers 5 writes safetensors only: as old hub repos
       torch.save(m.state_dict(), out / "pytorch_model.bin")
       (out / "model.safetensors").unlink()
-    if name in VOCAB_MERGES:
-      bpe.save_model(str(out))
-    else:
-      bpe.save(str(out / "tokenizer.json"))
-    (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS,
-                                                             "bos_token": EOS}))
+    save_tokenizer(bpe, out, vocab_merges=name in VOCAB_MERGES)
     models[name] = m
   return root, models
 
