@@ -41,17 +41,23 @@ one SPMD program over every device of every process (train.py; Orbax writes chec
 collectively). Evaluation uses no data parallelism, so the data axis only replicates
 work; `eval_mesh` picks its devices:
   * fsdp x tensor fits one process (the usual case; -1 means all of one process's
-    devices): each process evaluates every cell on its own first fsdp x tensor devices,
-    from its own restore of the checkpoint. Nothing crosses hosts, so no collective can
-    hang on a process that does not take part and every output is addressable for
-    `device_get`; each process gets the same metrics from the same program and inputs.
+    devices): the processes share out the cells. Each restores the checkpoint onto its
+    own first fsdp x tensor devices and evaluates every P-th cell of each model (P
+    processes: process i takes cell i of each round of P); after each round all
+    records are gathered (`_gather_records`, a collective) and process 0 writes them,
+    so a pod of P hosts evaluates P cells at a time and a `kill -9` loses at most one
+    round. Nothing else crosses hosts, so no collective can hang on a process that
+    does not take part, and every output is addressable for `device_get`. A record's
+    `process` says which process evaluated it.
   * fsdp x tensor = every device of every process (a model larger than one host's
     memory): one mesh over all devices, parameters sharded across processes, every
-    process feeding the same (replicated) batches to the same SPMD program.
+    process feeding the same (replicated) batches to the same SPMD program, cell by
+    cell; process 0 writes each record.
   Any other size is an error: a mesh over some processes' devices would leave the
   others out of computations whose results they must read.
-Splitting the evaluation batches over processes instead would need global input arrays
-and gathered outputs in evaluate.py and save little: the grid's cost is many small cells.
+Splitting one cell's evaluation batches over processes instead would need global input
+arrays and gathered outputs in evaluate.py; sharing out whole cells needs neither, and
+the grid's cost is many small cells.
 Every process decides its work from process 0's finished cells, broadcast before any
 work (`_agreed_finished`): a process reading the results directory after process 0 had
 written a record would otherwise skip a cell, or a model's training, that the others do.
@@ -62,6 +68,7 @@ import collections
 import contextlib
 import datetime
 import functools
+import json
 import pathlib
 import subprocess
 import time
@@ -267,6 +274,19 @@ class CellEvaluator:
     return evaluate.evaluate(params, self.nets[act_bits], self.config)
 
 
+def _evaluate_cell(run: grid_plan.ModelRun, cell: grid_plan.Cell, evaluator: CellEvaluator,
+                   train_s: float, compiles_start: int) -> dict[str, Any]:
+  """Quantizes and evaluates one cell; returns its record."""
+  t0, c0 = time.perf_counter(), compile_count()
+  params = evaluator.quantized(cell.spec)
+  t1 = time.perf_counter()
+  metrics = evaluator.evaluate(params, cell.spec.act_bits)
+  t2 = time.perf_counter()
+  compiles = dict(cell=compile_count() - c0, run=compile_count() - compiles_start)
+  timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
+  return make_record(run, cell, metrics, evaluator.params, timing, compiles)
+
+
 def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str, Any],
                 params: Any, timing: dict[str, float], compiles: dict[str, int]
                 ) -> dict[str, Any]:
@@ -281,7 +301,7 @@ def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str
                 quantized_params=report["quantized_params"],
                 quantized_bits_per_param=report["quantized_bits_per_param"]),
       metrics=metrics, time=timing, compiles=compiles, name=cell.name,
-      git_commit=git_commit(),
+      process=jax.process_index(), git_commit=git_commit(),
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -372,6 +392,27 @@ def _agreed_finished(finished: set[str]) -> set[str]:
   return set(agreed.tobytes().decode("ascii").split("\n"))
 
 
+def _deals_cells(params: Any) -> bool:
+  """Whether the processes share out the cells: several processes, each evaluating on
+  its own devices (eval_mesh's first case). One mesh across all processes needs every
+  process in every cell."""
+  if jax.process_count() == 1:
+    return False
+  mesh = jax.tree.leaves(params)[0].sharding.mesh
+  return all(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def _gather_records(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+  """Every process's record of this round (None: it had no cell), in process order, on
+  every process (a collective: all must call it)."""
+  blob = json.dumps(record).encode() if record is not None else b""
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(blob)))).reshape(-1)
+  buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
+  buffer[:len(blob)] = np.frombuffer(blob, np.uint8)
+  buffers = np.asarray(multihost_utils.process_allgather(buffer))
+  return [json.loads(b[:n].tobytes()) for b, n in zip(buffers, sizes) if n]
+
+
 def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, Any]:
   """Prints the plan; unless `dry_run`, trains and evaluates every unfinished cell.
 
@@ -400,20 +441,20 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
       continue
     train_s = ensure_trained(m, workdir)
     progress.work(train_est[m.name])
-    evaluator = CellEvaluator(m, restore_params(m, workdir), plan.config.eval)
-    for cell in todo[m.name]:
-      t0, c0 = time.perf_counter(), compile_count()
-      params = evaluator.quantized(cell.spec)
-      t1 = time.perf_counter()
-      metrics = evaluator.evaluate(params, cell.spec.act_bits)
-      t2 = time.perf_counter()
-      compiles = dict(cell=compile_count() - c0, run=compile_count() - compiles_start)
-      timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
-      if _is_writer():
-        results.write(results_dir, make_record(m, cell, metrics, evaluator.params, timing,
-                                               compiles))
-      progress.work(per_model[m.name]["cell_s"])
-      _say(progress.advance(cell.name, t2 - t0, compiles["cell"], _headline(metrics)))
+    params = restore_params(m, workdir)
+    evaluator = CellEvaluator(m, params, plan.config.eval)
+    dealers = jax.process_count() if _deals_cells(params) else 1
+    for start in range(0, len(todo[m.name]), dealers):
+      group = todo[m.name][start:start + dealers]
+      i = jax.process_index() if dealers > 1 else 0    # this process's cell of the round
+      record = (_evaluate_cell(m, group[i], evaluator, train_s, compiles_start)
+                if i < len(group) else None)
+      for rec in (_gather_records(record) if dealers > 1 else [record]):
+        if _is_writer():
+          results.write(results_dir, rec)
+        progress.work(per_model[m.name]["cell_s"])
+        _say(progress.advance(rec["name"], rec["time"]["cell_s"], rec["compiles"]["cell"],
+                              _headline(rec["metrics"])))
   seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
   grid_compiles = compile_count() - compiles_start
   by_function = ", ".join(f"{name} {n}" for name, n in (_COMPILES - before).most_common(6))

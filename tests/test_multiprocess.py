@@ -5,9 +5,9 @@ Training: losses must equal those of one process with the same 4-device mesh (to
 1e-6 relative: the same program, only the collectives' transport differs); only process
 0 writes metrics; Orbax writes each checkpoint collectively, once.
 
-Grid (`kbit grid`, tiny config cut to 2 cells): every process trains (one SPMD program)
-and evaluates every cell on its own devices; process 0 alone prints and writes one
-record per cell. The records' metrics must equal the one-process run's within 1e-5
+Grid (`kbit grid`, tiny config cut to 2 cells): every process trains (one SPMD program),
+the processes share out the cells (each evaluates one on its own devices) and process 0
+alone prints and writes one record per cell, the other process's gathered to it. The records' metrics must equal the one-process run's within 1e-5
 relative: the trained parameters agree to the training tolerance above (bit-identical in
 practice) and evaluation is the same single-device program on both sides; accuracies are
 item counts, so they must agree exactly unless an item sits on a near-tie. Total bits
@@ -115,6 +115,7 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   assert len(expected) == 2 and sorted(got) == sorted(expected), "one record per cell"
   for name, record in expected.items():
     _assert_same_metrics(got[name], record, name)
+  assert sorted(r["process"] for r in got.values()) == [0, 1], "each process took a cell"
   model = two / "models" / "s0-seed0"
   assert [p.name for p in (two / "models").iterdir()] == ["s0-seed0"]
   assert sorted(p.name for p in (model / "checkpoints").iterdir() if p.is_dir()) == ["20"], (
@@ -136,3 +137,4 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   rerun = _records(two)
   assert sorted(rerun) == sorted(expected)
   _assert_same_metrics(rerun["s0-seed0 k16"], expected["s0-seed0 k16"], "fsdp=4 rerun")
+  assert rerun["s0-seed0 k16"]["process"] == 0, "one mesh over both: process 0's record"
