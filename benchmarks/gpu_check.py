@@ -18,6 +18,7 @@ causal flash kernel computes; the stricter number).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
 import sys
 import time
@@ -54,7 +55,12 @@ def main():
   parser.add_argument("--attention", default="cudnn", choices=model.ATTENTION_IMPLS)
   parser.add_argument("--no_peer", action="store_true")
   parser.add_argument("--no_check", action="store_true", help="skip the attention check")
+  parser.add_argument("--watchdog_s", type=float, default=120,
+                      help="print every thread's Python stack to stderr every this many "
+                           "seconds (0: never), to see where a slow compile or step is")
   args = parser.parse_args()
+  if args.watchdog_s:
+    faulthandler.dump_traceback_later(args.watchdog_s, repeat=True)
   print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
   p = presets.get_preset(args.preset)
   tokens_per_step = args.batch * args.seq_len
