@@ -29,13 +29,21 @@ def _positive(config, *names):
       raise ValueError(f"{name}={value!r} must be > 0")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def _model(config: ml_collections.ConfigDict,
+           arch: presets.Preset | None) -> tuple[presets.Preset, str]:
+  """The architecture the checks apply to, and how errors name it: model.preset's table
+  entry, or `arch`, the architecture an imported model brought (grid_plan)."""
+  if arch is not None:
+    return arch, "the imported model"
+  return presets.get_preset(config.model.preset), f"model.preset={config.model.preset!r}"
+
+
+def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = None) -> None:
   """Checks everything that does not need the devices. Raises ValueError."""
   _check_keys(config, common.base_config())
-  p = presets.get_preset(config.model.preset)
+  p, name = _model(config, arch)
   if p.d_model % p.num_heads:
-    raise ValueError(f"model.preset={config.model.preset!r}: num_heads={p.num_heads} does "
-                     f"not divide d_model={p.d_model}")
+    raise ValueError(f"{name}: num_heads={p.num_heads} does not divide d_model={p.d_model}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")
   if config.model.attention not in model.ATTENTION_IMPLS:
@@ -52,8 +60,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.warmup_steps < 0:
     raise ValueError(f"train.warmup_steps={config.train.warmup_steps} must be >= 0")
   if p.positions == "learned" and config.data.seq_len > p.max_len:
-    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.preset="
-                     f"{config.model.preset!r}'s max_len={p.max_len}")
+    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds {name}'s learned "
+                     f"positions (max_len={p.max_len}); use data.seq_len <= {p.max_len}")
   if config.mesh.rules not in common.RULE_SETS:
     raise ValueError(f"mesh.rules={config.mesh.rules!r} is unknown; allowed: "
                      f"{sorted(common.RULE_SETS)}")
@@ -64,9 +72,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   quant_spec.QuantSpec.from_config(config.quant)
 
 
-def validate_for_devices(config: ml_collections.ConfigDict, mesh) -> None:
-  """Checks that need the mesh: the batch must split evenly over batch axes and hosts."""
+def validate_for_devices(config: ml_collections.ConfigDict, mesh,
+                         arch: presets.Preset | None = None) -> None:
+  """Checks that need the mesh: the model's dims must split over the model axes, and the
+  training batch over the batch axes and hosts (not for an imported `arch`: nothing is
+  trained)."""
   import jax  # pylint: disable=g-import-not-at-top
+  p, name = _model(config, arch)
+  for axis, dim, dim_name in (("tensor", p.num_heads, "num_heads"),
+                              ("tensor", p.d_ff, "d_ff"), ("fsdp", p.d_model, "d_model")):
+    if mesh.shape[axis] > 1 and dim % mesh.shape[axis]:
+      raise ValueError(f"mesh.{axis}={mesh.shape[axis]} does not divide {name}'s "
+                       f"{dim_name}={dim}")
+  if arch is not None:
+    return
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % batch_shards:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
@@ -74,9 +93,3 @@ def validate_for_devices(config: ml_collections.ConfigDict, mesh) -> None:
   if config.train.batch_size % jax.process_count():
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")
-  p = presets.get_preset(config.model.preset)
-  for axis, dim, name in (("tensor", p.num_heads, "num_heads"), ("tensor", p.d_ff, "d_ff"),
-                          ("fsdp", p.d_model, "d_model")):
-    if mesh.shape[axis] > 1 and dim % mesh.shape[axis]:
-      raise ValueError(f"mesh.{axis}={mesh.shape[axis]} does not divide model.preset="
-                       f"{config.model.preset!r}'s {name}={dim}")

@@ -257,12 +257,14 @@ def _specs(grid: dict[str, tuple], targets: str) -> Iterable[tuple[str, dict[str
                   act_bits=a)
 
 
-def _check_devices(run_cfg: ml_collections.ConfigDict, name: str) -> None:
+def _check_devices(run_cfg: ml_collections.ConfigDict, where: str,
+                   arch: presets.Preset | None = None) -> None:
+  """config_lib's checks of one model of the grid (against `arch` for an import)."""
   try:
-    config_lib.validate(run_cfg)
-    config_lib.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh))
+    config_lib.validate(run_cfg, arch)
+    config_lib.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh), arch)
   except ValueError as e:
-    raise ValueError(f"grid size {name}: {e}") from None
+    raise ValueError(f"grid size {where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- pretrained
@@ -322,25 +324,6 @@ def missing_imports_message(missing: Sequence[Pretrained]) -> str:
           "\n  ".join(m.missing_message() for m in missing))
 
 
-def _check_imported(run: ModelRun) -> None:
-  """What config_lib checks against a table preset, against the imported architecture."""
-  p, c = run.architecture, run.config
-  where = f"grid size {run.preset} (imported {run.pretrained.import_dir})"
-  try:
-    data.validate(c.data)
-    sharding.logical_rules(c.mesh)
-  except ValueError as e:
-    raise ValueError(f"{where}: {e}") from None
-  if p.positions == "learned" and c.data.seq_len > p.max_len:
-    raise ValueError(f"{where}: data.seq_len={c.data.seq_len} exceeds the model's learned "
-                     f"positions (max_len={p.max_len}); set base.data.seq_len <= {p.max_len}")
-  for axis, dim, name in (("tensor", p.num_heads, "num_heads"), ("tensor", p.d_ff, "d_ff"),
-                          ("fsdp", p.d_model, "d_model")):
-    if c.mesh[axis] > 1 and dim % c.mesh[axis]:
-      raise ValueError(f"{where}: mesh.{axis}={c.mesh[axis]} does not divide the model's "
-                       f"{name}={dim}")
-
-
 def _model_run(config: ml_collections.ConfigDict, size: str, seed: int, tokens: int,
                source: Pretrained | None) -> ModelRun:
   """A validated run: trained (config_lib's checks) or imported (tokenizer = import)."""
@@ -355,7 +338,7 @@ def _model_run(config: ml_collections.ConfigDict, size: str, seed: int, tokens: 
   arch, source = read_import(source)
   cfg.data.tokenizer = source.import_dir   # data.load_tokenizer: the import's tokenizer/
   run = ModelRun(size, seed, cfg, [], pretrained=source, arch=arch)
-  _check_imported(run)
+  _check_devices(cfg, f"{size} (imported {source.import_dir})", arch)
   return run
 
 

@@ -26,7 +26,7 @@ def config_with(**overrides):
     (dict(model__attention="flash"), r"model.attention='flash' is unknown; allowed: \('einsum'"),
     (dict(model__attention="cudnn"), r"model.attention='cudnn' needs model.dtype bfloat16"),
     (dict(mesh__rules="zero3"), r"mesh.rules='zero3' is unknown; allowed: \['fsdp', 'megatron'"),
-    (dict(data__seq_len=4096), r"data.seq_len=4096 exceeds model.preset='s0'.s max_len=512"),
+    (dict(data__seq_len=4096), r"data.seq_len=4096 exceeds model.preset='s0'.s learned positions \(max_len=512\)"),
     (dict(quant__bits=9), r"quant.bits=9"),
     (dict(quant__dtype="posit"), r"quant.dtype='posit'"),
 ])

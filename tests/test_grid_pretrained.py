@@ -233,8 +233,11 @@ def test_missing_import_is_an_error_before_any_work_and_listed_by_dry_run(tmp_pa
     (lambda c: c.pretrained.update(dict(import_dirs="x")),
      r"pretrained.import_dirs is unknown; allowed: \['hf_root', 'import_root'"),
     (lambda c: c.base.data.update(dict(seq_len=MAX_LEN + 1)),
-     rf"grid size gpt2 \(imported .*\): data.seq_len={MAX_LEN + 1} exceeds the model's "
-     rf"learned positions \(max_len={MAX_LEN}\)"),
+     rf"grid size gpt2 \(imported .*\): data.seq_len={MAX_LEN + 1} exceeds the imported "
+     rf"model's learned positions \(max_len={MAX_LEN}\)"),
+    (lambda c: c.base.mesh.update(dict(tensor=8)),      # 8 fake devices; tiny models' heads
+     r"grid size gpt2 \(imported .*\): mesh.tensor=8 does not divide the imported model's "
+     r"num_heads="),
 ])
 def test_bad_pretrained_sections_are_plan_time_errors(imported, edit, match):
   roots = imported[0].pretrained
