@@ -88,9 +88,13 @@ from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
 
-# jax records every XLA compile (cache misses only) under this event, with `fun_name`.
+# jax records every executable it builds (a miss of its in-memory cache: compiled, or
+# loaded from the persistent cache, compile_cache.py) under this event, with `fun_name`,
+# and each persistent-cache load under the second.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _COMPILES: collections.Counter = collections.Counter()
+_CACHE_HITS = [0]
 
 
 def _count_compile(event: str, _: float, **kwargs):
@@ -98,11 +102,17 @@ def _count_compile(event: str, _: float, **kwargs):
     _COMPILES[kwargs.get("fun_name", "?")] += 1
 
 
+def _count_cache_hit(event: str, **_):
+  if event == CACHE_HIT_EVENT:
+    _CACHE_HITS[0] += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
+jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 def compile_count() -> int:
-  """Backend compiles in this process so far."""
+  """Executables built in this process so far (compiled or loaded from the cache)."""
   return sum(_COMPILES.values())
 
 
@@ -435,7 +445,7 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
   progress = Progress(len(plan.cells), len(plan.cells) - remaining, sum(
       train_est[n] + per_model[n]["cell_s"] * len(todo[n]) for n in train_est))
   t_start, cpu_start = time.perf_counter(), time.process_time()
-  compiles_start, before = compile_count(), _COMPILES.copy()
+  compiles_start, before, hits_start = compile_count(), _COMPILES.copy(), _CACHE_HITS[0]
   for m in plan.models:
     if not todo[m.name]:
       continue
@@ -459,6 +469,8 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
   grid_compiles = compile_count() - compiles_start
   by_function = ", ".join(f"{name} {n}" for name, n in (_COMPILES - before).most_common(6))
   by_function = f" (most: {by_function})" if by_function else ""
+  if _CACHE_HITS[0] > hits_start:
+    by_function += f", {_CACHE_HITS[0] - hits_start} of them loaded from the compilation cache"
   _say(f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
        f"{len(plan.cells) - remaining} found finished) in "
        f"{grid_plan.format_duration(seconds)} (process CPU time "

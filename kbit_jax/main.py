@@ -34,6 +34,10 @@ _BITS = flags.DEFINE_integer("bits", 4, "codebook: bits k.")
 _EXPONENT_BITS = flags.DEFINE_integer("exponent_bits", 0, "codebook: float exponent bits "
                                       "(0 = the study's default).")
 _JSON = flags.DEFINE_bool("json", False, "codebook: print a JSON list.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "train/grid: persistent XLA compilation cache, a directory or "
+    "gs:// path ('' turns it off; default $JAX_COMPILATION_CACHE_DIR or "
+    "~/.cache/kbit_jax/xla). Reruns and resumed grids load compiles from it.")
 
 
 def _need(flag, command: str):
@@ -57,6 +61,10 @@ def main(argv):
   if command not in COMMANDS or len(argv) > 2:
     raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}; allowed: {COMMANDS}")
   # pylint: disable=g-import-not-at-top
+  if command in ("train", "grid"):
+    from kbit_jax import compile_cache
+    compile_cache.enable(compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None
+                         else _COMPILE_CACHE.value)
   if command == "train":
     from kbit_jax import config_lib, train
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)

@@ -1,5 +1,6 @@
 """The PTQ grid: plan expansion and validation, compile counts, resume after kill -9."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -303,3 +304,36 @@ def test_act_bits_cells_run_with_one_evaluation_net_per_act_bits(axes_run):
   first = plan.models[0].name
   assert (by_name[f"{first} k16 a8"]["ppl/validation"]["perplexity"] !=
           by_name[f"{first} k16"]["ppl/validation"]["perplexity"])
+
+
+@pytest.mark.slow
+def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path):
+  """`kbit grid --compile_cache DIR`: a rerun of the cells loads its executables from DIR
+  (compile_cache.py) and writes the same records; `--compile_cache=` turns it off."""
+  _, workdir, _ = tiny_run
+  cache = tmp_path / "xla"
+
+  def run(name, cache_flag):
+    shutil.copytree(os.path.join(workdir, "models"), tmp_path / name / "models")
+    out = subprocess.run([*_grid_command(str(tmp_path / name)), cache_flag], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, _records(str(tmp_path / name))
+
+  _, first = run("first", f"--compile_cache={cache}")
+  entries = sorted(os.listdir(cache))
+  assert entries, "the first run stored its executables"
+  out, second = run("second", f"--compile_cache={cache}")
+  loaded = re.search(r"compiles per grid: (\d+) .*, (\d+) of them loaded from the "
+                     r"compilation cache", out)
+  assert loaded and int(loaded.group(2)) >= 1, out[-2000:]
+  out, third = run("third", "--compile_cache=")
+  assert "compiles per grid" in out and "compilation cache" not in out
+  assert sorted(os.listdir(cache)) == entries, "an off cache is neither read nor written"
+  assert set(first) == set(second) == set(third)
+  for cell_id, record in first.items():
+    for other in (second[cell_id], third[cell_id]):
+      for task, metrics in record["metrics"].items():
+        for metric, value in metrics.items():
+          np.testing.assert_allclose(other["metrics"][task][metric], value, rtol=1e-6,
+                                     err_msg=f"{record['name']} {task}/{metric}")
