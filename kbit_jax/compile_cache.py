@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import jax
+from absl import logging
 
 DEFAULT_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or "~/.cache/kbit_jax/xla"
 
@@ -26,6 +27,12 @@ def enable(path: str) -> None:
     return
   if "://" not in path:
     path = os.path.expanduser(path)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:     # e.g. a read-only home: run without the cache, say so
+      logging.warning("compilation cache off: cannot create %s (%s)", path, e)
+      jax.config.update("jax_enable_compilation_cache", False)
+      return
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
