@@ -125,6 +125,15 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   for step, loss in _losses(tmp_path / "one" / "models" / "s0-seed0").items():
     assert losses[step] == pytest.approx(loss, rel=1e-6), step
 
+  # Rerun with one record gone: a round of one cell for two processes; process 1 has
+  # none, yet takes part in the gather (else both would hang).
+  (two / "results" / f"{got['s0-seed0 k16']['id']}.json").unlink()
+  out0, _ = _run_two(two, GRID_ARGS)
+  assert "grid done: 2 cells (1 evaluated now, 1 found finished)" in out0
+  again = _records(two)
+  assert again["s0-seed0 k16"]["process"] == 0 and sorted(again) == sorted(expected)
+  _assert_same_metrics(again["s0-seed0 k16"], expected["s0-seed0 k16"], "one-cell round")
+
   # Rerun with one record gone and fsdp = 4, every device of both processes: both agree
   # (process 0's finished cells) to reuse the model and evaluate just that cell, now on
   # one evaluation mesh across the two processes (parameters sharded over both).
