@@ -408,8 +408,8 @@ def _deals_cells(params: Any) -> bool:
   process in every cell."""
   if jax.process_count() == 1:
     return False
-  mesh = jax.tree.leaves(params)[0].sharding.mesh
-  return all(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  devices = jax.tree.leaves(params)[0].sharding.device_set
+  return all(d.process_index == jax.process_index() for d in devices)
 
 
 def _gather_records(record: dict[str, Any] | None) -> list[dict[str, Any]]:
