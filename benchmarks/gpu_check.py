@@ -53,6 +53,9 @@ def main():
   parser.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--attention", default="cudnn", choices=model.ATTENTION_IMPLS)
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="model.scan_layers: one nn.scan over the blocks (compile time "
+                           "independent of depth)")
   parser.add_argument("--no_peer", action="store_true")
   parser.add_argument("--no_check", action="store_true", help="skip the attention check")
   parser.add_argument("--watchdog_s", type=float, default=120,
@@ -74,7 +77,8 @@ def main():
           flush=True)
 
   t0 = time.perf_counter()
-  ours, batches = our_runner(args.preset, args.batch, args.seq_len, "bfloat16", args.attention)
+  ours, batches = our_runner(args.preset, args.batch, args.seq_len, "bfloat16", args.attention,
+                             args.scan_layers)
   print(f"ours: sharded init (compile + run) {time.perf_counter() - t0:.1f} s", flush=True)
   t0 = time.perf_counter()
   ours(2)

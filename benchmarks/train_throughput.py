@@ -44,11 +44,12 @@ THREADS = 2
 
 
 def our_runner(preset: str, batch: int, seq_len: int, dtype: str = "float32",
-               attention: str = "einsum"):
+               attention: str = "einsum", scan_layers: bool = False):
   """(run(n_steps), batches) for our Trainer on a one-device mesh."""
   config = lm.get_config(f"size={preset},batch={batch},seq_len={seq_len}")
   config.mesh.data = 1
   config.model.dtype, config.model.attention = dtype, attention
+  config.model.scan_layers = scan_layers
   trainer = train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = trainer.init()
   batches = data.make_train_iterator(config.data, batch, config.train.seed, 0, 1)

@@ -20,6 +20,7 @@ RULE_SETS = {
         ("vocab", "tensor"),
         ("length", None),
         ("norm", None),
+        ("layers", None),
     ),
     "fsdp": (
         ("batch", ("data", "fsdp")),
@@ -29,6 +30,7 @@ RULE_SETS = {
         ("vocab", None),
         ("length", None),
         ("norm", None),
+        ("layers", None),
     ),
     "replicated": (
         ("batch", ("data", "fsdp")),
@@ -38,6 +40,7 @@ RULE_SETS = {
         ("vocab", None),
         ("length", None),
         ("norm", None),
+        ("layers", None),
     ),
 }
 
@@ -50,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "s2"              # a key of kbit_jax.presets.PRESETS
   c.model.dtype = "float32"          # compute dtype: float32 (CPU) | bfloat16 (GPU/TPU)
   c.model.remat = False              # recompute blocks in backward (saves activations)
+  c.model.scan_layers = False        # one nn.scan over the blocks: compile time independent
+                                     # of depth (params stacked; grid evaluates unrolled)
   c.model.attention = "einsum"       # einsum | cudnn (GPU flash, bf16) | xla (model.py)
 
   c.data = ml_collections.ConfigDict()

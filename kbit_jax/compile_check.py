@@ -48,7 +48,7 @@ def compile_check(config, num_devices: int, hbm_gib: float | None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from kbit_jax import config_lib, presets, sharding, train  # pylint: disable=g-import-not-at-top
+  from kbit_jax import config_lib, flops, presets, sharding, train  # pylint: disable=g-import-not-at-top
   if jax.device_count() != num_devices:
     raise RuntimeError(f"jax already has {jax.device_count()} devices; compile_check must "
                        "set the device count before jax starts (run it as its own process)")
@@ -73,7 +73,10 @@ def compile_check(config, num_devices: int, hbm_gib: float | None) -> dict:
                 arguments_gib=mem.argument_size_in_bytes / 2**30,
                 temporaries_gib=mem.temp_size_in_bytes / 2**30,
                 per_device_gib=per_device / 2**30, hbm_gib=hbm_gib,
-                flops_per_step=float(cost.get("flops", 0.0)) if cost else 0.0)
+                flops_per_step=float(cost.get("flops", 0.0)) if cost else 0.0,
+                model_flops_per_step=flops.flops_per_token(p, config.data.seq_len)
+                * config.train.batch_size * config.data.seq_len / num_devices,
+                scan_layers=config.model.scan_layers)
   report["fits"] = None if hbm_gib is None else report["per_device_gib"] <= 0.9 * hbm_gib
   return report
 
@@ -85,4 +88,6 @@ def format_report(r: dict) -> str:
   return (f"{r['preset']} ({r['params']:,} params) on {r['devices']} devices, mesh "
           f"{r['mesh']}: per device {r['per_device_gib']:.3f} GiB (state + batch "
           f"{r['arguments_gib']:.3f} GiB, temporaries {r['temporaries_gib']:.3f} GiB); "
-          f"{r['flops_per_step'] / 1e12:.2f} TFLOP per device per step (XLA count){verdict}")
+          f"{r['model_flops_per_step'] / 1e12:.3g} TFLOP per device per step (model count; "
+          f"XLA's {r['flops_per_step'] / 1e12:.3g}"
+          f"{', the scanned layers counted once' if r['scan_layers'] else ''}){verdict}")

@@ -30,6 +30,9 @@ never trained and W/models/ stays empty; its float parameters come from
 architecture the import saved, its tokenizer from the import dir (`data.tokenizer`), and
 its records name the hub id (key `hub_id`) and the import dir (`model/import_dir`).
 
+A model trained with `model.scan_layers` is restored stacked and evaluated unrolled
+(`model.unstack_layers`): quantization and bit accounting see one tree per layer.
+
 Evaluation runs on the first fsdp x tensor devices (the data axis would only replicate
 the same work). A cell's record is written atomically after the cell and finished cells
 are skipped on a rerun, so a `kill -9` loses at most the cell in flight.
@@ -232,7 +235,9 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
   trainer = train.Trainer(run.config, eval_mesh(run.config.mesh))
   with _read_only_checkpoints(model_dir(workdir, run),
                               run.config.train.keep_checkpoints) as ckpt:
-    return ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+    params = ckpt.restore_params(trainer.abstract_state().params,
+                                 step=run.config.train.steps)
+  return model.unstack_layers(params)     # trained with model.scan_layers: unroll
 
 
 # ----------------------------------------------------------------------------- cells
@@ -248,8 +253,10 @@ def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
 
 
 def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> model.Transformer:
-  """train.make_model's net, with the architecture an import saved for imported runs."""
-  return train.make_model(run.config, dot_general_cls, run.architecture)
+  """train.make_model's net, with the architecture an import saved for imported runs;
+  always unrolled (restore_params unstacks a scan_layers model), so quantization and bit
+  accounting see one tree per layer."""
+  return train.make_model(run.config, dot_general_cls, run.architecture, scan_layers=False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -175,6 +175,44 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
 
+class _ScannedBlock(nn.Module):
+  """One Block as the body of nn.scan: (x, None) -> (x, None)."""
+  p: Preset
+  dtype: Any
+  dot_general_cls: DotGeneralFactory = None
+  attention: str = "einsum"
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, _: None) -> tuple[jax.Array, None]:
+    block = nn.remat(Block) if self.remat else Block
+    return block(self.p, self.dtype, self.dot_general_cls, self.attention,
+                 name="block")(x_BxLxD), None
+
+
+SCANNED = "layers"      # the scanned blocks' parameters: params["layers"]["block"][...]
+
+
+def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
+  """Parameters of a scan_layers net -> the same parameters of the unrolled net (the
+  layer axis leads every array under params["layers"]); others pass through."""
+  if SCANNED not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != SCANNED}
+  blocks = params[SCANNED]["block"]
+  for i in range(jax.tree.leaves(blocks)[0].shape[0]):
+    out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
+  return out
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """The inverse of unstack_layers: unrolled parameters -> a scan_layers net's."""
+  names = [f"layer_{i}" for i in range(num_layers)]
+  out = {k: v for k, v in params.items() if k not in names}
+  out[SCANNED] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *(params[n] for n in names))}
+  return out
+
+
 class Transformer(nn.Module):
   """tokens_BxL (int32) -> logits_BxLxV (float32)."""
   p: Preset
@@ -182,6 +220,10 @@ class Transformer(nn.Module):
   dot_general_cls: DotGeneralFactory = None
   remat: bool = False                # recompute each block in the backward pass
   attention: str = "einsum"          # one of ATTENTION_IMPLS
+  # One nn.scan over the blocks instead of num_layers copies: compile time does not grow
+  # with depth. Parameters are stacked (params["layers"]["block"], layer axis first,
+  # logical name "layers"); unstack_layers gives the unrolled net's.
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
@@ -204,10 +246,17 @@ class Transformer(nn.Module):
     if p.embed_norm:
       x_BxLxD = _layer_norm(p, self.dtype, "embed_norm")(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
-    block = nn.remat(Block) if self.remat else Block
-    for i in range(p.num_layers):
-      x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention,
-                      name=f"layer_{i}")(x_BxLxD)
+    if self.scan_layers:
+      layers = nn.scan(_ScannedBlock, variable_axes={"params": 0},
+                       split_rngs={"params": True}, length=p.num_layers,
+                       metadata_params={nn.PARTITION_NAME: SCANNED})
+      x_BxLxD, _ = layers(p, self.dtype, self.dot_general_cls, self.attention, self.remat,
+                          name=SCANNED)(x_BxLxD, None)
+    else:
+      block = nn.remat(Block) if self.remat else Block
+      for i in range(p.num_layers):
+        x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention,
+                        name=f"layer_{i}")(x_BxLxD)
     if not p.post_norm:          # a post-norm block already ends with a LayerNorm
       x_BxLxD = _layer_norm(p, self.dtype, "ln_f")(x_BxLxD)
     if p.token_dim != p.d_model:

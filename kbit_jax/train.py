@@ -55,13 +55,16 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
 
 
 def make_model(config: ml_collections.ConfigDict, dot_general_cls=None,
-               preset: presets.Preset | None = None) -> model.Transformer:
+               preset: presets.Preset | None = None,
+               scan_layers: bool | None = None) -> model.Transformer:
   """The net of `config.model`; `preset` overrides the table entry `model.preset` names
-  (an imported model's saved architecture, grid.py)."""
+  (an imported model's saved architecture, grid.py), `scan_layers` model.scan_layers."""
   return model.Transformer(preset or presets.get_preset(config.model.preset),
                            dtype=jnp.dtype(config.model.dtype),
                            dot_general_cls=dot_general_cls, remat=config.model.remat,
-                           attention=config.model.attention)
+                           attention=config.model.attention,
+                           scan_layers=(config.model.scan_layers if scan_layers is None
+                                        else scan_layers))
 
 
 def init_state_fn(net: model.Transformer, tx: optax.GradientTransformation, seq_len: int):

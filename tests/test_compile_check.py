@@ -1,5 +1,6 @@
 """`kbit compile_check` compiles a preset for a target mesh from this CPU, no allocation."""
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -37,3 +38,19 @@ def test_bad_topology_and_mesh_are_named():
   rc, out = compile_check("--config", "configs/lm.py", "--num_devices", "4",
                           "--config.mesh.data=3")
   assert rc != 0 and "data*fsdp*tensor = 3*1*1 = 3 != 4 devices" in out
+
+
+def test_scanned_layers_report_the_model_flops_not_one_loop_body():
+  """model.scan_layers: XLA counts the scanned while-loop body once, so the report leads
+  with the model's own FLOPs, which do not depend on scanning."""
+  args = ("--config", "configs/lm.py:size=s3,batch=16", "--num_devices", "2",
+          "--config.mesh.fsdp=2")
+  flops = {}
+  for scan in (False, True):
+    rc, out = compile_check(*args, f"--config.model.scan_layers={scan}")
+    assert rc == 0, out
+    match = re.search(r"([\d.e+-]+) TFLOP per device per step \(model count; XLA's ([\d.e+-]+)"
+                      r"(, the scanned layers counted once)?\)", out)
+    assert match and bool(match.group(3)) == scan, out
+    flops[scan] = float(match.group(1))
+  assert flops[True] == flops[False] > 0

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from kbit_jax import config_lib, sharding
-from kbit_jax.configs import common, lm
+from kbit_jax.configs import lm
 
 
 def config_with(**overrides):

@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import checkpoint, evaluate, grid, grid_plan, presets, results, sharding, train
+from kbit_jax import (checkpoint, evaluate, grid, grid_plan, model, presets, results, sharding,
+                      train)
 from kbit_jax.configs import grid as grid_config
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import reference
@@ -337,3 +338,29 @@ def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path)
         for metric, value in metrics.items():
           np.testing.assert_allclose(other["metrics"][task][metric], value, rtol=1e-6,
                                      err_msg=f"{record['name']} {task}/{metric}")
+
+
+def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
+  """base.model.scan_layers=True: training checkpoints stacked layers; the grid unstacks
+  them (model.unstack_layers) and evaluates the unrolled net, whose 16-bit cell equals
+  evaluating those parameters directly (1e-6)."""
+  config = _config("tiny", bits=(4, 16), dtypes=("int",))
+  config.base.model.scan_layers = True
+  plan = grid_plan.make_plan(config)
+  assert grid.run(plan, str(tmp_path))["evaluated"] == 2
+  run = plan.models[0]
+  assert run.cells[0].spec.bits == 16
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                            jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "models", run.name), 1)
+  stacked = ckpt.restore_params(train.Trainer(run.config, mesh).abstract_state().params)
+  ckpt.close()
+  assert "layers" in stacked and "layer_0" not in stacked
+  cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
+                                       eval=plan.config.eval.to_dict()))
+  want = evaluate.evaluate(model.unstack_layers(stacked),
+                           train.make_model(run.config, scan_layers=False), cfg)
+  got = _records(str(tmp_path))[run.cells[0].id]["metrics"]
+  for task in want:
+    for metric, value in want[task].items():
+      np.testing.assert_allclose(got[task][metric], value, rtol=1e-6, err_msg=f"{task}/{metric}")

@@ -1,9 +1,7 @@
 """Sharding: mesh from config, params placed by the logical rules, gradients correct."""
-import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -17,9 +15,10 @@ def _mesh_cfg(data=-1, fsdp=1, tensor=1, rules="megatron"):
                                         distributed=False))
 
 
-def _config(rules="megatron"):
+def _config(rules="megatron", scan_layers=False):
   c = common.base_config()
   c.model.preset = "s2"
+  c.model.scan_layers = scan_layers
   c.mesh.fsdp, c.mesh.tensor, c.mesh.rules = 2, 2, rules
   c.data.seq_len = 16
   return c
@@ -55,14 +54,26 @@ def test_params_are_sharded_by_the_logical_rules():
   assert mu.sharding == layer["mlp"]["wi"]["kernel"].sharding
 
 
+def test_scanned_layers_are_sharded_like_unrolled_ones():
+  """model.scan_layers: the same logical rules, with an unsharded layer axis in front."""
+  state = train.Trainer(_config(scan_layers=True), sharding.make_mesh(_config().mesh)).init()
+  block = state.params["layers"]["block"]
+  wi = block["mlp"]["wi"]["kernel"]
+  assert wi.shape == (2, 64, 256) and tuple(wi.sharding.spec) == (None, "fsdp", "tensor")
+  assert tuple(block["mlp"]["wo"]["kernel"].sharding.spec) == (None, "tensor", "fsdp")
+  assert "layer_0" not in state.params
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
 @pytest.mark.parametrize("rules", sorted(common.RULE_SETS))
-def test_sharded_gradients_match_single_device(rules):
-  """The same loss and gradients on a (2, 2, 2) mesh as on one device.
+def test_sharded_gradients_match_single_device(rules, scan_layers):
+  """The same loss and gradients on a (2, 2, 2) mesh as on one device, with the layers
+  unrolled or scanned (model.scan_layers).
 
   Tolerance 1e-4: f32 sums reordered across shards differ by ~1e-6 relative; the XLA CPU
   bug this guards against gives errors of 60-80%.
   """
-  config = _config(rules)
+  config = _config(rules, scan_layers)
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.Trainer(config, mesh)
   state = trainer.init()
