@@ -18,6 +18,39 @@ from absl import logging
 from etils import epath
 
 
+# The config keys that decide the saved state's tree. A checkpoint saved with other
+# values cannot be restored: resuming would skip it as unreadable, train from scratch and
+# let keep-N delete it, so check_workdir refuses first.
+TREE_KEYS = ("model.preset", "model.scan_layers")
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError, naming the keys, if `workdir` holds checkpoints of another model
+  (TREE_KEYS differ from the newest readable saved config); nothing is written."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)    # Orbax's warnings about read-only managers
+  try:
+    ckpt = Checkpointer(workdir, 1, read_only=True)
+    saved = ckpt.saved_config() if ckpt.directory.exists() else None
+    ckpt.close()
+  finally:
+    logging.set_verbosity(level)
+  if saved is None:
+    return
+  from kbit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  defaults = common.base_config()        # for keys that older checkpoints lack
+  diffs = []
+  for key in TREE_KEYS:
+    section, name = key.split(".")
+    was, now = saved.get(section, {}).get(name, defaults[section][name]), config[section][name]
+    if was != now:
+      diffs.append(f"{key}={now!r} but the saved model has {was!r}")
+  if diffs:
+    raise ValueError(f"{ckpt.directory} holds checkpoints of another model: "
+                     f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
+                     "workdir, or the saved values to resume")
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
@@ -38,6 +71,16 @@ class Checkpointer:
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
+
+  def saved_config(self) -> dict | None:
+    """The config saved with the newest step whose config is readable, or None."""
+    for step in reversed(self.steps()):
+      try:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore())).config)
+      except Exception:  # pylint: disable=broad-except
+        continue
+    return None
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
     """Newest readable (step, state, data_state), each array in `abstract_state`'s sharding.

@@ -367,6 +367,17 @@ class Progress:
             f"eta {grid_plan.format_duration(eta)}")
 
 
+def check_workdirs(plan: grid_plan.Plan, workdir: str) -> None:
+  """ValueError if a model directory holds another model's checkpoints (e.g. the grid's
+  base.model.scan_layers changed): checkpoint.check_workdir, for every trained model."""
+  for m in plan.models:
+    if not m.pretrained:
+      try:
+        checkpoint.check_workdir(m.config, str(model_dir(workdir, m)))
+      except ValueError as e:
+        raise ValueError(f"grid size {m.name}: {e}") from None
+
+
 def _trained(run: grid_plan.ModelRun, workdir: str) -> bool:
   """Whether `run` needs no training; raises for an imported model whose import dir is
   missing (run() asks this of every model with work, before any of it)."""
@@ -437,6 +448,7 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
   and evaluate, process 0 alone prints and writes `results/` (see the module docstring).
   """
   results_dir = epath.Path(workdir) / "results"
+  check_workdirs(plan, workdir)
   finished = _agreed_finished(results.finished_ids(results_dir))
   cost = grid_plan.estimate(plan)
   _say(grid_plan.format_plan(plan, cost, finished))

@@ -66,15 +66,19 @@ def main(argv):
     compile_cache.enable(compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None
                          else _COMPILE_CACHE.value)
   if command == "train":
-    from kbit_jax import config_lib, train
+    from kbit_jax import checkpoint, config_lib, sharding, train
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
     _validated(config_lib.validate, config)
+    if config.mesh.distributed:   # before anything, Orbax included, starts jax's backend
+      sharding.initialize_distributed(config.mesh)
+    _validated(checkpoint.check_workdir, config, workdir)
     train.train_and_evaluate(config, workdir)
   elif command == "grid":
     from kbit_jax import grid, grid_plan
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
     grid.initialize_distributed(config)   # before make_plan asks jax for the devices
     plan = _validated(grid_plan.make_plan, config, not _DRY_RUN.value)  # dry run: says missing
+    _validated(grid.check_workdirs, plan, workdir)
     grid.run(plan, workdir, _DRY_RUN.value)
   elif command == "fit":
     from kbit_jax import scaling

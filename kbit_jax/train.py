@@ -183,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate_for_devices(config, mesh)
   tc = config.train
+  checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
   train_iter = data.make_train_iterator(config.data, tc.batch_size, tc.seed,

@@ -364,3 +364,10 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   for task in want:
     for metric, value in want[task].items():
       np.testing.assert_allclose(got[task][metric], value, rtol=1e-6, err_msg=f"{task}/{metric}")
+  # The same workdir with the layers unrolled again: refused before any work, since its
+  # checkpoint could not be restored (checkpoint.check_workdir).
+  config.base.model.scan_layers = False
+  with pytest.raises(ValueError, match=r"grid size s0-seed0: .* holds checkpoints of another "
+                                       r"model: model.scan_layers=False but the saved model "
+                                       r"has True"):
+    grid.run(grid_plan.make_plan(config), str(tmp_path))

@@ -81,6 +81,24 @@ def test_train_writes_metrics_tensorboard_and_checkpoints(tmp_path):
   assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == [10, 20]
 
 
+@pytest.mark.parametrize("key, value", [("preset", "s1"), ("scan_layers", True)])
+def test_another_models_checkpoints_are_refused_and_kept(tmp_path, key, value):
+  """A workdir holding another model's checkpoints (other model.preset or scan_layers):
+  resuming could not restore them and would train from scratch, letting keep-N delete
+  them, so training stops first, naming the key; the checkpoints stay as they were."""
+  config = tiny_config(steps=10, checkpoint_every=10, eval_every=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
+                  for p in (tmp_path / "checkpoints").rglob("*"))
+  config.model[key] = value
+  with pytest.raises(ValueError, match=rf"holds checkpoints of another model: model\.{key}="
+                                       rf"{value!r} but the saved model has"):
+    train.train_and_evaluate(config, str(tmp_path))
+  after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
+                 for p in (tmp_path / "checkpoints").rglob("*"))
+  assert after == before
+
+
 def test_relative_workdir(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   train.train_and_evaluate(tiny_config(steps=10), "runs/rel")
