@@ -8,6 +8,7 @@ falling back to the next older one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -24,17 +25,47 @@ from etils import epath
 TREE_KEYS = ("model.preset", "model.scan_layers")
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises ValueError, naming the keys, if `workdir` holds checkpoints of another model
-  (TREE_KEYS differ from the newest readable saved config); nothing is written."""
+class WorkdirError(ValueError):
+  """The workdir holds checkpoints this config cannot resume (check_workdir)."""
+
+
+def checkpoints_dir(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`; Orbax wants absolute paths, so a relative local workdir is
+  taken from the cwd."""
+  workdir = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
+  return epath.Path(workdir) / "checkpoints"
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Orbax logs at ERROR only (its warnings about read-only managers are expected)."""
   level = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)    # Orbax's warnings about read-only managers
+  logging.set_verbosity(logging.ERROR)
   try:
-    ckpt = Checkpointer(workdir, 1, read_only=True)
-    saved = ckpt.saved_config() if ckpt.directory.exists() else None
-    ckpt.close()
+    yield
   finally:
     logging.set_verbosity(level)
+
+
+@contextlib.contextmanager
+def read_only(workdir: str, keep: int):
+  """A read-only Checkpointer of `workdir`, closed on exit."""
+  with quiet_orbax():
+    ckpt = Checkpointer(workdir, keep, read_only=True)
+  try:
+    yield ckpt
+  finally:
+    ckpt.close()
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises WorkdirError, naming the keys, if `workdir` holds checkpoints of another model
+  (TREE_KEYS differ from the newest readable saved config); nothing is written."""
+  directory = checkpoints_dir(workdir)
+  if not directory.exists():
+    return
+  with read_only(workdir, 1) as ckpt:
+    saved = ckpt.saved_config()
   if saved is None:
     return
   from kbit_jax.configs import common  # pylint: disable=g-import-not-at-top
@@ -46,17 +77,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     if was != now:
       diffs.append(f"{key}={now!r} but the saved model has {was!r}")
   if diffs:
-    raise ValueError(f"{ckpt.directory} holds checkpoints of another model: "
-                     f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
-                     "workdir, or the saved values to resume")
+    raise WorkdirError(f"{directory} holds checkpoints of another model: "
+                       f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
+                       "workdir, or the saved values to resume")
 
 
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
-    # Orbax wants absolute paths; a relative local workdir is taken from the cwd.
-    workdir = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = checkpoints_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,

@@ -68,7 +68,6 @@ written a record would otherwise skip a cell, or a model's training, that the ot
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime
 import functools
 import json
@@ -80,7 +79,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -135,21 +133,6 @@ def model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
   return epath.Path(workdir) / "models" / run.name
 
 
-@contextlib.contextmanager
-def _read_only_checkpoints(directory: epath.Path, keep: int):
-  """A read-only Checkpointer, without Orbax's warnings about being read-only."""
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    ckpt = checkpoint.Checkpointer(str(directory), keep, read_only=True)
-  finally:
-    logging.set_verbosity(level)
-  try:
-    yield ckpt
-  finally:
-    ckpt.close()
-
-
 def _checkpoint_steps(directory: epath.Path, keep: int) -> list[int]:
   """Finished training steps in `directory`. A collective with several processes: they
   all take process 0's answer to whether checkpoints exist (a process that looked after
@@ -157,7 +140,7 @@ def _checkpoint_steps(directory: epath.Path, keep: int) -> list[int]:
   cross-process syncs would then pair with training's)."""
   if not _agreed_flag((directory / "checkpoints").exists()):
     return []
-  with _read_only_checkpoints(directory, keep) as ckpt:
+  with checkpoint.read_only(str(directory), keep) as ckpt:
     return ckpt.steps()
 
 
@@ -216,12 +199,8 @@ def _restore_imported(run: grid_plan.ModelRun) -> Any:
   """The float parameters of an imported model, on the evaluation mesh."""
   grid_plan.check_import(run)
   mesh, rules = eval_mesh(run.config.mesh), sharding.logical_rules(run.config.mesh)
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)    # Orbax's warnings about read-only checkpoints
-  try:
+  with checkpoint.quiet_orbax():
     arch, params = importer.load_imported(run.pretrained.import_dir, mesh, rules)
-  finally:
-    logging.set_verbosity(level)
   if arch != run.architecture:
     raise ValueError(f"{run.pretrained.import_dir} holds another architecture than when "
                      f"the grid was planned ({arch} != {run.architecture}); rerun the grid")
@@ -233,8 +212,8 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
   if run.pretrained:
     return _restore_imported(run)
   trainer = train.Trainer(run.config, eval_mesh(run.config.mesh))
-  with _read_only_checkpoints(model_dir(workdir, run),
-                              run.config.train.keep_checkpoints) as ckpt:
+  with checkpoint.read_only(str(model_dir(workdir, run)),
+                            run.config.train.keep_checkpoints) as ckpt:
     params = ckpt.restore_params(trainer.abstract_state().params,
                                  step=run.config.train.steps)
   return model.unstack_layers(params)     # trained with model.scan_layers: unroll
@@ -368,14 +347,14 @@ class Progress:
 
 
 def check_workdirs(plan: grid_plan.Plan, workdir: str) -> None:
-  """ValueError if a model directory holds another model's checkpoints (e.g. the grid's
+  """WorkdirError if a model directory holds another model's checkpoints (e.g. the grid's
   base.model.scan_layers changed): checkpoint.check_workdir, for every trained model."""
   for m in plan.models:
     if not m.pretrained:
       try:
         checkpoint.check_workdir(m.config, str(model_dir(workdir, m)))
-      except ValueError as e:
-        raise ValueError(f"grid size {m.name}: {e}") from None
+      except checkpoint.WorkdirError as e:
+        raise checkpoint.WorkdirError(f"grid size {m.name}: {e}") from None
 
 
 def _trained(run: grid_plan.ModelRun, workdir: str) -> bool:

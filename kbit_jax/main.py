@@ -66,20 +66,22 @@ def main(argv):
     compile_cache.enable(compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None
                          else _COMPILE_CACHE.value)
   if command == "train":
-    from kbit_jax import checkpoint, config_lib, sharding, train
+    from kbit_jax import checkpoint, config_lib, train
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
     _validated(config_lib.validate, config)
-    if config.mesh.distributed:   # before anything, Orbax included, starts jax's backend
-      sharding.initialize_distributed(config.mesh)
-    _validated(checkpoint.check_workdir, config, workdir)
-    train.train_and_evaluate(config, workdir)
+    try:    # checks the workdir's checkpoints (checkpoint.check_workdir) before any work
+      train.train_and_evaluate(config, workdir)
+    except checkpoint.WorkdirError as e:
+      sys.exit(f"kbit: invalid config: {e}")
   elif command == "grid":
-    from kbit_jax import grid, grid_plan
+    from kbit_jax import checkpoint, grid, grid_plan
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
     grid.initialize_distributed(config)   # before make_plan asks jax for the devices
     plan = _validated(grid_plan.make_plan, config, not _DRY_RUN.value)  # dry run: says missing
-    _validated(grid.check_workdirs, plan, workdir)
-    grid.run(plan, workdir, _DRY_RUN.value)
+    try:    # checks the models' checkpoints (grid.check_workdirs) before any work
+      grid.run(plan, workdir, _DRY_RUN.value)
+    except checkpoint.WorkdirError as e:
+      sys.exit(f"kbit: invalid config: {e}")
   elif command == "fit":
     from kbit_jax import scaling
     scaling.fit_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
