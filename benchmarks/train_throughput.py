@@ -6,11 +6,15 @@ One run prints, for one preset, batch and sequence length:
   peer   `GPT2LMHeadModel` with the same dims (layers, d_model, heads, d_ff, vocab,
          max_len; tied embeddings; exact GELU; dropout 0), the same loss on the same
          batches, `clip_grad_norm_` + `AdamW`, PyTorch CPU float32;
+  plain  a plain Flax GPT-2 with the same dims (benchmarks/plain_gpt.py: nanoGPT written
+         in flax.linen + optax, nothing of ours), the reference the MFU target names;
   peak   this machine's float32 matmul peak, `kbit_jax.flops.measure_matmul_peak`.
-Rounds alternate ours, peer, ours, peer, ... (warmup and compile excluded) because the
-machine is shared and noisy; the table shows medians over rounds, and the ratio is the
+Rounds alternate ours, plain, peer, ours, ... (warmup and compile excluded) because the
+machine is shared and noisy; the table shows medians over rounds, and each ratio is the
 median of the per-round ratios. MFU = flops_per_token(training) x tokens/s / peak, with
 the peak measured at the start of each round (same contention as that round's timings).
+Like `kbit train`, the process first sets kbit_jax/host_memory.py's allocator options
+(all three sides share them; `--no_retain_host_memory` keeps glibc's defaults).
 
   python benchmarks/train_throughput.py                      # s7, batch 32 x 128
   python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 7
@@ -18,8 +22,8 @@ the peak measured at the start of each round (same contention as that round's ti
 
 Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: every weight matmul
 has 4096 rows (near the matmul peak on its own), attention's L x L work stays a small share
-(at 16 x 256 it doubles per token), and a step of s7 takes ~1.5-4 s on 2 shared cores, so
-5 rounds of 3 steps a side finish in about 3 minutes.
+(at 16 x 256 it doubles per token), and a step of s7 takes ~1.2-4 s on 2 shared cores, so
+5 rounds of 3 steps on each of the three sides finish in about 2 minutes.
 """
 from __future__ import annotations
 
@@ -37,8 +41,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import jax
 import numpy as np
 
-from kbit_jax import data, flops, presets, sharding, train
+from kbit_jax import data, flops, host_memory, presets, sharding, train
 from kbit_jax.configs import lm
+
+import plain_gpt
 
 THREADS = 2
 
@@ -131,8 +137,14 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
   parser.add_argument("--rounds", type=int, default=5, help="rounds of (ours, peer)")
   parser.add_argument("--warmup", type=int, default=2,
-                      help="untimed steps a side before timing (ours compiles in the first)")
+                      help="untimed rounds before the timed ones (ours compiles before them)")
+  parser.add_argument("--no_retain_host_memory", action="store_true",
+                      help="keep glibc malloc's defaults instead of what `kbit train` sets "
+                           "(kbit_jax/host_memory.py), to measure what that gains")
   args = parser.parse_args()
+  # As `kbit train` does, before jax starts its backend; the whole process (all three
+  # sides) runs with the same allocator settings.
+  retained = not args.no_retain_host_memory and host_memory.retain_freed_memory()
   for name in ("batch", "seq_len", "steps", "rounds", "warmup"):
     if getattr(args, name) < 1:
       parser.error(f"--{name}={getattr(args, name)} must be >= 1")
@@ -156,34 +168,44 @@ def main():
   ours, batches = our_runner(args.preset, args.batch, args.seq_len)
   ours(1)
   compile_s = time.perf_counter() - t0
-  ours(args.warmup - 1)
+  plain = plain_gpt.runner(p, batches, presets.param_counts(p)["total"])
   peer = peer_runner(p, batches)
-  peer(args.warmup)
+  # Untimed rounds, run as the timed ones: the retained heap grows to its high-water mark
+  # in them (measured: ours faulted 0.9M then 0.4M pages in the first two, ~0 after).
+  for _ in range(args.warmup):
+    flops.measure_matmul_peak()
+    for run in (ours, plain, peer):
+      run(args.steps)
   print(f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token (training); init+compile {compile_s:.1f} s; "
         f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS} "
-        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})", flush=True)
+        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); host memory "
+        f"{'retained (host_memory.py)' if retained else 'glibc defaults'}", flush=True)
 
   rows = []
   for r in range(args.rounds):
     peak = flops.measure_matmul_peak()
     ours_tps, ours_cores = timed(ours, args.steps, tokens_per_step)
+    plain_tps, plain_cores = timed(plain, args.steps, tokens_per_step)
     peer_tps, peer_cores = timed(peer, args.steps, tokens_per_step)
-    rows.append((peak, ours_tps, peer_tps))
-    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; ours {ours_tps:.0f} "
-          f"tok/s on {ours_cores:.1f} cores; peer {peer_tps:.0f} tok/s on {peer_cores:.1f} "
-          f"cores; ratio {ours_tps / peer_tps:.2f}", flush=True)
+    rows.append((peak, ours_tps, peer_tps, plain_tps))
+    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; tok/s (cores): "
+          f"ours {ours_tps:.0f} ({ours_cores:.1f}), plain {plain_tps:.0f} ({plain_cores:.1f}), "
+          f"peer {peer_tps:.0f} ({peer_cores:.1f}); ours/peer {ours_tps / peer_tps:.2f}, "
+          f"ours/plain {ours_tps / plain_tps:.2f}", flush=True)
 
   med = statistics.median
   peak = med([r[0] for r in rows])
   mfu_ours = med([r[1] * flops_per_token / r[0] for r in rows])
   mfu_peer = med([r[2] * flops_per_token / r[0] for r in rows])
+  mfu_plain = med([r[3] * flops_per_token / r[0] for r in rows])
   header = ("preset", "params", "batch x seq", "ours tok/s", "peer tok/s", "ratio",
-            "MFU ours", "MFU peer", "peak GFLOP/s")
+            "ours/plain", "MFU ours", "MFU plain", "MFU peer", "peak GFLOP/s")
   values = (args.preset, f"{presets.param_counts(p)['total'] / 1e6:.1f}M",
             f"{args.batch} x {args.seq_len}", f"{med([r[1] for r in rows]):.0f}",
             f"{med([r[2] for r in rows]):.0f}", f"{med([r[1] / r[2] for r in rows]):.2f}",
-            f"{mfu_ours:.2f}", f"{mfu_peer:.2f}", f"{peak / 1e9:.0f}")
+            f"{med([r[1] / r[3] for r in rows]):.2f}", f"{mfu_ours:.2f}", f"{mfu_plain:.2f}",
+            f"{mfu_peer:.2f}", f"{peak / 1e9:.0f}")
   widths = [max(len(h), len(v)) for h, v in zip(header, values)]
   for line in (header, values):
     print("  ".join(s.rjust(w) for s, w in zip(line, widths)))

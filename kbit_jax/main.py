@@ -38,6 +38,10 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "train/grid: persistent XLA compilation cache, a directory or "
     "gs:// path ('' turns it off; default $JAX_COMPILATION_CACHE_DIR or "
     "~/.cache/kbit_jax/xla). Reruns and resumed grids load compiles from it.")
+_RETAIN_HOST_MEMORY = flags.DEFINE_bool(
+    "retain_host_memory", True, "train/grid without an accelerator backend installed: keep "
+    "freed host memory for reuse (kbit_jax/host_memory.py), so XLA:CPU's per-step "
+    "temporaries stop page-faulting; the process holds its peak host memory.")
 
 
 def _need(flag, command: str):
@@ -62,7 +66,10 @@ def main(argv):
     raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}; allowed: {COMMANDS}")
   # pylint: disable=g-import-not-at-top
   if command in ("train", "grid"):
-    from kbit_jax import compile_cache
+    from kbit_jax import compile_cache, host_memory
+    # Before jax starts its backend and its threads; CPU-only installs (host_memory.py).
+    if _RETAIN_HOST_MEMORY.value and not host_memory.accelerator_installed():
+      host_memory.retain_freed_memory()
     compile_cache.enable(compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None
                          else _COMPILE_CACHE.value)
   if command == "train":
