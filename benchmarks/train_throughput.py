@@ -135,7 +135,7 @@ def main():
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
-  parser.add_argument("--rounds", type=int, default=5, help="rounds of (ours, peer)")
+  parser.add_argument("--rounds", type=int, default=5, help="timed rounds of (ours, plain, peer)")
   parser.add_argument("--warmup", type=int, default=2,
                       help="untimed rounds before the timed ones (ours compiles before them)")
   parser.add_argument("--no_retain_host_memory", action="store_true",
