@@ -175,6 +175,11 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
 
+def _block_cls(remat: bool) -> type[nn.Module]:
+  """Block, recomputed in the backward pass when `remat`."""
+  return nn.remat(Block) if remat else Block
+
+
 class _ScannedBlock(nn.Module):
   """One Block as the body of nn.scan: (x, None) -> (x, None)."""
   p: Preset
@@ -185,9 +190,8 @@ class _ScannedBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, _: None) -> tuple[jax.Array, None]:
-    block = nn.remat(Block) if self.remat else Block
-    return block(self.p, self.dtype, self.dot_general_cls, self.attention,
-                 name="block")(x_BxLxD), None
+    return _block_cls(self.remat)(self.p, self.dtype, self.dot_general_cls, self.attention,
+                                  name="block")(x_BxLxD), None
 
 
 SCANNED = "layers"      # the scanned blocks' parameters: params["layers"]["block"][...]
@@ -253,7 +257,7 @@ class Transformer(nn.Module):
       x_BxLxD, _ = layers(p, self.dtype, self.dot_general_cls, self.attention, self.remat,
                           name=SCANNED)(x_BxLxD, None)
     else:
-      block = nn.remat(Block) if self.remat else Block
+      block = _block_cls(self.remat)
       for i in range(p.num_layers):
         x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention,
                         name=f"layer_{i}")(x_BxLxD)

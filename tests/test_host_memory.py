@@ -48,7 +48,6 @@ def test_retained_memory_stops_page_faults():
   assert retained < default / 20, (default, retained)
 
 
-
 @pytest.mark.parametrize("platforms, expected", [("cpu", False), ("tpu", True),
                                                  ("cuda,cpu", True)])
 def test_accelerator_installed_reads_jax_platforms(monkeypatch, platforms, expected):
