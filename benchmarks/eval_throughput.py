@@ -24,7 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kbit_jax import data, evaluate, model, presets, tasks
+from kbit_jax.train import data
+from kbit_jax.evals import evaluate
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.evals import tasks
 from kbit_jax.configs import common
 
 
@@ -48,7 +52,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
 
-  net = model.Transformer(presets.get_preset(args.preset))
+  net = transformer.Transformer(presets.get_preset(args.preset))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   params = jax.device_put(params, jax.devices()[0])
   tokenizer = data.load_tokenizer()

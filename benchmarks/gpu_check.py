@@ -30,15 +30,17 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from train_throughput import our_runner, peer_runner, timed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from kbit_jax import flops, model, presets  # pylint: disable=wrong-import-position
+from kbit_jax.model import flops
+from kbit_jax.model import transformer
+from kbit_jax.model import presets  # pylint: disable=wrong-import-position
 
 
 def attention_check(preset: str = "s7", seq_len: int = 256) -> float:
   """Relative L2 error of cuDNN-attention logits against einsum-attention logits (bf16)."""
   p = presets.get_preset(preset)
   tokens_BxL = jax.random.randint(jax.random.key(0), (4, seq_len), 0, p.vocab_size)
-  params = model.Transformer(p).init(jax.random.key(1), tokens_BxL)
-  logits = {impl: np.asarray(jax.jit(model.Transformer(p, jnp.bfloat16, attention=impl).apply)(
+  params = transformer.Transformer(p).init(jax.random.key(1), tokens_BxL)
+  logits = {impl: np.asarray(jax.jit(transformer.Transformer(p, jnp.bfloat16, attention=impl).apply)(
       params, tokens_BxL), np.float64) for impl in ("einsum", "cudnn")}
   assert np.isfinite(logits["cudnn"]).all(), "cuDNN attention gave non-finite logits"
   return float(np.linalg.norm(logits["cudnn"] - logits["einsum"]) /
@@ -52,7 +54,7 @@ def main():
   parser.add_argument("--seq_len", type=int, default=1024)
   parser.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--attention", default="cudnn", choices=model.ATTENTION_IMPLS)
+  parser.add_argument("--attention", default="cudnn", choices=transformer.ATTENTION_IMPLS)
   parser.add_argument("--scan_layers", action="store_true",
                       help="model.scan_layers: one nn.scan over the blocks (compile time "
                            "independent of depth)")

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from aqt.jax.v2 import config as aqt_config, tiled_dot_general
 from aqt.jax.v2.flax import aqt_flax
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import get_preset, param_counts
+from kbit_jax.model.transformer import Transformer
+from kbit_jax.model.presets import get_preset, param_counts
 from kbit_jax.quant import aqt, bits
 from kbit_jax.quant.spec import QuantSpec
 

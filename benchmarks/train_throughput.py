@@ -41,7 +41,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import jax
 import numpy as np
 
-from kbit_jax import data, flops, host_memory, presets, sharding, train
+from kbit_jax.train import data
+from kbit_jax.model import flops
+from kbit_jax.train import host_memory
+from kbit_jax.model import presets
+from kbit_jax.train import sharding
+from kbit_jax.train import loop
 from kbit_jax.configs import lm
 
 import plain_gpt
@@ -56,7 +61,7 @@ def our_runner(preset: str, batch: int, seq_len: int, dtype: str = "float32",
   config.mesh.data = 1
   config.model.dtype, config.model.attention = dtype, attention
   config.model.scan_layers = scan_layers
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  trainer = loop.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = trainer.init()
   batches = data.make_train_iterator(config.data, batch, config.train.seed, 0, 1)
 

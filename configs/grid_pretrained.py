@@ -61,7 +61,7 @@ FAMILIES = {
 
 
 def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
-  from kbit_jax import presets  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
   # "+" joins families on the command line, where "," separates arguments
   names = [f.strip() for f in re.split(r"[,+]", a.families) if f.strip()]
   bad = [f for f in names if f not in FAMILIES]
@@ -80,7 +80,7 @@ def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
 
 
 def get_config(arg=None):
-  from kbit_jax import presets  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
   a = common.parse_arg(arg, families="opt,pythia,gpt2,bloom", max_params=0.0, cpu=False,
                        fsdp=1, tensor=1, device_gib=0.0, hf_root="~/hf",
                        import_root="~/kbit/pretrained", deduped=False, task_dir="")
@@ -117,7 +117,7 @@ def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
   devices; parameters split evenly, small replicated norms ignored) stored as float32
   (as imported), as 16-bit, and at each k < 16 of the grid (its first data type and
   block size, its targets; codes + block constants, the rest 16-bit)."""
-  from kbit_jax import presets  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
   from kbit_jax.quant import bits as quant_bits  # pylint: disable=g-import-not-at-top
   from kbit_jax.quant.spec import QuantSpec  # pylint: disable=g-import-not-at-top
   g, mesh = config.grid, config.base.mesh

@@ -66,34 +66,39 @@ def main(argv):
     raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}; allowed: {COMMANDS}")
   # pylint: disable=g-import-not-at-top
   if command in ("train", "grid"):
-    from kbit_jax import compile_cache, host_memory
+    from kbit_jax.train import compile_cache
+    from kbit_jax.train import host_memory
     # Before jax starts its backend and its threads; CPU-only installs (host_memory.py).
     if _RETAIN_HOST_MEMORY.value and not host_memory.accelerator_installed():
       host_memory.retain_freed_memory()
     compile_cache.enable(compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None
                          else _COMPILE_CACHE.value)
   if command == "train":
-    from kbit_jax import checkpoint, config_lib, train
+    from kbit_jax.train import checkpoint
+    from kbit_jax.train import run_config
+    from kbit_jax.train import loop
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    _validated(config_lib.validate, config)
+    _validated(run_config.validate, config)
     try:    # checks the workdir's checkpoints (checkpoint.check_workdir) before any work
-      train.train_and_evaluate(config, workdir)
+      loop.train_and_evaluate(config, workdir)
     except checkpoint.WorkdirError as e:
       sys.exit(f"kbit: invalid config: {e}")
   elif command == "grid":
-    from kbit_jax import checkpoint, grid, grid_plan
+    from kbit_jax.train import checkpoint
+    from kbit_jax.grid import driver
+    from kbit_jax.grid import plan as grid_plan
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    grid.initialize_distributed(config)   # before make_plan asks jax for the devices
+    driver.initialize_distributed(config)   # before make_plan asks jax for the devices
     plan = _validated(grid_plan.make_plan, config, not _DRY_RUN.value)  # dry run: says missing
-    try:    # checks the models' checkpoints (grid.check_workdirs) before any work
-      grid.run(plan, workdir, _DRY_RUN.value)
+    try:    # checks the models' checkpoints (driver.check_workdirs) before any work
+      driver.run(plan, workdir, _DRY_RUN.value)
     except checkpoint.WorkdirError as e:
       sys.exit(f"kbit: invalid config: {e}")
   elif command == "fit":
-    from kbit_jax import scaling
+    from kbit_jax.analysis import scaling
     scaling.fit_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
   elif command == "report":
-    from kbit_jax import report
+    from kbit_jax.analysis import report
     report.report_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
   elif command == "import":
     from kbit_jax.convert import importer
@@ -102,7 +107,7 @@ def main(argv):
     except (ValueError, FileNotFoundError, FileExistsError) as e:
       sys.exit(f"kbit import: {e}")
   elif command == "compile_check":
-    from kbit_jax import compile_check
+    from kbit_jax.train import compile_check
     num_devices, hbm = _validated(compile_check.target, _TOPOLOGY.value, _NUM_DEVICES.value)
     compile_check.fake_devices(num_devices)   # before jax starts its CPU backend
     report = _validated(compile_check.compile_check, _need(_CONFIG, command), num_devices, hbm)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import PRESETS, Preset
+from kbit_jax.model.transformer import Transformer
+from kbit_jax.model.presets import PRESETS, Preset
 from kbit_jax.quant import aqt, bits, reference
 from kbit_jax.quant.spec import QuantSpec
 

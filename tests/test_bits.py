@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs.common import base_config
-from kbit_jax.presets import PRESETS, param_counts
+from kbit_jax.model.presets import PRESETS, param_counts
 from kbit_jax.quant import bits, cli
 from kbit_jax.quant.spec import QuantSpec, check_targets_exist
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import PRESETS
+from kbit_jax.model.transformer import Transformer
+from kbit_jax.model.presets import PRESETS
 from kbit_jax.quant import blockwise, codebooks, outliers, reference
 from kbit_jax.quant.spec import QuantSpec, named_leaves, target_of
 

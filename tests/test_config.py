@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from kbit_jax import config_lib, sharding
+from kbit_jax.train import run_config
+from kbit_jax.train import sharding
 from kbit_jax.configs import lm
 
 
@@ -32,7 +33,7 @@ def config_with(**overrides):
 ])
 def test_bad_values_are_named(overrides, message):
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(config_with(**overrides))
+    run_config.validate(config_with(**overrides))
 
 
 def test_unknown_key_is_named():
@@ -41,15 +42,15 @@ def test_unknown_key_is_named():
   c.train.stepz = 3
   with pytest.raises(ValueError, match=r"config key 'train.stepz' is unknown; allowed under "
                      r"train: \[.*'steps'"):
-    config_lib.validate(c)
+    run_config.validate(c)
 
 
 def test_heads_must_divide_d_model(monkeypatch):
-  from kbit_jax import presets
+  from kbit_jax.model import presets
   bad = presets.Preset(2, 30, 4, 64, vocab_size=4096, max_len=64)
   monkeypatch.setitem(presets.PRESETS, "bad", bad)
   with pytest.raises(ValueError, match="num_heads=4 does not divide d_model=30"):
-    config_lib.validate(config_with(model__preset="bad"))
+    run_config.validate(config_with(model__preset="bad"))
 
 
 def test_mesh_product_must_equal_device_count():
@@ -62,7 +63,7 @@ def test_batch_must_divide_over_data_axes():
   mesh = sharding.make_mesh(c.mesh)   # data=8
   with pytest.raises(ValueError, match=r"train.batch_size=12 is not divisible by the mesh's "
                      r"data\*fsdp=8"):
-    config_lib.validate_for_devices(c, mesh)
+    run_config.validate_for_devices(c, mesh)
 
 
 def test_config_argument_errors():

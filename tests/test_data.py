@@ -11,7 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common
-from kbit_jax import build_assets, data, presets
+from kbit_jax.train import build_assets
+from kbit_jax.train import data
+from kbit_jax.model import presets
 
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:

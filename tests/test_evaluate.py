@@ -1,6 +1,6 @@
 """Scoring engine: exact log-likelihoods, bucketing, compile bounds, perplexity, config.
 
-Most tests use `Bigram`, a stand-in for `model.Transformer` whose logits at position i
+Most tests use `Bigram`, a stand-in for `transformer.Transformer` whose logits at position i
 are row tokens[i] of the parameter table, so every log-probability is known in closed
 form: log_softmax(table[previous token])[next token].
 """
@@ -15,7 +15,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import data, evaluate, model, presets, tasks, train
+from kbit_jax.train import data
+from kbit_jax.evals import evaluate
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.evals import tasks
+from kbit_jax.train import loop
 from kbit_jax.configs import common
 
 
@@ -115,7 +120,7 @@ def test_one_compile_per_bucket_and_new_params_reuse_it():
 def test_batched_scoring_equals_one_by_one_on_a_transformer():
   """s0, random init. Batched, padded, bucketed and sorted scoring vs each request alone
   at its exact length; float32 on CPU agrees to 1e-4 nats."""
-  net = model.Transformer(presets.get_preset("s0"))
+  net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   rng = np.random.default_rng(3)
   # Two total lengths (13 and 70, truncated to 33) keep the reference's compiles few.
@@ -190,7 +195,7 @@ def test_lambada_and_winogrande_end_to_end(tmp_path):
 
 
 def test_builtin_tasks_run_with_bounded_compiles():
-  net = model.Transformer(presets.get_preset("s0"))
+  net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   cfg = _eval_cfg(items_per_task=8, max_len=128, batch_size=16)
   before = evaluate.score_rows._cache_size()
@@ -225,10 +230,10 @@ def test_perplexity_is_exp_mean_nll_with_bytes_and_words_by_hand():
 def test_split_perplexity_matches_the_training_eval_loss():
   cfg = common.base_config().data
   cfg.seq_len = 32
-  net = model.Transformer(presets.get_preset("s0"))
+  net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   got = evaluate.perplexity(params, net, cfg, "validation", batch_size=8, max_batches=2)
-  losses = [train.eval_step(params, b, net=net) for b in data.eval_batches(cfg, "validation", 8, 2)]
+  losses = [loop.eval_step(params, b, net=net) for b in data.eval_batches(cfg, "validation", 8, 2)]
   assert got["tokens"] == 2 * 8 * 32
   assert got["nll"] == pytest.approx(float(np.mean(losses)), abs=1e-5)
   assert evaluate.nll_sums._cache_size() >= 1

@@ -13,8 +13,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import (checkpoint, evaluate, grid, grid_plan, model, presets, results, sharding,
-                      train)
+from kbit_jax.train import checkpoint
+from kbit_jax.evals import evaluate
+from kbit_jax.grid import driver
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.analysis import results
+from kbit_jax.train import sharding
+from kbit_jax.train import loop
 from kbit_jax.configs import grid as grid_config
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import reference
@@ -167,7 +174,7 @@ def tiny_run(tmp_path_factory):
   """The tiny grid run in this process (8 fake devices train, one evaluates)."""
   workdir = str(tmp_path_factory.mktemp("grid"))
   plan = grid_plan.make_plan(_config("tiny"))
-  summary = grid.run(plan, workdir)
+  summary = driver.run(plan, workdir)
   return plan, workdir, summary
 
 
@@ -211,13 +218,13 @@ def test_16_bit_cell_equals_the_float_models_own_evaluation(tiny_run):
   run = plan.models[0]
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
                             jax.devices()[:1])
-  abstract = train.Trainer(run.config, mesh).abstract_state().params
+  abstract = loop.Trainer(run.config, mesh).abstract_state().params
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "models", run.name), 1)
   params = ckpt.restore_params(abstract)
   ckpt.close()
   cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
                                        eval=plan.config.eval.to_dict()))
-  want = evaluate.evaluate(params, train.make_model(run.config), cfg)
+  want = evaluate.evaluate(params, loop.make_model(run.config), cfg)
   got = _records(workdir)[run.cells[0].id]["metrics"]
   assert set(got) == set(want)
   for task in want:
@@ -228,7 +235,7 @@ def test_16_bit_cell_equals_the_float_models_own_evaluation(tiny_run):
 def test_rerun_skips_finished_cells(tiny_run, capsys):
   plan, workdir, _ = tiny_run
   before = {p.name: p.stat().st_mtime_ns for p in os.scandir(os.path.join(workdir, "results"))}
-  summary = grid.run(plan, workdir)
+  summary = driver.run(plan, workdir)
   assert summary["evaluated"] == 0 and summary["compiles"] == 0
   after = {p.name: p.stat().st_mtime_ns for p in os.scandir(os.path.join(workdir, "results"))}
   assert after == before
@@ -284,7 +291,7 @@ def axes_run(tmp_path_factory):
   c = _config("tiny", act_bits=(8, 16), tokens=(2560, 5120), bits=(4, 16), dtypes=("int",))
   c.eval.update(dict(tasks="piqa", probes="1,2", probe_items=4))
   plan = grid_plan.make_plan(c)
-  return plan, workdir, grid.run(plan, workdir)
+  return plan, workdir, driver.run(plan, workdir)
 
 
 def test_act_bits_cells_run_with_one_evaluation_net_per_act_bits(axes_run):
@@ -342,24 +349,24 @@ def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path)
 
 def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   """base.model.scan_layers=True: training checkpoints stacked layers; the grid unstacks
-  them (model.unstack_layers) and evaluates the unrolled net, whose 16-bit cell equals
+  them (transformer.unstack_layers) and evaluates the unrolled net, whose 16-bit cell equals
   evaluating those parameters directly (1e-6)."""
   config = _config("tiny", bits=(4, 16), dtypes=("int",))
   config.base.model.scan_layers = True
   plan = grid_plan.make_plan(config)
-  assert grid.run(plan, str(tmp_path))["evaluated"] == 2
+  assert driver.run(plan, str(tmp_path))["evaluated"] == 2
   run = plan.models[0]
   assert run.cells[0].spec.bits == 16
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
                             jax.devices()[:1])
   ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "models", run.name), 1)
-  stacked = ckpt.restore_params(train.Trainer(run.config, mesh).abstract_state().params)
+  stacked = ckpt.restore_params(loop.Trainer(run.config, mesh).abstract_state().params)
   ckpt.close()
   assert "layers" in stacked and "layer_0" not in stacked
   cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
                                        eval=plan.config.eval.to_dict()))
-  want = evaluate.evaluate(model.unstack_layers(stacked),
-                           train.make_model(run.config, scan_layers=False), cfg)
+  want = evaluate.evaluate(transformer.unstack_layers(stacked),
+                           loop.make_model(run.config, scan_layers=False), cfg)
   got = _records(str(tmp_path))[run.cells[0].id]["metrics"]
   for task in want:
     for metric, value in want[task].items():
@@ -370,4 +377,4 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   with pytest.raises(ValueError, match=r"grid size s0-seed0: .* holds checkpoints of another "
                                        r"model: model.scan_layers=False but the saved model "
                                        r"has True"):
-    grid.run(grid_plan.make_plan(config), str(tmp_path))
+    driver.run(grid_plan.make_plan(config), str(tmp_path))

@@ -29,8 +29,12 @@ tokenizers = pytest.importorskip("tokenizers")
 # pylint: disable-next=g-bad-import-order
 from test_import_hf import EOS, VOCAB, _configs, save_tokenizer  # noqa: E402
 
-from kbit_jax import (data, evaluate, grid, grid_plan, model, presets, results,  # noqa: E402
-                      sharding)
+from kbit_jax.analysis import results  # noqa: E402
+from kbit_jax.evals import evaluate  # noqa: E402
+from kbit_jax.grid import driver  # noqa: E402
+from kbit_jax.grid import plan as grid_plan  # noqa: E402
+from kbit_jax.model import presets, transformer  # noqa: E402
+from kbit_jax.train import data, sharding  # noqa: E402
 from kbit_jax.configs import grid_pretrained  # noqa: E402
 from kbit_jax.convert import importer  # noqa: E402
 from kbit_jax.quant import reference  # noqa: E402
@@ -116,7 +120,7 @@ def grid_run(imported, tmp_path_factory):
   config, models = imported
   workdir = str(tmp_path_factory.mktemp("grid"))
   plan = grid_plan.make_plan(config, require_imports=True)
-  return plan, workdir, grid.run(plan, workdir), models
+  return plan, workdir, driver.run(plan, workdir), models
 
 
 def _records(workdir):
@@ -136,11 +140,11 @@ def _torch_perplexity(m, run, eval_cfg):
 
 def _direct_ppl(run, spec, eval_cfg):
   """Perplexity of the import fake-quantized to `spec`, without the grid."""
-  mesh = grid.eval_mesh(run.config.mesh)
+  mesh = driver.eval_mesh(run.config.mesh)
   _, params = importer.load_imported(run.pretrained.import_dir, mesh,
                                      sharding.logical_rules(run.config.mesh))
   quantized = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
-  net = model.Transformer(run.architecture)
+  net = transformer.Transformer(run.architecture)
   return evaluate.perplexity(quantized, net, run.config.data, eval_cfg.ppl_split,
                              eval_cfg.batch_size, eval_cfg.ppl_max_batches)["perplexity"]
 
@@ -196,7 +200,7 @@ def test_rerun_finds_every_cell_finished(grid_run, imported, capsys):
   plan, workdir, _, _ = grid_run
   again = grid_plan.make_plan(imported[0], require_imports=True)
   assert [c.id for c in again.cells] == [c.id for c in plan.cells]
-  summary = grid.run(again, workdir)
+  summary = driver.run(again, workdir)
   assert summary["evaluated"] == 0 and summary["compiles"] == 0
   n = len(plan.cells)
   assert f"{n} cells ({n} already finished)" in capsys.readouterr().out
@@ -215,12 +219,12 @@ def test_missing_import_is_an_error_before_any_work_and_listed_by_dry_run(tmp_pa
 
   plan = grid_plan.make_plan(config)          # a dry run needs no imports
   workdir = tmp_path / "work"
-  summary = grid.run(plan, str(workdir), dry_run=True)
+  summary = driver.run(plan, str(workdir), dry_run=True)
   assert summary["todo"] == 2 * len(MODELS)
   out = capsys.readouterr().out
   assert out.count("MISSING") == len(MODELS) and "kbit import --hf_dir" in out and missing in out
   with pytest.raises(ValueError, match=r"grid size gpt2: its imported model"):
-    grid.run(plan, str(workdir))
+    driver.run(plan, str(workdir))
   assert not os.path.exists(workdir / "models") and not os.path.exists(workdir / "results")
 
 

@@ -4,7 +4,11 @@ import types
 import ml_collections
 import pytest
 
-from kbit_jax import flops, grid, grid_plan, presets, tpu_cost
+from kbit_jax.model import flops
+from kbit_jax.grid import driver
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import presets
+from kbit_jax.grid import tpu_cost
 from kbit_jax.configs import grid as grid_config
 
 
@@ -48,7 +52,7 @@ def test_table_text():
 
 def test_dry_run_prints_the_table(tmp_path, capsys):
   plan = grid_plan.make_plan(grid_config.get_config("tiny"))
-  summary = grid.run(plan, str(tmp_path), dry_run=True)
+  summary = driver.run(plan, str(tmp_path), dry_run=True)
   out = capsys.readouterr().out
   assert summary["todo"] == 7 and "TPU cost from FLOPs" in out
   want = tpu_cost.grid_flops(plan, summary["cost"])

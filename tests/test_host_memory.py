@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from kbit_jax import host_memory
+from kbit_jax.train import host_memory
 
 _PROGRAM = """
 import resource, sys
-from kbit_jax import host_memory
+from kbit_jax.train import host_memory
 if sys.argv[1] == "retain" and not host_memory.retain_freed_memory():
   sys.exit("retain_freed_memory() returned False")
 import jax, jax.numpy as jnp

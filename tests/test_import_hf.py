@@ -27,7 +27,12 @@ transformers = pytest.importorskip("transformers", reason="HF import tests need 
 tokenizers = pytest.importorskip("tokenizers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from kbit_jax import checkpoint, data, evaluate, model, presets, sharding  # noqa: E402
+from kbit_jax.train import checkpoint
+from kbit_jax.train import data
+from kbit_jax.evals import evaluate
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.train import sharding  # noqa: E402
 from kbit_jax.configs import common  # noqa: E402
 from kbit_jax.convert import families, importer, tokenizer  # noqa: E402
 from kbit_jax.quant import aqt, reference  # noqa: E402
@@ -136,7 +141,7 @@ def test_logits_and_perplexity_equal_transformers(hf_root, name):
   root, models = hf_root
   p = importer.plan_import(root / name).preset
   p, params = importer.load_hf(root / name, *importer.import_mesh(p, jax.devices()[:1]))
-  net = model.Transformer(p)
+  net = transformer.Transformer(p)
   tokens_BxL = np.random.RandomState(0).randint(0, MODEL_VOCAB, (2, 24))
   ours = np.asarray(jax.jit(net.apply)({"params": params}, jnp.asarray(tokens_BxL)))
   ref = _torch_logits(models[name], tokens_BxL)
@@ -160,7 +165,7 @@ def test_logits_and_perplexity_equal_transformers(hf_root, name):
   assert np.isfinite(q_ppl) and q_ppl != ppl["perplexity"]
   if name not in AQT_CHECKED:
     return
-  aqt_net = model.Transformer(p, dot_general_cls=aqt.make_dot_general_cls(spec))
+  aqt_net = transformer.Transformer(p, dot_general_cls=aqt.make_dot_general_cls(spec))
   np.testing.assert_allclose(
       jax.jit(aqt_net.apply)({"params": params}, jnp.asarray(tokens_BxL)),
       jax.jit(net.apply)({"params": quantized}, jnp.asarray(tokens_BxL)), atol=1e-5)
@@ -187,12 +192,12 @@ def test_import_writes_checkpoint_architecture_and_tokenizer(hf_root, tmp_path):
   assert tuple(params["layer_0"]["attn"]["query"]["kernel"].sharding.spec) == ("fsdp", "tensor")
   tokens_BxL = np.arange(20).reshape(2, 10)
   np.testing.assert_allclose(
-      jax.jit(model.Transformer(p).apply)({"params": params}, tokens_BxL),
+      jax.jit(transformer.Transformer(p).apply)({"params": params}, tokens_BxL),
       _torch_logits(models["bloom"], tokens_BxL), atol=TOL, rtol=0)
   tok = tokenizer.load_hf_tokenizer(str(out))    # the workdir's own copy
   assert tok.decode(tok.encode(TEXT)) == TEXT and tok.vocab_size == VOCAB
   # data.load_tokenizer (config key data.tokenizer) takes the workdir too
-  from kbit_jax import data
+  from kbit_jax.train import data
   assert data.load_tokenizer(str(out)).encode(TEXT) == tok.encode(TEXT)
 
 
@@ -210,7 +215,7 @@ def test_bfloat16_checkpoints_safetensors_and_bin(hf_root, tmp_path):
     plan = importer.plan_import(tmp_path / source)
     assert {i.dtype for i in plan.checkpoint.info.values()} == {"bfloat16"}
     params = importer.load_params(plan, *one_device, verbose=False)
-    logits = jax.jit(model.Transformer(plan.preset).apply)({"params": params},
+    logits = jax.jit(transformer.Transformer(plan.preset).apply)({"params": params},
                                                            np.arange(16).reshape(2, 8))
     np.testing.assert_allclose(logits, ref, atol=TOL, rtol=0)
 
@@ -258,7 +263,7 @@ def test_pretrained_presets_have_published_parameter_counts(name, total):
 
 
 def test_pretrained_grid_config_plans_and_prints_memory_per_device():
-  from kbit_jax import grid_plan  # pylint: disable=g-import-not-at-top
+  from kbit_jax.grid import plan as grid_plan  # pylint: disable=g-import-not-at-top
   from kbit_jax.configs import grid_pretrained  # pylint: disable=g-import-not-at-top
   config = grid_pretrained.get_config("families=gpt2,max_params=2e8,fsdp=4")
   assert config.grid.sizes == ("gpt2",)

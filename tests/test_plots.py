@@ -4,7 +4,10 @@ import warnings
 
 import pytest
 
-from kbit_jax import plots, report, scaling, scaling_synthetic
+from kbit_jax.analysis import plots
+from kbit_jax.analysis import report
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis import scaling_synthetic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {"acc_vs_bits", "acc_vs_bits_by_setup", "blocksize_dtype_4bit", "outliers",

@@ -4,13 +4,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kbit_jax import model, presets
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_eval_shape_matches_param_counts(name):
   p = presets.PRESETS[name]
-  shapes = jax.eval_shape(lambda: model.Transformer(p).init(
+  shapes = jax.eval_shape(lambda: transformer.Transformer(p).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
   shapes = nn.unbox(shapes)
   counts = presets.param_counts(p)

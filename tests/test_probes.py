@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import evaluate, probes, tasks
+from kbit_jax.evals import evaluate
+from kbit_jax.evals import probes
+from kbit_jax.evals import tasks
 
 
 def _items(num_options, labels):
@@ -82,7 +84,7 @@ def test_builtin_probes_are_deterministic_and_balanced():
 
 
 def test_builtin_probes_come_from_the_test_split():
-  from kbit_jax import data
+  from kbit_jax.train import data
   test = " ".join(" ".join(d.split()) for d in data.corpus_documents("test"))
   for item in probes.builtin_items(2, 8, seed=0):
     context, right = item.requests[item.label]

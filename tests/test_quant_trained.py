@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from kbit_jax import data, sharding, train
+from kbit_jax.train import data
+from kbit_jax.train import sharding
+from kbit_jax.train import loop
 from kbit_jax.configs import lm
 from kbit_jax.quant import aqt, codebooks, reference
 from kbit_jax.quant.spec import QuantSpec
@@ -21,7 +23,7 @@ def trained():
   config.mesh.data = 1
   config.train.warmup_steps = 15
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  trainer = train.Trainer(config, mesh)
+  trainer = loop.Trainer(config, mesh)
   state = trainer.init()
   it = data.make_train_iterator(config.data, 16, 0, 0, 1)
   for _ in range(config.train.steps):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax import results
+from kbit_jax.analysis import results
 
 
 def _key(**overrides):

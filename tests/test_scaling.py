@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax import bitoptimal, scaling, scaling_fit, scaling_synthetic
-from kbit_jax.scaling_fit import FitError
+from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis import scaling_fit
+from kbit_jax.analysis import scaling_synthetic
+from kbit_jax.analysis.scaling_fit import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = np.geomspace(1e5, 3e7, 8)        # parameters of 8 model sizes
@@ -227,7 +230,7 @@ def test_fit_main_writes_tables(tmp_path):
 
 @pytest.mark.parametrize("name", ["bitwidth_sweep", "blocksize_dtype", "outliers"])
 def test_experiment_configs_are_valid_grids(name):
-  from kbit_jax import grid_plan  # pylint: disable=g-import-not-at-top
+  from kbit_jax.grid import plan as grid_plan  # pylint: disable=g-import-not-at-top
   path = os.path.join(REPO, "experiments", name, "config.py")
   spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
   module = importlib.util.module_from_spec(spec)

@@ -5,7 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax import plots_axes, report, scaling, scaling_axes
+from kbit_jax.analysis import plots_axes
+from kbit_jax.analysis import report
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis import scaling_axes
 
 SIZES = {"s1": 25_000, "s2": 100_000, "s3": 400_000}
 

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import sharding, train
+from kbit_jax.train import sharding
+from kbit_jax.train import loop
 from kbit_jax.configs import common
 
 
@@ -38,7 +39,7 @@ def test_mesh_shape_fills_and_rejects():
 def test_params_are_sharded_by_the_logical_rules():
   config = _config()
   mesh = sharding.make_mesh(config.mesh)
-  trainer = train.Trainer(config, mesh)
+  trainer = loop.Trainer(config, mesh)
   state = trainer.init()
   spec = lambda a: tuple(a.sharding.spec)
   layer = state.params["layer_0"]
@@ -56,7 +57,7 @@ def test_params_are_sharded_by_the_logical_rules():
 
 def test_scanned_layers_are_sharded_like_unrolled_ones():
   """model.scan_layers: the same logical rules, with an unsharded layer axis in front."""
-  state = train.Trainer(_config(scan_layers=True), sharding.make_mesh(_config().mesh)).init()
+  state = loop.Trainer(_config(scan_layers=True), sharding.make_mesh(_config().mesh)).init()
   block = state.params["layers"]["block"]
   wi = block["mlp"]["wi"]["kernel"]
   assert wi.shape == (2, 64, 256) and tuple(wi.sharding.spec) == (None, "fsdp", "tensor")
@@ -75,7 +76,7 @@ def test_sharded_gradients_match_single_device(rules, scan_layers):
   """
   config = _config(rules, scan_layers)
   mesh = sharding.make_mesh(config.mesh)
-  trainer = train.Trainer(config, mesh)
+  trainer = loop.Trainer(config, mesh)
   state = trainer.init()
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.integers(0, 4096, (8, 16), dtype=np.int32),
@@ -83,7 +84,7 @@ def test_sharded_gradients_match_single_device(rules, scan_layers):
 
   def loss_fn(params, batch):
     logits = trainer.net.apply({"params": params}, batch["inputs"])
-    return train.cross_entropy(logits, batch["targets"])
+    return loop.cross_entropy(logits, batch["targets"])
 
   grad_fn = jax.jit(jax.value_and_grad(loss_fn))
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainer.rules):

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax import tasks
+from kbit_jax.evals import tasks
 from kbit_jax.configs import common
 
 
@@ -223,7 +223,7 @@ def test_builtin_items_are_what_they_claim(builtin):
 
 
 def test_builtin_items_come_from_the_test_split_only(builtin):
-  from kbit_jax import data
+  from kbit_jax.train import data
   validation = " ".join(" ".join(d.split()) for d in data.corpus_documents("validation"))
   test = " ".join(" ".join(d.split()) for d in data.corpus_documents("test"))
   for r in builtin["piqa"]:

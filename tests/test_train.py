@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from kbit_jax import checkpoint, data, sharding, train
+from kbit_jax.train import checkpoint
+from kbit_jax.train import data
+from kbit_jax.train import sharding
+from kbit_jax.train import loop
 from kbit_jax.configs import lm
 
 
@@ -24,7 +27,7 @@ def first_batches(config, n):
 
 
 def run_steps(config, mesh, batches):
-  trainer = train.Trainer(config, mesh)
+  trainer = loop.Trainer(config, mesh)
   state = trainer.init()
   losses = []
   for b in batches:
@@ -70,7 +73,7 @@ def read_jsonl(path):
 
 def test_train_writes_metrics_tensorboard_and_checkpoints(tmp_path):
   config = tiny_config()
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   rows = read_jsonl(tmp_path / "metrics.jsonl")
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
@@ -87,13 +90,13 @@ def test_another_models_checkpoints_are_refused_and_kept(tmp_path, key, value):
   resuming could not restore them and would train from scratch, letting keep-N delete
   them, so training stops first, naming the key; the checkpoints stay as they were."""
   config = tiny_config(steps=10, checkpoint_every=10, eval_every=10)
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
                   for p in (tmp_path / "checkpoints").rglob("*"))
   config.model[key] = value
   with pytest.raises(ValueError, match=rf"holds checkpoints of another model: model\.{key}="
                                        rf"{value!r} but the saved model has"):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
                  for p in (tmp_path / "checkpoints").rglob("*"))
   assert after == before
@@ -101,7 +104,7 @@ def test_another_models_checkpoints_are_refused_and_kept(tmp_path, key, value):
 
 def test_relative_workdir(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  train.train_and_evaluate(tiny_config(steps=10), "runs/rel")
+  loop.train_and_evaluate(tiny_config(steps=10), "runs/rel")
   assert checkpoint.Checkpointer("runs/rel", 3).steps() == [10]
   assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()
 
@@ -111,18 +114,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(lr=1e30, warmup_steps=0, checkpoint_every=1)
   with pytest.raises(FloatingPointError, match="loss is .* at step 2.*last good checkpoint is "
                      "step 1"):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == [1]
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
   config = tiny_config()
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   ckpt_dir = tmp_path / "checkpoints" / "20" / "state"
   for f in ckpt_dir.rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh))
+  trainer = loop.Trainer(config, sharding.make_mesh(config.mesh))
   step, _, data_state = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
       trainer.abstract_state())
   assert step == 10 and data_state["index"] == 10 * config.train.batch_size
@@ -133,12 +136,12 @@ def test_restore_onto_a_different_mesh(tmp_path):
   config = tiny_config()
   config.model.preset = "s1"
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-  train.train_and_evaluate(config, str(tmp_path))
-  saved = train.Trainer(config, sharding.make_mesh(config.mesh))
+  loop.train_and_evaluate(config, str(tmp_path))
+  saved = loop.Trainer(config, sharding.make_mesh(config.mesh))
   _, state_222, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
       saved.abstract_state())
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
-  other = train.Trainer(config, sharding.make_mesh(config.mesh))
+  other = loop.Trainer(config, sharding.make_mesh(config.mesh))
   _, state_181, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
       other.abstract_state())
   wi = state_181.params["layer_0"]["mlp"]["wi"]["kernel"]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
 
 Path = tuple[str, ...]                       # a parameter's path in our params tree
 Transform = Callable[[np.ndarray], np.ndarray]

@@ -39,7 +39,10 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from kbit_jax import checkpoint, model, presets, sharding
+from kbit_jax.train import checkpoint
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.train import sharding
 from kbit_jax.configs import common
 from kbit_jax.convert import families, reader
 
@@ -148,7 +151,7 @@ def plan_import(hf_dir: str | pathlib.Path) -> ImportPlan:
 # ----------------------------------------------------------------------------- loading
 
 def _boxed_params(p: presets.Preset) -> Any:
-  net = model.Transformer(p)
+  net = transformer.Transformer(p)
   return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
                         )["params"]
 

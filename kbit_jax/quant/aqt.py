@@ -58,8 +58,8 @@ from aqt.jax.v2.flax import aqt_flax
 from aqt.jax.v2.utils import QuantMode
 from flax import traverse_util
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import Preset
+from kbit_jax.model.transformer import Transformer
+from kbit_jax.model.presets import Preset
 from kbit_jax.quant import aqt_numerics
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, target_of
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 
-from kbit_jax.presets import PRESETS, Preset
+from kbit_jax.model.presets import PRESETS, Preset
 from kbit_jax.quant import blockwise, outliers
 from kbit_jax.quant.spec import (UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves,
                                  target_of, unboxed)
@@ -80,7 +80,7 @@ def bits_report(params_or_shapes: Any, spec: QuantSpec) -> dict[str, Any]:
 
 def preset_shapes(preset: Preset) -> Any:
   """Parameter shapes of `model.Transformer(preset)` via `jax.eval_shape` (no allocation)."""
-  from kbit_jax.model import Transformer   # flax model: only needed for this helper
+  from kbit_jax.model.transformer import Transformer   # flax model: only needed for this helper
   model = Transformer(preset)
   tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
   return jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), tokens)

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax import plots, scaling, scaling_axes
-from kbit_jax.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
+from kbit_jax.analysis import plots
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis import scaling_axes
+from kbit_jax.analysis.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
 
 STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")

@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax import scaling
-from kbit_jax.scaling import BASELINE_BITS, MAIN_DTYPES
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis.scaling import BASELINE_BITS, MAIN_DTYPES
 
 
 def load_all_cells(results_dir: str) -> pd.DataFrame:
   """Every record of the store as cells (act_bits < 16 included), one eval_id."""
-  from kbit_jax import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
   cells = scaling.cells_from_store(results.load(results_dir))
   return scaling.keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
 

@@ -39,7 +39,13 @@ from typing import Any, Iterable, Sequence
 import jax
 import ml_collections
 
-from kbit_jax import config_lib, data, evaluate, flops, presets, results, sharding
+from kbit_jax.train import run_config
+from kbit_jax.train import data
+from kbit_jax.evals import evaluate
+from kbit_jax.model import flops
+from kbit_jax.model import presets
+from kbit_jax.analysis import results
+from kbit_jax.train import sharding
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
 
@@ -261,8 +267,8 @@ def _check_devices(run_cfg: ml_collections.ConfigDict, where: str,
                    arch: presets.Preset | None = None) -> None:
   """config_lib's checks of one model of the grid (against `arch` for an import)."""
   try:
-    config_lib.validate(run_cfg, arch)
-    config_lib.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh), arch)
+    run_config.validate(run_cfg, arch)
+    run_config.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh), arch)
   except ValueError as e:
     raise ValueError(f"grid size {where}: {e}") from None
 

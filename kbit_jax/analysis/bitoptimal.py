@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kbit_jax import scaling_fit
+from kbit_jax.analysis import scaling_fit
 
 HIGHER_IS_BETTER = {"acc": True, "nll": False}
 # A fitted curve answers for budgets up to this far (in ln bits) outside its measured

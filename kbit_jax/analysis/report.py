@@ -18,8 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax import plots, plots_axes, scaling, scaling_axes
-from kbit_jax.scaling import BASELINE_METHOD
+from kbit_jax.analysis import plots
+from kbit_jax.analysis import plots_axes
+from kbit_jax.analysis import scaling
+from kbit_jax.analysis import scaling_axes
+from kbit_jax.analysis.scaling import BASELINE_METHOD
 
 MAX_LIST = 30          # longest list of skipped fits / issues shown in full
 Block = tuple          # ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", src, alt)

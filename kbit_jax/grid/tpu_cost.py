@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbit_jax import flops
+from kbit_jax.model import flops
 
 # type: (peak dense bf16 FLOP/s per chip, US on-demand $ per chip-hour at PRICES_AS_OF)
 TPU_TYPES = {"v5e": (197e12, 1.20), "v5p": (459e12, 4.20), "v6e": (918e12, 2.70)}

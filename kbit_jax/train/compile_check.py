@@ -48,14 +48,18 @@ def compile_check(config, num_devices: int, hbm_gib: float | None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from kbit_jax import config_lib, flops, presets, sharding, train  # pylint: disable=g-import-not-at-top
+  from kbit_jax.train import run_config
+  from kbit_jax.model import flops
+  from kbit_jax.model import presets
+  from kbit_jax.train import sharding
+  from kbit_jax.train import loop  # pylint: disable=g-import-not-at-top
   if jax.device_count() != num_devices:
     raise RuntimeError(f"jax already has {jax.device_count()} devices; compile_check must "
                        "set the device count before jax starts (run it as its own process)")
-  config_lib.validate(config)
+  run_config.validate(config)
   mesh = sharding.make_mesh(config.mesh)
-  config_lib.validate_for_devices(config, mesh)
-  trainer = train.Trainer(config, mesh)
+  run_config.validate_for_devices(config, mesh)
+  trainer = loop.Trainer(config, mesh)
   batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
                                sharding=sharding.batch_sharding(mesh))
   state = trainer.abstract_state()   # unboxed outside the mesh context: no constraints

@@ -26,7 +26,7 @@ import tempfile
 
 import sentencepiece as spm
 
-from kbit_jax import data
+from kbit_jax.train import data
 
 PACKAGES = ("bible-kjv-text", "jargon-text")
 BIBLE_PATH = "usr/lib/bible.data"

@@ -31,7 +31,7 @@ architecture the import saved, its tokenizer from the import dir (`data.tokenize
 its records name the hub id (key `hub_id`) and the import dir (`model/import_dir`).
 
 A model trained with `model.scan_layers` is restored stacked and evaluated unrolled
-(`model.unstack_layers`): quantization and bit accounting see one tree per layer.
+(`transformer.unstack_layers`): quantization and bit accounting see one tree per layer.
 
 Evaluation runs on the first fsdp x tensor devices (the data axis would only replicate
 the same work). A cell's record is written atomically after the cell and finished cells
@@ -82,8 +82,15 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from kbit_jax import (checkpoint, evaluate, grid_plan, model, presets, results, sharding,
-                      tpu_cost, train)
+from kbit_jax.train import checkpoint
+from kbit_jax.evals import evaluate
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.analysis import results
+from kbit_jax.train import sharding
+from kbit_jax.grid import tpu_cost
+from kbit_jax.train import loop
 from kbit_jax.convert import importer
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import aqt, reference
@@ -162,7 +169,7 @@ def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
     return 0.0
   print(f"grid: {run.name}: training {run.train_tokens:,} tokens in {directory}", flush=True)
   t0 = time.perf_counter()
-  train.train_and_evaluate(run.config, str(directory))
+  loop.train_and_evaluate(run.config, str(directory))
   return time.perf_counter() - t0
 
 
@@ -211,12 +218,12 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
   """The final float parameters of `run` (trained or imported), on the evaluation mesh."""
   if run.pretrained:
     return _restore_imported(run)
-  trainer = train.Trainer(run.config, eval_mesh(run.config.mesh))
+  trainer = loop.Trainer(run.config, eval_mesh(run.config.mesh))
   with checkpoint.read_only(str(model_dir(workdir, run)),
                             run.config.train.keep_checkpoints) as ckpt:
     params = ckpt.restore_params(trainer.abstract_state().params,
                                  step=run.config.train.steps)
-  return model.unstack_layers(params)     # trained with model.scan_layers: unroll
+  return transformer.unstack_layers(params)     # trained with model.scan_layers: unroll
 
 
 # ----------------------------------------------------------------------------- cells
@@ -231,11 +238,11 @@ def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
   return _net(run, _act_dot_general_cls(act_bits, targets))
 
 
-def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> model.Transformer:
-  """train.make_model's net, with the architecture an import saved for imported runs;
+def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> transformer.Transformer:
+  """loop.make_model's net, with the architecture an import saved for imported runs;
   always unrolled (restore_params unstacks a scan_layers model), so quantization and bit
   accounting see one tree per layer."""
-  return train.make_model(run.config, dot_general_cls, run.architecture, scan_layers=False)
+  return loop.make_model(run.config, dot_general_cls, run.architecture, scan_layers=False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,7 +22,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from kbit_jax import checkpoint, config_lib, data, flops, metrics, model, presets, sharding
+from kbit_jax.train import checkpoint
+from kbit_jax.train import run_config
+from kbit_jax.train import data
+from kbit_jax.model import flops
+from kbit_jax.train import metrics
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
+from kbit_jax.train import sharding
 
 
 @flax.struct.dataclass
@@ -56,10 +63,10 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
 
 def make_model(config: ml_collections.ConfigDict, dot_general_cls=None,
                preset: presets.Preset | None = None,
-               scan_layers: bool | None = None) -> model.Transformer:
+               scan_layers: bool | None = None) -> transformer.Transformer:
   """The net of `config.model`; `preset` overrides the table entry `model.preset` names
   (an imported model's saved architecture, grid.py), `scan_layers` model.scan_layers."""
-  return model.Transformer(preset or presets.get_preset(config.model.preset),
+  return transformer.Transformer(preset or presets.get_preset(config.model.preset),
                            dtype=jnp.dtype(config.model.dtype),
                            dot_general_cls=dot_general_cls, remat=config.model.remat,
                            attention=config.model.attention,
@@ -67,7 +74,7 @@ def make_model(config: ml_collections.ConfigDict, dot_general_cls=None,
                                         else scan_layers))
 
 
-def init_state_fn(net: model.Transformer, tx: optax.GradientTransformation, seq_len: int):
+def init_state_fn(net: transformer.Transformer, tx: optax.GradientTransformation, seq_len: int):
   """Returns init(key) building the boxed TrainState (for eval_shape / jit).
 
   The key is an argument, not a constant inside: a program without inputs is one constant
@@ -92,7 +99,7 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   return nll_BxL.mean()
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, net: model.Transformer,
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, net: transformer.Transformer,
                tx: optax.GradientTransformation, schedule: optax.Schedule):
   def loss_fn(params):
     return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
@@ -104,7 +111,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, net: model.Tra
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, net: model.Transformer) -> jax.Array:
+def eval_step(params: Any, batch: dict[str, jax.Array], *, net: transformer.Transformer) -> jax.Array:
   return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
 
 
@@ -178,11 +185,11 @@ class _Profiler:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
-  config_lib.validate(config)
+  run_config.validate(config)
   if config.mesh.distributed and not jax.distributed.is_initialized():
     sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
-  config_lib.validate_for_devices(config, mesh)
+  run_config.validate_for_devices(config, mesh)
   tc = config.train
   checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax import tasks
+from kbit_jax.evals import tasks
 
 PROBE_BITS = tuple(range(1, 7))
 SEED_OFFSET = 100            # rng stream of probe k: [task_seed, SEED_OFFSET + k]

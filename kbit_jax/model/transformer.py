@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
 
 DotGeneralFactory = Callable[[], Callable[..., jax.Array]] | None
 

@@ -289,7 +289,7 @@ def _passage_start(words: Sequence[str], last: int, max_words: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def documents() -> tuple[_Words, ...]:
-  from kbit_jax import data  # pylint: disable=g-import-not-at-top
+  from kbit_jax.train import data  # pylint: disable=g-import-not-at-top
   return tuple(_Words(d, tuple(doc.split()))
                for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT)))
 

@@ -34,7 +34,7 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
-ASSETS = pathlib.Path(__file__).parent / "assets"
+ASSETS = pathlib.Path(__file__).parents[1] / "assets"
 CORPUS_FILE = ASSETS / "corpus.txt.xz"
 TOKENIZER_FILE = ASSETS / "tokenizer.model"
 SOURCES = ("embedded", "tfds")

@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from etils import epath  # noqa: E402
 
-from kbit_jax import bitoptimal, scaling  # noqa: E402
-from kbit_jax.scaling import BASELINE_BITS, curve_k  # noqa: E402
+from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis import scaling  # noqa: E402
+from kbit_jax.analysis.scaling import BASELINE_BITS, curve_k  # noqa: E402
 
 K_COLORS = {2: "#8c564b", 3: "#d62728", 4: "#ff7f0e", 5: "#bcbd22", 6: "#2ca02c",
             7: "#17becf", 8: "#1f77b4", 16: "#000000"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax import model, presets
+from kbit_jax.model import transformer
+from kbit_jax.model import presets
 from kbit_jax.configs import common
 
 DTYPES = ("float32", "bfloat16")
@@ -46,9 +47,9 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
     raise ValueError(f"{name}: num_heads={p.num_heads} does not divide d_model={p.d_model}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")
-  if config.model.attention not in model.ATTENTION_IMPLS:
+  if config.model.attention not in transformer.ATTENTION_IMPLS:
     raise ValueError(f"model.attention={config.model.attention!r} is unknown; allowed: "
-                     f"{model.ATTENTION_IMPLS}")
+                     f"{transformer.ATTENTION_IMPLS}")
   if config.model.attention == "cudnn" and config.model.dtype == "float32":
     raise ValueError("model.attention='cudnn' needs model.dtype bfloat16 or float16 (cuDNN's "
                      "flash attention has no float32 kernel); use 'einsum' or 'xla' for float32")
@@ -65,7 +66,8 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
   if config.mesh.rules not in common.RULE_SETS:
     raise ValueError(f"mesh.rules={config.mesh.rules!r} is unknown; allowed: "
                      f"{sorted(common.RULE_SETS)}")
-  from kbit_jax import data, evaluate  # pylint: disable=g-import-not-at-top
+  from kbit_jax.train import data
+  from kbit_jax.evals import evaluate  # pylint: disable=g-import-not-at-top
   from kbit_jax.quant import spec as quant_spec  # pylint: disable=g-import-not-at-top
   data.validate(config.data)
   evaluate.validate(config.eval, config.data)

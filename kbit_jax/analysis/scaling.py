@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax import bitoptimal, scaling_fit
-from kbit_jax.scaling_fit import FitError, FitResult
+from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis import scaling_fit
+from kbit_jax.analysis.scaling_fit import FitError, FitResult
 
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
@@ -287,7 +288,7 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
 
 def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
   """results.load(results_dir) through the adapter and the checks."""
-  from kbit_jax import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
   df = results.load(results_dir)
   if df.empty:
     raise ValueError(f"results directory {results_dir} holds no records")
@@ -531,7 +532,7 @@ def fit_main(results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0
              seed: int = 0) -> Analysis:
   """`kbit fit --results DIR`: fits every form the store allows; writes the tables, and
   those of the probes, activation bits and N-D axes (scaling_axes)."""
-  from kbit_jax import scaling_axes  # pylint: disable=g-import-not-at-top  (it imports us)
+  from kbit_jax.analysis import scaling_axes  # pylint: disable=g-import-not-at-top  (it imports us)
   cells, issues = load_cells(results_dir)
   a = analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
   all_cells = scaling_axes.load_all_cells(results_dir)

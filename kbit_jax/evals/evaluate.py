@@ -36,7 +36,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from kbit_jax import data, model, probes, tasks
+from kbit_jax.train import data
+from kbit_jax.model import transformer
+from kbit_jax.evals import probes
+from kbit_jax.evals import tasks
 
 MIN_BUCKET = 16
 LOG_EVERY = 50                       # batches between progress lines
@@ -124,7 +127,7 @@ def validate(eval_cfg: ml_collections.ConfigDict,
                        f"{list(data.SPLITS)} or '' (no perplexity)")
 
 
-def scoring_length(net: model.Transformer, max_len: int = 0) -> int:
+def scoring_length(net: transformer.Transformer, max_len: int = 0) -> int:
   """The longest sequence scored: `max_len`, or the model's when 0."""
   cap = max_len or net.p.max_len
   if net.p.positions == "learned" and cap > net.p.max_len:
@@ -171,7 +174,7 @@ def encode_requests(tokenizer: data.Tokenizer,
 
 
 def _score_rows(params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array,
-                mask_BxL: jax.Array, *, net: model.Transformer):
+                mask_BxL: jax.Array, *, net: transformer.Transformer):
   """Per row: summed log-prob of the masked targets, and whether each is the argmax.
 
   "Is the argmax" is tested as target logit >= max logit: it differs from lm-eval's
@@ -246,7 +249,7 @@ def pack_requests(requests: Sequence[Request], cap: int,
   return out
 
 
-def loglikelihoods(params: Any, net: model.Transformer, requests: Sequence[Request],
+def loglikelihoods(params: Any, net: transformer.Transformer, requests: Sequence[Request],
                    batch_size: int, max_len: int = 0) -> list[tuple[float, bool]]:
   """(sum of continuation log-probs in nats, is_greedy) per request, in request order.
 
@@ -275,7 +278,7 @@ def loglikelihoods(params: Any, net: model.Transformer, requests: Sequence[Reque
 # ----------------------------------------------------------------------------- perplexity
 
 def _nll_sums(params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array,
-              weights_BxL: jax.Array, *, net: model.Transformer):
+              weights_BxL: jax.Array, *, net: transformer.Transformer):
   """(weighted sum of next-token NLL in nats, sum of weights)."""
   logits_BxLxV = net.apply({"params": params}, inputs_BxL)
   target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
@@ -297,7 +300,7 @@ def _text_stats(tokenizer: data.Tokenizer, targets_T: np.ndarray) -> tuple[int, 
   return num_bytes, num_words
 
 
-def stream_perplexity(params: Any, net: model.Transformer, stream_T: np.ndarray,
+def stream_perplexity(params: Any, net: transformer.Transformer, stream_T: np.ndarray,
                       tokenizer: data.Tokenizer, seq_len: int, batch_size: int,
                       max_batches: int | None = None) -> dict[str, float]:
   """Perplexities of every next token of `stream_T` (the first `max_batches` batches).
@@ -332,7 +335,7 @@ def stream_perplexity(params: Any, net: model.Transformer, stream_T: np.ndarray,
           "tokens": count, "bytes": num_bytes, "words": num_words}
 
 
-def perplexity(params: Any, net: model.Transformer, data_cfg: ml_collections.ConfigDict,
+def perplexity(params: Any, net: transformer.Transformer, data_cfg: ml_collections.ConfigDict,
                split: str, batch_size: int, max_batches: int | None = None) -> dict[str, float]:
   """Perplexities on a split of the configured data source (embedded: train | validation
   | test; TFDS: any split string, 'validation' meaning data.tfds_eval_split)."""
@@ -342,7 +345,7 @@ def perplexity(params: Any, net: model.Transformer, data_cfg: ml_collections.Con
                            batch_size, max_batches)
 
 
-def text_file_perplexity(params: Any, net: model.Transformer,
+def text_file_perplexity(params: Any, net: transformer.Transformer,
                          data_cfg: ml_collections.ConfigDict, path: str, batch_size: int,
                          max_batches: int | None = None) -> dict[str, float]:
   """Perplexities on a local UTF-8 text file, read as one document between two eos, so
@@ -367,7 +370,7 @@ def load_items(eval_cfg: ml_collections.ConfigDict) -> dict[str, list[tasks.Item
   return items
 
 
-def evaluate_tasks(params: Any, net: model.Transformer, tokenizer: data.Tokenizer,
+def evaluate_tasks(params: Any, net: transformer.Transformer, tokenizer: data.Tokenizer,
                    eval_cfg: ml_collections.ConfigDict) -> dict[str, dict[str, float]]:
   """{task: metrics} for eval.tasks, and "mean": the mean of their acc (the study's
   mean zero-shot accuracy); {probe: metrics} for the probes and "probe/summary". All
@@ -396,7 +399,7 @@ def evaluate_tasks(params: Any, net: model.Transformer, tokenizer: data.Tokenize
   return out
 
 
-def evaluate(params: Any, net: model.Transformer,
+def evaluate(params: Any, net: transformer.Transformer,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, float]]:
   """Everything the `eval` section asks for: tasks (and their mean), perplexity on
   `eval.ppl_split` (key "ppl/<split>") and on `eval.text_file` (key "ppl/text_file")."""

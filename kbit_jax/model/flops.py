@@ -6,7 +6,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
 
 
 def flops_per_token(p: Preset, seq_len: int, training: bool = True,

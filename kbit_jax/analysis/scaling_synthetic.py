@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kbit_jax import presets
+from kbit_jax.model import presets
 
 LAW = dict(A=60.0, alpha=0.3, E=2.5, C=3000.0, gamma_N=0.25, gamma_post=0.5)
 DTYPE_FACTOR = {"int": 2.5, "int_centered": 2.5, "dynamic": 1.8, "float": 1.3, "nf": 1.0,
@@ -119,7 +119,7 @@ def synthetic_records(sizes: Sequence[str] = ("s1", "s2", "s3", "s4", "s5", "s6"
 
 
 def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
-  from kbit_jax import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
   for record in records:
     results.write(results_dir, record)
 
@@ -127,5 +127,5 @@ def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
 def flat_frame(records: Sequence[dict[str, Any]]):
   """The DataFrame results.load would return for `records`, without the disk."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  from kbit_jax import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
   return pd.DataFrame([results.flatten(r) for r in records])

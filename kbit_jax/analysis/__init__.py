@@ -1,0 +1,1 @@
+"""The analysis stage, free of jax: results store, fits, bit-optimal k, figures, report."""

@@ -1,0 +1,1 @@
+"""The evaluation stage: perplexity, zero-shot tasks and k-bit probes."""

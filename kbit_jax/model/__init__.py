@@ -1,0 +1,1 @@
+"""The model stage: the one Transformer (architecture switches), its presets and FLOPs."""
