@@ -13,6 +13,7 @@ padding overhead of the buckets.
   python benchmarks/eval_throughput.py                             # s3, 400 items/task
   python benchmarks/eval_throughput.py --preset s5 --batch 64 --items 200 --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kbit_jax.train import data
-from kbit_jax.evals import evaluate
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
-from kbit_jax.evals import tasks
 from kbit_jax.configs import common
+from kbit_jax.evals import evaluate, tasks
+from kbit_jax.model import presets, transformer
+from kbit_jax.train import data
 
 
 def _timed(fn, rounds: int) -> float:
-  fn()                                        # compile
+  fn()  # compile
   seconds = []
   for _ in range(rounds):
     t0 = time.perf_counter()
@@ -56,23 +55,30 @@ def main():
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   params = jax.device_put(params, jax.devices()[0])
   tokenizer = data.load_tokenizer()
-  print(f"{args.preset}: {presets.param_counts(net.p)['total']:,} params, "
-        f"{jax.devices()[0].device_kind}, batch {args.batch}, {args.rounds} rounds")
+  print(
+    f"{args.preset}: {presets.param_counts(net.p)['total']:,} params, "
+    f"{jax.devices()[0].device_kind}, batch {args.batch}, {args.rounds} rounds"
+  )
 
-  eval_cfg = ml_collections.ConfigDict(dict(items_per_task=args.items, task_dir="",
-                                            task_seed=0))
-  pairs = [pair for task in tasks.TASKS for item in tasks.load_task(task, eval_cfg)
-           for pair in item.requests]
+  eval_cfg = ml_collections.ConfigDict(dict(items_per_task=args.items, task_dir="", task_seed=0))
+  pairs = [
+    pair
+    for task in tasks.TASKS
+    for item in tasks.load_task(task, eval_cfg)
+    for pair in item.requests
+  ]
   requests = evaluate.encode_requests(tokenizer, pairs)
   cap = evaluate.scoring_length(net)
   batches = evaluate.pack_requests(requests, cap, args.batch)
   real = sum(b.tokens for b in batches)
   padded = sum(b.inputs_BxL.size for b in batches)
   seconds = _timed(lambda: evaluate.loglikelihoods(params, net, requests, args.batch), args.rounds)
-  print(f"tasks       {len(requests):6d} requests in {len(batches)} batches "
-        f"(buckets {sorted({b.inputs_BxL.shape[1] for b in batches})}): {seconds:6.2f} s, "
-        f"{real / seconds:9,.0f} tokens/s, {padded / seconds:9,.0f} padded tokens/s, "
-        f"{len(requests) / seconds:7,.0f} requests/s")
+  print(
+    f"tasks       {len(requests):6d} requests in {len(batches)} batches "
+    f"(buckets {sorted({b.inputs_BxL.shape[1] for b in batches})}): {seconds:6.2f} s, "
+    f"{real / seconds:9,.0f} tokens/s, {padded / seconds:9,.0f} padded tokens/s, "
+    f"{len(requests) / seconds:7,.0f} requests/s"
+  )
 
   data_cfg = common.base_config().data
   data_cfg.seq_len = args.seq_len
@@ -80,15 +86,16 @@ def main():
   result = {}
 
   def run_ppl():
-    result.update(evaluate.perplexity(params, net, data_cfg, "validation", args.batch,
-                                      max_batches))
+    result.update(evaluate.perplexity(params, net, data_cfg, "validation", args.batch, max_batches))
 
   seconds = _timed(run_ppl, args.rounds)
   rows = -(-result["tokens"] // args.seq_len)
   padded = -(-rows // args.batch) * args.batch * args.seq_len
-  print(f"perplexity  {result['tokens']:6d} tokens of validation in rows of {args.seq_len}: "
-        f"{seconds:6.2f} s, {result['tokens'] / seconds:9,.0f} tokens/s, "
-        f"{padded / seconds:9,.0f} padded tokens/s (ppl {result['perplexity']:.1f} at init)")
+  print(
+    f"perplexity  {result['tokens']:6d} tokens of validation in rows of {args.seq_len}: "
+    f"{seconds:6.2f} s, {result['tokens'] / seconds:9,.0f} tokens/s, "
+    f"{padded / seconds:9,.0f} padded tokens/s (ppl {result['perplexity']:.1f} at init)"
+  )
 
 
 if __name__ == "__main__":

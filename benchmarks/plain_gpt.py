@@ -8,6 +8,7 @@ PyTorch peer), tied embeddings, learned positions; `optax` AdamW after global-no
 clipping, one `jax.jit` step with donated state. Its parameter count is checked equal to
 ours, so both do the same FLOPs a token.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -50,7 +51,7 @@ class GPT(nn.Module):
   def __call__(self, tokens_BxL):
     embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02))
     pos_PxD = self.param("pos", nn.initializers.normal(0.01), (self.max_len, self.d_model))
-    x_BxLxD = embed(tokens_BxL) + pos_PxD[:tokens_BxL.shape[1]]
+    x_BxLxD = embed(tokens_BxL) + pos_PxD[: tokens_BxL.shape[1]]
     for _ in range(self.num_layers):
       x_BxLxD = Block(self.num_heads, self.d_ff)(x_BxLxD)
     return embed.attend(nn.LayerNorm(epsilon=1e-5)(x_BxLxD))
@@ -64,8 +65,9 @@ def runner(p, batches, expected_params: int):
   count = sum(x.size for x in jax.tree.leaves(params))
   if count != expected_params:
     raise AssertionError(f"plain GPT has {count:,} params, ours {expected_params:,}")
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(3e-3, b1=0.9, b2=0.95, weight_decay=0.1))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0), optax.adamw(3e-3, b1=0.9, b2=0.95, weight_decay=0.1)
+  )
   state = (params, tx.init(params))
 
   def step(state, inputs_BxL, targets_BxL):

@@ -25,6 +25,7 @@ has 4096 rows (near the matmul peak on its own), attention's L x L work stays a 
 (at 16 x 256 it doubles per token), and a step of s7 takes ~1.2-4 s on 2 shared cores, so
 5 rounds of 3 steps on each of the three sides finish in about 2 minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,22 +41,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax
 import numpy as np
-
-from kbit_jax.train import data
-from kbit_jax.model import flops
-from kbit_jax.train import host_memory
-from kbit_jax.model import presets
-from kbit_jax.train import sharding
-from kbit_jax.train import loop
-from kbit_jax.configs import lm
-
 import plain_gpt
+
+from kbit_jax.configs import lm
+from kbit_jax.model import flops, presets
+from kbit_jax.train import data, host_memory, loop, sharding
 
 THREADS = 2
 
 
-def our_runner(preset: str, batch: int, seq_len: int, dtype: str = "float32",
-               attention: str = "einsum", scan_layers: bool = False):
+def our_runner(
+  preset: str,
+  batch: int,
+  seq_len: int,
+  dtype: str = "float32",
+  attention: str = "einsum",
+  scan_layers: bool = False,
+):
   """(run(n_steps), batches) for our Trainer on a one-device mesh."""
   config = lm.get_config(f"size={preset},batch={batch},seq_len={seq_len}")
   config.mesh.data = 1
@@ -80,30 +82,51 @@ def peer_runner(p: presets.Preset, batches, device: str = "cpu"):
   device "cpu": float32. device "cuda": float32 parameters, bfloat16 autocast (as ours with
   model.dtype=bfloat16), PyTorch's SDPA (flash) attention, fused AdamW.
   """
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
+  import contextlib
+
+  import torch
+  import transformers
 
   if device == "cpu":
     torch.set_num_threads(THREADS)
   torch.manual_seed(0)
   gpt2_cfg = transformers.GPT2Config(
-      n_layer=p.num_layers, n_embd=p.d_model, n_head=p.num_heads, n_inner=p.d_ff,
-      vocab_size=p.vocab_size, n_positions=p.max_len, activation_function="gelu",
-      layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
-  net = transformers.GPT2LMHeadModel._from_config(  # pylint: disable=protected-access
-      gpt2_cfg, attn_implementation="sdpa").to(device).train()
+    n_layer=p.num_layers,
+    n_embd=p.d_model,
+    n_head=p.num_heads,
+    n_inner=p.d_ff,
+    vocab_size=p.vocab_size,
+    n_positions=p.max_len,
+    activation_function="gelu",
+    layer_norm_epsilon=1e-5,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    tie_word_embeddings=True,
+    bos_token_id=None,
+    eos_token_id=None,
+  )
+  net = (
+    transformers.GPT2LMHeadModel._from_config(gpt2_cfg, attn_implementation="sdpa")
+    .to(device)
+    .train()
+  )
   ours = presets.param_counts(p)["total"]
   theirs = sum(t.numel() for t in net.parameters())
   if ours != theirs:
     raise AssertionError(f"peer has {theirs:,} params, ours {ours:,}: dims do not match")
   cuda = device == "cuda"
-  opt = torch.optim.AdamW(net.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
-                          **(dict(fused=True) if cuda else dict(foreach=True)))
+  opt = torch.optim.AdamW(
+    net.parameters(),
+    lr=3e-3,
+    betas=(0.9, 0.95),
+    weight_decay=0.1,
+    **(dict(fused=True) if cuda else dict(foreach=True)),
+  )
   loss_fn = torch.nn.CrossEntropyLoss()
-  autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else \
-      contextlib.nullcontext
+  autocast = (
+    (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+  )
 
   def run(n: int) -> None:
     for _ in range(n):
@@ -134,18 +157,28 @@ def timed(run, steps: int, tokens_per_step: int) -> tuple[float, float]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default="s7", help="a key of kbit_jax.presets.PRESETS")
-  parser.add_argument("--dims", default="",
-                      help="LAYERS,D_MODEL,HEADS,D_FF: time this shape (a tiny preset with "
-                           "these dims, registered for this run only) instead of --preset")
+  parser.add_argument(
+    "--dims",
+    default="",
+    help="LAYERS,D_MODEL,HEADS,D_FF: time this shape (a tiny preset with "
+    "these dims, registered for this run only) instead of --preset",
+  )
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
   parser.add_argument("--rounds", type=int, default=5, help="timed rounds of (ours, plain, peer)")
-  parser.add_argument("--warmup", type=int, default=2,
-                      help="untimed rounds before the timed ones (ours compiles before them)")
-  parser.add_argument("--no_retain_host_memory", action="store_true",
-                      help="keep glibc malloc's defaults instead of what `kbit train` sets "
-                           "(kbit_jax/host_memory.py), to measure what that gains")
+  parser.add_argument(
+    "--warmup",
+    type=int,
+    default=2,
+    help="untimed rounds before the timed ones (ours compiles before them)",
+  )
+  parser.add_argument(
+    "--no_retain_host_memory",
+    action="store_true",
+    help="keep glibc malloc's defaults instead of what `kbit train` sets "
+    "(kbit_jax/host_memory.py), to measure what that gains",
+  )
   args = parser.parse_args()
   # As `kbit train` does, before jax starts its backend; the whole process (all three
   # sides) runs with the same allocator settings.
@@ -154,8 +187,10 @@ def main():
     if getattr(args, name) < 1:
       parser.error(f"--{name}={getattr(args, name)} must be >= 1")
   if jax.device_count() != 1:
-    print(f"note: {jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); "
-          "ours runs on the first only. Unset XLA_FLAGS for comparable numbers.")
+    print(
+      f"note: {jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); "
+      "ours runs on the first only. Unset XLA_FLAGS for comparable numbers."
+    )
   if args.dims:
     try:
       layers, d_model, heads, d_ff = (int(v) for v in args.dims.split(","))
@@ -163,8 +198,8 @@ def main():
       parser.error(f"--dims={args.dims!r}: allowed LAYERS,D_MODEL,HEADS,D_FF (4 ints)")
     args.preset = f"dims-{layers}x{d_model}x{heads}x{d_ff}"
     presets.PRESETS[args.preset] = dataclasses.replace(
-        presets.get_preset("s7"), num_layers=layers, d_model=d_model, num_heads=heads,
-        d_ff=d_ff)
+      presets.get_preset("s7"), num_layers=layers, d_model=d_model, num_heads=heads, d_ff=d_ff
+    )
   p = presets.get_preset(args.preset)
   tokens_per_step = args.batch * args.seq_len
   flops_per_token = flops.flops_per_token(p, args.seq_len, training=True)
@@ -181,11 +216,14 @@ def main():
     flops.measure_matmul_peak()
     for run in (ours, plain, peer):
       run(args.steps)
-  print(f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
-        f"{flops_per_token / 1e6:.1f} MFLOP/token (training); init+compile {compile_s:.1f} s; "
-        f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS} "
-        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); host memory "
-        f"{'retained (host_memory.py)' if retained else 'glibc defaults'}", flush=True)
+  print(
+    f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
+    f"{flops_per_token / 1e6:.1f} MFLOP/token (training); init+compile {compile_s:.1f} s; "
+    f"threads: XLA {len(os.sched_getaffinity(0))} (all cores), torch {THREADS} "
+    f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); host memory "
+    f"{'retained (host_memory.py)' if retained else 'glibc defaults'}",
+    flush=True,
+  )
 
   rows = []
   for r in range(args.rounds):
@@ -194,23 +232,45 @@ def main():
     plain_tps, plain_cores = timed(plain, args.steps, tokens_per_step)
     peer_tps, peer_cores = timed(peer, args.steps, tokens_per_step)
     rows.append((peak, ours_tps, peer_tps, plain_tps))
-    print(f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; tok/s (cores): "
-          f"ours {ours_tps:.0f} ({ours_cores:.1f}), plain {plain_tps:.0f} ({plain_cores:.1f}), "
-          f"peer {peer_tps:.0f} ({peer_cores:.1f}); ours/peer {ours_tps / peer_tps:.2f}, "
-          f"ours/plain {ours_tps / plain_tps:.2f}", flush=True)
+    print(
+      f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; tok/s (cores): "
+      f"ours {ours_tps:.0f} ({ours_cores:.1f}), plain {plain_tps:.0f} ({plain_cores:.1f}), "
+      f"peer {peer_tps:.0f} ({peer_cores:.1f}); ours/peer {ours_tps / peer_tps:.2f}, "
+      f"ours/plain {ours_tps / plain_tps:.2f}",
+      flush=True,
+    )
 
   med = statistics.median
   peak = med([r[0] for r in rows])
   mfu_ours = med([r[1] * flops_per_token / r[0] for r in rows])
   mfu_peer = med([r[2] * flops_per_token / r[0] for r in rows])
   mfu_plain = med([r[3] * flops_per_token / r[0] for r in rows])
-  header = ("preset", "params", "batch x seq", "ours tok/s", "peer tok/s", "ratio",
-            "ours/plain", "MFU ours", "MFU plain", "MFU peer", "peak GFLOP/s")
-  values = (args.preset, f"{presets.param_counts(p)['total'] / 1e6:.1f}M",
-            f"{args.batch} x {args.seq_len}", f"{med([r[1] for r in rows]):.0f}",
-            f"{med([r[2] for r in rows]):.0f}", f"{med([r[1] / r[2] for r in rows]):.2f}",
-            f"{med([r[1] / r[3] for r in rows]):.2f}", f"{mfu_ours:.2f}", f"{mfu_plain:.2f}",
-            f"{mfu_peer:.2f}", f"{peak / 1e9:.0f}")
+  header = (
+    "preset",
+    "params",
+    "batch x seq",
+    "ours tok/s",
+    "peer tok/s",
+    "ratio",
+    "ours/plain",
+    "MFU ours",
+    "MFU plain",
+    "MFU peer",
+    "peak GFLOP/s",
+  )
+  values = (
+    args.preset,
+    f"{presets.param_counts(p)['total'] / 1e6:.1f}M",
+    f"{args.batch} x {args.seq_len}",
+    f"{med([r[1] for r in rows]):.0f}",
+    f"{med([r[2] for r in rows]):.0f}",
+    f"{med([r[1] / r[2] for r in rows]):.2f}",
+    f"{med([r[1] / r[3] for r in rows]):.2f}",
+    f"{mfu_ours:.2f}",
+    f"{mfu_plain:.2f}",
+    f"{mfu_peer:.2f}",
+    f"{peak / 1e9:.0f}",
+  )
   widths = [max(len(h), len(v)) for h, v in zip(header, values)]
   for line in (header, values):
     print("  ".join(s.rjust(w) for s, w in zip(line, widths)))

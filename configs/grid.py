@@ -35,6 +35,7 @@ would make total model bits, the study's x-axis, barely depend on k. With tied w
 the head *is* the embedding matmul, a linear layer, so it is quantized too (the learned
 position table, biases and LayerNorms stay 16-bit, as in the study).
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -46,33 +47,39 @@ CPU_SIZES = {"s1": (3e-3, 32), "s2": (3e-3, 32), "s3": (2e-3, 32), "s4": (2e-3, 
 
 
 def _eval_section(tiny: bool) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       tasks="lambada,hellaswag,piqa,winogrande",
-      task_dir="",                   # '' = built-in tasks from the corpus's test split
+      task_dir="",  # '' = built-in tasks from the corpus's test split
       items_per_task=4 if tiny else 25,
       task_seed=0,
       batch_size=8 if tiny else 32,
-      max_len=0,                     # 0 = the model's max_len
+      max_len=0,  # 0 = the model's max_len
       ppl_split="validation",
       ppl_max_batches=1 if tiny else 2,
       text_file="",
-      probes="",                     # k-bit probes off: keys at their defaults leave the
-      probe_items=64,                # cells' eval fingerprint unchanged (evaluate.py)
+      probes="",  # k-bit probes off: keys at their defaults leave the
+      probe_items=64,  # cells' eval fingerprint unchanged (evaluate.py)
       probe_file="",
-      probe_threshold=0.5))
+      probe_threshold=0.5,
+    )
+  )
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, cpu=False, tiny=False, tokens=1_000_000, seeds=1)
   c = ml_collections.ConfigDict()
-  c.grid = ml_collections.ConfigDict(dict(
+  c.grid = ml_collections.ConfigDict(
+    dict(
       sizes=tuple(CPU_SIZES),
       seeds=tuple(range(a.seeds)),
       bits=(3, 4, 5, 6, 8, 16),
       dtypes=("int", "float", "quantile", "nf"),
       blocksizes=(64, 256, 0),
       outlier_shares=(0.0,),
-      targets="attn,mlp,embed"))
+      targets="attn,mlp,embed",
+    )
+  )
 
   base = common.base_config()
   base.data.seq_len = 128
@@ -83,9 +90,18 @@ def get_config(arg=None):
   c.per_size = ml_collections.ConfigDict()
   for size, (lr, batch) in CPU_SIZES.items():
     steps = max(1, round(a.tokens / (batch * base.data.seq_len)))
-    c.per_size[size] = ml_collections.ConfigDict({"train": dict(
-        lr=lr, batch_size=batch, steps=steps, warmup_steps=max(1, steps // 10),
-        eval_every=steps, checkpoint_every=100)})
+    c.per_size[size] = ml_collections.ConfigDict(
+      {
+        "train": dict(
+          lr=lr,
+          batch_size=batch,
+          steps=steps,
+          warmup_steps=max(1, steps // 10),
+          eval_every=steps,
+          checkpoint_every=100,
+        )
+      }
+    )
   c.eval = _eval_section(a.tiny)
 
   if a.tiny:
@@ -94,7 +110,20 @@ def get_config(arg=None):
     c.grid.dtypes = ("int", "nf", "quantile")
     c.grid.blocksizes = (64,)
     base.data.seq_len = 32
-    c.per_size = ml_collections.ConfigDict({"s0": {"train": dict(
-        lr=3e-3, batch_size=8, steps=20, warmup_steps=5, log_every=10, eval_every=20,
-        eval_batches=2, checkpoint_every=10)}})
+    c.per_size = ml_collections.ConfigDict(
+      {
+        "s0": {
+          "train": dict(
+            lr=3e-3,
+            batch_size=8,
+            steps=20,
+            warmup_steps=5,
+            log_every=10,
+            eval_every=20,
+            eval_batches=2,
+            checkpoint_every=10,
+          )
+        }
+      }
+    )
   return c

@@ -38,6 +38,7 @@ quant.targets "attn,mlp": every linear layer of the blocks, as the study; the to
 embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head stay
 16-bit; they are 2-40% of these models' parameters. The memory table shows both.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,19 +50,30 @@ from kbit_jax.configs import common
 
 # family -> {preset name: Hugging Face hub id}, smallest first
 FAMILIES = {
-    "opt": {f"opt-{s}": f"facebook/opt-{s}" for s in (
-        "125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")},
-    "pythia": {f"pythia-{s}": f"EleutherAI/pythia-{s}" for s in (
-        "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
-    "gpt2": {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
-             "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"},
-    "bloom": {**{f"bloom-{s}": f"bigscience/bloom-{s}" for s in (
-        "560m", "1b1", "1b7", "3b", "7b1")}, "bloom-176b": "bigscience/bloom"},
+  "opt": {
+    f"opt-{s}": f"facebook/opt-{s}"
+    for s in ("125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")
+  },
+  "pythia": {
+    f"pythia-{s}": f"EleutherAI/pythia-{s}"
+    for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+  },
+  "gpt2": {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+  },
+  "bloom": {
+    **{f"bloom-{s}": f"bigscience/bloom-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
+    "bloom-176b": "bigscience/bloom",
+  },
 }
 
 
 def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
-  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import presets
+
   # "+" joins families on the command line, where "," separates arguments
   names = [f.strip() for f in re.split(r"[,+]", a.families) if f.strip()]
   bad = [f for f in names if f not in FAMILIES]
@@ -74,52 +86,89 @@ def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
       repos = {k: v + "-deduped" for k, v in repos.items()}
     if a.cpu:
       repos = dict(list(repos.items())[:1])
-    out.update({size: repo for size, repo in repos.items() if not a.max_params
-                or presets.param_counts(presets.get_preset(size))["total"] <= a.max_params})
+    out.update(
+      {
+        size: repo
+        for size, repo in repos.items()
+        if not a.max_params
+        or presets.param_counts(presets.get_preset(size))["total"] <= a.max_params
+      }
+    )
   return out
 
 
 def get_config(arg=None):
-  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
-  a = common.parse_arg(arg, families="opt,pythia,gpt2,bloom", max_params=0.0, cpu=False,
-                       fsdp=1, tensor=1, device_gib=0.0, hf_root="~/hf",
-                       import_root="~/kbit/pretrained", deduped=False, task_dir="")
+  from kbit_jax.model import presets
+
+  a = common.parse_arg(
+    arg,
+    families="opt,pythia,gpt2,bloom",
+    max_params=0.0,
+    cpu=False,
+    fsdp=1,
+    tensor=1,
+    device_gib=0.0,
+    hf_root="~/hf",
+    import_root="~/kbit/pretrained",
+    deduped=False,
+    task_dir="",
+  )
   sizes = _sizes(a)
   c = ml_collections.ConfigDict()
-  c.grid = ml_collections.ConfigDict(dict(
-      sizes=tuple(sizes), seeds=(0,), bits=(3, 4, 5, 6, 8, 16),
-      dtypes=("int", "float", "quantile", "nf"), blocksizes=(64, 256, 0),
-      outlier_shares=(0.0,), targets="attn,mlp"))
+  c.grid = ml_collections.ConfigDict(
+    dict(
+      sizes=tuple(sizes),
+      seeds=(0,),
+      bits=(3, 4, 5, 6, 8, 16),
+      dtypes=("int", "float", "quantile", "nf"),
+      blocksizes=(64, 256, 0),
+      outlier_shares=(0.0,),
+      targets="attn,mlp",
+    )
+  )
   base = common.base_config()
   # One perplexity row length for all (per_size cannot key sizes with dots, like opt-1.3b):
   # the shortest context among the sizes, GPT-2's 1024 when it is included.
-  base.data.seq_len = 256 if a.cpu else min(
-      presets.get_preset(size).max_len for size in sizes)
+  base.data.seq_len = 256 if a.cpu else min(presets.get_preset(size).max_len for size in sizes)
   base.mesh.data, base.mesh.fsdp, base.mesh.tensor = -1, a.fsdp, a.tensor
   c.base = base
   c.per_size = ml_collections.ConfigDict()
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval = ml_collections.ConfigDict(
+    dict(
       tasks="lambada,hellaswag,piqa,winogrande",
-      task_dir=a.task_dir,           # the released task files ('' = built-in, corpus-made)
-      items_per_task=50 if a.cpu else 0 if a.task_dir else 400,   # 0: every item of a file
-      task_seed=0, batch_size=8, max_len=0,
-      ppl_split="validation", ppl_max_batches=0 if not a.cpu else 4, text_file=""))
-  c.pretrained = ml_collections.ConfigDict(dict(
-      hf_root=a.hf_root, import_root=a.import_root, device_gib=a.device_gib,
-      repos=tuple(sizes.items())))   # (size, hub id) pairs: sizes like opt-1.3b hold dots
+      task_dir=a.task_dir,  # the released task files ('' = built-in, corpus-made)
+      items_per_task=50 if a.cpu else 0 if a.task_dir else 400,  # 0: every item of a file
+      task_seed=0,
+      batch_size=8,
+      max_len=0,
+      ppl_split="validation",
+      ppl_max_batches=0 if not a.cpu else 4,
+      text_file="",
+    )
+  )
+  c.pretrained = ml_collections.ConfigDict(
+    dict(
+      hf_root=a.hf_root,
+      import_root=a.import_root,
+      device_gib=a.device_gib,
+      repos=tuple(sizes.items()),
+    )
+  )  # (size, hub id) pairs: sizes like opt-1.3b hold dots
   return c
 
 
 # ----------------------------------------------------------------------------- memory
+
 
 def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
   """Per size: parameters and GiB per device on the config's mesh (fsdp x tensor
   devices; parameters split evenly, small replicated norms ignored) stored as float32
   (as imported), as 16-bit, and at each k < 16 of the grid (its first data type and
   block size, its targets; codes + block constants, the rest 16-bit)."""
-  from kbit_jax.model import presets  # pylint: disable=g-import-not-at-top
-  from kbit_jax.quant import bits as quant_bits  # pylint: disable=g-import-not-at-top
-  from kbit_jax.quant.spec import QuantSpec  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import presets
+  from kbit_jax.quant import bits as quant_bits
+  from kbit_jax.quant.spec import QuantSpec
+
   g, mesh = config.grid, config.base.mesh
   devices = mesh.fsdp * mesh.tensor
   ks = [k for k in g.bits if k < 16]
@@ -128,11 +177,15 @@ def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
     p = presets.get_preset(size)
     shapes = quant_bits.preset_shapes(p)
     params = presets.param_counts(p)["total"]
-    row = dict(size=size, params=params, devices=devices,
-               f32=4 * params / devices / 2**30, b16=2 * params / devices / 2**30)
+    row = dict(
+      size=size,
+      params=params,
+      devices=devices,
+      f32=4 * params / devices / 2**30,
+      b16=2 * params / devices / 2**30,
+    )
     for k in ks:
-      spec = QuantSpec(bits=k, dtype=g.dtypes[0], blocksize=g.blocksizes[0],
-                       targets=g.targets)
+      spec = QuantSpec(bits=k, dtype=g.dtypes[0], blocksize=g.blocksizes[0], targets=g.targets)
       row[f"k{k}"] = quant_bits.bits_report(shapes, spec)["total_bits"] / 8 / devices / 2**30
     rows.append(row)
   return rows
@@ -141,24 +194,36 @@ def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
 def format_memory_table(config: ml_collections.ConfigDict, rows: list[dict]) -> str:
   g, limit = config.grid, config.pretrained.device_gib
   ks = [k for k in g.bits if k < 16]
-  header = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks],
-            "grid eval"] + ([f"fits {limit:g}"] if limit else [])
+  header = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks], "grid eval"] + (
+    [f"fits {limit:g}"] if limit else []
+  )
   lines = []
   for r in rows:
     # grid.py evaluates by fake quantization: the float32 params and a float32 copy
     evaluation = 2 * r["f32"]
-    cells = [r["size"], f"{r['params']:,}", f"{r['f32']:.2f}", f"{r['b16']:.2f}",
-             *[f"{r[f'k{k}']:.2f}" for k in ks], f"{evaluation:.2f}"]
+    cells = [
+      r["size"],
+      f"{r['params']:,}",
+      f"{r['f32']:.2f}",
+      f"{r['b16']:.2f}",
+      *[f"{r[f'k{k}']:.2f}" for k in ks],
+      f"{evaluation:.2f}",
+    ]
     if limit:
       cells.append("yes" if evaluation <= limit else "16-bit" if r["b16"] <= limit else "no")
     lines.append(cells)
   widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+
+  def fmt(cells):
+    return "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+
   mesh = config.base.mesh
-  title = (f"# GiB of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
-           f"{mesh.fsdp * mesh.tensor} devices; k-bit: dtype={g.dtypes[0]}, "
-           f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; grid eval = "
-           "float32 params + float32 fake-quantized copy (activations not included)")
+  title = (
+    f"# GiB of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
+    f"{mesh.fsdp * mesh.tensor} devices; k-bit: dtype={g.dtypes[0]}, "
+    f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; grid eval = "
+    "float32 params + float32 fake-quantized copy (activations not included)"
+  )
   return "\n".join([title, fmt(header), "-" * len(fmt(header))] + [fmt(c) for c in lines])
 
 

@@ -7,12 +7,22 @@
 Arguments: size (a preset of kbit_jax/presets.py), steps, batch, seq_len, lr, seed,
 dtype (float32 | bfloat16), runlocal (a tiny smoke run).
 """
+
 from kbit_jax.configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, size="s2", steps=600, batch=32, seq_len=128, lr=3e-3, seed=0,
-                       dtype="float32", runlocal=False)
+  a = common.parse_arg(
+    arg,
+    size="s2",
+    steps=600,
+    batch=32,
+    seq_len=128,
+    lr=3e-3,
+    seed=0,
+    dtype="float32",
+    runlocal=False,
+  )
   c = common.base_config()
   c.model.preset = a.size
   c.model.dtype = a.dtype

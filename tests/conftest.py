@@ -1,13 +1,15 @@
 """Eight fake CPU devices for every test (set before jax is imported anywhere), and one
 persistent compilation cache for the session (kbit_jax/compile_cache.py): tests and the
 `kbit` processes they start share compiles of equal programs, and ~/.cache stays clean."""
+
 import atexit
 import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -9,6 +9,7 @@ last float32 bit.
 moves a weight by >= 1/127 of its block's absmax and the logits by ~1e-3: far outside.
 CONVERT -> SERVE must equal jitted TRAIN bit for bit: both dequantize the same QTensor.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,24 +17,26 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from kbit_jax.model.transformer import Transformer
 from kbit_jax.model.presets import PRESETS, Preset
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import aqt, bits, reference
 from kbit_jax.quant.spec import QuantSpec
 
 # AQT's aqt_dot_general calls jnp.promote_types on arrays (deprecated in jax 0.10).
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
+  "ignore:Implicit conversion of an array to a dtype:DeprecationWarning"
+)
 
 ATOL, RTOL = 1e-6, 1e-5
-P = PRESETS["s0"]   # 1 layer, d_model 16, d_ff 64: kernels of 256 and 1024 values
+P = PRESETS["s0"]  # 1 layer, d_model 16, d_ff 64: kernels of 256 and 1024 values
 _float_apply = jax.jit(Transformer(P).apply)
-_fake_quant = jax.jit(reference.fake_quant_params, static_argnums=1)   # eager is slower
+_fake_quant = jax.jit(reference.fake_quant_params, static_argnums=1)  # eager is slower
 
 
 def _init(p, tokens):
-  return jax.jit(lambda t: nn.meta.unbox(Transformer(p).init(jax.random.PRNGKey(0), t)))(
-      tokens)["params"]
+  return jax.jit(lambda t: nn.meta.unbox(Transformer(p).init(jax.random.PRNGKey(0), t)))(tokens)[
+    "params"
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +57,17 @@ def _reference_logits(params, tokens, spec):
 
 # Every data type at k = 4 (B = 64) and a second k each; B = 512 pads (one block per
 # kernel), -1 / 0 are per channel / per tensor; targets="mlp" leaves attention float.
-EQUALITY_SPECS = [dict(dtype=d, bits=4, blocksize=64)
-                  for d in ("int", "int_centered", "float", "dynamic", "nf", "quantile")] + [
-    dict(dtype="int", bits=8, blocksize=-1), dict(dtype="int_centered", bits=3, blocksize=0),
-    dict(dtype="float", bits=3, blocksize=512), dict(dtype="dynamic", bits=6, blocksize=32,
-                                                     targets="mlp"),
-    dict(dtype="nf", bits=3, blocksize=128, double_quant=True),
-    dict(dtype="quantile", bits=8, blocksize=0)]
+EQUALITY_SPECS = [
+  dict(dtype=d, bits=4, blocksize=64)
+  for d in ("int", "int_centered", "float", "dynamic", "nf", "quantile")
+] + [
+  dict(dtype="int", bits=8, blocksize=-1),
+  dict(dtype="int_centered", bits=3, blocksize=0),
+  dict(dtype="float", bits=3, blocksize=512),
+  dict(dtype="dynamic", bits=6, blocksize=32, targets="mlp"),
+  dict(dtype="nf", bits=3, blocksize=128, double_quant=True),
+  dict(dtype="quantile", bits=8, blocksize=0),
+]
 
 
 @pytest.mark.parametrize("kw", EQUALITY_SPECS, ids=lambda kw: "-".join(map(str, kw.values())))
@@ -74,17 +81,23 @@ def test_train_forward_equals_reference(setup, kw):
   assert np.abs(ours - _float_apply({"params": params}, tokens)).max() > 1e-4
 
 
-@pytest.mark.parametrize("kw", [dict(dtype="int", bits=4, blocksize=64),
-                                dict(dtype="int_centered", bits=3, blocksize=0),
-                                dict(dtype="nf", bits=4, blocksize=-1, double_quant=True),
-                                dict(dtype="quantile", bits=8, blocksize=512)],
-                         ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(dtype="int", bits=4, blocksize=64),
+    dict(dtype="int_centered", bits=3, blocksize=0),
+    dict(dtype="nf", bits=4, blocksize=-1, double_quant=True),
+    dict(dtype="quantile", bits=8, blocksize=512),
+  ],
+  ids=lambda kw: "-".join(map(str, kw.values())),
+)
 def test_convert_serve_equals_train(setup, kw):
   params, tokens = setup
   spec = QuantSpec(**kw)
   qparams = aqt.convert(params, P, spec)
-  np.testing.assert_array_equal(aqt.serve_apply(qparams, tokens, P, spec),
-                                _train_logits(params, tokens, spec))
+  np.testing.assert_array_equal(
+    aqt.serve_apply(qparams, tokens, P, spec), _train_logits(params, tokens, spec)
+  )
   # Dequantize-once (the study's PTQ eval) gives the reference's kernels.
   ours = traverse_util.flatten_dict(aqt.dequantize_params(qparams, P, spec))
   ref = traverse_util.flatten_dict(_fake_quant(params, spec))
@@ -106,7 +119,7 @@ def test_converted_storage_is_packed(setup):
     measured = aqt.stored_bytes(qparams)["quantized"]
     report = bits.bits_report({"params": params}, spec)
     computed = sum(r["bits"] for r in report["rows"] if r["quantized"])
-    container_bits = 4 if k <= 4 else 8   # k = 3 codes fill a nibble
+    container_bits = 4 if k <= 4 else 8  # k = 3 codes fill a nibble
     assert measured * 8 == computed * (container_bits + 0.25) / (k + 0.25)
   dq = aqt.convert(params, P, QuantSpec(dtype="nf", bits=4, double_quant=True))
   assert dq["aqt"]["layer_0"]["attn"]["out"]["KbitDotGeneral_0"]["scale"].dtype == jnp.float32
@@ -116,8 +129,9 @@ def test_converted_storage_is_packed(setup):
 
 def _loss(model, params, tokens):
   logits = model.apply({"params": params}, tokens)
-  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]),
-                                       tokens[:, 1:, None], axis=-1))
+  return -jnp.mean(
+    jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), tokens[:, 1:, None], axis=-1)
+  )
 
 
 def test_qat_gradients_are_straight_through(setup):
@@ -126,8 +140,7 @@ def test_qat_gradients_are_straight_through(setup):
   model = Transformer(P, dot_general_cls=aqt.make_dot_general_cls(spec))
   grads = jax.jit(jax.grad(lambda p: _loss(model, p, tokens)))(params)
   # STE: d loss / d w = d loss / d w_q, evaluated at the fake-quantized weights.
-  ref = jax.jit(jax.grad(lambda p: _loss(Transformer(P), p, tokens)))(
-      _fake_quant(params, spec))
+  ref = jax.jit(jax.grad(lambda p: _loss(Transformer(P), p, tokens)))(_fake_quant(params, spec))
   ref = traverse_util.flatten_dict(ref)
   for name, g in traverse_util.flatten_dict(grads).items():
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, name
@@ -142,8 +155,11 @@ def test_weight_and_activation_quantization(setup):
   logits = _train_logits(params, tokens, w4a8)
   assert np.all(np.isfinite(logits))
   assert 0 < np.abs(logits - _reference_logits(params, tokens, w4)).max() < 0.1
-  assert 0 < np.abs(_train_logits(params, tokens, a8)
-                    - _float_apply({"params": params}, tokens)).max() < 0.1
+  assert (
+    0
+    < np.abs(_train_logits(params, tokens, a8) - _float_apply({"params": params}, tokens)).max()
+    < 0.1
+  )
   model = Transformer(P, dot_general_cls=aqt.make_dot_general_cls(w4a8))
   grads = jax.jit(jax.grad(lambda p: _loss(model, p, tokens)))(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
@@ -152,15 +168,24 @@ def test_weight_and_activation_quantization(setup):
 
 
 def test_untied_head_target():
-  p = Preset(1, 16, 2, 64, vocab_size=256, max_len=32, positions="rotary",
-             tie_embeddings=False, rotary_pct=0.25)
+  p = Preset(
+    1,
+    16,
+    2,
+    64,
+    vocab_size=256,
+    max_len=32,
+    positions="rotary",
+    tie_embeddings=False,
+    rotary_pct=0.25,
+  )
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, p.vocab_size)
   params = _init(p, tokens)
   spec = QuantSpec(dtype="float", bits=4, blocksize=128, targets="attn,mlp,head")
   ours = jax.jit(Transformer(p, dot_general_cls=aqt.make_dot_general_cls(spec)).apply)(
-      {"params": params}, tokens)
-  ref = jax.jit(Transformer(p).apply)(
-      {"params": _fake_quant(params, spec)}, tokens)
+    {"params": params}, tokens
+  )
+  ref = jax.jit(Transformer(p).apply)({"params": _fake_quant(params, spec)}, tokens)
   np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL)
   assert "head" not in aqt.convert(params, p, spec)["params"]
 

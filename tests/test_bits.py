@@ -1,4 +1,5 @@
 """Bit accounting, the `config.quant` validation, and the CLI text."""
+
 import json
 import math
 
@@ -24,7 +25,7 @@ def test_table_quantized_bits_per_param_is_k_plus_16_over_b(k):
       assert row["total_bits"] == 16 * row["params"]
       continue
     assert row["quantized_bits_per_param"] == k + 16 / 64
-    linear = p.num_layers * (4 * p.d_model ** 2 + 2 * p.d_model * p.d_ff)
+    linear = p.num_layers * (4 * p.d_model**2 + 2 * p.d_model * p.d_ff)
     assert row["quantized_params"] == linear
     assert row["total_bits"] == linear * (k + 16 / 64) + 16 * (row["params"] - linear)
 
@@ -56,12 +57,13 @@ def test_per_tensor_costs():
 
 
 def test_outlier_cost_is_p_times_16_minus_k():
-  p, k = 0.0625, 3   # 64 of 1024 rows, exactly
+  p, k = 0.0625, 3  # 64 of 1024 rows, exactly
   row = _row(QuantSpec(bits=k, outlier_share=p))
   assert row["outlier_params"] == 64 * 256
   assert row["bits_per_param"] == k + 16 / 64 + p * (16 - k)
-  embed = bits.tensor_bits(("embed", "embedding"), (1024, 256),
-                           QuantSpec(bits=k, outlier_share=p, targets="embed"))
+  embed = bits.tensor_bits(
+    ("embed", "embedding"), (1024, 256), QuantSpec(bits=k, outlier_share=p, targets="embed")
+  )
   assert embed["bits_per_param"] == k + 16 / 64
 
 
@@ -88,7 +90,9 @@ def test_spec_from_base_config():
   assert QuantSpec(bits=4, dtype="float", exponent_bits=2).exponent_bits == 2
 
 
-@pytest.mark.parametrize("key, value, match", [
+@pytest.mark.parametrize(
+  "key, value, match",
+  [
     ("bits", 9, r"quant\.bits=9 .*allowed: \[2, 3, 4, 5, 6, 7, 8\] or 16"),
     ("bits", 1, r"quant\.bits=1 "),
     ("bits", 4.0, r"quant\.bits=4\.0 "),
@@ -104,7 +108,8 @@ def test_spec_from_base_config():
     ("act_bits", 12, r"quant\.act_bits=12 "),
     ("mode", "train", r"quant\.mode='train' .*'ptq', 'qat'"),
     ("double_quant", True, r"quant\.double_quant=True .*dtype in \['nf'\]"),
-])
+  ],
+)
 def test_spec_errors_name_key_value_and_allowed(key, value, match):
   c = base_config().quant
   c.bits, c.dtype = 4, ("float" if key == "exponent_bits" else "int")

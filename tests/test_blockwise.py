@@ -1,4 +1,5 @@
 """Blockwise absmax fake quant, outlier rows and the whole-tree reference path."""
+
 import functools
 
 import hypothesis
@@ -9,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kbit_jax.model.transformer import Transformer
 from kbit_jax.model.presets import PRESETS
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import blockwise, codebooks, outliers, reference
 from kbit_jax.quant.spec import QuantSpec, named_leaves, target_of
 
@@ -22,7 +23,7 @@ SYMMETRIC = ("int", "float", "nf")
 # smaller constant): idempotent given the stored constants, tested as such.
 FREE = SYMMETRIC + ("dynamic",)
 CODEBOOKS = {(d, k): codebooks.codebook(d, k) for d in FREE for k in KS}
-SHAPE = (24, 40)   # 960 values: 15 blocks of 64, 8 of 128 (last one padded)
+SHAPE = (24, 40)  # 960 values: 15 blocks of 64, 8 of 128 (last one padded)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -35,8 +36,9 @@ def _q(w, codebook_C, blocksize):
   return blockwise.quantize(w, codebook_C, blocksize)
 
 
-weights = hnp.arrays(np.float32, SHAPE, elements=st.floats(
-    -4, 4, width=32, allow_subnormal=False)).map(lambda w: np.where(np.abs(w) < 1e-6, 0, w))
+weights = hnp.arrays(
+  np.float32, SHAPE, elements=st.floats(-4, 4, width=32, allow_subnormal=False)
+).map(lambda w: np.where(np.abs(w) < 1e-6, 0, w))
 
 
 def _cell_radius(codebook, idx):
@@ -50,8 +52,10 @@ def _cell_radius(codebook, idx):
 @functools.partial(jax.jit, static_argnums=3)
 def _requantize(y, scales, codebook_C, blocksize):
   """Codes of y under fixed stored constants."""
-  x_NxB = blockwise.to_blocks(y, blocksize) / jnp.where(
-      scales > 0, scales.astype(jnp.float32), 1)[:, None]
+  x_NxB = (
+    blockwise.to_blocks(y, blocksize)
+    / jnp.where(scales > 0, scales.astype(jnp.float32), 1)[:, None]
+  )
   return blockwise.from_blocks(blockwise.nearest_code(x_NxB, codebook_C), y.shape, blocksize)
 
 
@@ -69,26 +73,33 @@ def test_fake_quant_properties_every_type_and_k(w, blocksize):
     # Error per value <= the radius of its code's cell x the stored constant. The stored
     # constant is absmax rounded *up* to float16, so nothing is clipped and no term for
     # the 16-bit rounding is needed; the slack covers float32 division/multiplication.
-    s = np.asarray(blockwise.from_blocks(
-        jnp.broadcast_to(scales.astype(jnp.float32)[:, None],
-                         blockwise.to_blocks(jnp.asarray(w), blocksize).shape),
-        w.shape, blocksize))
+    s = np.asarray(
+      blockwise.from_blocks(
+        jnp.broadcast_to(
+          scales.astype(jnp.float32)[:, None], blockwise.to_blocks(jnp.asarray(w), blocksize).shape
+        ),
+        w.shape,
+        blocksize,
+      )
+    )
     bound = _cell_radius(cb, codes) * s + 1e-6 * s
     assert np.all(np.abs(y - w) <= bound), (dtype, k)
     assert np.all(y[w == 0] == 0), (dtype, k)
     if dtype in SYMMETRIC:
       np.testing.assert_array_equal(np.asarray(_fq(y, cb_C, blocksize)), y, err_msg=dtype)
     else:
-      np.testing.assert_array_equal(np.asarray(_requantize(y, scales, cb_C, blocksize)),
-                                    codes, err_msg=dtype)
+      np.testing.assert_array_equal(
+        np.asarray(_requantize(y, scales, cb_C, blocksize)), codes, err_msg=dtype
+      )
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _data_and_centered(w, k, blocksize):
   """quantile: (codebook, codes, scales, fake quant); int_centered: (scale, fake quant)."""
   quantile = QuantSpec(bits=k, dtype="quantile", blocksize=blocksize)
-  codebook_C = codebooks.padded(codebooks.quantile_codebook(
-      blockwise.normalized(w, blocksize).reshape(-1), k))
+  codebook_C = codebooks.padded(
+    codebooks.quantile_codebook(blockwise.normalized(w, blocksize).reshape(-1), k)
+  )
   codes, scales = blockwise.quantize(w, codebook_C, blocksize)
   y_quantile = reference.fake_quant_tensor(w, quantile)
   x_NxB = blockwise.to_blocks(w, blocksize)
@@ -96,30 +107,40 @@ def _data_and_centered(w, k, blocksize):
   mean_N = (x_NxB.sum(-1) / valid_NxB.sum(-1)).astype(jnp.float16).astype(jnp.float32)
   r_NxB = jnp.where(valid_NxB, x_NxB - mean_N[:, None], 0)
   scale_N = blockwise.scale_to_16bit(jnp.abs(r_NxB).max(-1)).astype(jnp.float32)
-  y_centered = reference.fake_quant_tensor(w, QuantSpec(bits=k, dtype="int_centered",
-                                                        blocksize=blocksize))
-  per_value = lambda v_N: blockwise.from_blocks(jnp.broadcast_to(v_N[:, None], x_NxB.shape),
-                                                w.shape, blocksize)
-  return (codebook_C, codes, per_value(scales.astype(jnp.float32)), scales, y_quantile,
-          per_value(scale_N), y_centered)
+  y_centered = reference.fake_quant_tensor(
+    w, QuantSpec(bits=k, dtype="int_centered", blocksize=blocksize)
+  )
+
+  def per_value(v_N):
+    return blockwise.from_blocks(jnp.broadcast_to(v_N[:, None], x_NxB.shape), w.shape, blocksize)
+
+  return (
+    codebook_C,
+    codes,
+    per_value(scales.astype(jnp.float32)),
+    scales,
+    y_quantile,
+    per_value(scale_N),
+    y_centered,
+  )
 
 
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(w=weights, k=st.sampled_from(KS))
 def test_quantile_and_centered_error_bounds(w, k):
   codebook_C, codes, s, scales, y, s_centered, y_centered = map(
-      np.asarray, _data_and_centered(w, k, 64))
+    np.asarray, _data_and_centered(w, k, 64)
+  )
   # quantile: its data codebook obeys the same cell-radius bound as any codebook, and
   # requantizing with the stored codebook and constants gives the same code values
   # (indices may differ where neighbouring quantiles coincide).
-  cb = codebook_C[:2 ** k]
+  cb = codebook_C[: 2**k]
   assert np.all(np.abs(y - w) <= _cell_radius(cb, codes) * s + 1e-6 * s)
   again = _requantize(jnp.asarray(y), jnp.asarray(scales), jnp.asarray(codebook_C), 64)
   np.testing.assert_array_equal(codebook_C[np.asarray(again)], codebook_C[codes])
   # int_centered: w - mean16 is within half an int step of its own (residual) constant.
   half_step = 0.5 / (2 ** (k - 1) - 1)
-  assert np.all(np.abs(y_centered - w) <= half_step * s_centered
-                + 1e-6 * (s_centered + np.abs(w)))
+  assert np.all(np.abs(y_centered - w) <= half_step * s_centered + 1e-6 * (s_centered + np.abs(w)))
 
 
 def test_one_compile_serves_every_type_and_k():
@@ -152,7 +173,7 @@ def test_blocksize_equal_to_size_is_per_tensor():
 
 def test_per_channel_is_per_column():
   w = _gaussian((48, 12))
-  w[:, 3] *= 100   # one loud channel must not coarsen the others
+  w[:, 3] *= 100  # one loud channel must not coarsen the others
   cb_C = codebooks.padded(codebooks.codebook("int", 4))
   y = np.asarray(_fq(w, cb_C, -1))
   for j in range(w.shape[1]):
@@ -163,7 +184,7 @@ def test_per_channel_is_per_column():
 
 
 def test_last_block_padding():
-  w = _gaussian((5, 27))   # 135 values: two full blocks of 64 and 7 values
+  w = _gaussian((5, 27))  # 135 values: two full blocks of 64 and 7 values
   cb_C = codebooks.padded(codebooks.codebook("float", 5))
   y = np.asarray(_fq(w, cb_C, 64)).reshape(-1)
   flat = w.reshape(-1)
@@ -198,15 +219,23 @@ def test_double_quant_close_to_16bit_constants():
   assert np.max(np.abs(dq - absmax) / absmax) < 0.02
   spec = QuantSpec(bits=4, dtype="nf")
   plain = np.abs(np.asarray(reference.fake_quant_tensor(jnp.asarray(w), spec)) - w).mean()
-  double = np.abs(np.asarray(reference.fake_quant_tensor(
-      jnp.asarray(w), QuantSpec(bits=4, dtype="nf", double_quant=True))) - w).mean()
+  double = np.abs(
+    np.asarray(
+      reference.fake_quant_tensor(jnp.asarray(w), QuantSpec(bits=4, dtype="nf", double_quant=True))
+    )
+    - w
+  ).mean()
   assert double < plain * 1.02
 
 
 def test_centering_helps_offset_blocks():
   w = _gaussian() + 3.0
-  err = {d: np.abs(np.asarray(reference.fake_quant_tensor(
-      jnp.asarray(w), QuantSpec(bits=4, dtype=d))) - w).mean() for d in ("int", "int_centered")}
+  err = {
+    d: np.abs(
+      np.asarray(reference.fake_quant_tensor(jnp.asarray(w), QuantSpec(bits=4, dtype=d))) - w
+    ).mean()
+    for d in ("int", "int_centered")
+  }
   assert err["int_centered"] < err["int"] / 2
 
 
@@ -215,8 +244,9 @@ def test_quantile_codebook_per_block():
   x_NxB = blockwise.to_blocks(blockwise.normalized(jnp.asarray(w), 64), 64)
   cb_NxC = codebooks.padded(codebooks.quantile_codebook(x_NxB, 3))
   y = np.asarray(blockwise.fake_quant(jnp.asarray(w), cb_NxC, 64))
-  per_tensor = np.asarray(reference.fake_quant_tensor(jnp.asarray(w),
-                                                      QuantSpec(bits=3, dtype="quantile")))
+  per_tensor = np.asarray(
+    reference.fake_quant_tensor(jnp.asarray(w), QuantSpec(bits=3, dtype="quantile"))
+  )
   assert np.abs(y - w).mean() < np.abs(per_tensor - w).mean()
 
 
@@ -233,7 +263,9 @@ def _leaf(tree, *names):
 
 
 def test_proxy_sources():
-  src = lambda *n: outliers.proxy_source(n, 2)
+  def src(*n):
+    return outliers.proxy_source(n, 2)
+
   assert src("layer_1", "mlp", "wo", "kernel") == ("layer_1", "mlp", "wi", "kernel")
   assert src("layer_1", "attn", "out", "kernel") == ("layer_1", "attn", "value", "kernel")
   assert src("layer_1", "mlp", "wi", "kernel") == ("layer_1", "attn", "out", "kernel")
@@ -247,10 +279,10 @@ def test_outlier_rows_are_exact_and_chosen_by_proxy_std():
   params = _params()
   spec = QuantSpec(bits=3, dtype="int", outlier_share=0.05)
   out = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
-  w = _leaf(params, "params", "layer_0", "mlp", "wo", "kernel")        # (F, D) = (64, 16)
+  w = _leaf(params, "params", "layer_0", "mlp", "wo", "kernel")  # (F, D) = (64, 16)
   y = _leaf(out, "params", "layer_0", "mlp", "wo", "kernel")
   std = _leaf(params, "params", "layer_0", "mlp", "wi", "kernel").std(0)
-  top = np.argsort(std)[::-1][:outliers.num_outliers(64, 0.05)]
+  top = np.argsort(std)[::-1][: outliers.num_outliers(64, 0.05)]
   exact = np.all(y == w, axis=1)
   assert exact.sum() == len(top) == 3 and exact[top].all()
   # The kept rows do not set any block's absmax: quantizing the rest alone gives the same.
@@ -262,8 +294,10 @@ def test_outlier_rows_are_exact_and_chosen_by_proxy_std():
 
 def test_fake_quant_params_touches_only_targets():
   params = _params()
-  for spec in (QuantSpec(bits=4, dtype="quantile", outlier_share=0.02),
-               QuantSpec(bits=4, dtype="nf", double_quant=True, targets="mlp,embed")):
+  for spec in (
+    QuantSpec(bits=4, dtype="quantile", outlier_share=0.02),
+    QuantSpec(bits=4, dtype="nf", double_quant=True, targets="mlp,embed"),
+  ):
     out = reference.fake_quant_params(params, spec)
     names, before, _ = named_leaves(params)
     _, after, _ = named_leaves(out)
@@ -277,7 +311,7 @@ def test_fake_quant_params_touches_only_targets():
 
 def test_kernel_blocks_run_along_inputs_as_in_the_study():
   """The study flattened PyTorch's (out, in) weights: a block is B inputs of one output."""
-  w = jax.random.normal(jax.random.key(3), (128, 8))          # (in, out)
+  w = jax.random.normal(jax.random.key(3), (128, 8))  # (in, out)
   spec = QuantSpec(bits=3, dtype="int", blocksize=64)
   got = reference.fake_quant_tensor(w, spec, kernel=True)
   cb = codebooks.padded(codebooks.codebook("int", 3))
@@ -286,4 +320,6 @@ def test_kernel_blocks_run_along_inputs_as_in_the_study():
   for col in range(8):
     for half in (slice(0, 64), slice(64, 128)):
       i = int(jnp.argmax(jnp.abs(w[half, col])))
-      assert abs(float(got[half, col][i]) - float(w[half, col][i])) < 1e-3 * abs(float(w[half, col][i]))
+      assert abs(float(got[half, col][i]) - float(w[half, col][i])) < 1e-3 * abs(
+        float(w[half, col][i])
+      )

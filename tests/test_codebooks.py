@@ -1,4 +1,5 @@
 """Data types: the codebooks of every dtype x k, against the study's constructions."""
+
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -12,10 +13,24 @@ FREE_DTYPES = [d for d in codebooks.DTYPES if d not in codebooks.DATA_DTYPES]
 KS = list(codebooks.BITS)
 
 # bitsandbytes' hard-coded NF4 table (get_4bit_type('nf4'), the QLoRA data type).
-NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-       -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-       0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-       0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]
+NF4 = [
+  -1.0,
+  -0.6961928009986877,
+  -0.5250730514526367,
+  -0.39491748809814453,
+  -0.28444138169288635,
+  -0.18477343022823334,
+  -0.09105003625154495,
+  0.0,
+  0.07958029955625534,
+  0.16093020141124725,
+  0.24611230194568634,
+  0.33791524171829224,
+  0.44070982933044434,
+  0.5626170039176941,
+  0.7229568362236023,
+  1.0,
+]
 
 
 @pytest.mark.parametrize("dtype", FREE_DTYPES)
@@ -23,20 +38,26 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
 def test_codebook_is_sorted_normalised_and_small(dtype, k):
   cb = codebooks.codebook(dtype, k)
   assert cb.dtype == np.float32
-  assert len(np.unique(cb)) == len(cb) <= 2 ** k
+  assert len(np.unique(cb)) == len(cb) <= 2**k
   assert np.all(np.diff(cb) > 0)
   assert cb.max() == 1.0 and cb.min() >= -1.0
   assert 0.0 in cb and not np.signbit(cb[cb == 0]).any()
-  expected = {"int": 2 ** k - 1, "int_centered": 2 ** k - 1, "float": 2 ** k - 1,
-              "dynamic": 2 ** k, "nf": 2 ** k}[dtype]
+  expected = {
+    "int": 2**k - 1,
+    "int_centered": 2**k - 1,
+    "float": 2**k - 1,
+    "dynamic": 2**k,
+    "nf": 2**k,
+  }[dtype]
   assert len(cb) == expected
 
 
 @pytest.mark.parametrize("k", KS)
 def test_int_is_symmetric_linear_map(k):
   half = 2 ** (k - 1) - 1
-  np.testing.assert_allclose(codebooks.codebook("int", k), np.arange(-half, half + 1) / half,
-                             rtol=1e-7)
+  np.testing.assert_allclose(
+    codebooks.codebook("int", k), np.arange(-half, half + 1) / half, rtol=1e-7
+  )
 
 
 def test_nf4_matches_qlora():
@@ -52,22 +73,23 @@ def test_nf_is_asymmetric_with_both_ends(k):
 
 def test_float_small_cases_follow_fp8_map():
   # k=3, e=2, no mantissa: powers of two and zero.
-  np.testing.assert_array_equal(codebooks.codebook("float", 3), [-1, -.5, -.25, 0, .25, .5, 1])
+  np.testing.assert_array_equal(codebooks.codebook("float", 3), [-1, -0.5, -0.25, 0, 0.25, 0.5, 1])
   # k=4, e=2, p=1: magnitudes {4, 6, 2, 3, 1, 1.5} (normals) and 0.125 (subnormal) / 6.
   magnitudes = np.array([0.125, 1, 1.5, 2, 3, 4, 6]) / 6
   expected = np.concatenate([-magnitudes[::-1], [0], magnitudes]).astype(np.float32)
   np.testing.assert_allclose(codebooks.codebook("float", 4, exponent_bits=2), expected)
   # k=4, e=3 (the study's default): 2^0 .. 2^-6 and zero.
   positive = 2.0 ** -np.arange(7)[::-1]
-  np.testing.assert_allclose(codebooks.codebook("float", 4),
-                             np.concatenate([-positive[::-1], [0], positive]))
+  np.testing.assert_allclose(
+    codebooks.codebook("float", 4), np.concatenate([-positive[::-1], [0], positive])
+  )
 
 
 @pytest.mark.parametrize("k", KS)
 def test_float_every_valid_exponent(k):
   for e in codebooks.exponent_bits_range(k):
     cb = codebooks.codebook("float", k, e)
-    assert len(cb) <= 2 ** k - 1 and cb.max() == 1.0
+    assert len(cb) <= 2**k - 1 and cb.max() == 1.0
   with pytest.raises(ValueError, match=r"exponent_bits=.*allowed"):
     codebooks.codebook("float", k, k)
 
@@ -82,16 +104,19 @@ def test_dynamic_tree():
   cb8 = codebooks.codebook("dynamic", 8)
   assert len(cb8) == 256 and cb8.max() == 1.0
   np.testing.assert_allclose(cb8.min(), -(0.98593750 + 1) / 2, rtol=1e-6)
-  assert np.isclose(cb8[cb8 > 0].min(), 1e-6 * 0.55, rtol=1e-6)   # 10^-(k-2) * mean
+  assert np.isclose(cb8[cb8 > 0].min(), 1e-6 * 0.55, rtol=1e-6)  # 10^-(k-2) * mean
 
 
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     (dict(dtype="int4", bits=4), "quant.dtype='int4'"),
     (dict(dtype="int", bits=9), "quant.bits=9"),
     (dict(dtype="int", bits=16), "quant.bits=16"),
     (dict(dtype="quantile", bits=4), "quantile_codebook"),
     (dict(dtype="nf", bits=4, exponent_bits=2), "quant.exponent_bits=2"),
-])
+  ],
+)
 def test_codebook_errors(bad, match):
   with pytest.raises(ValueError, match=match):
     codebooks.codebook(**bad)
@@ -100,7 +125,7 @@ def test_codebook_errors(bad, match):
 def test_padded_codes_are_never_chosen():
   cb = codebooks.codebook("int", 3)
   cb_C = codebooks.padded(cb)
-  assert cb_C.shape == (codebooks.CODEBOOK_SIZE,) and bool(jnp.isinf(cb_C[len(cb):]).all())
+  assert cb_C.shape == (codebooks.CODEBOOK_SIZE,) and bool(jnp.isinf(cb_C[len(cb) :]).all())
   x = jnp.linspace(-1, 1, 1001)[None]
   idx = blockwise.nearest_code(x, cb_C)
   assert int(idx.max()) == len(cb) - 1 and int(idx.min()) == 0
@@ -108,23 +133,23 @@ def test_padded_codes_are_never_chosen():
 
 @pytest.mark.parametrize("k", KS)
 def test_quantile_codebook_of_uniform(k):
-  n = 2 ** k
+  n = 2**k
   x = jnp.linspace(-1, 1, 100_001)
   q = np.asarray(codebooks.quantile_codebook(x, k))
-  levels = np.arange(n + 1) / n                  # equal-mass bin edges, Q(u) = 2u - 1
-  raw = ((2 * levels - 1)[:-1] + (2 * levels - 1)[1:]) / 2   # bin centres
+  levels = np.arange(n + 1) / n  # equal-mass bin edges, Q(u) = 2u - 1
+  raw = ((2 * levels - 1)[:-1] + (2 * levels - 1)[1:]) / 2  # bin centres
   np.testing.assert_allclose(q, raw / np.abs(raw).max(), atol=1e-4)
-  np.testing.assert_allclose(q, -q[::-1], atol=1e-4)          # symmetric data, symmetric codes
+  np.testing.assert_allclose(q, -q[::-1], atol=1e-4)  # symmetric data, symmetric codes
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
-@hypothesis.given(x=hnp.arrays(np.float32, 300,
-                               elements=st.floats(-1, 1, width=32)),
-                  k=st.sampled_from(KS))
+@hypothesis.given(
+  x=hnp.arrays(np.float32, 300, elements=st.floats(-1, 1, width=32)), k=st.sampled_from(KS)
+)
 def test_quantile_codebook_properties(x, k):
   q = np.asarray(codebooks.quantile_codebook(jnp.asarray(x), k))
-  assert q.shape == (2 ** k,) and np.all(np.diff(q) >= 0)
-  assert len(np.unique(q)) <= 2 ** k and np.abs(q).max() <= 1.0
+  assert q.shape == (2**k,) and np.all(np.diff(q) >= 0)
+  assert len(np.unique(q)) <= 2**k and np.abs(q).max() <= 1.0
 
 
 def test_quantile_codebook_per_block_and_nan_ignored():
@@ -133,5 +158,6 @@ def test_quantile_codebook_per_block_and_nan_ignored():
   assert q.shape == (6, 8)
   np.testing.assert_allclose(q[2], codebooks.quantile_codebook(x[2], 3), rtol=1e-6)
   with_nan = np.concatenate([x[0], np.full(10, np.nan, np.float32)])
-  np.testing.assert_allclose(codebooks.quantile_codebook(with_nan, 3),
-                             codebooks.quantile_codebook(x[0], 3), rtol=1e-6)
+  np.testing.assert_allclose(
+    codebooks.quantile_codebook(with_nan, 3), codebooks.quantile_codebook(x[0], 3), rtol=1e-6
+  )

@@ -1,12 +1,12 @@
 """Bad configs fail before anything compiles, naming the key, the value and what is allowed."""
+
 import subprocess
 import sys
 
 import pytest
 
-from kbit_jax.train import run_config
-from kbit_jax.train import sharding
 from kbit_jax.configs import lm
+from kbit_jax.train import run_config, sharding
 
 
 def config_with(**overrides):
@@ -17,7 +17,9 @@ def config_with(**overrides):
   return c
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(model__preset="s99"), r"model.preset='s99' is unknown; allowed: \[.*'s0'"),
     (dict(train__steps=0), r"train.steps=0 must be > 0"),
     (dict(train__steps=-5), r"train.steps=-5 must be > 0"),
@@ -27,10 +29,14 @@ def config_with(**overrides):
     (dict(model__attention="flash"), r"model.attention='flash' is unknown; allowed: \('einsum'"),
     (dict(model__attention="cudnn"), r"model.attention='cudnn' needs model.dtype bfloat16"),
     (dict(mesh__rules="zero3"), r"mesh.rules='zero3' is unknown; allowed: \['fsdp', 'megatron'"),
-    (dict(data__seq_len=4096), r"data.seq_len=4096 exceeds model.preset='s0'.s learned positions \(max_len=512\)"),
+    (
+      dict(data__seq_len=4096),
+      r"data.seq_len=4096 exceeds model.preset='s0'.s learned positions \(max_len=512\)",
+    ),
     (dict(quant__bits=9), r"quant.bits=9"),
     (dict(quant__dtype="posit"), r"quant.dtype='posit'"),
-])
+  ],
+)
 def test_bad_values_are_named(overrides, message):
   with pytest.raises(ValueError, match=message):
     run_config.validate(config_with(**overrides))
@@ -40,13 +46,17 @@ def test_unknown_key_is_named():
   c = lm.get_config("runlocal")
   c.unlock()
   c.train.stepz = 3
-  with pytest.raises(ValueError, match=r"config key 'train.stepz' is unknown; allowed under "
-                     r"train: \[.*'steps'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config key 'train.stepz' is unknown; allowed under "
+    r"train: \[.*'steps'",
+  ):
     run_config.validate(c)
 
 
 def test_heads_must_divide_d_model(monkeypatch):
   from kbit_jax.model import presets
+
   bad = presets.Preset(2, 30, 4, 64, vocab_size=4096, max_len=64)
   monkeypatch.setitem(presets.PRESETS, "bad", bad)
   with pytest.raises(ValueError, match="num_heads=4 does not divide d_model=30"):
@@ -60,9 +70,12 @@ def test_mesh_product_must_equal_device_count():
 
 def test_batch_must_divide_over_data_axes():
   c = config_with(train__batch_size=12)
-  mesh = sharding.make_mesh(c.mesh)   # data=8
-  with pytest.raises(ValueError, match=r"train.batch_size=12 is not divisible by the mesh's "
-                     r"data\*fsdp=8"):
+  mesh = sharding.make_mesh(c.mesh)  # data=8
+  with pytest.raises(
+    ValueError,
+    match=r"train.batch_size=12 is not divisible by the mesh's "
+    r"data\*fsdp=8",
+  ):
     run_config.validate_for_devices(c, mesh)
 
 
@@ -75,10 +88,22 @@ def test_config_argument_errors():
 
 def test_cli_reports_bad_config_before_compiling(tmp_path):
   """Through the real command line: exits non-zero with the message, writes nothing."""
-  out = subprocess.run([sys.executable, "-m", "kbit_jax.main", "train", "--config",
-                        "configs/lm.py:runlocal", "--config.train.steps=0",
-                        "--workdir", str(tmp_path / "w")], capture_output=True, text=True,
-                       cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "kbit_jax.main",
+      "train",
+      "--config",
+      "configs/lm.py:runlocal",
+      "--config.train.steps=0",
+      "--workdir",
+      str(tmp_path / "w"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=str(__import__("pathlib").Path(__file__).parents[1]),
+  )
   assert out.returncode != 0
   assert "train.steps=0 must be > 0" in out.stderr
   assert not (tmp_path / "w").exists()

@@ -1,4 +1,5 @@
 """The embedded corpus and tokenizer, packing, the checkpointable iterator, the TFDS path."""
+
 import hashlib
 import json
 import lzma
@@ -11,9 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common
-from kbit_jax.train import build_assets
-from kbit_jax.train import data
 from kbit_jax.model import presets
+from kbit_jax.train import build_assets, data
 
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:
@@ -36,7 +36,10 @@ def test_corpus_is_large_split_disjoint_and_pinned():
   # Pinned: the split of a document never changes, and CORPUS.md describes this file.
   assert [data.split_of(t) for t in "ajl"] == ["train", "test", "validation"]
   assert {s: len(docs) for s, docs in splits.items()} == {
-      "train": 3323, "validation": 110, "test": 109}             # as in CORPUS.md
+    "train": 3323,
+    "validation": 110,
+    "test": 109,
+  }  # as in CORPUS.md
   corpus_md = (data.ASSETS / "CORPUS.md").read_text()
   assert hashlib.sha256(data.CORPUS_FILE.read_bytes()).hexdigest() in corpus_md
   assert hashlib.sha256(data.TOKENIZER_FILE.read_bytes()).hexdigest() in corpus_md
@@ -46,11 +49,15 @@ def test_corpus_is_large_split_disjoint_and_pinned():
 def test_cleaning_drops_markup():
   bible = "Title line.\nGe1:1 In the  beginning.\nGe1:2 And.\nGe2:1 Thus.\n"
   assert build_assets.bible_documents(bible) == ["In the beginning.\nAnd.", "Thus."]
-  jargon = ("Chapter 1. Intro\n\n   Table of Contents\n\n   Verb Doubling\n\n"
-            "   It is “good”, see {foo}\n   bar.\n\n   :foo: n.\n\n   A  thing.\n\n"
-            "   │table│\n")
+  jargon = (
+    "Chapter 1. Intro\n\n   Table of Contents\n\n   Verb Doubling\n\n"
+    "   It is “good”, see {foo}\n   bar.\n\n   :foo: n.\n\n   A  thing.\n\n"
+    "   │table│\n"
+  )
   assert build_assets.jargon_documents(jargon) == [
-      "Chapter 1. Intro\nIt is \"good\", see foo bar.", ":foo: n.\nA thing."]
+    'Chapter 1. Intro\nIt is "good", see foo bar.',
+    ":foo: n.\nA thing.",
+  ]
 
 
 def test_tokenizer_round_trips_and_has_fixed_ids():
@@ -60,11 +67,11 @@ def test_tokenizer_round_trips_and_has_fixed_ids():
   text = data.corpus_text("validation")
   ids = tok.encode(text)
   assert tok.decode(ids) == text
-  assert 0.25 < len(ids) / len(text.encode()) < 0.30          # ~3.7 bytes per token
+  assert 0.25 < len(ids) / len(text.encode()) < 0.30  # ~3.7 bytes per token
   for odd in ("", "  two  spaces\tand\ttabs\n\n", "naïve café 東京 🙂", "x" * 3):
     assert tok.decode(tok.encode(odd)) == odd
-  assert tok.unk_id not in tok.encode("東京 🙂")                # byte fallback, never unk
-  assert data.load_tokenizer() is tok                          # cached
+  assert tok.unk_id not in tok.encode("東京 🙂")  # byte fallback, never unk
+  assert data.load_tokenizer() is tok  # cached
   by_path = data.load_tokenizer(str(data.TOKENIZER_FILE))
   assert by_path is not tok and by_path.encode(text) == ids
 
@@ -73,20 +80,22 @@ def test_packing_shifts_targets_by_one_and_covers_the_stream():
   cfg = _cfg()
   stream = data.token_stream(cfg, "validation")
   assert stream.dtype == np.int32 and (stream == data.EOS_ID).sum() == len(
-      data.corpus_documents("validation"))
+    data.corpus_documents("validation")
+  )
   inputs_NxL, targets_NxL = data.packed(cfg, "validation")
   assert len(inputs_NxL) == (len(stream) - 1) // 16
   np.testing.assert_array_equal(inputs_NxL[:, 1:], targets_NxL[:, :-1])
-  np.testing.assert_array_equal(inputs_NxL.ravel(), stream[:inputs_NxL.size])
-  np.testing.assert_array_equal(targets_NxL.ravel(), stream[1:inputs_NxL.size + 1])
+  np.testing.assert_array_equal(inputs_NxL.ravel(), stream[: inputs_NxL.size])
+  np.testing.assert_array_equal(targets_NxL.ravel(), stream[1 : inputs_NxL.size + 1])
 
 
 def test_train_iterator_shapes_and_determinism():
-  it = data.make_train_iterator(_cfg(), global_batch=8, seed=0, process_index=0,
-                                process_count=1)
+  it = data.make_train_iterator(_cfg(), global_batch=8, seed=0, process_index=0, process_count=1)
   batch = next(it)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-      "inputs": ((8, 16), np.int32), "targets": ((8, 16), np.int32)}
+    "inputs": ((8, 16), np.int32),
+    "targets": ((8, 16), np.int32),
+  }
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
   again = data.make_train_iterator(_cfg(), 8, 0, 0, 1)
   other_seed = data.make_train_iterator(_cfg(), 8, 1, 0, 1)
@@ -97,8 +106,9 @@ def test_train_iterator_shapes_and_determinism():
 def _small_iterator(seed=0, process_index=0, process_count=1) -> data.TrainIterator:
   """24 rows, batches of 8: an epoch is 3 steps."""
   inputs_NxL, targets_NxL = data.packed(_cfg(), "validation")
-  return data.TrainIterator(inputs_NxL[:24], targets_NxL[:24], 8, seed, process_index,
-                            process_count)
+  return data.TrainIterator(
+    inputs_NxL[:24], targets_NxL[:24], 8, seed, process_index, process_count
+  )
 
 
 def test_epochs_visit_every_row_once_and_reshuffle():
@@ -115,9 +125,9 @@ def test_state_restore_gives_identical_batches_across_an_epoch_boundary():
   it = _small_iterator()
   for _ in range(2):
     next(it)
-  state = json.loads(json.dumps(it.get_state()))               # as Orbax's JsonSave keeps it
+  state = json.loads(json.dumps(it.get_state()))  # as Orbax's JsonSave keeps it
   assert state == {"epoch": 0, "index": 16, "seed": 0, "num_rows": 24}
-  expected = [next(it) for _ in range(4)]                       # steps 3..6 cross into epoch 2
+  expected = [next(it) for _ in range(4)]  # steps 3..6 cross into epoch 2
   restored = _small_iterator()
   restored.set_state(state)
   for want in expected:
@@ -155,8 +165,7 @@ def test_tfds_source_packs_like_the_embedded_path():
   # served through a mocked ArrayRecordDataSource, so nothing is downloaded.
   with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
     docs = list(data.documents(cfg, "train"))
-    it = data.make_train_iterator(cfg, global_batch=4, seed=0, process_index=0,
-                                  process_count=1)
+    it = data.make_train_iterator(cfg, global_batch=4, seed=0, process_index=0, process_count=1)
   assert len(docs) == 40 and all(isinstance(d, str) for d in docs)
   tok = data.load_tokenizer()
   expected = [i for d in docs for i in tok.encode(d) + [tok.eos_id]]
@@ -169,11 +178,13 @@ def test_tfds_source_packs_like_the_embedded_path():
 
 class KbitTinyText(tfds.core.GeneratorBasedBuilder):
   """A real (not mocked) TFDS data set, written as ArrayRecord without TensorFlow."""
+
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()}))
+      builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()})
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -186,27 +197,39 @@ class KbitTinyText(tfds.core.GeneratorBasedBuilder):
 
 def test_tfds_source_reads_prepared_array_records(tmp_path):
   KbitTinyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  cfg = _cfg(source="tfds", tfds_name="kbit_tiny_text", tfds_data_dir=str(tmp_path),
-             tfds_eval_split="train[:10]", text_key="body", seq_len=8)
+  cfg = _cfg(
+    source="tfds",
+    tfds_name="kbit_tiny_text",
+    tfds_data_dir=str(tmp_path),
+    tfds_eval_split="train[:10]",
+    text_key="body",
+    seq_len=8,
+  )
   docs = data.documents(cfg, "train")
   assert sorted(docs) == sorted(f"Document {i}: naïve text." for i in range(30))
-  assert len(data.documents(cfg, "validation")) == 10          # the configured eval split
+  assert len(data.documents(cfg, "validation")) == 10  # the configured eval split
   batches = data.eval_batches(cfg, "validation", batch_size=2, num_batches=3)
   stream = data.token_stream(cfg, "validation")
   np.testing.assert_array_equal(batches[0]["inputs"].ravel(), stream[:16])
-  with pytest.raises(ValueError, match=re.escape("data.text_key='text' is not a feature of "
-                                                 "kbit_tiny_text; allowed: ['body']")):
-    data.documents(_cfg(source="tfds", tfds_name="kbit_tiny_text",
-                        tfds_data_dir=str(tmp_path)), "train")
+  with pytest.raises(
+    ValueError,
+    match=re.escape("data.text_key='text' is not a feature of kbit_tiny_text; allowed: ['body']"),
+  ):
+    data.documents(
+      _cfg(source="tfds", tfds_name="kbit_tiny_text", tfds_data_dir=str(tmp_path)), "train"
+    )
   assert "tensorflow" not in sys.modules
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(source="hf"), "data.source='hf' is unknown; allowed: ['embedded', 'tfds']"),
     (dict(source="tfds"), "data.tfds_name='' must be set"),
     (dict(tokenizer="/no/such.model"), "data.tokenizer='/no/such.model' does not exist"),
     (dict(seq_len=0), "data.seq_len=0 must be a positive int"),
-])
+  ],
+)
 def test_bad_config_names_key_value_and_allowed(overrides, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     data.validate(_cfg(**overrides))

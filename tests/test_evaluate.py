@@ -4,6 +4,7 @@ Most tests use `Bigram`, a stand-in for `transformer.Transformer` whose logits a
 are row tokens[i] of the parameter table, so every log-probability is known in closed
 form: log_softmax(table[previous token])[next token].
 """
+
 import dataclasses
 import json
 import math
@@ -15,19 +16,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.train import data
-from kbit_jax.evals import evaluate
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
-from kbit_jax.evals import tasks
-from kbit_jax.train import loop
 from kbit_jax.configs import common
+from kbit_jax.evals import evaluate, tasks
+from kbit_jax.model import presets, transformer
+from kbit_jax.train import data, loop
 
 
 @dataclasses.dataclass(frozen=True)
 class Bigram:
   p: presets.Preset
-  tag: str = ""     # a distinct tag is a distinct static argument: a cold jit cache
+  tag: str = ""  # a distinct tag is a distinct static argument: a cold jit cache
 
   def apply(self, variables, tokens_BxL):
     return variables["params"]["table"][tokens_BxL]
@@ -41,8 +39,11 @@ def _bigram(vocab=16, max_len=64, tag="", seed=0):
 
 def _log_softmax(x):
   x = np.asarray(x, np.float64)
-  return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1,
-                                                                                    keepdims=True))
+  return (
+    x
+    - x.max(-1, keepdims=True)
+    - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+  )
 
 
 def _bigram_ll(table, context, continuation):
@@ -63,11 +64,17 @@ def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
 
 # ----------------------------------------------------------------------------- log-likelihoods
 
+
 def test_loglikelihoods_are_exact_for_a_bigram_model():
   net, params = _bigram(tag="exact")
   rng = np.random.default_rng(1)
-  requests = [(rng.integers(16, size=rng.integers(1, 40)).tolist(),
-               rng.integers(16, size=rng.integers(1, 8)).tolist()) for _ in range(23)]
+  requests = [
+    (
+      rng.integers(16, size=rng.integers(1, 40)).tolist(),
+      rng.integers(16, size=rng.integers(1, 8)).tolist(),
+    )
+    for _ in range(23)
+  ]
   got = evaluate.loglikelihoods(params, net, requests, batch_size=4)
   for (ctx, cont), (ll, greedy) in zip(requests, got):
     want_ll, want_greedy = _bigram_ll(params["table"], ctx, cont)
@@ -77,7 +84,7 @@ def test_loglikelihoods_are_exact_for_a_bigram_model():
 def test_greedy_match_is_token_for_token():
   net, params = _bigram(tag="greedy")
   table = np.full((16, 16), -1.0, np.float32)
-  table[np.arange(16), (np.arange(16) + 1) % 16] = 3.0      # greedy next token: t + 1
+  table[np.arange(16), (np.arange(16) + 1) % 16] = 3.0  # greedy next token: t + 1
   params = {"table": table}
   requests = [([1, 2, 3], [4, 5, 6]), ([1, 2, 3], [4, 5, 7]), ([9], [10])]
   got = evaluate.loglikelihoods(params, net, requests, batch_size=2)
@@ -112,7 +119,7 @@ def test_one_compile_per_bucket_and_new_params_reuse_it():
   before = evaluate.score_rows._cache_size()
   evaluate.loglikelihoods(params, net, requests, batch_size=4)
   assert evaluate.score_rows._cache_size() - before == len(evaluate.bucket_lengths(64)) == 3
-  _, other_params = _bigram(max_len=64, seed=5)   # a "quantized variant": same shapes
+  _, other_params = _bigram(max_len=64, seed=5)  # a "quantized variant": same shapes
   evaluate.loglikelihoods(other_params, net, requests, batch_size=4)
   assert evaluate.score_rows._cache_size() - before == 3
 
@@ -124,9 +131,11 @@ def test_batched_scoring_equals_one_by_one_on_a_transformer():
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   rng = np.random.default_rng(3)
   # Two total lengths (13 and 70, truncated to 33) keep the reference's compiles few.
-  requests = [(rng.integers(4096, size=total - cont).tolist(),
-               rng.integers(4096, size=cont).tolist())
-              for total in (13, 70) for cont in (1, 3, 5)]
+  requests = [
+    (rng.integers(4096, size=total - cont).tolist(), rng.integers(4096, size=cont).tolist())
+    for total in (13, 70)
+    for cont in (1, 3, 5)
+  ]
   got = evaluate.loglikelihoods(params, net, requests, batch_size=4, max_len=32)
   apply = jax.jit(net.apply)
   for (ctx, cont), (ll, greedy) in zip(requests, got):
@@ -139,16 +148,17 @@ def test_batched_scoring_equals_one_by_one_on_a_transformer():
 
 def test_encode_requests_follows_lm_eval():
   tok = data.load_tokenizer()
-  (ctx, cont), = evaluate.encode_requests(tok, [("And God said ", "Let there be light")])
+  ((ctx, cont),) = evaluate.encode_requests(tok, [("And God said ", "Let there be light")])
   whole = tok.encode("And God said Let there be light")
   assert ctx == tok.encode("And God said") and ctx + cont == whole
-  (ctx, cont), = evaluate.encode_requests(tok, [("", " light")])
+  ((ctx, cont),) = evaluate.encode_requests(tok, [("", " light")])
   assert ctx == [tok.eos_id] and cont == tok.encode(" light")
   with pytest.raises(ValueError, match="encodes to no tokens"):
     evaluate.encode_requests(tok, [("abc", "")])
 
 
 # ----------------------------------------------------------------------------- tasks end to end
+
 
 def _table_for(vocab, likely):
   """A bigram table, small noise (no ties) except where (prev, next) pairs are likely."""
@@ -161,25 +171,34 @@ def _table_for(vocab, likely):
 def test_lambada_and_winogrande_end_to_end(tmp_path):
   tok = data.load_tokenizer()
   texts = ["the cat sat on the mat", "a dog ate the bone"]
-  (tmp_path / "lambada_test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
-                                                       for t in texts))
-  wino = {"sentence": "Tom gave Bob a book because _ was kind.", "option1": "Tom",
-          "option2": "Bob", "answer": "2"}
+  (tmp_path / "lambada_test.jsonl").write_text(
+    "".join(json.dumps({"text": t}) + "\n" for t in texts)
+  )
+  wino = {
+    "sentence": "Tom gave Bob a book because _ was kind.",
+    "option1": "Tom",
+    "option2": "Bob",
+    "answer": "2",
+  }
   (tmp_path / "dev.jsonl").write_text(json.dumps(wino) + "\n")
-  reqs = {t: evaluate.encode_requests(tok, tasks.load_task(t, _eval_cfg(
-      task_dir=str(tmp_path), tasks=t))[0].requests) for t in ("lambada", "winogrande")}
+  reqs = {
+    t: evaluate.encode_requests(
+      tok, tasks.load_task(t, _eval_cfg(task_dir=str(tmp_path), tasks=t))[0].requests
+    )
+    for t in ("lambada", "winogrande")
+  }
   pairs = []
-  (ctx, cont), = reqs["lambada"]        # first text: greedy all the way through " mat"
+  ((ctx, cont),) = reqs["lambada"]  # first text: greedy all the way through " mat"
   pairs += zip([ctx[-1]] + cont[:-1], cont)
   (ctx_tom, cont_tom), (ctx_bob, cont_bob) = reqs["winogrande"]
-  assert cont_tom == cont_bob          # the shared continuation " was kind."
-  pairs.append((ctx_bob[-1], cont_bob[0]))   # partial scoring: "Bob" -> " was" is likely
+  assert cont_tom == cont_bob  # the shared continuation " was kind."
+  pairs.append((ctx_bob[-1], cont_bob[0]))  # partial scoring: "Bob" -> " was" is likely
   table = _table_for(4096, likely=pairs)
   # "because" -> "Tom" is very likely: scoring whole sentences would pick Tom; the
   # partial scoring of " was kind." alone must pick Bob.
   k = ctx_tom.index(tok.encode(" Tom")[0])
   assert ctx_tom[:k] == ctx_bob[:k]
-  for prev, nxt in zip(ctx_tom[k - 1:], ctx_tom[k:]):
+  for prev, nxt in zip(ctx_tom[k - 1 :], ctx_tom[k:]):
     table[prev, nxt] = 20.0
   full = [_bigram_ll(table, c[:1], c[1:] + x)[0] for c, x in reqs["winogrande"]]
   assert full[0] > full[1]
@@ -187,8 +206,10 @@ def test_lambada_and_winogrande_end_to_end(tmp_path):
   cfg = _eval_cfg(task_dir=str(tmp_path), tasks="lambada,winogrande", batch_size=4)
   out = evaluate.evaluate_tasks({"table": table}, net, tok, cfg)
   assert out["lambada"]["acc"] == 0.5
-  lls = [_bigram_ll(table, *evaluate.encode_requests(tok, [r])[0])[0]
-         for r in [tasks.lambada_item({"text": t}, "").requests[0] for t in texts]]
+  lls = [
+    _bigram_ll(table, *evaluate.encode_requests(tok, [r])[0])[0]
+    for r in [tasks.lambada_item({"text": t}, "").requests[0] for t in texts]
+  ]
   assert out["lambada"]["perplexity"] == pytest.approx(math.exp(-np.mean(lls)), rel=1e-5)
   assert out["winogrande"]["acc"] == 1.0
   assert out["mean"]["acc"] == 0.75 and out["mean"]["tasks"] == 2
@@ -208,11 +229,13 @@ def test_builtin_tasks_run_with_bounded_compiles():
 
 # ----------------------------------------------------------------------------- perplexity
 
+
 def test_perplexity_is_exp_mean_nll_with_bytes_and_words_by_hand():
   tok = data.load_tokenizer()
   docs = ["In the beginning God created", "the heaven and the earth."]
-  stream = np.array([tok.eos_id] + tok.encode(docs[0]) + [tok.eos_id] + tok.encode(docs[1])
-                    + [tok.eos_id], np.int32)
+  stream = np.array(
+    [tok.eos_id] + tok.encode(docs[0]) + [tok.eos_id] + tok.encode(docs[1]) + [tok.eos_id], np.int32
+  )
   net, params = _bigram(vocab=4096, tag="ppl")
   got = evaluate.stream_perplexity(params, net, stream, tok, seq_len=4, batch_size=2)
   lp = _log_softmax(params["table"])
@@ -248,13 +271,16 @@ def test_text_file_perplexity(tmp_path):
   net, params = _bigram(vocab=4096, tag="text")
   got = evaluate.text_file_perplexity(params, net, cfg, str(path), batch_size=4)
   tok = data.load_tokenizer()
-  assert got["tokens"] == len(tok.encode(text)) + 1       # and the closing eos
+  assert got["tokens"] == len(tok.encode(text)) + 1  # and the closing eos
   assert (got["bytes"], got["words"]) == (len(text.encode()), len(text.split()))
 
 
 # ----------------------------------------------------------------------------- config
 
-@pytest.mark.parametrize("overrides, message", [
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(tasks="lambada,arc"), r"task 'arc' is unknown; allowed: \['lambada'"),
     (dict(tasks="piqa,piqa"), "names a task twice"),
     (dict(batch_size=0), "eval.batch_size=0 must be an int >= 1"),
@@ -263,7 +289,8 @@ def test_text_file_perplexity(tmp_path):
     (dict(task_dir="/nonexistent/dir"), "eval.task_dir='/nonexistent/dir' is not a directory"),
     (dict(text_file="/nonexistent.txt"), "eval.text_file='/nonexistent.txt' does not exist"),
     (dict(ppl_split="dev"), r"eval.ppl_split='dev' is unknown; allowed: \['train'"),
-])
+  ],
+)
 def test_validate_names_key_value_and_allowed(overrides, message):
   with pytest.raises(ValueError, match=message):
     evaluate.validate(_eval_cfg(**overrides), common.base_config().data)
@@ -283,12 +310,15 @@ def test_validate_names_missing_task_files_and_keys(tmp_path):
 
 def test_probes_end_to_end_with_tasks_and_bounded_compiles(tmp_path):
   probe_file = tmp_path / "p.jsonl"
-  probe_file.write_text(json.dumps({"context": "the cat sat on the", "label": 1,
-                                    "options": ["dog", "mat", "sun", "car"]}) + "\n")
+  probe_file.write_text(
+    json.dumps(
+      {"context": "the cat sat on the", "label": 1, "options": ["dog", "mat", "sun", "car"]}
+    )
+    + "\n"
+  )
   net, params = _bigram(vocab=4096, max_len=128)
   cfg = _eval_cfg(tasks="piqa", items_per_task=4, batch_size=16, max_len=128)
-  cfg.update(dict(probes="1,2", probe_items=8, probe_file=str(probe_file),
-                  probe_threshold=0.5))
+  cfg.update(dict(probes="1,2", probe_items=8, probe_file=str(probe_file), probe_threshold=0.5))
   before = evaluate.score_rows._cache_size()
   out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
   assert evaluate.score_rows._cache_size() - before <= len(evaluate.bucket_lengths(128))

@@ -1,4 +1,5 @@
 """The PTQ grid: plan expansion and validation, compile counts, resume after kill -9."""
+
 import os
 import re
 import shutil
@@ -13,19 +14,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.train import checkpoint
+from kbit_jax.analysis import results
+from kbit_jax.configs import grid as grid_config
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import driver
 from kbit_jax.grid import plan as grid_plan
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
-from kbit_jax.analysis import results
-from kbit_jax.train import sharding
-from kbit_jax.train import loop
-from kbit_jax.configs import grid as grid_config
+from kbit_jax.model import presets, transformer
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import reference
 from kbit_jax.quant.spec import QuantSpec
+from kbit_jax.train import checkpoint, loop, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,11 +37,12 @@ def _config(arg=None, **grid_overrides):
 
 # ----------------------------------------------------------------------------- plan
 
+
 def test_default_grid_expands_with_one_16_bit_cell_per_model():
   plan = grid_plan.make_plan(_config(seeds=(0, 1)))
   assert [m.name for m in plan.models] == [f"s{i}-seed{s}" for i in (1, 2, 3, 4) for s in (0, 1)]
   for m in plan.models:
-    assert len(m.cells) == 1 + 5 * 4 * 3       # k16 + k(3,4,5,6,8) x 4 dtypes x 3 blocks
+    assert len(m.cells) == 1 + 5 * 4 * 3  # k16 + k(3,4,5,6,8) x 4 dtypes x 3 blocks
     assert [c.spec.bits for c in m.cells].count(16) == 1
   ids = [c.id for c in plan.cells]
   assert len(ids) == len(set(ids)) == 8 * 61
@@ -51,7 +50,12 @@ def test_default_grid_expands_with_one_16_bit_cell_per_model():
   assert k16.key_dict["dtype"] == "none" and k16.key_dict["blocksize"] is None
   floats = [c for c in plan.cells if c.spec.dtype == "float"]
   assert {(c.spec.bits, c.key_dict["exponent_bits"]) for c in floats} == {
-      (3, 2), (4, 3), (5, 3), (6, 3), (8, 3)}     # the study's exponent bits, resolved
+    (3, 2),
+    (4, 3),
+    (5, 3),
+    (6, 3),
+    (8, 3),
+  }  # the study's exponent bits, resolved
 
 
 def test_grid_without_16_bits_and_16_bits_alone():
@@ -65,7 +69,9 @@ def test_axis_accepts_a_comma_list():
   assert [m.preset for m in plan.models] == ["s0", "s1"]
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(blocksizes=(64, 100)), r"grid cell s0-seed0 k3 int B100 p0: quant.blocksize=100"),
     (dict(bits=(4, 9)), r"grid cell s0-seed0 k9 int B64 p0: quant.bits=9"),
     (dict(dtypes=("int", "fp")), r"grid cell s0-seed0 k3 fp B64 p0: quant.dtype='fp'"),
@@ -73,7 +79,8 @@ def test_axis_accepts_a_comma_list():
     (dict(outlier_shares=(1.5,)), r"k3 int B64 p1.5: quant.outlier_share=1.5"),
     (dict(sizes=("s0", "s99")), r"model.preset='s99' is unknown"),
     (dict(bits=(3, 3)), r"grid.bits=\(3, 3\) repeats a value"),
-])
+  ],
+)
 def test_bad_cell_is_reported_at_plan_time(overrides, message):
   with pytest.raises(ValueError, match=message):
     grid_plan.make_plan(_config("tiny", **overrides))
@@ -94,21 +101,27 @@ def test_act_bits_and_tokens_axes_add_cells_and_keep_the_default_keys():
   assert [c.id for c in same_budget.cells] == [c.id for c in base.cells]
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(act_bits=(12, 16)), r"grid cell s0-seed0 k16 a12: quant.act_bits=12"),
     (dict(act_bits=(1,)), r"grid cell s0-seed0 k16 a1: quant.act_bits=1"),
     (dict(tokens=(0,)), r"grid.tokens=\(0,\): 0 is not a positive int"),
-])
+  ],
+)
 def test_bad_act_bits_and_tokens_are_plan_time_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
     grid_plan.make_plan(_config("tiny", **overrides))
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(dtypes=()), "the grid has no cells: grid.dtypes is empty"),
     (dict(sizes=()), "the grid has no cells: grid.sizes is empty"),
     (dict(bits=(), seeds=()), "grid.seeds, grid.bits is empty"),
-])
+  ],
+)
 def test_empty_grid_is_an_error(overrides, message):
   with pytest.raises(ValueError, match=message):
     grid_plan.make_plan(_config("tiny", **overrides))
@@ -121,8 +134,11 @@ def test_bad_per_size_and_eval_sections_are_named():
     grid_plan.make_plan(c)
   c = _config("tiny")
   c.per_size.s0.train.batch_size = 12
-  with pytest.raises(ValueError, match=r"grid size s0-seed0: train.batch_size=12 is not "
-                     "divisible"):
+  with pytest.raises(
+    ValueError,
+    match=r"grid size s0-seed0: train.batch_size=12 is not "
+    "divisible",
+  ):
     grid_plan.make_plan(c)
   c = _config("tiny")
   c.eval.tasks = "lambada,squad"
@@ -148,13 +164,17 @@ def test_plan_text_and_estimate():
 
 # ----------------------------------------------------------------------------- quantizer
 
-@pytest.mark.parametrize("spec", [
+
+@pytest.mark.parametrize(
+  "spec",
+  [
     QuantSpec(bits=3, dtype="float", targets=("attn", "mlp", "embed")),
     QuantSpec(bits=4, dtype="nf", double_quant=True, blocksize=256),
     QuantSpec(bits=5, dtype="int_centered", blocksize=0),
     QuantSpec(bits=4, dtype="dynamic", outlier_share=0.1),
     QuantSpec(bits=3, dtype="quantile"),
-])
+  ],
+)
 def test_layout_spec_with_codebook_equals_the_spec(spec):
   shapes = nn.unbox(quant_bits.preset_shapes(presets.get_preset("s0"))["params"])
   rng = np.random.default_rng(0)
@@ -162,12 +182,12 @@ def test_layout_spec_with_codebook_equals_the_spec(spec):
   quantize = jax.jit(reference.fake_quant_params, static_argnums=1)
   want = quantize(params, spec)
   got = quantize(params, reference.layout_spec(spec), reference.spec_codebook(spec))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               want, got)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), want, got)
   assert (reference.layout_spec(spec) == spec) == spec.data_dependent
 
 
 # ----------------------------------------------------------------------------- runs
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -205,25 +225,26 @@ def test_compiles_do_not_grow_with_k_and_dtype(tiny_run):
   records = _records(workdir)
   order = plan.cells
   compiles = [records[c.id]["compiles"]["cell"] for c in order]
-  assert order[0].spec.bits == 16 and compiles[0] >= 2          # evaluation executables
-  data_free = [n for c, n in zip(order, compiles)
-               if c.spec.quantized and not c.spec.data_dependent]
+  assert order[0].spec.bits == 16 and compiles[0] >= 2  # evaluation executables
+  data_free = [n for c, n in zip(order, compiles) if c.spec.quantized and not c.spec.data_dependent]
   assert data_free[0] == 1 and data_free[1:] == [0] * (len(data_free) - 1)
   assert [n for c, n in zip(order, compiles) if c.spec.data_dependent] == [1, 1]
-  assert records[order[-1].id]["compiles"]["run"] >= sum(compiles)   # + training
+  assert records[order[-1].id]["compiles"]["run"] >= sum(compiles)  # + training
 
 
 def test_16_bit_cell_equals_the_float_models_own_evaluation(tiny_run):
   plan, workdir, _ = tiny_run
   run = plan.models[0]
-  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                            jax.devices()[:1])
+  mesh = sharding.make_mesh(
+    ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
+  )
   abstract = loop.Trainer(run.config, mesh).abstract_state().params
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "models", run.name), 1)
   params = ckpt.restore_params(abstract)
   ckpt.close()
-  cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
-                                       eval=plan.config.eval.to_dict()))
+  cfg = ml_collections.ConfigDict(
+    dict(data=run.config.data.to_dict(), eval=plan.config.eval.to_dict())
+  )
   want = evaluate.evaluate(params, loop.make_model(run.config), cfg)
   got = _records(workdir)[run.cells[0].id]["metrics"]
   assert set(got) == set(want)
@@ -243,8 +264,16 @@ def test_rerun_skips_finished_cells(tiny_run, capsys):
 
 
 def _grid_command(workdir):
-  return [sys.executable, "-m", "kbit_jax.main", "grid", "--config",
-          os.path.join(REPO, "configs", "grid.py") + ":tiny", "--workdir", workdir]
+  return [
+    sys.executable,
+    "-m",
+    "kbit_jax.main",
+    "grid",
+    "--config",
+    os.path.join(REPO, "configs", "grid.py") + ":tiny",
+    "--workdir",
+    workdir,
+  ]
 
 
 @pytest.mark.slow
@@ -267,21 +296,26 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
     proc.wait()
   partial = results.finished_ids(results_dir)
   assert 2 <= len(partial) < len(plan.cells)
-  results.load_records(results_dir)     # every record the killed run left is whole
+  results.load_records(results_dir)  # every record the killed run left is whole
   rerun = subprocess.run(_grid_command(str(tmp_path)), cwd=REPO, capture_output=True, text=True)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"{len(plan.cells) - len(partial)} evaluated now" in rerun.stdout
   resumed, reference_run = _records(str(tmp_path)), _records(workdir)
   assert set(resumed) == set(reference_run)
   assert sorted(p for p in os.listdir(results_dir) if p.endswith(".json")) == sorted(
-      f"{i}.json" for i in resumed)
+    f"{i}.json" for i in resumed
+  )
   for cell_id, record in reference_run.items():
     got = resumed[cell_id]
     assert got["key"] == record["key"] and got["bits"] == record["bits"]
     for task, metrics in record["metrics"].items():
       for metric, value in metrics.items():
-        np.testing.assert_allclose(got["metrics"][task][metric], value, rtol=1e-6,
-                                   err_msg=f"{record['name']} {task}/{metric}")
+        np.testing.assert_allclose(
+          got["metrics"][task][metric],
+          value,
+          rtol=1e-6,
+          err_msg=f"{record['name']} {task}/{metric}",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -301,17 +335,19 @@ def test_act_bits_cells_run_with_one_evaluation_net_per_act_bits(axes_run):
   for i, m in enumerate(plan.models):
     assert os.path.isdir(os.path.join(workdir, "models", m.name))
     a8_k16, a8_k4, a16_k16, a16_k4 = [records[c.id]["compiles"]["cell"] for c in m.cells]
-    assert a8_k4 <= 1 and a16_k4 == 0                # the k4 quantizer; the a's net reused
+    assert a8_k4 <= 1 and a16_k4 == 0  # the k4 quantizer; the a's net reused
     if i == 0:
-      assert a8_k16 >= 2     # the a8 net's executables (a16's may be cached by earlier tests)
+      assert a8_k16 >= 2  # the a8 net's executables (a16's may be cached by earlier tests)
     else:
-      assert a8_k16 == a16_k16 == 0                  # the same net and shapes: reused
+      assert a8_k16 == a16_k16 == 0  # the same net and shapes: reused
   by_name = {r["name"]: r["metrics"] for r in records.values()}
   for name, metrics in by_name.items():
     assert {"probe/k1", "probe/k2", "probe/summary"} <= set(metrics), name
   first = plan.models[0].name
-  assert (by_name[f"{first} k16 a8"]["ppl/validation"]["perplexity"] !=
-          by_name[f"{first} k16"]["ppl/validation"]["perplexity"])
+  assert (
+    by_name[f"{first} k16 a8"]["ppl/validation"]["perplexity"]
+    != by_name[f"{first} k16"]["ppl/validation"]["perplexity"]
+  )
 
 
 @pytest.mark.slow
@@ -323,8 +359,9 @@ def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path)
 
   def run(name, cache_flag):
     shutil.copytree(os.path.join(workdir, "models"), tmp_path / name / "models")
-    out = subprocess.run([*_grid_command(str(tmp_path / name)), cache_flag], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+      [*_grid_command(str(tmp_path / name)), cache_flag], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout, _records(str(tmp_path / name))
 
@@ -332,8 +369,11 @@ def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path)
   entries = sorted(os.listdir(cache))
   assert entries, "the first run stored its executables"
   out, second = run("second", f"--compile_cache={cache}")
-  loaded = re.search(r"compiles per grid: (\d+) .*, (\d+) of them loaded from the "
-                     r"compilation cache", out)
+  loaded = re.search(
+    r"compiles per grid: (\d+) .*, (\d+) of them loaded from the "
+    r"compilation cache",
+    out,
+  )
   assert loaded and int(loaded.group(2)) >= 1, out[-2000:]
   out, third = run("third", "--compile_cache=")
   assert "compiles per grid" in out and "compilation cache" not in out
@@ -343,8 +383,12 @@ def test_compile_cache_reuses_executables_with_equal_results(tiny_run, tmp_path)
     for other in (second[cell_id], third[cell_id]):
       for task, metrics in record["metrics"].items():
         for metric, value in metrics.items():
-          np.testing.assert_allclose(other["metrics"][task][metric], value, rtol=1e-6,
-                                     err_msg=f"{record['name']} {task}/{metric}")
+          np.testing.assert_allclose(
+            other["metrics"][task][metric],
+            value,
+            rtol=1e-6,
+            err_msg=f"{record['name']} {task}/{metric}",
+          )
 
 
 def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
@@ -357,16 +401,19 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   assert driver.run(plan, str(tmp_path))["evaluated"] == 2
   run = plan.models[0]
   assert run.cells[0].spec.bits == 16
-  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                            jax.devices()[:1])
+  mesh = sharding.make_mesh(
+    ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
+  )
   ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "models", run.name), 1)
   stacked = ckpt.restore_params(loop.Trainer(run.config, mesh).abstract_state().params)
   ckpt.close()
   assert "layers" in stacked and "layer_0" not in stacked
-  cfg = ml_collections.ConfigDict(dict(data=run.config.data.to_dict(),
-                                       eval=plan.config.eval.to_dict()))
-  want = evaluate.evaluate(transformer.unstack_layers(stacked),
-                           loop.make_model(run.config, scan_layers=False), cfg)
+  cfg = ml_collections.ConfigDict(
+    dict(data=run.config.data.to_dict(), eval=plan.config.eval.to_dict())
+  )
+  want = evaluate.evaluate(
+    transformer.unstack_layers(stacked), loop.make_model(run.config, scan_layers=False), cfg
+  )
   got = _records(str(tmp_path))[run.cells[0].id]["metrics"]
   for task in want:
     for metric, value in want[task].items():
@@ -374,7 +421,10 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   # The same workdir with the layers unrolled again: refused before any work, since its
   # checkpoint could not be restored (checkpoint.check_workdir).
   config.base.model.scan_layers = False
-  with pytest.raises(ValueError, match=r"grid size s0-seed0: .* holds checkpoints of another "
-                                       r"model: model.scan_layers=False but the saved model "
-                                       r"has True"):
+  with pytest.raises(
+    ValueError,
+    match=r"grid size s0-seed0: .* holds checkpoints of another "
+    r"model: model.scan_layers=False but the saved model "
+    r"has True",
+  ):
     driver.run(grid_plan.make_plan(config), str(tmp_path))

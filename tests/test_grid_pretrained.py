@@ -2,16 +2,18 @@
 the import's architecture, parameters and tokenizer; a missing import is a clear error
 before any work, and a dry run lists it.
 
-One tiny model per family of tests/test_import_hf.py's configs (GPT-2: learned
-positions, tokenizer from vocab.json + merges.txt; GPT-NeoX: rotary, parallel residual,
-tokenizer.json; OPT: position offset, ReLU, vocab.json + merges.txt; BLOOM: ALiBi,
-embedding LayerNorm), trained for 100 steps with torch, are saved with `save_pretrained`,
-imported, and stand in for the sizes `gpt2`, `pythia-70m`, `opt-125m` and `bloom-560m`:
-their shapes are not those presets', so everything must come from the import. The 16-bit cell's perplexity is
-checked against transformers' own loss on the tokens the grid scored (the validation
-split under the import's tokenizer), the 4-bit cell's against the import quantized and
-evaluated without the grid. About 17 s on 2 CPU cores.
+One tiny model per family of tests/test_import_hf.py's configs (GPT-2: learned positions,
+tokenizer from vocab.json + merges.txt; GPT-NeoX: rotary, parallel residual, tokenizer.json;
+OPT: position offset, ReLU, vocab.json + merges.txt; BLOOM: ALiBi, embedding LayerNorm),
+trained for 100 steps with torch, are saved with `save_pretrained`, imported, and stand in
+for the sizes `gpt2`, `pythia-70m`, `opt-125m` and `bloom-560m`: their shapes are not those
+presets', so everything must come from the import. The 16-bit cell's perplexity is checked
+against transformers' own loss on the tokens the grid scored (the validation split under the
+import's tokenizer), the 4-bit cell's against the import quantized and evaluated without the
+grid. About 17 s on 2 CPU cores.
 """
+# ruff: noqa: E402 (the imports below wait for pytest.importorskip)
+
 import os
 import re
 import subprocess
@@ -21,35 +23,38 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="needs torch (CPU) and transformers, see "
-                            "tests/test_import_hf.py")
+torch = pytest.importorskip(
+  "torch", reason="needs torch (CPU) and transformers, see tests/test_import_hf.py"
+)
 pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-# pylint: disable-next=g-bad-import-order
-from test_import_hf import EOS, VOCAB, _configs, save_tokenizer  # noqa: E402
+from test_import_hf import EOS, VOCAB, _configs, save_tokenizer
 
-from kbit_jax.analysis import results  # noqa: E402
-from kbit_jax.evals import evaluate  # noqa: E402
-from kbit_jax.grid import driver  # noqa: E402
-from kbit_jax.grid import plan as grid_plan  # noqa: E402
-from kbit_jax.model import presets, transformer  # noqa: E402
-from kbit_jax.train import data, sharding  # noqa: E402
-from kbit_jax.configs import grid_pretrained  # noqa: E402
-from kbit_jax.convert import importer  # noqa: E402
-from kbit_jax.quant import reference  # noqa: E402
+from kbit_jax.analysis import results
+from kbit_jax.configs import grid_pretrained
+from kbit_jax.convert import importer
+from kbit_jax.evals import evaluate
+from kbit_jax.grid import driver
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import presets, transformer
+from kbit_jax.quant import reference
+from kbit_jax.train import data, sharding
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
+  "ignore:Implicit conversion of an array to a dtype:DeprecationWarning"
+)
 
 # size of configs/grid_pretrained.py -> (tiny model of test_import_hf, hub id in records)
-MODELS = {"gpt2": ("gpt2", "test/tiny-gpt2"),
-          "pythia-70m": ("neox_parallel", "test/tiny-neox"),
-          "opt-125m": ("opt_pre_ln", "test/tiny-opt"),
-          "bloom-560m": ("bloom", "test/tiny-bloom")}
-VOCAB_MERGES = ("gpt2", "opt_pre_ln")   # saved as OPT's and GPT-2's hub dirs: no tokenizer.json
+MODELS = {
+  "gpt2": ("gpt2", "test/tiny-gpt2"),
+  "pythia-70m": ("neox_parallel", "test/tiny-neox"),
+  "opt-125m": ("opt_pre_ln", "test/tiny-opt"),
+  "bloom-560m": ("bloom", "test/tiny-bloom"),
+}
+VOCAB_MERGES = ("gpt2", "opt_pre_ln")  # saved as OPT's and GPT-2's hub dirs: no tokenizer.json
 SEQ_LEN = 32
-MAX_LEN = 256     # positions: the tiny tokenizer's task continuations reach ~70 tokens
+MAX_LEN = 256  # positions: the tiny tokenizer's task continuations reach ~70 tokens
 TRAIN_STEPS = 100
 
 
@@ -60,12 +65,12 @@ def _train(m, tokens_T, steps=TRAIN_STEPS, batch=16):
   rng = np.random.default_rng(0)
   opt = torch.optim.Adam(m.parameters(), lr=3e-3)
   threads = torch.get_num_threads()
-  torch.set_num_threads(1)      # 2 shared cores: one thread is ~5x faster for these
+  torch.set_num_threads(1)  # 2 shared cores: one thread is ~5x faster for these
   try:
     m.train()
     for _ in range(steps):
       starts = rng.integers(0, len(tokens_T) - SEQ_LEN - 1, batch)
-      ids = torch.tensor(np.stack([tokens_T[s:s + SEQ_LEN + 1] for s in starts]))
+      ids = torch.tensor(np.stack([tokens_T[s : s + SEQ_LEN + 1] for s in starts]))
       opt.zero_grad()
       m(ids, labels=ids).loss.backward()
       opt.step()
@@ -77,14 +82,18 @@ def _train(m, tokens_T, steps=TRAIN_STEPS, batch=16):
 def _save_tiny_models(hf_root):
   """{size: torch model}; each saved to hf_root/<size> with a tiny byte-level BPE."""
   bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator([data.corpus_text("validation")[:50_000]], vocab_size=VOCAB,
-                          special_tokens=[EOS], show_progress=False)
+  bpe.train_from_iterator(
+    [data.corpus_text("validation")[:50_000]],
+    vocab_size=VOCAB,
+    special_tokens=[EOS],
+    show_progress=False,
+  )
   configs = _configs(bpe.token_to_id(EOS))
   tokens_T = np.array(bpe.encode(data.corpus_text("train")[:100_000]).ids, np.int64)
   models = {}
   for size, (name, _) in MODELS.items():
     cls, cfg = configs[name]
-    cfg.max_position_embeddings = MAX_LEN     # GPT-2: n_positions
+    cfg.max_position_embeddings = MAX_LEN  # GPT-2: n_positions
     torch.manual_seed(0)
     models[size] = m = _train(cls(cfg), tokens_T)
     out = hf_root / size
@@ -95,8 +104,9 @@ def _save_tiny_models(hf_root):
 
 def _grid_config(hf_root, import_root):
   """configs/grid_pretrained.py for the tiny models, with 2 cells each (k4, k16)."""
-  c = grid_pretrained.get_config(f"families=gpt2+pythia+opt+bloom,cpu,hf_root={hf_root},"
-                                 f"import_root={import_root}")
+  c = grid_pretrained.get_config(
+    f"families=gpt2+pythia+opt+bloom,cpu,hf_root={hf_root},import_root={import_root}"
+  )
   assert c.grid.sizes == tuple(MODELS)
   c.pretrained.repos = tuple((size, hub_id) for size, (_, hub_id) in MODELS.items())
   c.grid.update(dict(bits=(4, 16), dtypes=("int",), blocksizes=(64,)))
@@ -132,7 +142,7 @@ def _torch_perplexity(m, run, eval_cfg):
   ppl_max_batches x batch_size rows of seq_len next-token predictions."""
   stream_T = data.token_stream(run.config.data, eval_cfg.ppl_split)
   rows, L = eval_cfg.ppl_max_batches * eval_cfg.batch_size, run.config.data.seq_len
-  ids_RxL1 = np.stack([stream_T[r * L:r * L + L + 1] for r in range(rows)]).astype(np.int64)
+  ids_RxL1 = np.stack([stream_T[r * L : r * L + L + 1] for r in range(rows)]).astype(np.int64)
   with torch.no_grad():
     ids = torch.tensor(ids_RxL1)
     return float(torch.exp(m(ids, labels=ids).loss)), rows * L
@@ -141,12 +151,19 @@ def _torch_perplexity(m, run, eval_cfg):
 def _direct_ppl(run, spec, eval_cfg):
   """Perplexity of the import fake-quantized to `spec`, without the grid."""
   mesh = driver.eval_mesh(run.config.mesh)
-  _, params = importer.load_imported(run.pretrained.import_dir, mesh,
-                                     sharding.logical_rules(run.config.mesh))
+  _, params = importer.load_imported(
+    run.pretrained.import_dir, mesh, sharding.logical_rules(run.config.mesh)
+  )
   quantized = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
   net = transformer.Transformer(run.architecture)
-  return evaluate.perplexity(quantized, net, run.config.data, eval_cfg.ppl_split,
-                             eval_cfg.batch_size, eval_cfg.ppl_max_batches)["perplexity"]
+  return evaluate.perplexity(
+    quantized,
+    net,
+    run.config.data,
+    eval_cfg.ppl_split,
+    eval_cfg.batch_size,
+    eval_cfg.ppl_max_batches,
+  )["perplexity"]
 
 
 def test_plan_uses_the_imported_architecture_and_tokenizer(grid_run):
@@ -154,13 +171,12 @@ def test_plan_uses_the_imported_architecture_and_tokenizer(grid_run):
   assert [m.name for m in plan.models] == list(MODELS)
   for run in plan.models:
     arch = importer.read_architecture(run.pretrained.import_dir)
-    assert run.architecture == arch != presets.get_preset(run.preset)   # not the table's
+    assert run.architecture == arch != presets.get_preset(run.preset)  # not the table's
     assert run.config.data.tokenizer == run.pretrained.import_dir
     assert run.train_tokens == 0 and len(run.cells) == 2
     assert {c.key_dict["hub_id"] for c in run.cells} == {MODELS[run.preset][1]}
   cost = grid_plan.estimate(plan, peak_flops=1e11)
-  assert cost["train_s"] == 0 and all(m["train_flops"] == 0
-                                      for m in cost["per_model"].values())
+  assert cost["train_s"] == 0 and all(m["train_flops"] == 0 for m in cost["per_model"].values())
   text = grid_plan.format_plan(plan, cost)
   assert "imported" in text and "test/tiny-neox" in text and "MISSING" not in text
 
@@ -191,8 +207,9 @@ def test_grid_evaluates_imported_models_without_training(grid_run):
     # 4-bit: what the cell's spec gives on the import's parameters; for models this
     # small and briefly trained, 4-bit B64 moves perplexity by < 1% (either way)
     ppl4 = k4["metrics"]["ppl/validation"]["perplexity"]
-    np.testing.assert_allclose(ppl4, _direct_ppl(run, run.cells[1].spec, plan.config.eval),
-                               rtol=1e-5, err_msg=run.name)
+    np.testing.assert_allclose(
+      ppl4, _direct_ppl(run, run.cells[1].spec, plan.config.eval), rtol=1e-5, err_msg=run.name
+    )
     assert ppl4 != ppl16["perplexity"] and ppl4 >= ppl16["perplexity"] * (1 - 1e-2)
 
 
@@ -211,13 +228,18 @@ def test_missing_import_is_an_error_before_any_work_and_listed_by_dry_run(tmp_pa
   config = _grid_config(tmp_path / "hf", tmp_path / "nothing")
   missing = str(tmp_path / "nothing" / "pythia-70m")
   command = f"kbit import --hf_dir {tmp_path / 'hf' / 'pythia-70m'} --workdir {missing}"
-  message = (rf"grid size pythia-70m: its imported model {re.escape(missing)} "
-             r"\(pretrained.import_root/pythia-70m\) is missing .*" + re.escape(command))
-  with pytest.raises(ValueError, match=rf"{len(MODELS)} imported model\(s\) of the grid are missing"
-                     r"(.|\n)*" + message):
+  message = (
+    rf"grid size pythia-70m: its imported model {re.escape(missing)} "
+    r"\(pretrained.import_root/pythia-70m\) is missing .*" + re.escape(command)
+  )
+  with pytest.raises(
+    ValueError,
+    match=rf"{len(MODELS)} imported model\(s\) of the grid are missing"
+    r"(.|\n)*" + message,
+  ):
     grid_plan.make_plan(config, require_imports=True)
 
-  plan = grid_plan.make_plan(config)          # a dry run needs no imports
+  plan = grid_plan.make_plan(config)  # a dry run needs no imports
   workdir = tmp_path / "work"
   summary = driver.run(plan, str(workdir), dry_run=True)
   assert summary["todo"] == 2 * len(MODELS)
@@ -228,21 +250,34 @@ def test_missing_import_is_an_error_before_any_work_and_listed_by_dry_run(tmp_pa
   assert not os.path.exists(workdir / "models") and not os.path.exists(workdir / "results")
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: c.pretrained.update(dict(repos=(("gpt2", "x"),))),
-     r"grid size 'pythia-70m' has no pretrained.repos entry; allowed sizes: \['gpt2'\]"),
-    (lambda c: c.grid.update(dict(seeds=(0, 1))),
-     r"grid.seeds=\(0, 1\), grid.tokens=\(\): a pretrained grid evaluates each imported "
-     r"model once"),
-    (lambda c: c.pretrained.update(dict(import_dirs="x")),
-     r"pretrained.import_dirs is unknown; allowed: \['hf_root', 'import_root'"),
-    (lambda c: c.base.data.update(dict(seq_len=MAX_LEN + 1)),
-     rf"grid size gpt2 \(imported .*\): data.seq_len={MAX_LEN + 1} exceeds the imported "
-     rf"model's learned positions \(max_len={MAX_LEN}\)"),
-    (lambda c: c.base.mesh.update(dict(tensor=8)),      # 8 fake devices; tiny models' heads
-     r"grid size gpt2 \(imported .*\): mesh.tensor=8 does not divide the imported model's "
-     r"num_heads="),
-])
+@pytest.mark.parametrize(
+  "edit, match",
+  [
+    (
+      lambda c: c.pretrained.update(dict(repos=(("gpt2", "x"),))),
+      r"grid size 'pythia-70m' has no pretrained.repos entry; allowed sizes: \['gpt2'\]",
+    ),
+    (
+      lambda c: c.grid.update(dict(seeds=(0, 1))),
+      r"grid.seeds=\(0, 1\), grid.tokens=\(\): a pretrained grid evaluates each imported "
+      r"model once",
+    ),
+    (
+      lambda c: c.pretrained.update(dict(import_dirs="x")),
+      r"pretrained.import_dirs is unknown; allowed: \['hf_root', 'import_root'",
+    ),
+    (
+      lambda c: c.base.data.update(dict(seq_len=MAX_LEN + 1)),
+      rf"grid size gpt2 \(imported .*\): data.seq_len={MAX_LEN + 1} exceeds the imported "
+      rf"model's learned positions \(max_len={MAX_LEN}\)",
+    ),
+    (
+      lambda c: c.base.mesh.update(dict(tensor=8)),  # 8 fake devices; tiny models' heads
+      r"grid size gpt2 \(imported .*\): mesh.tensor=8 does not divide the imported model's "
+      r"num_heads=",
+    ),
+  ],
+)
 def test_bad_pretrained_sections_are_plan_time_errors(imported, edit, match):
   roots = imported[0].pretrained
   config = _grid_config(roots.hf_root, roots.import_root)
@@ -255,10 +290,21 @@ def test_cli_refuses_a_missing_import_before_any_work(tmp_path):
   """`kbit grid` (main.py) plans with require_imports unless --dry_run: one clear line."""
   workdir = tmp_path / "w"
   out = subprocess.run(
-      [sys.executable, "-m", "kbit_jax.main", "grid", "--config",
-       f"configs/grid_pretrained.py:families=gpt2,cpu,import_root={tmp_path / 'none'}",
-       "--workdir", str(workdir)], cwd=os.path.dirname(os.path.dirname(__file__)),
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "kbit_jax.main",
+      "grid",
+      "--config",
+      f"configs/grid_pretrained.py:families=gpt2,cpu,import_root={tmp_path / 'none'}",
+      "--workdir",
+      str(workdir),
+    ],
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 1
   assert "kbit: invalid config: 1 imported model(s) of the grid are missing" in out.stderr
   assert "kbit import --hf_dir" in out.stderr and "Traceback" not in out.stderr

@@ -7,6 +7,7 @@ function's [4096, 4096] float32 temporary is 64 MiB, above glibc's largest mmap 
 fault 0 pages, but for an occasional growth by 32k pages; the test compares medians over 15
 calls (measured: 16,385 and 0).
 """
+
 import os
 import statistics
 import subprocess
@@ -30,14 +31,21 @@ for _ in range(15):
   print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="mallopt is glibc's (Linux)")
+glibc_only = pytest.mark.skipif(
+  not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)"
+)
 
 
 def _faults_per_call(mode: str) -> float:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}    # one CPU device
-  out = subprocess.run([sys.executable, "-c", _PROGRAM, mode], env=env, check=True,
-                       capture_output=True, text=True, timeout=300)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  out = subprocess.run(
+    [sys.executable, "-c", _PROGRAM, mode],
+    env=env,
+    check=True,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   return statistics.median(float(n) for n in out.stdout.split())
 
 
@@ -48,8 +56,7 @@ def test_retained_memory_stops_page_faults():
   assert retained < default / 20, (default, retained)
 
 
-@pytest.mark.parametrize("platforms, expected", [("cpu", False), ("tpu", True),
-                                                 ("cuda,cpu", True)])
+@pytest.mark.parametrize("platforms, expected", [("cpu", False), ("tpu", True), ("cuda,cpu", True)])
 def test_accelerator_installed_reads_jax_platforms(monkeypatch, platforms, expected):
   monkeypatch.setenv("JAX_PLATFORMS", platforms)
   assert host_memory.accelerator_installed() is expected

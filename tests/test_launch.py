@@ -1,4 +1,5 @@
 """The launch scripts' dry runs print exactly the commands they would run."""
+
 import pathlib
 import subprocess
 
@@ -6,9 +7,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def dry_run(script, *args):
-  out = subprocess.run(["bash", f"launch/{script}", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
-  return out.returncode, [l for l in out.stdout.splitlines() if l.startswith("+ ")], out.stderr
+  out = subprocess.run(
+    ["bash", f"launch/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+  )
+  return (
+    out.returncode,
+    [line for line in out.stdout.splitlines() if line.startswith("+ ")],
+    out.stderr,
+  )
 
 
 TPU = ["--name", "kbit-v5e", "--zone", "us-west4-a", "--type", "v5litepod-16"]
@@ -19,28 +25,45 @@ def test_tpu_vm_dry_run_creates_installs_and_runs_on_all_workers():
   rc, lines, _ = dry_run("tpu_vm.sh", *TPU, "--spot", "--dry_run", *KBIT)
   assert rc == 0
   create, tar, scp, install, command = lines
-  assert create == ("+ gcloud compute tpus tpu-vm create kbit-v5e --accelerator-type "
-                    "v5litepod-16 --version v2-alpha-tpuv5-lite --zone us-west4-a --spot")
+  assert create == (
+    "+ gcloud compute tpus tpu-vm create kbit-v5e --accelerator-type "
+    "v5litepod-16 --version v2-alpha-tpuv5-lite --zone us-west4-a --spot"
+  )
   assert tar.startswith("+ tar -czf /tmp/kbit-jax-") and "--exclude=.git" in tar
   assert "tpu-vm scp" in scp and "--worker=all" in scp
   assert "tpu-vm ssh kbit-v5e --worker=all" in install and "pip\\ install" in install
-  assert command.startswith("+ gcloud compute tpus tpu-vm ssh kbit-v5e --worker=all "
-                            "--zone us-west4-a --command cd\\ kbit-jax\\ \\&\\&\\ "
-                            ".venv/bin/kbit\\ grid\\ --config\\ configs/grid.py:cpu")
+  assert command.startswith(
+    "+ gcloud compute tpus tpu-vm ssh kbit-v5e --worker=all "
+    "--zone us-west4-a --command cd\\ kbit-jax\\ \\&\\&\\ "
+    ".venv/bin/kbit\\ grid\\ --config\\ configs/grid.py:cpu"
+  )
   # A grid config keeps its mesh under `base` (configs/grid.py).
   assert command.endswith("--workdir\\ gs://b/kbit\\ --config.base.mesh.distributed=True")
-  rc, lines, _ = dry_run("tpu_vm.sh", *TPU, "--dry_run", "--", "kbit", "train", "--config",
-                         "configs/lm.py:size=1b", "--workdir", "gs://b/train")
+  rc, lines, _ = dry_run(
+    "tpu_vm.sh",
+    *TPU,
+    "--dry_run",
+    "--",
+    "kbit",
+    "train",
+    "--config",
+    "configs/lm.py:size=1b",
+    "--workdir",
+    "gs://b/train",
+  )
   assert rc == 0 and lines[-1].endswith("gs://b/train\\ --config.mesh.distributed=True")
 
 
 def test_tpu_vm_queued_resource():
-  rc, lines, _ = dry_run("tpu_vm.sh", *TPU, "--queued", "--spot", "--project", "p1",
-                         "--dry_run", *KBIT)
+  rc, lines, _ = dry_run(
+    "tpu_vm.sh", *TPU, "--queued", "--spot", "--project", "p1", "--dry_run", *KBIT
+  )
   assert rc == 0
-  assert lines[0] == ("+ gcloud compute tpus queued-resources create kbit-v5e-qr --node-id "
-                      "kbit-v5e --accelerator-type v5litepod-16 --runtime-version "
-                      "v2-alpha-tpuv5-lite --zone us-west4-a --project p1 --spot")
+  assert lines[0] == (
+    "+ gcloud compute tpus queued-resources create kbit-v5e-qr --node-id "
+    "kbit-v5e --accelerator-type v5litepod-16 --runtime-version "
+    "v2-alpha-tpuv5-lite --zone us-west4-a --project p1 --spot"
+  )
 
 
 def test_tpu_vm_bad_arguments():
@@ -53,19 +76,33 @@ def test_tpu_vm_bad_arguments():
 
 
 def test_gpu_dry_run_sets_debug_switches():
-  rc, lines, _ = dry_run("gpu.sh", "--profile", "5", "--debug_nans", "--dump_hlo",
-                         "--dry_run", "--", "kbit", "train", "--config",
-                         "configs/lm.py:runlocal", "--workdir", "/tmp/kbit/gpu")
+  rc, lines, _ = dry_run(
+    "gpu.sh",
+    "--profile",
+    "5",
+    "--debug_nans",
+    "--dump_hlo",
+    "--dry_run",
+    "--",
+    "kbit",
+    "train",
+    "--config",
+    "configs/lm.py:runlocal",
+    "--workdir",
+    "/tmp/kbit/gpu",
+  )
   assert rc == 0
   setup, command = lines
   assert "jax\\[cuda12\\]==0.10.2" in setup
   assert "JAX_DEBUG_NANS=True" in command
   assert "XLA_FLAGS=--xla_dump_to=/tmp/kbit/gpu/hlo\\ --xla_dump_hlo_as_text" in command
-  assert command.endswith("train --config configs/lm.py:runlocal --workdir /tmp/kbit/gpu "
-                          "--config.train.profile_steps=5")
+  assert command.endswith(
+    "train --config configs/lm.py:runlocal --workdir /tmp/kbit/gpu --config.train.profile_steps=5"
+  )
 
 
 def test_gpu_profile_needs_a_workdir():
-  rc, _, err = dry_run("gpu.sh", "--profile", "5", "--dry_run", "--", "kbit", "train",
-                       "--config", "configs/lm.py")
+  rc, _, err = dry_run(
+    "gpu.sh", "--profile", "5", "--dry_run", "--", "kbit", "train", "--config", "configs/lm.py"
+  )
   assert rc == 2 and "give one" in err

@@ -7,6 +7,7 @@ the presets use. Tolerance 1e-5 absolute on logits of magnitude ~1 in float32: t
 differ only in how the scale and mask are applied (measured difference: 0 on this CPU).
 "cudnn" needs a GPU; benchmarks/gpu_check.py compares it with "einsum" there.
 """
+
 import dataclasses
 
 import flax.linen as nn
@@ -14,18 +15,26 @@ import jax
 import numpy as np
 import pytest
 
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
+from kbit_jax.model import presets, transformer
 
 
 @pytest.mark.parametrize("preset", ["s1", "pythia-70m", "bloom-560m", "opt-350m"])
 def test_attention_impls_agree(preset):
-  p = dataclasses.replace(presets.get_preset(preset), num_layers=2, d_model=64, num_heads=4,
-                          d_ff=128, vocab_size=97, embed_dim=32 if preset == "opt-350m" else 0)
+  p = dataclasses.replace(
+    presets.get_preset(preset),
+    num_layers=2,
+    d_model=64,
+    num_heads=4,
+    d_ff=128,
+    vocab_size=97,
+    embed_dim=32 if preset == "opt-350m" else 0,
+  )
   tokens_BxL = jax.random.randint(jax.random.key(0), (2, 24), 0, p.vocab_size)
   params = transformer.Transformer(p).init(jax.random.key(1), tokens_BxL)
-  logits = {impl: np.asarray(transformer.Transformer(p, attention=impl).apply(params, tokens_BxL))
-            for impl in ("einsum", "xla")}
+  logits = {
+    impl: np.asarray(transformer.Transformer(p, attention=impl).apply(params, tokens_BxL))
+    for impl in ("einsum", "xla")
+  }
   assert np.isfinite(logits["einsum"]).all()
   np.testing.assert_allclose(logits["xla"], logits["einsum"], atol=1e-5)
   # The future never leaks: changing the last token leaves earlier logits unchanged.
@@ -49,21 +58,28 @@ def test_scanned_layers_compute_the_unrolled_function(remat):
   1e-5: the same float32 ops, only fused differently inside the scan."""
   p = dataclasses.replace(presets.get_preset("s1"), num_layers=3, vocab_size=97)
   tokens_BxL = jax.random.randint(jax.random.key(0), (2, 16), 0, p.vocab_size)
-  unrolled, scanned = transformer.Transformer(p, remat=remat), transformer.Transformer(
-      p, remat=remat, scan_layers=True)
+  unrolled, scanned = (
+    transformer.Transformer(p, remat=remat),
+    transformer.Transformer(p, remat=remat, scan_layers=True),
+  )
   params = nn.unbox(unrolled.init(jax.random.key(1), tokens_BxL))["params"]
   stacked = transformer.stack_layers(params, p.num_layers)
-  assert jax.tree.structure(stacked) == jax.tree.structure(nn.unbox(
-      jax.eval_shape(scanned.init, jax.random.key(1), tokens_BxL))["params"])
+  assert jax.tree.structure(stacked) == jax.tree.structure(
+    nn.unbox(jax.eval_shape(scanned.init, jax.random.key(1), tokens_BxL))["params"]
+  )
   assert jax.tree.all(jax.tree.map(np.array_equal, transformer.unstack_layers(stacked), params))
 
   def loss(net, q):
     return net.apply({"params": q}, tokens_BxL).std()
 
-  np.testing.assert_allclose(scanned.apply({"params": stacked}, tokens_BxL),
-                             unrolled.apply({"params": params}, tokens_BxL), atol=1e-5)
+  np.testing.assert_allclose(
+    scanned.apply({"params": stacked}, tokens_BxL),
+    unrolled.apply({"params": params}, tokens_BxL),
+    atol=1e-5,
+  )
   g_unrolled = jax.grad(lambda q: loss(unrolled, q))(params)
   g_scanned = jax.grad(lambda q: loss(scanned, q))(stacked)
-  for a, b in zip(jax.tree.leaves(transformer.stack_layers(g_unrolled, p.num_layers)),
-                  jax.tree.leaves(g_scanned)):
+  for a, b in zip(
+    jax.tree.leaves(transformer.stack_layers(g_unrolled, p.num_layers)), jax.tree.leaves(g_scanned)
+  ):
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)

@@ -5,14 +5,15 @@ Training: losses must equal those of one process with the same 4-device mesh (to
 1e-6 relative: the same program, only the collectives' transport differs); only process
 0 writes metrics; Orbax writes each checkpoint collectively, once.
 
-Grid (`kbit grid`, tiny config cut to 2 cells): every process trains (one SPMD program),
-the processes share out the cells (each evaluates one on its own devices) and process 0
-alone prints and writes one record per cell, the other process's gathered to it. The records' metrics must equal the one-process run's within 1e-5
-relative: the trained parameters agree to the training tolerance above (bit-identical in
-practice) and evaluation is the same single-device program on both sides; accuracies are
-item counts, so they must agree exactly unless an item sits on a near-tie. Total bits
-come from the shapes alone and must be equal.
+Grid (`kbit grid`, tiny config cut to 2 cells): every process trains (one SPMD program), the
+processes share out the cells (each evaluates one on its own devices) and process 0 alone
+prints and writes one record per cell, the other process's gathered to it. The records'
+metrics must equal the one-process run's within 1e-5 relative: the trained parameters agree
+to the training tolerance above (bit-identical in practice) and evaluation is the same
+single-device program on both sides; accuracies are item counts, so they must agree exactly
+unless an item sits on a near-tie. Total bits come from the shapes alone and must be equal.
 """
+
 import json
 import os
 import pathlib
@@ -23,8 +24,13 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["train", "--config", "configs/lm.py:runlocal", "--config.train.log_every=1",
-        "--config.mesh.data=4"]
+ARGS = [
+  "train",
+  "--config",
+  "configs/lm.py:runlocal",
+  "--config.train.log_every=1",
+  "--config.mesh.data=4",
+]
 
 
 def _free_port():
@@ -35,17 +41,24 @@ def _free_port():
 
 def _start(workdir, devices, extra=(), args=ARGS):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.Popen([sys.executable, "-m", "kbit_jax.main", *args, *extra,
-                           "--workdir", str(workdir)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", "kbit_jax.main", *args, *extra, "--workdir", str(workdir)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _distributed(prefix=""):
   """Flags of process i of 2 on a fresh localhost port (`prefix`: the mesh's section)."""
   port = _free_port()
-  flags = [f"--config.{prefix}mesh.distributed=True",
-           f"--config.{prefix}mesh.coordinator_address=127.0.0.1:{port}",
-           f"--config.{prefix}mesh.num_processes=2"]
+  flags = [
+    f"--config.{prefix}mesh.distributed=True",
+    f"--config.{prefix}mesh.coordinator_address=127.0.0.1:{port}",
+    f"--config.{prefix}mesh.num_processes=2",
+  ]
   return lambda i: [*flags, f"--config.{prefix}mesh.process_id={i}"]
 
 
@@ -58,7 +71,7 @@ def _run_two(workdir, args):
 
 
 def _losses(workdir):
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
@@ -74,19 +87,26 @@ def test_two_processes_match_one(tmp_path):
   assert sorted(got) == list(range(1, 21)), "process 0 logs each step once; process 1 never"
   for step, loss in expected.items():
     assert got[step] == pytest.approx(loss, rel=1e-6), step
-  assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
-                if p.name.isdigit()) == ["10", "20"]
+  assert sorted(
+    p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()
+  ) == ["10", "20"]
 
 
-GRID_ARGS = ["grid", "--config", "configs/grid.py:tiny", "--config.grid.bits=(4,16)",
-             "--config.grid.dtypes=('int',)"]     # s0 trained 20 steps; cells k16, k4 int B64
+GRID_ARGS = [
+  "grid",
+  "--config",
+  "configs/grid.py:tiny",
+  "--config.grid.bits=(4,16)",
+  "--config.grid.dtypes=('int',)",
+]  # s0 trained 20 steps; cells k16, k4 int B64
 TABLES = "mean/acc at B=64"
 
 
 def _records(workdir):
   records = [json.loads(p.read_text()) for p in (workdir / "results").iterdir()]
-  assert all(p.suffix == ".json" and not p.name.startswith(".") for p in
-             (workdir / "results").iterdir()), "no temporary or stray files"
+  assert all(
+    p.suffix == ".json" and not p.name.startswith(".") for p in (workdir / "results").iterdir()
+  ), "no temporary or stray files"
   return {r["name"]: r for r in records}
 
 
@@ -94,8 +114,7 @@ def _assert_same_metrics(got, expected, name):
   assert got["id"] == expected["id"] and got["bits"] == expected["bits"], name
   for task, metrics in expected["metrics"].items():
     for metric, value in metrics.items():
-      assert got["metrics"][task][metric] == pytest.approx(value, rel=1e-5), (
-          name, task, metric)
+      assert got["metrics"][task][metric] == pytest.approx(value, rel=1e-5), (name, task, metric)
 
 
 @pytest.mark.slow
@@ -119,7 +138,8 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   model = two / "models" / "s0-seed0"
   assert [p.name for p in (two / "models").iterdir()] == ["s0-seed0"]
   assert sorted(p.name for p in (model / "checkpoints").iterdir() if p.is_dir()) == ["20"], (
-      "one finished checkpoint (keep_checkpoints=1), written once")
+    "one finished checkpoint (keep_checkpoints=1), written once"
+  )
   losses = _losses(model)
   assert sorted(losses) == [10, 20], "process 0 logs each step once; process 1 never"
   for step, loss in _losses(tmp_path / "one" / "models" / "s0-seed0").items():
@@ -138,8 +158,7 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   # (process 0's finished cells) to reuse the model and evaluate just that cell, now on
   # one evaluation mesh across the two processes (parameters sharded over both).
   (two / "results" / f"{got['s0-seed0 k16']['id']}.json").unlink()
-  out0, out1 = _run_two(two, [*GRID_ARGS, "--config.base.mesh.data=1",
-                              "--config.base.mesh.fsdp=4"])
+  out0, out1 = _run_two(two, [*GRID_ARGS, "--config.base.mesh.data=1", "--config.base.mesh.fsdp=4"])
   assert "2 cells (1 already finished)" in out0 and "grid 2/2 s0-seed0 k16" in out0
   assert "grid done: 2 cells (1 evaluated now, 1 found finished)" in out0
   assert "reusing the trained model" in out0 and TABLES not in out1

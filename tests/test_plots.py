@@ -1,24 +1,31 @@
 """Figures and report from a synthetic results store: files exist, are valid, and missing
 data becomes a note rather than an error."""
+
 import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots
-from kbit_jax.analysis import report
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis import scaling_synthetic
+from kbit_jax.analysis import plots, report, scaling, scaling_synthetic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = {"acc_vs_bits", "acc_vs_bits_by_setup", "blocksize_dtype_4bit", "outliers",
-               "ppl_vs_bits", "fits", "bit_optimal", "precision_law"}
+ALL_FIGURES = {
+  "acc_vs_bits",
+  "acc_vs_bits_by_setup",
+  "blocksize_dtype_4bit",
+  "outliers",
+  "ppl_vs_bits",
+  "fits",
+  "bit_optimal",
+  "precision_law",
+}
 
 
 def _analysis(records, n_boot=8):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", scaling.ScalingWarning)
     cells, issues = scaling.check_cells(
-        scaling.cells_from_store(scaling_synthetic.flat_frame(records)))
+      scaling.cells_from_store(scaling_synthetic.flat_frame(records))
+    )
   return scaling.analyse(cells, issues, n_boot=n_boot)
 
 
@@ -27,9 +34,11 @@ def full():
   """4 sizes x 2 seeds; int / nf at B in {64, per tensor}; float with 2% outliers."""
   sizes = ("s1", "s2", "s3", "s4")
   records = scaling_synthetic.synthetic_records(
-      sizes=sizes, bits=(3, 4, 8, 16), dtypes=("int", "nf"), blocksizes=(64, 0), seeds=(0, 1))
+    sizes=sizes, bits=(3, 4, 8, 16), dtypes=("int", "nf"), blocksizes=(64, 0), seeds=(0, 1)
+  )
   records += scaling_synthetic.synthetic_records(
-      sizes=sizes, bits=(3, 4), dtypes=("nf",), outlier_shares=(0.02,), seeds=(0, 1), seed=1)
+    sizes=sizes, bits=(3, 4), dtypes=("nf",), outlier_shares=(0.02,), seeds=(0, 1), seed=1
+  )
   return _analysis(records)
 
 
@@ -64,8 +73,10 @@ def test_main_method_prefers_small_blocks_and_study_dtypes(full):
 def test_missing_data_is_skipped_with_a_note(tmp_path):
   """One seed, one training setup, no outliers, one block size: those figures are
   skipped and named; the others still render."""
-  a = _analysis(scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16),
-                                                    dtypes=("nf",)), n_boot=4)
+  a = _analysis(
+    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
+    n_boot=4,
+  )
   figures, notes = plots.make_figures(a, str(tmp_path))
   skipped = {n.split()[1] for n in notes}
   assert {"outliers", "by_setup", "blocksize_dtype"} <= skipped
@@ -77,8 +88,14 @@ def test_report_renders_markdown_and_html(full, rendered):
   out, figures, notes = rendered
   paths = report.render(full, str(out), figures=figures, notes=notes)
   md, page = paths["md"].read_text(), paths["html"].read_text()
-  for heading in ("## Figures", "## Bit-optimal precision", "## Fitted curves per k",
-                  "## Precision-aware laws", "## Extrapolation", "## Provenance"):
+  for heading in (
+    "## Figures",
+    "## Bit-optimal precision",
+    "## Fitted curves per k",
+    "## Precision-aware laws",
+    "## Extrapolation",
+    "## Provenance",
+  ):
     assert heading in md
   assert "![Mean zero-shot accuracy vs total model bits](figures/acc_vs_bits.png)" in md
   assert "<img src='figures/bit_optimal.png'" in page and "<table>" in page
@@ -101,8 +118,10 @@ def test_report_main_without_records(tmp_path):
 
 def test_report_main_end_to_end(tmp_path):
   results_dir = str(tmp_path / "results")
-  scaling_synthetic.write_store(results_dir, scaling_synthetic.synthetic_records(
-      sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)))
+  scaling_synthetic.write_store(
+    results_dir,
+    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
+  )
   paths = report.report_main(results_dir, str(tmp_path / "report"), n_boot=4)
   assert paths["md"].exists() and (tmp_path / "report" / "fits.json").exists()
   assert _is_png(tmp_path / "report" / "figures" / "acc_vs_bits.png")

@@ -1,15 +1,14 @@
 """A trained tiny model quantized at k = 2..8 for every data type: validation loss orders
 by k, and the AQT path equals the reference path on the trained weights."""
+
 import jax
 import numpy as np
 import pytest
 
-from kbit_jax.train import data
-from kbit_jax.train import sharding
-from kbit_jax.train import loop
 from kbit_jax.configs import lm
 from kbit_jax.quant import aqt, codebooks, reference
 from kbit_jax.quant.spec import QuantSpec
+from kbit_jax.train import data, loop, sharding
 
 KS = (2, 3, 4, 5, 6, 7, 8)
 # Loss may rise by at most this much (nats) from k to k+1: at 6-8 bits quantization
@@ -41,8 +40,11 @@ def test_validation_loss_orders_by_bits_for_every_dtype(trained):
     losses = []
     for k in KS:
       spec = QuantSpec(bits=k, dtype=dtype, blocksize=64, targets="attn,mlp,embed")
-      losses.append(trainer.evaluate(quantize(params, reference.layout_spec(spec),
-                                              reference.spec_codebook(spec)), batches))
+      losses.append(
+        trainer.evaluate(
+          quantize(params, reference.layout_spec(spec), reference.spec_codebook(spec)), batches
+        )
+      )
     losses.append(loss16)
     for k, lo, hi in zip(KS, losses[1:], losses[:-1]):
       assert hi >= lo - TOL, f"{dtype}: loss at {k} bits {hi:.4f} < at {k + 1} bits {lo:.4f}"

@@ -1,4 +1,5 @@
 """The results store: atomic one-file-per-cell records, duplicate safety, loading."""
+
 import json
 
 import numpy as np
@@ -9,20 +10,36 @@ from kbit_jax.analysis import results
 
 
 def _key(**overrides):
-  key = dict(preset="s1", seed=0, train_tokens=1000, bits=4, dtype="nf", exponent_bits=0,
-             blocksize=64, outlier_share=0.0, targets="attn,mlp", double_quant=False,
-             eval_id="abc")
+  key = dict(
+    preset="s1",
+    seed=0,
+    train_tokens=1000,
+    bits=4,
+    dtype="nf",
+    exponent_bits=0,
+    blocksize=64,
+    outlier_share=0.0,
+    targets="attn,mlp",
+    double_quant=False,
+    eval_id="abc",
+  )
   key.update(overrides)
   return key
 
 
 def _record(acc=0.5, ppl=100.0, **key):
-  return dict(key=_key(**key), model=dict(params=1000, non_embedding_params=200),
-              bits=dict(total_bits=4500, bits_per_param=4.5),
-              metrics={"mean": {"acc": acc, "acc_stderr": 0.1},
-                       "lambada": {"acc": acc, "acc_stderr": float("nan")},
-                       "ppl/validation": {"perplexity": ppl}},
-              time=dict(cell_s=1.0), compiles=dict(cell=0))
+  return dict(
+    key=_key(**key),
+    model=dict(params=1000, non_embedding_params=200),
+    bits=dict(total_bits=4500, bits_per_param=4.5),
+    metrics={
+      "mean": {"acc": acc, "acc_stderr": 0.1},
+      "lambada": {"acc": acc, "acc_stderr": float("nan")},
+      "ppl/validation": {"perplexity": ppl},
+    },
+    time=dict(cell_s=1.0),
+    compiles=dict(cell=0),
+  )
 
 
 def test_cell_id_is_stable_and_order_free():
@@ -35,7 +52,7 @@ def test_cell_id_is_stable_and_order_free():
 def test_write_then_load_flattens_groups(tmp_path):
   path = results.write(tmp_path, _record())
   assert path.name == results.cell_id(_key()) + ".json"
-  assert [p.name for p in tmp_path.iterdir()] == [path.name]   # no temporary file left
+  assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
   df = results.load(tmp_path)
   assert len(df) == 1
   row = df.iloc[0]
@@ -53,15 +70,15 @@ def test_rewriting_a_cell_replaces_its_record(tmp_path):
   df = results.load(tmp_path)
   assert len(df) == 2
   assert df.set_index("bits").loc[4, "mean/acc"] == 0.2
-  assert results.finished_ids(tmp_path) == {results.cell_id(_key()),
-                                            results.cell_id(_key(bits=3))}
+  assert results.finished_ids(tmp_path) == {results.cell_id(_key()), results.cell_id(_key(bits=3))}
 
 
 def test_unfinished_writes_are_invisible(tmp_path):
   """A `kill -9` mid-write leaves only a hidden temporary file: never a record."""
   results.write(tmp_path, _record())
   (tmp_path / f"{results.TMP_PREFIX}123-{results.cell_id(_key(bits=3))}.json").write_text(
-      '{"key": {"bi')
+    '{"key": {"bi'
+  )
   assert results.finished_ids(tmp_path) == {results.cell_id(_key())}
   assert len(results.load(tmp_path)) == 1
 
@@ -90,10 +107,16 @@ def test_missing_directory_and_keyless_record(tmp_path):
 
 def test_pivot_puts_sizes_in_rows_and_k_in_columns(tmp_path):
   for preset, params in (("s1", 1000), ("s2", 3000)):
-    for bits, dtype, blocksize in ((16, "none", None), (4, "nf", 64), (3, "nf", 64),
-                                   (4, "int", 64), (4, "int", 256)):
-      record = _record(acc=bits / 100 + params / 1e5, preset=preset, bits=bits, dtype=dtype,
-                       blocksize=blocksize)
+    for bits, dtype, blocksize in (
+      (16, "none", None),
+      (4, "nf", 64),
+      (3, "nf", 64),
+      (4, "int", 64),
+      (4, "int", 256),
+    ):
+      record = _record(
+        acc=bits / 100 + params / 1e5, preset=preset, bits=bits, dtype=dtype, blocksize=blocksize
+      )
       record["model"]["params"] = params
       results.write(tmp_path, record)
   df = results.load(tmp_path)

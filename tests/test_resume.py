@@ -1,4 +1,5 @@
 """`kill -9` mid-training, rerun the same command: the loss curve is bit-identical."""
+
 import json
 import os
 import pathlib
@@ -9,17 +10,27 @@ import time
 
 import pytest
 
-ARGS = ["--config", "configs/lm.py:size=s2,steps=160,batch=16,seq_len=64",
-        "--config.train.log_every=1", "--config.train.checkpoint_every=40",
-        "--config.train.eval_every=1000", "--config.mesh.data=1"]
+ARGS = [
+  "--config",
+  "configs/lm.py:size=s2,steps=160,batch=16,seq_len=64",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=40",
+  "--config.train.eval_every=1000",
+  "--config.mesh.data=1",
+]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def kbit_train(workdir):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.Popen([sys.executable, "-m", "kbit_jax.main", "train", *ARGS,
-                           "--workdir", str(workdir)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", "kbit_jax.main", "train", *ARGS, "--workdir", str(workdir)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def losses(workdir):
@@ -53,4 +64,4 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, out
   assert "resumed from step" in out
-  assert losses(killed) == losses(straight)   # exact float equality, every step
+  assert losses(killed) == losses(straight)  # exact float equality, every step

@@ -1,4 +1,5 @@
 """Scaling fits: recovery of known laws, bootstrap coverage, bit-optimal k, bad input."""
+
 import importlib.util
 import os
 import warnings
@@ -7,14 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis import scaling_fit
-from kbit_jax.analysis import scaling_synthetic
+from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, scaling_synthetic
 from kbit_jax.analysis.scaling_fit import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = np.geomspace(1e5, 3e7, 8)        # parameters of 8 model sizes
+SIZES = np.geomspace(1e5, 3e7, 8)  # parameters of 8 model sizes
 BITS_PER_PARAM = 4.25
 
 
@@ -28,11 +26,13 @@ def _power_curve(rng, a=60.0, alpha=0.2, e=2.0, seeds=3, noise=0.01, sizes=SIZES
 
 def _cells(records):
   cells, issues = scaling.check_cells(
-      scaling.cells_from_store(scaling_synthetic.flat_frame(records)))
+    scaling.cells_from_store(scaling_synthetic.flat_frame(records))
+  )
   return cells, issues
 
 
 # ----------------------------------------------------------------------------- recovery
+
 
 def test_power_law_recovers_known_parameters():
   """0.5% noise, 8 sizes x 3 seeds: alpha within 0.025, E within 15%, a within 30%
@@ -67,8 +67,7 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
   for rep in range(30):
     data = _power_curve(np.random.default_rng(100 + rep))
     draws = scaling_fit.bootstrap_draws(data.units, 60, seed=rep)
-    fit = scaling_fit.fit_form(scaling_fit.POWER, data, "test", draws, level=0.9,
-                               extrapolate=False)
+    fit = scaling_fit.fit_form(scaling_fit.POWER, data, "test", draws, level=0.9, extrapolate=False)
     lo, hi = fit.ci["alpha"]
     covered += lo <= 0.2 <= hi
   assert covered >= 24, f"alpha covered in {covered}/30"
@@ -76,16 +75,20 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
 
 def test_ptq_law_recovered_from_synthetic_store():
   """The store generator follows the ptq law; the joint fit gets its exponents back."""
-  cells, _ = _cells(scaling_synthetic.synthetic_records(
-      sizes=("s1", "s2", "s3", "s4", "s5", "s6"), dtypes=("nf",), seeds=(0, 1), seed=3))
-  data = scaling_fit.joint_data(cells["n"], cells["tokens"], cells["k"], cells["family"],
-                                cells["nll"], cells["unit"])
+  cells, _ = _cells(
+    scaling_synthetic.synthetic_records(
+      sizes=("s1", "s2", "s3", "s4", "s5", "s6"), dtypes=("nf",), seeds=(0, 1), seed=3
+    )
+  )
+  data = scaling_fit.joint_data(
+    cells["n"], cells["tokens"], cells["k"], cells["family"], cells["nll"], cells["unit"]
+  )
   fit = scaling_fit.fit_form(scaling_fit.PTQ, data, "ptq", extrapolate=False)
   law = scaling_synthetic.LAW
   assert abs(fit.params["alpha"] - law["alpha"]) < 0.04
   assert abs(fit.params["gamma_N"] - law["gamma_N"]) < 0.04
   assert abs(fit.params["gamma_post"] - law["gamma_post"]) < 0.06
-  assert "gamma_D" not in fit.params          # one token count: absorbed into C
+  assert "gamma_D" not in fit.params  # one token count: absorbed into C
   neff = scaling_fit.fit_form(scaling_fit.NEFF, data, "neff", extrapolate=False)
   assert 0 < neff.params["gamma"] < 16
 
@@ -103,15 +106,17 @@ def test_extrapolation_error_reported_or_explained():
 
 # ----------------------------------------------------------------------------- bit-optimal
 
+
 def _offset_curves(rng, offsets):
   """Cells of curves sharing one law in total bits, shifted by a known offset per k."""
   rows = []
   for k, offset in offsets.items():
     for i, n in enumerate(SIZES[:6]):
       bits = n * (k + 0.25)
-      base = 60 * bits ** -0.2 + 2.0 + offset + rng.normal(0, 0.002)
-      rows.append(dict(params=n, total_bits=bits, unit=f"m{i}", curve=f"k{k}",
-                       nll=base, acc=1.0 - base / 10))
+      base = 60 * bits**-0.2 + 2.0 + offset + rng.normal(0, 0.002)
+      rows.append(
+        dict(params=n, total_bits=bits, unit=f"m{i}", curve=f"k{k}", nll=base, acc=1.0 - base / 10)
+      )
   frame = pd.DataFrame(rows)
   return {c: g for c, g in frame.groupby("curve")}
 
@@ -124,7 +129,7 @@ def test_bit_optimal_picks_the_known_best_k(metric):
   curves = _offset_curves(rng, {3: 0.3, 4: 0.0, 5: 0.05, 8: 0.1, 16: 0.2})
   draws = scaling_fit.bootstrap_draws(np.array([f"m{i}" for i in range(6)]), 40, seed=0)
   fits = {}
-  if metric == "nll":   # the nll curves are exact power laws in bits: fit them too
+  if metric == "nll":  # the nll curves are exact power laws in bits: fit them too
     for label, c in curves.items():
       data = scaling_fit.curve_data(np.log(c["total_bits"]), c["nll"], c["params"], c["unit"])
       fits[label] = scaling_fit.fit_form(scaling_fit.POWER, data, label, draws)
@@ -147,6 +152,7 @@ def test_winners_need_two_curves():
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def test_too_few_sizes_is_a_clear_error_and_a_skip():
   two = _power_curve(np.random.default_rng(3), sizes=SIZES[:2])
   with pytest.raises(FitError, match=r"2 distinct model size\(s\).*needs >= 3"):
@@ -155,17 +161,18 @@ def test_too_few_sizes_is_a_clear_error_and_a_skip():
   a = scaling.analyse(cells, issues, n_boot=5)
   assert not a.curve_fits and not a.joint_fits
   assert any("2 distinct model size(s)" in s and ">= 3" in s for s in a.skipped)
-  assert a.bit_optimal                       # interpolation needs no fit
+  assert a.bit_optimal  # interpolation needs no fit
 
 
 def test_nan_metrics_dropped_with_a_warning_naming_the_cells():
-  records = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4", "s5"),
-                                                dtypes=("nf",))
+  records = scaling_synthetic.synthetic_records(
+    sizes=("s1", "s2", "s3", "s4", "s5"), dtypes=("nf",)
+  )
   bad = [r for r in records if r["key"]["bits"] == 3][:2]
   for r in bad:
     r["metrics"]["ppl/validation"]["nll"] = float("nan")
     r["metrics"]["ppl/validation"]["perplexity"] = float("nan")
-  del records[-1]["metrics"]["mean"]                       # a cell without accuracy
+  del records[-1]["metrics"]["mean"]  # a cell without accuracy
   with pytest.warns(scaling.ScalingWarning) as caught:
     cells, issues = _cells(records)
   assert any(bad[0]["name"] in str(w.message) for w in caught)
@@ -175,13 +182,14 @@ def test_nan_metrics_dropped_with_a_warning_naming_the_cells():
     warnings.simplefilter("error")
     a = scaling.analyse(cells, issues, n_boot=3)
   fit = a.curve_fits[(cells["family"].iloc[0], "nf B64", "k3", "nll")]
-  assert fit.n_cells == 3                                   # 5 sizes minus the 2 NaN
+  assert fit.n_cells == 3  # 5 sizes minus the 2 NaN
 
 
 def test_incompatible_grids_keep_the_largest_consistent_group():
   main = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
-  other = scaling_synthetic.synthetic_records(sizes=("s1",), dtypes=("nf",), bits=(4, 16),
-                                              eval_id="other-eval")
+  other = scaling_synthetic.synthetic_records(
+    sizes=("s1",), dtypes=("nf",), bits=(4, 16), eval_id="other-eval"
+  )
   with pytest.warns(scaling.ScalingWarning, match="incompatible grids.*eval_id"):
     cells, issues = _cells(main + other)
   assert set(cells["eval_id"]) == {"synthetic"} and len(cells) == len(main)
@@ -190,19 +198,22 @@ def test_incompatible_grids_keep_the_largest_consistent_group():
 
 def test_token_counts_within_a_preset_split_training_families():
   short = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
-  long = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",),
-                                             tokens=4_000_000, seed=1)
+  long = scaling_synthetic.synthetic_records(
+    sizes=("s1", "s2", "s3"), dtypes=("nf",), tokens=4_000_000, seed=1
+  )
   cells, issues = _cells(short + long)
   assert sorted(cells["family"].unique()) == ["D=1M", "D=4M"]
   assert any("training tokens differ within presets" in i for i in issues)
-  data = scaling_fit.joint_data(cells["n"], cells["tokens"], cells["k"], cells["family"],
-                                cells["nll"], cells["unit"])
+  data = scaling_fit.joint_data(
+    cells["n"], cells["tokens"], cells["k"], cells["family"], cells["nll"], cells["unit"]
+  )
   assert data.ctx["fit_gamma_d"] and data.ctx["num_families"] == 2
 
 
 def test_adapter_reads_a_written_store(tmp_path):
-  records = scaling_synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("int",),
-                                                blocksizes=(64, 0), bits=(4, 16))
+  records = scaling_synthetic.synthetic_records(
+    sizes=("s1", "s2"), dtypes=("int",), blocksizes=(64, 0), bits=(4, 16)
+  )
   scaling_synthetic.write_store(str(tmp_path), records)
   cells, _ = scaling.load_cells(str(tmp_path))
   assert len(cells) == len(records) == 2 * 3
@@ -211,15 +222,19 @@ def test_adapter_reads_a_written_store(tmp_path):
   assert np.allclose(cells["ppl"], np.exp(cells["nll"]))
   assert cells["chance"].iloc[0] == pytest.approx((0 + 0.25 + 0.5 + 0.5) / 4)
   flat = scaling_synthetic.flat_frame(records)
-  bare = flat.rename(columns=lambda c: c.removeprefix("metrics/"))   # older layout
+  bare = flat.rename(columns=lambda c: c.removeprefix("metrics/"))  # older layout
   assert np.allclose(scaling.cells_from_store(bare)["acc"], scaling.cells_from_store(flat)["acc"])
   with pytest.raises(ValueError, match="total_bits"):
     scaling.cells_from_store(flat.drop(columns=["total_bits"]))
 
 
 def test_fit_main_writes_tables(tmp_path):
-  scaling_synthetic.write_store(str(tmp_path / "results"), scaling_synthetic.synthetic_records(
-      sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)))
+  scaling_synthetic.write_store(
+    str(tmp_path / "results"),
+    scaling_synthetic.synthetic_records(
+      sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)
+    ),
+  )
   a = scaling.fit_main(str(tmp_path / "results"), str(tmp_path / "fit"), n_boot=5)
   for name in ("fits.json", "params.csv", "extrapolation.csv", "bit_optimal.csv"):
     assert (tmp_path / "fit" / name).stat().st_size > 0
@@ -230,11 +245,12 @@ def test_fit_main_writes_tables(tmp_path):
 
 @pytest.mark.parametrize("name", ["bitwidth_sweep", "blocksize_dtype", "outliers"])
 def test_experiment_configs_are_valid_grids(name):
-  from kbit_jax.grid import plan as grid_plan  # pylint: disable=g-import-not-at-top
+  from kbit_jax.grid import plan as grid_plan
+
   path = os.path.join(REPO, "experiments", name, "config.py")
   spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert len(grid_plan.make_plan(module.get_config("runlocal")).cells) <= 10
   plan = grid_plan.make_plan(module.get_config(None))
-  assert len({m.preset for m in plan.models}) >= 4     # enough sizes to fit and extrapolate
+  assert len({m.preset for m in plan.models}) >= 4  # enough sizes to fit and extrapolate

@@ -1,26 +1,24 @@
 """Probes, activation-bits tables, the N-D fit and the PTQ penalty vs D, on synthetic cells."""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import plots_axes
-from kbit_jax.analysis import report
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis import scaling_axes
+from kbit_jax.analysis import plots_axes, report, scaling, scaling_axes
 
 SIZES = {"s1": 25_000, "s2": 100_000, "s3": 400_000}
 
 
 def _loss(n, d, k, a):
   """nll = 8 N^-0.1 D^-0.05, + a PTQ penalty growing with D/N, + an activation penalty."""
-  base = 8 * n ** -0.1 * d ** -0.05
-  ptq = 0.0 if k == 16 else 2.0 ** -k * (d / n) ** 0.5
+  base = 8 * n**-0.1 * d**-0.05
+  ptq = 0.0 if k == 16 else 2.0**-k * (d / n) ** 0.5
   return base + ptq + (0.0 if a == 16 else 0.01)
 
 
-PROBE_A, PROBE_B = -2.0, 0.4   # recovered bits = a + b ln N (- a small k term)
+PROBE_A, PROBE_B = -2.0, 0.4  # recovered bits = a + b ln N (- a small k term)
 
 
 def _store():
@@ -30,18 +28,32 @@ def _store():
       for a in (8, 16):
         for k in (3, 4, 16):
           nll = _loss(n, d, k, a)
-          rows.append({
-              "preset": preset, "seed": 0, "train_tokens": d, "bits": k,
-              "dtype": "none" if k == 16 else "float", "blocksize": None if k == 16 else 64,
-              "outlier_share": 0.0, "targets": "attn,mlp,embed", "double_quant": False,
-              "eval_id": "e", "params": 2 * n, "non_embedding_params": n,
-              "total_bits": 2 * n * k, "name": f"{preset}-D{d} k{k} a{a}",
+          rows.append(
+            {
+              "preset": preset,
+              "seed": 0,
+              "train_tokens": d,
+              "bits": k,
+              "dtype": "none" if k == 16 else "float",
+              "blocksize": None if k == 16 else 64,
+              "outlier_share": 0.0,
+              "targets": "attn,mlp,embed",
+              "double_quant": False,
+              "eval_id": "e",
+              "params": 2 * n,
+              "non_embedding_params": n,
+              "total_bits": 2 * n * k,
+              "name": f"{preset}-D{d} k{k} a{a}",
               **({} if a == 16 else {"act_bits": a}),
-              "ppl/validation/nll": nll, "ppl/validation/perplexity": math.exp(nll),
-              "mean/acc": 0.5 * n ** 0.05 * d ** 0.02 / 2,
-              "probe/k1/bits": 1 / nll, "probe/k2/bits": 2 / nll,
+              "ppl/validation/nll": nll,
+              "ppl/validation/perplexity": math.exp(nll),
+              "mean/acc": 0.5 * n**0.05 * d**0.02 / 2,
+              "probe/k1/bits": 1 / nll,
+              "probe/k2/bits": 2 / nll,
               "probe/summary/bits": PROBE_A + PROBE_B * math.log(n) - 0.01 * (16 - k),
-              "probe/summary/max_k": 1})
+              "probe/summary/max_k": 1,
+            }
+          )
   return pd.DataFrame(rows)
 
 
@@ -59,7 +71,7 @@ def test_main_analysis_leaves_activation_cells_out(cells):
 def test_probe_table_and_act_tables(cells):
   probe = scaling_axes.probe_table(cells)
   assert list(probe.columns) == ["k1", "k2", "bits total", "max_k"]
-  assert len(probe) == 3 * 2 * 3      # sizes x budgets x weight k (a = 16 only)
+  assert len(probe) == 3 * 2 * 3  # sizes x budgets x weight k (a = 16 only)
   acts = scaling_axes.act_tables(cells, "nll")
   assert list(acts)[:3] == ["s1 D=250k", "s1 D=1M", "s2 D=250k"] and len(acts) == 6
   assert list(next(iter(acts.values())).columns) == [8, 16]
@@ -69,8 +81,11 @@ def test_probe_table_and_act_tables(cells):
 
 def test_nd_fit_recovers_exponents_of_a_power_law(cells):
   fit = scaling_axes.nd_fits(cells)["acc"]
-  assert (fit["b"], fit["c"], fit["a"]) == (pytest.approx(0.05), pytest.approx(0.02),
-                                             pytest.approx(0.25))
+  assert (fit["b"], fit["c"], fit["a"]) == (
+    pytest.approx(0.05),
+    pytest.approx(0.02),
+    pytest.approx(0.25),
+  )
   assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 6
   nll = scaling_axes.nd_fits(cells)["nll"]
   assert (nll["b"], nll["c"]) == (pytest.approx(-0.1), pytest.approx(-0.05))
@@ -79,9 +94,10 @@ def test_nd_fit_recovers_exponents_of_a_power_law(cells):
 def test_ptq_penalty_grows_with_d_as_built(cells):
   penalty = scaling_axes.ptq_penalty(cells)
   assert len(penalty) == 3 * 2 * 2
-  row = penalty[(penalty["preset"] == "s2") & (penalty["k"] == 4) &
-                (penalty["tokens"] == 1_000_000)].iloc[0]
-  assert row["penalty"] == pytest.approx(2.0 ** -4 * 10.0 ** 0.5)
+  row = penalty[
+    (penalty["preset"] == "s2") & (penalty["k"] == 4) & (penalty["tokens"] == 1_000_000)
+  ].iloc[0]
+  assert row["penalty"] == pytest.approx(2.0**-4 * 10.0**0.5)
   table = scaling_axes.penalty_table(penalty)
   assert table["slope ln pen/ln D"].to_numpy() == pytest.approx(np.full(6, 0.5))
 
@@ -106,8 +122,14 @@ def test_stores_without_the_axes_skip_them(cells, tmp_path):
 
 def test_write_tables_and_summary(cells, tmp_path):
   paths = scaling_axes.write_tables(cells, str(tmp_path))
-  assert set(paths) == {"nd_fits", "ptq_penalty", "ptq_penalty_by_d", "probe_bits",
-                        "probe_fits", "act_bits_nll"}
+  assert set(paths) == {
+    "nd_fits",
+    "ptq_penalty",
+    "ptq_penalty_by_d",
+    "probe_bits",
+    "probe_fits",
+    "act_bits_nll",
+  }
   assert all(p.exists() for p in paths.values())
   text = scaling_axes.summary(cells)
   assert "N-D fit nll" in text and "k3 0.50" in text
@@ -116,7 +138,7 @@ def test_write_tables_and_summary(cells, tmp_path):
 
 def test_probe_fits_recover_bits_per_log_n(cells):
   fits = scaling_axes.probe_fits(cells)
-  assert len(fits) == 2 * 3 * 2        # budgets x weight k x (ln N, ln total bits)
+  assert len(fits) == 2 * 3 * 2  # budgets x weight k x (ln N, ln total bits)
   by_n = fits[fits["x"] == "ln N"]
   np.testing.assert_allclose(by_n["slope"], PROBE_B, rtol=1e-9)
   np.testing.assert_allclose(by_n["intercept"], PROBE_A - 0.01 * (16 - by_n["k"]), rtol=1e-9)

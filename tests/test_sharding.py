@@ -6,14 +6,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.train import sharding
-from kbit_jax.train import loop
 from kbit_jax.configs import common
+from kbit_jax.train import loop, sharding
 
 
 def _mesh_cfg(data=-1, fsdp=1, tensor=1, rules="megatron"):
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules,
-                                        distributed=False))
+  return ml_collections.ConfigDict(
+    dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules, distributed=False)
+  )
 
 
 def _config(rules="megatron", scan_layers=False):
@@ -41,7 +41,10 @@ def test_params_are_sharded_by_the_logical_rules():
   mesh = sharding.make_mesh(config.mesh)
   trainer = loop.Trainer(config, mesh)
   state = trainer.init()
-  spec = lambda a: tuple(a.sharding.spec)
+
+  def spec(a):
+    return tuple(a.sharding.spec)
+
   layer = state.params["layer_0"]
   assert spec(layer["mlp"]["wi"]["kernel"]) == ("fsdp", "tensor")
   assert spec(layer["mlp"]["wo"]["kernel"]) == ("tensor", "fsdp")
@@ -79,8 +82,10 @@ def test_sharded_gradients_match_single_device(rules, scan_layers):
   trainer = loop.Trainer(config, mesh)
   state = trainer.init()
   rng = np.random.default_rng(0)
-  batch = {"inputs": rng.integers(0, 4096, (8, 16), dtype=np.int32),
-           "targets": rng.integers(0, 4096, (8, 16), dtype=np.int32)}
+  batch = {
+    "inputs": rng.integers(0, 4096, (8, 16), dtype=np.int32),
+    "targets": rng.integers(0, 4096, (8, 16), dtype=np.int32),
+  }
 
   def loss_fn(params, batch):
     logits = trainer.net.apply({"params": params}, batch["inputs"])

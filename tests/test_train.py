@@ -1,4 +1,5 @@
 """Training: golden first loss, 1 vs 8 devices, NaN stop, checkpoint fallback and resharding."""
+
 import json
 import pathlib
 
@@ -6,11 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from kbit_jax.train import checkpoint
-from kbit_jax.train import data
-from kbit_jax.train import sharding
-from kbit_jax.train import loop
 from kbit_jax.configs import lm
+from kbit_jax.train import checkpoint, data, loop, sharding
 
 
 def tiny_config(**train_overrides):
@@ -91,14 +89,19 @@ def test_another_models_checkpoints_are_refused_and_kept(tmp_path, key, value):
   them, so training stops first, naming the key; the checkpoints stay as they were."""
   config = tiny_config(steps=10, checkpoint_every=10, eval_every=10)
   loop.train_and_evaluate(config, str(tmp_path))
-  before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
-                  for p in (tmp_path / "checkpoints").rglob("*"))
+  before = sorted(
+    (p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "checkpoints").rglob("*")
+  )
   config.model[key] = value
-  with pytest.raises(ValueError, match=rf"holds checkpoints of another model: model\.{key}="
-                                       rf"{value!r} but the saved model has"):
+  with pytest.raises(
+    ValueError,
+    match=rf"holds checkpoints of another model: model\.{key}="
+    rf"{value!r} but the saved model has",
+  ):
     loop.train_and_evaluate(config, str(tmp_path))
-  after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
-                 for p in (tmp_path / "checkpoints").rglob("*"))
+  after = sorted(
+    (p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "checkpoints").rglob("*")
+  )
   assert after == before
 
 
@@ -112,8 +115,9 @@ def test_relative_workdir(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   # AdamW moves every weight by ~lr per step, so lr=1e30 overflows the logits at step 2.
   config = tiny_config(lr=1e30, warmup_steps=0, checkpoint_every=1)
-  with pytest.raises(FloatingPointError, match="loss is .* at step 2.*last good checkpoint is "
-                     "step 1"):
+  with pytest.raises(
+    FloatingPointError, match="loss is .* at step 2.*last good checkpoint is step 1"
+  ):
     loop.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == [1]
 
@@ -127,7 +131,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
       f.write_bytes(b"garbage")
   trainer = loop.Trainer(config, sharding.make_mesh(config.mesh))
   step, _, data_state = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
-      trainer.abstract_state())
+    trainer.abstract_state()
+  )
   assert step == 10 and data_state["index"] == 10 * config.train.batch_size
   assert "checkpoint step 20 unreadable" in capsys.readouterr().out
 
@@ -138,12 +143,10 @@ def test_restore_onto_a_different_mesh(tmp_path):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   loop.train_and_evaluate(config, str(tmp_path))
   saved = loop.Trainer(config, sharding.make_mesh(config.mesh))
-  _, state_222, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
-      saved.abstract_state())
+  _, state_222, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(saved.abstract_state())
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
   other = loop.Trainer(config, sharding.make_mesh(config.mesh))
-  _, state_181, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
-      other.abstract_state())
+  _, state_181, _ = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(other.abstract_state())
   wi = state_181.params["layer_0"]["mlp"]["wi"]["kernel"]
   assert tuple(wi.sharding.spec) == ("fsdp",) or tuple(wi.sharding.spec)[0] == "fsdp"
   assert wi.sharding.mesh.shape["fsdp"] == 8
@@ -162,4 +165,4 @@ def test_qat_uses_the_quantized_forward():
   qat_losses, state = run_steps(config, mesh, batches)
   assert all(np.isfinite(qat_losses))
   assert abs(qat_losses[0] - float_losses[0]) > 1e-4
-  assert "aqt" not in state.params   # QAT keeps float master weights only
+  assert "aqt" not in state.params  # QAT keeps float master weights only

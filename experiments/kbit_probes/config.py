@@ -14,6 +14,7 @@ each) beside the four zero-shot tasks: 3 sizes x 2 budgets x 2 a x (1 + 3 k) = 4
 Arguments: tokens (the larger budget; the smaller is a quarter of it), probe_items,
 runlocal (s0 and s1, 20-step budgets, k in {4, 16}, probes 1,2: a minute).
 """
+
 from kbit_jax.configs import common
 from kbit_jax.configs import grid as grid_config
 

@@ -13,6 +13,7 @@ per seed.
 
 Arguments: seeds, tokens, runlocal (s0 only, one type, B=1024: seconds).
 """
+
 from kbit_jax.configs import common
 from kbit_jax.configs import grid as grid_config
 

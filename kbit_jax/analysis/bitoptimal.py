@@ -9,6 +9,7 @@ the same draws for every k, see scaling_fit.bootstrap_draws) in which the winnin
 the point estimate wins again, among the replicates in which that k has a value at the
 budget (and >= 2 curves do).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -24,14 +25,20 @@ HIGHER_IS_BETTER = {"acc": True, "nll": False}
 FIT_REACH = float(np.log(2.0))
 
 
-def curve_points(cells: pd.DataFrame, metric: str,
-                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def curve_points(
+  cells: pd.DataFrame, metric: str, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(ln total bits, metric) per model size, sorted by bits: the (weighted) mean over the
   cells of that size (training seeds, or a bootstrap replicate's repeated draws)."""
   w = np.ones(len(cells)) if weights is None else np.asarray(weights, float)
-  frame = pd.DataFrame({"size": cells["params"].to_numpy(), "w": w,
-                        "lb": np.log(cells["total_bits"].to_numpy(float)) * w,
-                        "y": cells[metric].to_numpy(float) * w})
+  frame = pd.DataFrame(
+    {
+      "size": cells["params"].to_numpy(),
+      "w": w,
+      "lb": np.log(cells["total_bits"].to_numpy(float)) * w,
+      "y": cells[metric].to_numpy(float) * w,
+    }
+  )
   frame = frame[frame["w"] > 0].groupby("size")[["w", "lb", "y"]].sum()
   lb, y = (frame["lb"] / frame["w"]).to_numpy(), (frame["y"] / frame["w"]).to_numpy()
   order = np.argsort(lb)
@@ -51,15 +58,16 @@ def interpolate(lb: np.ndarray, y: np.ndarray, query: np.ndarray) -> np.ndarray:
 def winners(values: Mapping[str, np.ndarray], higher_is_better: bool) -> np.ndarray:
   """Per budget, the label of the best curve; None where fewer than 2 curves have a value."""
   labels = list(values)
-  table = np.stack([values[l] for l in labels])            # (curves, budgets)
+  table = np.stack([values[label] for label in labels])  # (curves, budgets)
   signed = np.where(np.isnan(table), -np.inf, table if higher_is_better else -table)
   best = np.argmax(signed, axis=0)
   count = np.sum(~np.isnan(table), axis=0)
   return np.array([labels[b] if c >= 2 else None for b, c in zip(best, count)], dtype=object)
 
 
-def _share(point: np.ndarray, replicates: list[tuple[np.ndarray, dict[str, np.ndarray]]]
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _share(
+  point: np.ndarray, replicates: list[tuple[np.ndarray, dict[str, np.ndarray]]]
+) -> tuple[np.ndarray, np.ndarray]:
   """(share of replicates agreeing with `point`, replicates counted) per budget. A
   replicate counts at a budget where the point winner has a value in it (a resample
   without the sizes around a budget says nothing about which k is best there)."""
@@ -82,8 +90,12 @@ def budgets_for(cells: pd.DataFrame, num: int) -> np.ndarray:
   return np.exp(np.linspace(lb.min(), lb.max(), num))
 
 
-def by_interpolation(curves: Mapping[str, pd.DataFrame], metric: str, budgets: np.ndarray,
-                     draws: Sequence[np.ndarray] = ()) -> pd.DataFrame:
+def by_interpolation(
+  curves: Mapping[str, pd.DataFrame],
+  metric: str,
+  budgets: np.ndarray,
+  draws: Sequence[np.ndarray] = (),
+) -> pd.DataFrame:
   """Best curve per budget from interpolated measurements, with bootstrap shares.
   `curves`: label -> that curve's cells (with a `unit` column, the checkpoint)."""
   higher = HIGHER_IS_BETTER[metric]
@@ -93,19 +105,29 @@ def by_interpolation(curves: Mapping[str, pd.DataFrame], metric: str, budgets: n
   replicates = []
   for draw in draws:
     counts = pd.Series(draw).value_counts()
-    rep = {label: interpolate(*curve_points(c, metric, c["unit"].map(counts).fillna(0)), query)
-           for label, c in curves.items()}
+    rep = {
+      label: interpolate(*curve_points(c, metric, c["unit"].map(counts).fillna(0)), query)
+      for label, c in curves.items()
+    }
     replicates.append((winners(rep, higher), rep))
   share, n = _share(point, replicates)
-  out = pd.DataFrame({"budget_bits": budgets, "best": point, "share": share, "replicates": n,
-                      "candidates": np.sum([~np.isnan(v) for v in values.values()], axis=0)})
+  out = pd.DataFrame(
+    {
+      "budget_bits": budgets,
+      "best": point,
+      "share": share,
+      "replicates": n,
+      "candidates": np.sum([~np.isnan(v) for v in values.values()], axis=0),
+    }
+  )
   for label, v in values.items():
     out[f"value[{label}]"] = v
   return out
 
 
-def by_fit(fits: Mapping[str, scaling_fit.FitResult], metric: str,
-           budgets: np.ndarray) -> pd.DataFrame:
+def by_fit(
+  fits: Mapping[str, scaling_fit.FitResult], metric: str, budgets: np.ndarray
+) -> pd.DataFrame:
   """Best curve per budget from the fitted curves (each within FIT_REACH of its measured
   bits), with the share of aligned bootstrap replicates agreeing."""
   higher = HIGHER_IS_BETTER[metric]
@@ -132,9 +154,13 @@ def by_fit(fits: Mapping[str, scaling_fit.FitResult], metric: str,
   return out
 
 
-def bit_optimal(curves: Mapping[str, pd.DataFrame], fits: Mapping[str, scaling_fit.FitResult],
-                metric: str, draws: Sequence[np.ndarray], num_budgets: int = 12
-                ) -> pd.DataFrame:
+def bit_optimal(
+  curves: Mapping[str, pd.DataFrame],
+  fits: Mapping[str, scaling_fit.FitResult],
+  metric: str,
+  draws: Sequence[np.ndarray],
+  num_budgets: int = 12,
+) -> pd.DataFrame:
   """One row per budget: the best k by interpolation and by fit, each with its share."""
   all_cells = pd.concat(list(curves.values()))
   budgets = budgets_for(all_cells, num_budgets)

@@ -15,6 +15,8 @@ A figure whose data is missing is skipped and named in `notes`, never an error.
 The *main* method: block size 64 if present (else the most common), no outliers, and the
 first of MAIN_DTYPES present (the study's recommended types first).
 """
+# ruff: noqa: E402 (pyplot is imported after choosing its backend)
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,20 +25,37 @@ from typing import Any, Callable, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-from matplotlib import ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from etils import epath  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from etils import epath
+from matplotlib import ticker
 
-from kbit_jax.analysis import bitoptimal
-from kbit_jax.analysis import scaling  # noqa: E402
-from kbit_jax.analysis.scaling import BASELINE_BITS, curve_k  # noqa: E402
+from kbit_jax.analysis import bitoptimal, scaling
+from kbit_jax.analysis.scaling import BASELINE_BITS, curve_k
 
-K_COLORS = {2: "#8c564b", 3: "#d62728", 4: "#ff7f0e", 5: "#bcbd22", 6: "#2ca02c",
-            7: "#17becf", 8: "#1f77b4", 16: "#000000"}
-OTHER_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-                "#7f7f7f", "#bcbd22", "#17becf")
+K_COLORS = {
+  2: "#8c564b",
+  3: "#d62728",
+  4: "#ff7f0e",
+  5: "#bcbd22",
+  6: "#2ca02c",
+  7: "#17becf",
+  8: "#1f77b4",
+  16: "#000000",
+}
+OTHER_COLORS = (
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#9467bd",
+  "#ff7f0e",
+  "#8c564b",
+  "#e377c2",
+  "#7f7f7f",
+  "#bcbd22",
+  "#17becf",
+)
 MAIN_DTYPES = scaling.MAIN_DTYPES
 BITS_LABEL = "total model bits (log scale)"
 METRIC_LABEL = {"acc": "mean zero-shot accuracy", "nll": "perplexity (validation, log scale)"}
@@ -122,14 +141,16 @@ def _save(fig, out_dir: epath.Path, name: str) -> list[epath.Path]:
 def _grid(n: int, width: float = 4.6, height: float = 3.6):
   cols = min(n, 3)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                           layout="constrained")
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+  )
   for ax in axes.flat[n:]:
     ax.set_visible(False)
   return fig, list(axes.flat[:n])
 
 
 # ----------------------------------------------------------------------------- choices
+
 
 def _has(cells: pd.DataFrame, metric: str) -> bool:
   return bool(len(cells)) and bool(np.isfinite(cells[metric].to_numpy(float)).any())
@@ -174,12 +195,18 @@ def _method_title(a: scaling.Analysis, method: str, family: str | None = None) -
 
 # ----------------------------------------------------------------------------- figures
 
+
 def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -> Figure:
   if not _has(a.cells, metric):
     raise SkipFigure(f"no cell has a finite {metric}")
   b = main_blocksize(a)
-  methods = list(dict.fromkeys(_plain(a, b).sort_values("dtype", key=lambda s: s.map(
-      lambda d: MAIN_DTYPES.index(d) if d in MAIN_DTYPES else 99))["method"]))
+  methods = list(
+    dict.fromkeys(
+      _plain(a, b).sort_values(
+        "dtype", key=lambda s: s.map(lambda d: MAIN_DTYPES.index(d) if d in MAIN_DTYPES else 99)
+      )["method"]
+    )
+  )
   if not methods:
     raise SkipFigure("no quantized cells without outliers")
   family = _main_family(a)
@@ -187,17 +214,26 @@ def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -
   for ax, method in zip(axes, methods):
     for curve, cells in a.curves(family, method).items():
       k = curve_k(curve)
-      _line(ax, cells, metric, f"{k}-bit" if k != BASELINE_BITS else "16-bit (float)",
-            k_color(k), "--" if k == BASELINE_BITS else "-")
+      _line(
+        ax,
+        cells,
+        metric,
+        f"{k}-bit" if k != BASELINE_BITS else "16-bit (float)",
+        k_color(k),
+        "--" if k == BASELINE_BITS else "-",
+      )
     _chance(ax, a, metric)
     _style_axes(ax, metric, _method_title(a, method, family))
     _legend(ax)
   what = METRIC_LABEL[metric].split(" (")[0]
   fig.suptitle(f"{what} vs total model bits, one curve per k")
-  return Figure(name, f"{what.capitalize()} vs total model bits",
-                f"One panel per data type at block size {scaling.blocksize_label(b)}, no "
-                f"outliers ({family}); points are model sizes (mean over seeds).",
-                _save(fig, out, name))
+  return Figure(
+    name,
+    f"{what.capitalize()} vs total model bits",
+    f"One panel per data type at block size {scaling.blocksize_label(b)}, no "
+    f"outliers ({family}); points are model sizes (mean over seeds).",
+    _save(fig, out, name),
+  )
 
 
 def fig_acc_vs_bits(a, out):
@@ -229,9 +265,13 @@ def fig_by_setup(a: scaling.Analysis, out: epath.Path) -> Figure:
     _chance(ax, a, "acc")
     _style_axes(ax, "acc", f"{title}\n{_method_title(a, method)}")
     _legend(ax)
-  return Figure("acc_vs_bits_by_setup", "Accuracy vs total bits per training setup",
-                f"The main method ({method}) for each {'training family' if len(families) > 1 else 'training seed'}.",
-                _save(fig, out, "acc_vs_bits_by_setup"))
+  return Figure(
+    "acc_vs_bits_by_setup",
+    "Accuracy vs total bits per training setup",
+    f"The main method ({method}) for each "
+    f"{'training family' if len(families) > 1 else 'training seed'}.",
+    _save(fig, out, "acc_vs_bits_by_setup"),
+  )
 
 
 def _compare_panel(ax, a, metric, groups: dict[str, pd.DataFrame], title: str):
@@ -251,26 +291,42 @@ def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Fig
   b, main = main_blocksize(a), main_method(a)
   by_dtype = {d: c for d, c in q[q["blocksize"] == b].groupby("dtype")}
   dtype_with_most = q.groupby("dtype")["blocksize"].nunique()
-  dtype = main[1] if main and dtype_with_most.get(main[1], 0) > 1 else (
-      dtype_with_most.idxmax() if len(dtype_with_most) else None)
+  dtype = (
+    main[1]
+    if main and dtype_with_most.get(main[1], 0) > 1
+    else (dtype_with_most.idxmax() if len(dtype_with_most) else None)
+  )
   blocks = dict(tuple(q[q["dtype"] == dtype].groupby("blocksize"))) if dtype else {}
-  by_block = {f"B={scaling.blocksize_label(bs)}": blocks[bs]
-              for bs in sorted(blocks, key=scaling.blocksize_order)}
-  panels = [(f"{k}-bit data types, block size {scaling.blocksize_label(b)}", by_dtype),
-            (f"{k}-bit block sizes, data type {dtype}", by_block)]
+  by_block = {
+    f"B={scaling.blocksize_label(bs)}": blocks[bs]
+    for bs in sorted(blocks, key=scaling.blocksize_order)
+  }
+  panels = [
+    (f"{k}-bit data types, block size {scaling.blocksize_label(b)}", by_dtype),
+    (f"{k}-bit block sizes, data type {dtype}", by_block),
+  ]
   panels = [(t, g) for t, g in panels if len(g) >= 2]
   metrics = [m for m in scaling.METRICS if _has(q, m)]
   if not panels or not metrics:
     raise SkipFigure(f"fewer than 2 data types and fewer than 2 block sizes at k={k}")
   metrics = sorted(metrics, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(len(metrics), len(panels), figsize=(5.2 * len(panels),
-                           3.8 * len(metrics)), squeeze=False, layout="constrained")
+  fig, axes = plt.subplots(
+    len(metrics),
+    len(panels),
+    figsize=(5.2 * len(panels), 3.8 * len(metrics)),
+    squeeze=False,
+    layout="constrained",
+  )
   for row, metric in enumerate(metrics):
     for col, (title, groups) in enumerate(panels):
       _compare_panel(axes[row][col], a, metric, groups, title)
-  return Figure("blocksize_dtype_4bit", f"Block size and data type at {k} bits",
-                "Left: data types at one block size; right: block sizes of one data type. "
-                "16-bit baseline dashed.", _save(fig, out, "blocksize_dtype_4bit"))
+  return Figure(
+    "blocksize_dtype_4bit",
+    f"Block size and data type at {k} bits",
+    "Left: data types at one block size; right: block sizes of one data type. "
+    "16-bit baseline dashed.",
+    _save(fig, out, "blocksize_dtype_4bit"),
+  )
 
 
 def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
@@ -290,12 +346,18 @@ def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
       for p, cells in proxy[proxy["k"] == k].groupby("outlier_share"):
         _line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
     _chance(ax, a, metric)
-    _style_axes(ax, metric, f"outlier-dependent vs plain, data type {dtype}, block size "
-                f"{scaling.blocksize_label(b)}")
+    _style_axes(
+      ax,
+      metric,
+      f"outlier-dependent vs plain, data type {dtype}, block size {scaling.blocksize_label(b)}",
+    )
     _legend(ax)
-  return Figure("outliers", "Outlier-dependent quantization vs plain",
-                "Solid: plain; dashed: the p share of hidden units kept in 16 bits.",
-                _save(fig, out, "outliers"))
+  return Figure(
+    "outliers",
+    "Outlier-dependent quantization vs plain",
+    "Solid: plain; dashed: the p share of hidden units kept in 16 bits.",
+    _save(fig, out, "outliers"),
+  )
 
 
 def fig_fits(a: scaling.Analysis, out: epath.Path) -> Figure:
@@ -304,8 +366,11 @@ def fig_fits(a: scaling.Analysis, out: epath.Path) -> Figure:
   if main is None:
     raise SkipFigure("no quantized cells without outliers")
   method = main[0]
-  metrics = [m for m in scaling.METRICS
-             if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))]
+  metrics = [
+    m
+    for m in scaling.METRICS
+    if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))
+  ]
   if not metrics:
     raise SkipFigure(f"no fitted curve for {method}: " + "; ".join(a.skipped[:2]))
   metrics = sorted(metrics, key=lambda m: m != "acc")
@@ -320,19 +385,32 @@ def fig_fits(a: scaling.Analysis, out: epath.Path) -> Figure:
       lb = np.log(x) if len(x) else np.zeros(0)
       grid = np.linspace(lb.min() - 0.3, lb.max() + 0.3, 80) if len(lb) else np.zeros(0)
       point, low, high = fit.predict_band((grid - fit.data.ctx["x0"])[:, None])
-      ax.plot(np.exp(grid), _y(metric, point), "-" if k != BASELINE_BITS else "--",
-              color=k_color(k), lw=1.5, label=f"{k}-bit {_fit_label(fit)}")
+      ax.plot(
+        np.exp(grid),
+        _y(metric, point),
+        "-" if k != BASELINE_BITS else "--",
+        color=k_color(k),
+        lw=1.5,
+        label=f"{k}-bit {_fit_label(fit)}",
+      )
       if np.isfinite(low).all():
-        ax.fill_between(np.exp(grid), _y(metric, low), _y(metric, high), color=k_color(k),
-                        alpha=0.15, lw=0)
+        ax.fill_between(
+          np.exp(grid), _y(metric, low), _y(metric, high), color=k_color(k), alpha=0.15, lw=0
+        )
     _chance(ax, a, metric)
-    _style_axes(ax, metric, f"{'power law' if metric == 'nll' else 'sigmoid'} fits, "
-                f"{_method_title(a, method)}")
+    _style_axes(
+      ax,
+      metric,
+      f"{'power law' if metric == 'nll' else 'sigmoid'} fits, {_method_title(a, method)}",
+    )
     _legend(ax)
-  return Figure("fits", "Fitted curves with bootstrap bands",
-                f"Lines: robust fits per k; bands: {a.level:.0%} bootstrap bands "
-                f"({a.n_boot} replicates); points: measured (mean over seeds).",
-                _save(fig, out, "fits"))
+  return Figure(
+    "fits",
+    "Fitted curves with bootstrap bands",
+    f"Lines: robust fits per k; bands: {a.level:.0%} bootstrap bands "
+    f"({a.n_boot} replicates); points: measured (mean over seeds).",
+    _save(fig, out, "fits"),
+  )
 
 
 def _fit_label(fit) -> str:
@@ -348,11 +426,19 @@ def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
   if not tables:
     raise SkipFigure("no bit-optimal comparison (needs >= 2 bit widths with data)")
   metrics = sorted(tables, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(2, len(metrics), figsize=(5.4 * len(metrics), 6.2), squeeze=False,
-                           sharex="col", gridspec_kw={"height_ratios": [2, 1]},
-                           layout="constrained")
-  ks = sorted({curve_k(c) for t in tables.values() for c in t["best_interp"].dropna()} |
-              {curve_k(c) for t in tables.values() for c in t["best_fit"].dropna()}) or [4]
+  fig, axes = plt.subplots(
+    2,
+    len(metrics),
+    figsize=(5.4 * len(metrics), 6.2),
+    squeeze=False,
+    sharex="col",
+    gridspec_kw={"height_ratios": [2, 1]},
+    layout="constrained",
+  )
+  ks = sorted(
+    {curve_k(c) for t in tables.values() for c in t["best_interp"].dropna()}
+    | {curve_k(c) for t in tables.values() for c in t["best_fit"].dropna()}
+  ) or [4]
   for col, metric in enumerate(metrics):
     t, top, bottom = tables[metric], axes[0][col], axes[1][col]
     for source, style, marker, offset in (("interp", "-", "o", -0.06), ("fit", "--", "s", 0.06)):
@@ -361,19 +447,36 @@ def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
       if not ok.any():
         continue
       k_won = [curve_k(c) for c in best[ok]]
-      y = [ks.index(k) + offset for k in k_won]     # categorical rows, one per k
-      top.step(t["budget_bits"][ok], y, style, where="mid", color="#444444", lw=1,
-               label=f"by {'interpolation' if source == 'interp' else 'fitted curves'}")
-      top.scatter(t["budget_bits"][ok], y, c=[k_color(k) for k in k_won], marker=marker, s=36,
-                  zorder=3)
-      bottom.plot(t["budget_bits"][ok], t[f"share_{source}"][ok], style, marker=marker,
-                  color="#444444", ms=4, label=source)
+      y = [ks.index(k) + offset for k in k_won]  # categorical rows, one per k
+      top.step(
+        t["budget_bits"][ok],
+        y,
+        style,
+        where="mid",
+        color="#444444",
+        lw=1,
+        label=f"by {'interpolation' if source == 'interp' else 'fitted curves'}",
+      )
+      top.scatter(
+        t["budget_bits"][ok], y, c=[k_color(k) for k in k_won], marker=marker, s=36, zorder=3
+      )
+      bottom.plot(
+        t["budget_bits"][ok],
+        t[f"share_{source}"][ok],
+        style,
+        marker=marker,
+        color="#444444",
+        ms=4,
+        label=source,
+      )
     top.set_ylim(-0.5, len(ks) - 0.5)
     top.set_yticks(range(len(ks)), [f"{k}-bit" for k in ks])
     top.set_xscale("log")
     top.set_ylabel("bit-optimal k")
-    top.set_title(f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n"
-                  f"{_method_title(a, main[0])}", fontsize=10)
+    top.set_title(
+      f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n{_method_title(a, main[0])}",
+      fontsize=10,
+    )
     top.grid(True, which="both", alpha=0.25)
     _legend(top)
     bottom.set_xscale("log")
@@ -381,17 +484,22 @@ def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
     bottom.set_ylabel("bootstrap share\nwinning")
     bottom.set_xlabel(BITS_LABEL)
     bottom.grid(True, which="both", alpha=0.25)
-  return Figure("bit_optimal", "Bit-optimal precision per budget",
-                "Top: the k with the best metric at each total-bits budget (marker colour = k); "
-                "bottom: share of bootstrap replicates in which that k wins.",
-                _save(fig, out, "bit_optimal"))
+  return Figure(
+    "bit_optimal",
+    "Bit-optimal precision per budget",
+    "Top: the k with the best metric at each total-bits budget (marker colour = k); "
+    "bottom: share of bootstrap replicates in which that k wins.",
+    _save(fig, out, "bit_optimal"),
+  )
 
 
 def fig_precision_law(a: scaling.Analysis, out: epath.Path) -> Figure:
   main = main_method(a)
   if main is None or not any((main[0], f) in a.joint_fits for f in ("ptq", "neff")):
-    raise SkipFigure("no precision-law fit for the main method: "
-                     + "; ".join(s for s in a.skipped if "precision law" in s)[:300])
+    raise SkipFigure(
+      "no precision-law fit for the main method: "
+      + "; ".join(s for s in a.skipped if "precision law" in s)[:300]
+    )
   method = main[0]
   forms = [f for f in ("ptq", "neff") if (method, f) in a.joint_fits]
   fig, axes = _grid(len(forms), width=5.6, height=4.2)
@@ -408,29 +516,46 @@ def fig_precision_law(a: scaling.Analysis, out: epath.Path) -> Figure:
       grid_n = np.geomspace(n.min() / 1.5, n.max() * 1.5, 60)
       d = np.full(60, x[rows, 1].mean())
       xg = np.stack([np.log(grid_n) - ctx["lnN0"], d, np.full(60, k), np.zeros(60)], axis=1)
-      ax.plot(grid_n, np.exp(fit.predict(xg)), "-" if k != BASELINE_BITS else "--",
-              color=k_color(k), label=f"{k}-bit")
+      ax.plot(
+        grid_n,
+        np.exp(fit.predict(xg)),
+        "-" if k != BASELINE_BITS else "--",
+        color=k_color(k),
+        label=f"{k}-bit",
+      )
     ax.set_xscale("log")
     _log_perplexity_axis(ax)
     ax.set_xlabel("non-embedding parameters N (log scale)")
     ax.set_ylabel(METRIC_LABEL["nll"])
-    shown = ", ".join(f"{p}={v:.3g}" for p, v in fit.params.items() if p.startswith(("alpha",
-                                                                                     "gamma")))
+    shown = ", ".join(
+      f"{p}={v:.3g}" for p, v in fit.params.items() if p.startswith(("alpha", "gamma"))
+    )
     ax.set_title(f"{form} law ({shown})\n{_method_title(a, method)}", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax)
-  return Figure("precision_law", "Precision-aware laws (joint over k)",
-                "Points: measured; lines: one joint fit over all k (first training family).",
-                _save(fig, out, "precision_law"))
+  return Figure(
+    "precision_law",
+    "Precision-aware laws (joint over k)",
+    "Points: measured; lines: one joint fit over all k (first training family).",
+    _save(fig, out, "precision_law"),
+  )
 
 
 FIGURES: tuple[Callable[[scaling.Analysis, epath.Path], Figure], ...] = (
-    fig_acc_vs_bits, fig_by_setup, fig_blocksize_dtype, fig_outliers, fig_ppl_vs_bits,
-    fig_fits, fig_bit_optimal, fig_precision_law)
+  fig_acc_vs_bits,
+  fig_by_setup,
+  fig_blocksize_dtype,
+  fig_outliers,
+  fig_ppl_vs_bits,
+  fig_fits,
+  fig_bit_optimal,
+  fig_precision_law,
+)
 
 
-def render(makers: Sequence[Callable[[Any, epath.Path], Figure]], data: Any, out_dir: str
-           ) -> tuple[list[Figure], list[str]]:
+def render(
+  makers: Sequence[Callable[[Any, epath.Path], Figure]], data: Any, out_dir: str
+) -> tuple[list[Figure], list[str]]:
   """Runs each `fig_*` maker on `data`; `notes` names the skipped figures and why."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

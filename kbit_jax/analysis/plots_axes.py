@@ -9,6 +9,7 @@
                 parameter D/N, one colour per k, one line style per size
 A figure whose data is missing is skipped and named in `notes`, as in plots.py.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,9 +18,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import plots
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis import scaling_axes
+from kbit_jax.analysis import plots, scaling, scaling_axes
 from kbit_jax.analysis.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
 
 STYLES = ("-", "--", ":", "-.")
@@ -45,10 +44,14 @@ def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
     ax.set_title(scaling.tokens_label(tokens), fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax)
-  return Figure("probe_bits", "Recovered bits of the k-bit probes vs parameters",
-                "Information recovered, sum over the probes of max(0, k - H(answer | model)) "
-                "in bits, weights-only cells of the main method; one curve per weight "
-                "precision.", _save(fig, out, "probe_bits"))
+  return Figure(
+    "probe_bits",
+    "Recovered bits of the k-bit probes vs parameters",
+    "Information recovered, sum over the probes of max(0, k - H(answer | model)) "
+    "in bits, weights-only cells of the main method; one curve per weight "
+    "precision.",
+    _save(fig, out, "probe_bits"),
+  )
 
 
 def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
@@ -67,17 +70,21 @@ def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
     ax.set_xlabel("activation bits")
     ax.set_ylabel("weight bits")
     ax.set_title(name, fontsize=9)
-  return Figure("act_bits", "Weight bits x activation bits (perplexity)",
-                "Validation perplexity per weight precision k (rows) and matmul-input "
-                "precision a (columns), main method, per trained model.",
-                _save(fig, out, "act_bits"))
+  return Figure(
+    "act_bits",
+    "Weight bits x activation bits (perplexity)",
+    "Validation perplexity per weight precision k (rows) and matmul-input "
+    "precision a (columns), main method, per trained model.",
+    _save(fig, out, "act_bits"),
+  )
 
 
 def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
   penalty = scaling_axes.ptq_penalty(cells)
   if penalty.empty or penalty["tokens"].nunique() < 2:
-    raise SkipFigure("needs quantized and 16-bit cells at >= 2 training-token budgets "
-                     "(grid.tokens)")
+    raise SkipFigure(
+      "needs quantized and 16-bit cells at >= 2 training-token budgets (grid.tokens)"
+    )
   fig, axes = _grid(1, width=5.6, height=4.2)
   ax = axes[0]
   presets = list(penalty.sort_values("n")["preset"].unique())
@@ -85,22 +92,35 @@ def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
     for i, preset in enumerate(presets):
       rows = penalty[(penalty["k"] == k) & (penalty["preset"] == preset)]
       rows = rows.groupby("d_over_n", as_index=False)["penalty"].mean()
-      ax.plot(rows["d_over_n"], rows["penalty"], STYLES[i % len(STYLES)],
-              marker=MARKERS[i % len(MARKERS)], color=k_color(k), ms=4,
-              label=f"{k}-bit {preset}")
+      ax.plot(
+        rows["d_over_n"],
+        rows["penalty"],
+        STYLES[i % len(STYLES)],
+        marker=MARKERS[i % len(MARKERS)],
+        color=k_color(k),
+        ms=4,
+        label=f"{k}-bit {preset}",
+      )
   ax.axhline(0, color="#999999", lw=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("training tokens per non-embedding parameter D/N (log scale)")
   ax.set_ylabel("PTQ penalty: nll(k-bit) - nll(16-bit) [nats]")
   ax.grid(True, which="both", alpha=0.25)
   _legend(ax)
-  return Figure("ptq_penalty", "PTQ penalty vs training tokens",
-                "Post-training-quantization penalty at fixed N as the training budget D "
-                "grows (main method, weights only).", _save(fig, out, "ptq_penalty"))
+  return Figure(
+    "ptq_penalty",
+    "PTQ penalty vs training tokens",
+    "Post-training-quantization penalty at fixed N as the training budget D "
+    "grows (main method, weights only).",
+    _save(fig, out, "ptq_penalty"),
+  )
 
 
 FIGURES: tuple[Callable[[pd.DataFrame, epath.Path], Figure], ...] = (
-    fig_probe_bits, fig_act_bits, fig_ptq_penalty)
+  fig_probe_bits,
+  fig_act_bits,
+  fig_ptq_penalty,
+)
 
 
 def make_figures(cells: pd.DataFrame, out_dir: str) -> tuple[list[Figure], list[str]]:

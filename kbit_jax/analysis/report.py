@@ -8,6 +8,7 @@ render to Markdown and to a self-contained-enough HTML page (figures are linked 
 next to it). Whatever cannot be computed (no records, a fit the data cannot identify, a
 figure without data) becomes a line in the report instead of an error.
 """
+
 from __future__ import annotations
 
 import html
@@ -18,14 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import plots
-from kbit_jax.analysis import plots_axes
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis import scaling_axes
+from kbit_jax.analysis import plots, plots_axes, scaling, scaling_axes
 from kbit_jax.analysis.scaling import BASELINE_METHOD
 
-MAX_LIST = 30          # longest list of skipped fits / issues shown in full
-Block = tuple          # ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", src, alt)
+MAX_LIST = 30  # longest list of skipped fits / issues shown in full
+# ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", src, alt)
+Block = tuple
 
 
 def num(v: Any, digits: int = 3) -> str:
@@ -54,28 +53,51 @@ def _share(v: Any) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
+
 def provenance_blocks(a: scaling.Analysis) -> list[Block]:
   p = scaling.provenance(a)
-  rows = [("results", f"`{p['results_dir'] or '(in memory)'}`"), ("cells analysed", num(p["cells"])),
-          ("git commits", ", ".join(f"`{c[:12]}` ({n} cells)" for c, n in p["commits"].items())),
-          ("records created", " .. ".join(p["created"]) or "-"),
-          ("evaluation settings (eval_id)", ", ".join(f"`{e}`" for e in p["eval_id"])),
-          ("perplexity split", p["ppl_split"]),
-          ("zero-shot tasks (mean chance)", f"{', '.join(p['tasks']) or '-'} ({p['chance']:.3f})"),
-          ("bit widths k", ", ".join(map(str, p["bits"]))),
-          ("data types", ", ".join(p["dtypes"]) or "-"),
-          ("block sizes", ", ".join(p["blocksizes"]) or "-"),
-          ("outlier shares", ", ".join(f"{s:g}" for s in p["outlier_shares"]) or "-"),
-          ("quantization targets", ", ".join(p["targets"]) or "-"),
-          ("training families", ", ".join(p["families"])),
-          ("bootstrap", f"{p['n_boot']} replicates over checkpoints, {p['level']:.0%} percentile intervals")]
-  preset_cols = [c for c in ("preset", "params", "non_embedding", "tokens", "seeds", "train_steps",
-                             "train_batch_size", "seq_len", "train_lr", "cells")
-                 if p["presets"] and c in p["presets"][0]]
+  rows = [
+    ("results", f"`{p['results_dir'] or '(in memory)'}`"),
+    ("cells analysed", num(p["cells"])),
+    ("git commits", ", ".join(f"`{c[:12]}` ({n} cells)" for c, n in p["commits"].items())),
+    ("records created", " .. ".join(p["created"]) or "-"),
+    ("evaluation settings (eval_id)", ", ".join(f"`{e}`" for e in p["eval_id"])),
+    ("perplexity split", p["ppl_split"]),
+    ("zero-shot tasks (mean chance)", f"{', '.join(p['tasks']) or '-'} ({p['chance']:.3f})"),
+    ("bit widths k", ", ".join(map(str, p["bits"]))),
+    ("data types", ", ".join(p["dtypes"]) or "-"),
+    ("block sizes", ", ".join(p["blocksizes"]) or "-"),
+    ("outlier shares", ", ".join(f"{s:g}" for s in p["outlier_shares"]) or "-"),
+    ("quantization targets", ", ".join(p["targets"]) or "-"),
+    ("training families", ", ".join(p["families"])),
+    (
+      "bootstrap",
+      f"{p['n_boot']} replicates over checkpoints, {p['level']:.0%} percentile intervals",
+    ),
+  ]
+  preset_cols = [
+    c
+    for c in (
+      "preset",
+      "params",
+      "non_embedding",
+      "tokens",
+      "seeds",
+      "train_steps",
+      "train_batch_size",
+      "seq_len",
+      "train_lr",
+      "cells",
+    )
+    if p["presets"] and c in p["presets"][0]
+  ]
   preset_rows = [[_cell(r[c]) for c in preset_cols] for r in p["presets"]]
-  return [("h", 2, "Provenance"), ("table", ["", "value"], rows),
-          ("p", "Training setup per preset (from the records):"),
-          ("table", preset_cols, preset_rows)]
+  return [
+    ("h", 2, "Provenance"),
+    ("table", ["", "value"], rows),
+    ("p", "Training setup per preset (from the records):"),
+    ("table", preset_cols, preset_rows),
+  ]
 
 
 def _cell(v: Any) -> str:
@@ -91,14 +113,18 @@ def _limited(items: Sequence[str]) -> list[str]:
   return items
 
 
-def figure_blocks(figures: Sequence[plots.Figure], notes: Sequence[str],
-                  out_dir: epath.Path) -> list[Block]:
+def figure_blocks(
+  figures: Sequence[plots.Figure], notes: Sequence[str], out_dir: epath.Path
+) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Figures")]
   for f in figures:
     src = str(f.png.relative_to(out_dir)) if str(f.png).startswith(str(out_dir)) else str(f.png)
     pdf = next((p for p in f.paths if p.suffix == ".pdf"), None)
-    blocks += [("h", 3, f.title), ("img", src, f.title),
-               ("p", f.caption + (f" ([PDF]({src[:-4]}.pdf))" if pdf else ""))]
+    blocks += [
+      ("h", 3, f.title),
+      ("img", src, f.title),
+      ("p", f.caption + (f" ([PDF]({src[:-4]}.pdf))" if pdf else "")),
+    ]
   if notes:
     blocks += [("p", "Not drawn:"), ("ul", list(notes))]
   return blocks
@@ -108,36 +134,75 @@ def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Bit-optimal precision per total-bits budget")]
   if not a.bit_optimal:
     return blocks + [("p", "No comparison could be made (it needs >= 2 bit widths with data).")]
-  blocks.append(("p", "For each budget, the k whose model is best at that many total bits: "
-                 "by linear interpolation between measured sizes in log bits (the study's "
-                 "method; '-' where fewer than two k reach the budget) and by the fitted "
-                 "curves (which may extrapolate). Share: bootstrap replicates in which that "
-                 "k wins again."))
+  blocks.append(
+    (
+      "p",
+      "For each budget, the k whose model is best at that many total bits: "
+      "by linear interpolation between measured sizes in log bits (the study's "
+      "method; '-' where fewer than two k reach the budget) and by the fitted "
+      "curves (which may extrapolate). Share: bootstrap replicates in which that "
+      "k wins again.",
+    )
+  )
   main = plots.main_method(a)
   family = a.families()[0]
   for metric in scaling.METRICS:
     t = a.bit_optimal.get((family, main[0], metric)) if main else None
     if t is None:
       continue
-    rows = [[num(r.budget_bits), f"{r.budget_bits / 8 / 2**20:.3g}", str(r.candidates),
-             _label(r.best_interp), _share(r.share_interp), _label(r.best_fit),
-             _share(r.share_fit)]
-            for r in t.itertuples()]
-    blocks += [("h", 3, f"{main[0]}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
-               ("table", ["budget (bits)", "MiB", "k reaching it", "best k (interp)", "share",
-                          "best k (fit)", "share"], rows)]
+    rows = [
+      [
+        num(r.budget_bits),
+        f"{r.budget_bits / 8 / 2**20:.3g}",
+        str(r.candidates),
+        _label(r.best_interp),
+        _share(r.share_interp),
+        _label(r.best_fit),
+        _share(r.share_fit),
+      ]
+      for r in t.itertuples()
+    ]
+    blocks += [
+      ("h", 3, f"{main[0]}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
+      (
+        "table",
+        [
+          "budget (bits)",
+          "MiB",
+          "k reaching it",
+          "best k (interp)",
+          "share",
+          "best k (fit)",
+          "share",
+        ],
+        rows,
+      ),
+    ]
   rows = []
   for (fam, method, metric), t in a.bit_optimal.items():
     for source in ("interp", "fit"):
       best = t[f"best_{source}"].dropna()
       if len(best):
         counts = best.value_counts()
-        rows.append([fam, method, metric, source, counts.index[0],
-                     f"{counts.iloc[0]}/{len(best)}",
-                     ", ".join(f"{k} {n}" for k, n in counts.items())])
-  blocks += [("h", 3, "All methods: how often each k is best across budgets"),
-             ("table", ["family", "method", "metric", "by", "most often best", "budgets",
-                        "all winners"], rows)]
+        rows.append(
+          [
+            fam,
+            method,
+            metric,
+            source,
+            counts.index[0],
+            f"{counts.iloc[0]}/{len(best)}",
+            ", ".join(f"{k} {n}" for k, n in counts.items()),
+          ]
+        )
+  blocks += [
+    ("h", 3, "All methods: how often each k is best across budgets"),
+    (
+      "table",
+      ["family", "method", "metric", "by", "most often best", "budgets", "all winners"],
+      rows,
+    ),
+  ]
   return blocks
 
 
@@ -153,42 +218,75 @@ def fit_blocks(a: scaling.Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Fitted curves per k")]
   if not a.curve_fits:
     return blocks + [("p", "No curve could be fitted; see 'Skipped fits'.")]
-  blocks.append(("p", f"nll (ln perplexity) = a·bits^-alpha + E and mean accuracy = "
-                 f"lo + (hi - lo)·sigmoid(s·ln(bits/m_bits)), lo = chance fixed; robust "
-                 f"(soft-L1) least squares in log bits; [{a.level:.0%} bootstrap interval]. "
-                 "'boot ok': replicates with enough distinct sizes to refit; 'at bound': a "
-                 "parameter on its search bound (e.g. E at the smallest loss, alpha at 0)."))
+  blocks.append(
+    (
+      "p",
+      f"nll (ln perplexity) = a·bits^-alpha + E and mean accuracy = "
+      f"lo + (hi - lo)·sigmoid(s·ln(bits/m_bits)), lo = chance fixed; robust "
+      f"(soft-L1) least squares in log bits; [{a.level:.0%} bootstrap interval]. "
+      "'boot ok': replicates with enough distinct sizes to refit; 'at bound': a "
+      "parameter on its search bound (e.g. E at the smallest loss, alpha at 0).",
+    )
+  )
   for metric, names in CURVE_PARAMS.items():
     rows = []
     for (family, method, curve, m), fit in a.curve_fits.items():
       if m != metric:
         continue
-      rows.append([family, method, curve] + [with_ci(fit.params[p], fit.ci.get(p)) if p != "lo"
-                                              else num(fit.params[p]) for p in names]
-                  + [str(fit.n_cells), str(fit.n_sizes), str(fit.n_boot_ok), _bound(fit)])
+      rows.append(
+        [family, method, curve]
+        + [
+          with_ci(fit.params[p], fit.ci.get(p)) if p != "lo" else num(fit.params[p]) for p in names
+        ]
+        + [str(fit.n_cells), str(fit.n_sizes), str(fit.n_boot_ok), _bound(fit)]
+      )
     if rows:
-      blocks += [("h", 3, "Perplexity: power law in total bits" if metric == "nll"
-                  else "Mean zero-shot accuracy: sigmoid in log total bits"),
-                 ("table", ["family", "method", "k"] + list(names) + ["cells", "sizes",
-                                                                      "boot ok", "note"], rows)]
+      blocks += [
+        (
+          "h",
+          3,
+          "Perplexity: power law in total bits"
+          if metric == "nll"
+          else "Mean zero-shot accuracy: sigmoid in log total bits",
+        ),
+        (
+          "table",
+          ["family", "method", "k"] + list(names) + ["cells", "sizes", "boot ok", "note"],
+          rows,
+        ),
+      ]
   return blocks
 
 
 def joint_blocks(a: scaling.Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Precision-aware laws (joint over k, Kumar et al. style)")]
-  blocks.append(("p", "neff: L = A·(N(1 - e^(-k/gamma)))^-alpha + E_f. ptq: L = A·N^-alpha + "
-                 "E_f + [k < 16]·C·(D/D0)^gamma_D·N^-gamma_N·e^(-k/gamma_post). N = non-embedding "
-                 "parameters, D = training tokens, one E per training family (B·D^-beta folded "
-                 "in); gamma_D only with >= 2 token counts, else absorbed into C."))
+  blocks.append(
+    (
+      "p",
+      "neff: L = A·(N(1 - e^(-k/gamma)))^-alpha + E_f. ptq: L = A·N^-alpha + "
+      "E_f + [k < 16]·C·(D/D0)^gamma_D·N^-gamma_N·e^(-k/gamma_post). N = non-embedding "
+      "parameters, D = training tokens, one E per training family (B·D^-beta folded "
+      "in); gamma_D only with >= 2 token counts, else absorbed into C.",
+    )
+  )
   if not a.joint_fits:
     return blocks + [("p", "Not fitted; see 'Skipped fits'.")]
   rows = []
   for (method, form), fit in a.joint_fits.items():
-    rows.append([method, form, "; ".join(f"{p} = {with_ci(v, fit.ci.get(p))}"
-                                         for p, v in fit.params.items()),
-                 str(fit.n_cells), str(fit.n_sizes), str(fit.n_boot_ok), _bound(fit)])
-  return blocks + [("table", ["method", "law", "parameters [interval]", "cells", "sizes",
-                              "boot ok", "note"], rows)]
+    rows.append(
+      [
+        method,
+        form,
+        "; ".join(f"{p} = {with_ci(v, fit.ci.get(p))}" for p, v in fit.params.items()),
+        str(fit.n_cells),
+        str(fit.n_sizes),
+        str(fit.n_boot_ok),
+        _bound(fit),
+      ]
+    )
+  return blocks + [
+    ("table", ["method", "law", "parameters [interval]", "cells", "sizes", "boot ok", "note"], rows)
+  ]
 
 
 def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
@@ -196,25 +294,64 @@ def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
   t = scaling.extrapolation_table(a)
   if t.empty:
     return blocks + [("p", "No fit to check.")]
-  blocks.append(("p", "Each form refitted without the largest model and asked to predict it. "
-                 "nll: mean error in nats and relative perplexity error; acc: error in "
-                 "accuracy points. Positive = the fit predicts a higher value."))
+  blocks.append(
+    (
+      "p",
+      "Each form refitted without the largest model and asked to predict it. "
+      "nll: mean error in nats and relative perplexity error; acc: error in "
+      "accuracy points. Positive = the fit predicts a higher value.",
+    )
+  )
   done = t[t["note"] == ""]
   if len(done):
     summary = done.groupby(["form", "metric"]).agg(
-        fits=("mean_abs_error", "size"), median_abs=("mean_abs_error", "median"),
-        max_abs=("mean_abs_error", "max"), median_ppl_rel=("ppl_rel_error", "median"))
-    blocks.append(("table", ["form", "metric", "fits", "median |error|", "max |error|",
-                             "median perplexity rel. error"],
-                   [[f, m, str(int(r.fits)), num(r.median_abs), num(r.max_abs),
-                     _share(r.median_ppl_rel)] for (f, m), r in summary.iterrows()]))
+      fits=("mean_abs_error", "size"),
+      median_abs=("mean_abs_error", "median"),
+      max_abs=("mean_abs_error", "max"),
+      median_ppl_rel=("ppl_rel_error", "median"),
+    )
+    blocks.append(
+      (
+        "table",
+        ["form", "metric", "fits", "median |error|", "max |error|", "median perplexity rel. error"],
+        [
+          [f, m, str(int(r.fits)), num(r.median_abs), num(r.max_abs), _share(r.median_ppl_rel)]
+          for (f, m), r in summary.iterrows()
+        ],
+      )
+    )
     main = plots.main_method(a)
-    shown = done[done["method"].isin([main[0] if main else "", BASELINE_METHOD])
-                 | (done["curve"] == "all k")]
-    blocks.append(("table", ["family", "method", "k", "form", "held out", "cells",
-                             "mean error", "perplexity rel. error"],
-                   [[r.family, r.method, r.curve, r.form, r.heldout, str(r.cells),
-                     num(r.mean_error), _share(r.ppl_rel_error)] for r in shown.itertuples()]))
+    shown = done[
+      done["method"].isin([main[0] if main else "", BASELINE_METHOD]) | (done["curve"] == "all k")
+    ]
+    blocks.append(
+      (
+        "table",
+        [
+          "family",
+          "method",
+          "k",
+          "form",
+          "held out",
+          "cells",
+          "mean error",
+          "perplexity rel. error",
+        ],
+        [
+          [
+            r.family,
+            r.method,
+            r.curve,
+            r.form,
+            r.heldout,
+            str(r.cells),
+            num(r.mean_error),
+            _share(r.ppl_rel_error),
+          ]
+          for r in shown.itertuples()
+        ],
+      )
+    )
   not_done = t[t["note"] != ""]
   if len(not_done):
     blocks += [("p", "Not checked:"), ("ul", _limited(sorted(set(not_done["note"]))))]
@@ -225,13 +362,17 @@ def _frame_table(table, digits: int = 3) -> Block:
   """A DataFrame (MultiIndex rows) as a table block."""
   names = [str(n) for n in table.index.names]
   header = tuple(names + [str(c) for c in table.columns])
-  rows = [tuple(_cell(v) for v in (i if isinstance(i, tuple) else (i,)))
-          + tuple(num(v, digits) for v in r) for i, r in zip(table.index, table.to_numpy())]
+  rows = [
+    tuple(_cell(v) for v in (i if isinstance(i, tuple) else (i,)))
+    + tuple(num(v, digits) for v in r)
+    for i, r in zip(table.index, table.to_numpy())
+  ]
   return ("table", header, rows)
 
 
-def axes_blocks(cells, figures: Sequence[plots.Figure], notes: Sequence[str],
-                out_dir: epath.Path) -> list[Block]:
+def axes_blocks(
+  cells, figures: Sequence[plots.Figure], notes: Sequence[str], out_dir: epath.Path
+) -> list[Block]:
   """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (scaling_axes)."""
   if cells is None or cells.empty:
     return []
@@ -239,39 +380,63 @@ def axes_blocks(cells, figures: Sequence[plots.Figure], notes: Sequence[str],
   blocks += figure_blocks(figures, notes, out_dir)[1:]
   probe = scaling_axes.probe_table(cells)
   if not probe.empty:
-    blocks += [("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
-               _frame_table(probe)]
+    blocks += [
+      ("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
+      _frame_table(probe),
+    ]
     probe_fits = scaling_axes.probe_fits(cells)
     if not probe_fits.empty:
-      blocks += [("h", 3, "Recovered bits = a + b ln x, least squares over sizes"),
-                 _frame_table(probe_fits.set_index(["tokens", "k", "x"]))]
-  for metric, what, digits in (("nll", "ln perplexity", 5),
-                               ("acc", "mean zero-shot accuracy", 3)):
+      blocks += [
+        ("h", 3, "Recovered bits = a + b ln x, least squares over sizes"),
+        _frame_table(probe_fits.set_index(["tokens", "k", "x"])),
+      ]
+  for metric, what, digits in (("nll", "ln perplexity", 5), ("acc", "mean zero-shot accuracy", 3)):
     for name, table in scaling_axes.act_tables(cells, metric).items():
-      blocks += [("h", 3, f"{name}: {what}, weight bits (rows) x activation bits"),
-                 _frame_table(table, digits)]
+      blocks += [
+        ("h", 3, f"{name}: {what}, weight bits (rows) x activation bits"),
+        _frame_table(table, digits),
+      ]
   fits = scaling_axes.nd_fits(cells)
   if fits:
-    blocks += [("h", 3, "Performance = a N^b D^c (16-bit cells, log-linear least squares)"),
-               ("table", ("metric", "a", "b (N)", "c (D)", "R^2", "points"),
-                [(f["metric"], num(f["a"]), num(f["b"]), num(f["c"]), num(f["r2"]),
-                  num(f["points"])) for f in fits.values()])]
+    blocks += [
+      ("h", 3, "Performance = a N^b D^c (16-bit cells, log-linear least squares)"),
+      (
+        "table",
+        ("metric", "a", "b (N)", "c (D)", "R^2", "points"),
+        [
+          (f["metric"], num(f["a"]), num(f["b"]), num(f["c"]), num(f["r2"]), num(f["points"]))
+          for f in fits.values()
+        ],
+      ),
+    ]
   penalty = scaling_axes.penalty_table(scaling_axes.ptq_penalty(cells))
   if not penalty.empty and penalty.shape[1] > 2:
-    blocks += [("h", 3, "PTQ penalty nll(k) - nll(16) [nats] per training tokens D"),
-               _frame_table(penalty)]
+    blocks += [
+      ("h", 3, "PTQ penalty nll(k) - nll(16) [nats] per training tokens D"),
+      _frame_table(penalty),
+    ]
   return blocks if len(blocks) > 1 else []
 
 
-def report_blocks(a: scaling.Analysis | None, figures: Sequence[plots.Figure],
-                  notes: Sequence[str], out_dir: epath.Path, error: str = "",
-                  axes: list[Block] = ()) -> list[Block]:
+def report_blocks(
+  a: scaling.Analysis | None,
+  figures: Sequence[plots.Figure],
+  notes: Sequence[str],
+  out_dir: epath.Path,
+  error: str = "",
+  axes: list[Block] = (),
+) -> list[Block]:
   blocks: list[Block] = [("h", 1, "k-bit inference scaling: report")]
   if a is None:
     return blocks + [("p", f"No analysis could be made: {error}")]
-  blocks.append(("p", f"{len(a.cells)} cells, {len(a.curve_fits)} curve fits, "
-                 f"{len(a.joint_fits)} precision-law fits, {len(figures)} figures. Reproduces "
-                 "the views of Dettmers & Zettlemoyer (2023) and Kumar et al. (2024)."))
+  blocks.append(
+    (
+      "p",
+      f"{len(a.cells)} cells, {len(a.curve_fits)} curve fits, "
+      f"{len(a.joint_fits)} precision-law fits, {len(figures)} figures. Reproduces "
+      "the views of Dettmers & Zettlemoyer (2023) and Kumar et al. (2024).",
+    )
+  )
   if a.issues:
     blocks += [("h", 2, "Data issues"), ("ul", _limited(a.issues))]
   blocks += figure_blocks(figures, notes, out_dir)
@@ -283,6 +448,7 @@ def report_blocks(a: scaling.Analysis | None, figures: Sequence[plots.Figure],
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _md_cell(text: str) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
@@ -299,8 +465,10 @@ def to_markdown(blocks: Sequence[Block]) -> str:
       out.append("\n".join(f"- {item}" for item in b[1]))
     elif b[0] == "table":
       header, rows = b[1], b[2]
-      lines = ["| " + " | ".join(map(_md_cell, header)) + " |",
-               "|" + "|".join("---" for _ in header) + "|"]
+      lines = [
+        "| " + " | ".join(map(_md_cell, header)) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+      ]
       lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
       out.append("\n".join(lines))
     elif b[0] == "img":
@@ -315,15 +483,21 @@ def _inline(text: str) -> str:
   return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-       "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
-       "img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 3px}")
+CSS = (
+  "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+  "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
+  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+  "img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 3px}"
+)
 
 
 def to_html(blocks: Sequence[Block]) -> str:
-  out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
-         "<title>k-bit inference scaling report</title>", f"<style>{CSS}</style></head><body>"]
+  out = [
+    "<!DOCTYPE html>",
+    "<html><head><meta charset='utf-8'>",
+    "<title>k-bit inference scaling report</title>",
+    f"<style>{CSS}</style></head><body>",
+  ]
   for b in blocks:
     if b[0] == "h":
       out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
@@ -333,17 +507,21 @@ def to_html(blocks: Sequence[Block]) -> str:
       out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
     elif b[0] == "table":
       head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-      body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
-                     for r in b[2])
+      body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
       out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
     elif b[0] == "img":
       out.append(f"<p><img src='{html.escape(b[1])}' alt='{html.escape(b[2])}'></p>")
   return "\n".join(out + ["</body></html>"]) + "\n"
 
 
-def render(a: scaling.Analysis | None, out_dir: str, error: str = "",
-           figures: Sequence[plots.Figure] | None = None, notes: Sequence[str] = (),
-           all_cells=None) -> dict[str, epath.Path]:
+def render(
+  a: scaling.Analysis | None,
+  out_dir: str,
+  error: str = "",
+  figures: Sequence[plots.Figure] | None = None,
+  notes: Sequence[str] = (),
+  all_cells=None,
+) -> dict[str, epath.Path]:
   """Writes report.md and report.html (and the figures, unless given) to `out_dir`;
   `all_cells` (scaling_axes.load_all_cells) adds the probes / act bits / tokens section."""
   out = epath.Path(out_dir)
@@ -352,8 +530,7 @@ def render(a: scaling.Analysis | None, out_dir: str, error: str = "",
     figures, notes = plots.make_figures(a, str(out / "figures")) if a is not None else ([], [])
   axes = []
   if all_cells is not None and not all_cells.empty:
-    axes = axes_blocks(all_cells, *plots_axes.make_figures(all_cells, str(out / "figures")),
-                       out)
+    axes = axes_blocks(all_cells, *plots_axes.make_figures(all_cells, str(out / "figures")), out)
   blocks = report_blocks(a, figures, notes, out, error, axes)
   paths = {"md": out / "report.md", "html": out / "report.html"}
   paths["md"].write_text(to_markdown(blocks))
@@ -361,8 +538,9 @@ def render(a: scaling.Analysis | None, out_dir: str, error: str = "",
   return paths
 
 
-def report_main(results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95,
-                seed: int = 0) -> dict[str, epath.Path]:
+def report_main(
+  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> dict[str, epath.Path]:
   """`kbit report --results DIR --out OUT`: fits, tables, figures and the report."""
   try:
     cells, issues = scaling.load_cells(results_dir)

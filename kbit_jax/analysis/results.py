@@ -16,6 +16,7 @@ temporary file in the same directory that is then renamed: a reader, or a rerun 
 `params`, `total_bits`, `mean/acc`, `lambada/acc_stderr`, `ppl/validation/perplexity`,
 ...), other groups keep their name (`time/eval_s`, `compiles/cell`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ from etils import epath
 
 SUFFIX = ".json"
 TMP_PREFIX = ".tmp-"
-BARE_GROUPS = ("key", "model", "bits", "metrics")   # flattened without a prefix in `load`
+BARE_GROUPS = ("key", "model", "bits", "metrics")  # flattened without a prefix in `load`
 
 
 def cell_id(key: dict[str, Any]) -> str:
@@ -47,8 +48,11 @@ def finished_ids(results_dir: str | epath.Path) -> set[str]:
   directory = epath.Path(results_dir)
   if not directory.exists():
     return set()
-  return {p.name[:-len(SUFFIX)] for p in directory.iterdir()
-          if p.name.endswith(SUFFIX) and not p.name.startswith(TMP_PREFIX)}
+  return {
+    p.name[: -len(SUFFIX)]
+    for p in directory.iterdir()
+    if p.name.endswith(SUFFIX) and not p.name.startswith(TMP_PREFIX)
+  }
 
 
 def write(results_dir: str | epath.Path, record: dict[str, Any]) -> epath.Path:
@@ -59,9 +63,8 @@ def write(results_dir: str | epath.Path, record: dict[str, Any]) -> epath.Path:
   directory.mkdir(parents=True, exist_ok=True)
   path = record_path(directory, record["key"])
   tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
-  tmp.write_text(json.dumps({"id": cell_id(record["key"]), **record}, indent=1,
-                            sort_keys=True))
-  tmp.replace(path)   # os.replace locally; on GCS a server-side copy, whole or absent
+  tmp.write_text(json.dumps({"id": cell_id(record["key"]), **record}, indent=1, sort_keys=True))
+  tmp.replace(path)  # os.replace locally; on GCS a server-side copy, whole or absent
   return path
 
 
@@ -71,14 +74,19 @@ def read(path: str | epath.Path) -> dict[str, Any]:
   try:
     record = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"results record {path} is unreadable ({type(e).__name__}: {e}); "
-                     "delete it to have the grid redo that cell") from None
+    raise ValueError(
+      f"results record {path} is unreadable ({type(e).__name__}: {e}); "
+      "delete it to have the grid redo that cell"
+    ) from None
   if not isinstance(record, dict) or not isinstance(record.get("key"), dict):
-    raise ValueError(f"results record {path} has no 'key' dict; delete it to have the "
-                     "grid redo that cell")
+    raise ValueError(
+      f"results record {path} has no 'key' dict; delete it to have the grid redo that cell"
+    )
   if record.get("id") != cell_id(record["key"]):
-    raise ValueError(f"results record {path}: its id {record.get('id')!r} is not the hash "
-                     f"of its key ({cell_id(record['key'])}); the file was edited or renamed")
+    raise ValueError(
+      f"results record {path}: its id {record.get('id')!r} is not the hash "
+      f"of its key ({cell_id(record['key'])}); the file was edited or renamed"
+    )
   return record
 
 
@@ -101,8 +109,9 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     else:
       row[prefix] = value
 
-  for group in sorted(record, key=lambda g: (g not in BARE_GROUPS, BARE_GROUPS.index(g)
-                                               if g in BARE_GROUPS else 0, g)):
+  for group in sorted(
+    record, key=lambda g: (g not in BARE_GROUPS, BARE_GROUPS.index(g) if g in BARE_GROUPS else 0, g)
+  ):
     put("" if group in BARE_GROUPS else group, record[group])
   return row
 
@@ -118,26 +127,35 @@ def pivot(df: pd.DataFrame, value: str, blocksize: int = 64) -> pd.DataFrame:
   16-bit baseline is repeated in every dtype's row."""
   if value not in df:
     raise ValueError(f"results have no column {value!r}; allowed: {sorted(df.columns)}")
-  if "act_bits" in df:   # weights-only cells (activation-quantized ones lack 16 here)
+  if "act_bits" in df:  # weights-only cells (activation-quantized ones lack 16 here)
     df = df[df["act_bits"].isna() | (df["act_bits"] == 16)]
   baseline = df[df["bits"] == 16]
   quantized = df[(df["bits"] != 16) & (df["blocksize"] == blocksize)]
   rows = pd.concat([quantized] + [baseline.assign(dtype=d) for d in quantized["dtype"].unique()])
   budgets = int("train_tokens" in df and df.groupby("preset")["train_tokens"].nunique().max() > 1)
-  table = rows.pivot_table(index=["params", "preset"] + ["train_tokens"] * budgets + ["dtype"],
-                           columns="bits", values=value, aggfunc="mean")
+  table = rows.pivot_table(
+    index=["params", "preset"] + ["train_tokens"] * budgets + ["dtype"],
+    columns="bits",
+    values=value,
+    aggfunc="mean",
+  )
   return table.droplevel("params")
 
 
-def format_tables(df: pd.DataFrame, blocksize: int = 64,
-                  values: tuple[tuple[str, str], ...] = (
-                      ("mean/acc", "{:.3f}"), ("ppl/validation/perplexity", "{:.1f}"))
-                  ) -> str:
+def format_tables(
+  df: pd.DataFrame,
+  blocksize: int = 64,
+  values: tuple[tuple[str, str], ...] = (
+    ("mean/acc", "{:.3f}"),
+    ("ppl/validation/perplexity", "{:.1f}"),
+  ),
+) -> str:
   """Text tables of `values` at block size B: rows (size, dtype), columns k."""
   out = []
   for value, fmt in values:
     if value in df and (df["bits"] != 16).any():
       text = pivot(df, value, blocksize).to_string(
-          float_format=lambda x: "nan" if math.isnan(x) else fmt.format(x))
+        float_format=lambda x, fmt=fmt: "nan" if math.isnan(x) else fmt.format(x)
+      )
       out.append(f"{value} at B={blocksize} (columns: k)\n{text}")
   return "\n\n".join(out)

@@ -25,6 +25,7 @@ or one preset with different parameter counts. The largest consistent group is k
 the rest are named in a warning; so are cells with missing or non-finite metrics (left
 out of that metric's fits) and fits the data cannot identify.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,13 +38,12 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import bitoptimal
-from kbit_jax.analysis import scaling_fit
+from kbit_jax.analysis import bitoptimal, scaling_fit
 from kbit_jax.analysis.scaling_fit import FitError, FitResult
 
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
-METRICS = ("nll", "acc")      # nll = ln(perplexity), nats per token
+METRICS = ("nll", "acc")  # nll = ln(perplexity), nats per token
 # The figures' *main* data type: the first present (the study's recommended types first).
 MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
 # Chance accuracy of each zero-shot task (lambada is greedy generation: 0); the mean
@@ -55,21 +55,47 @@ CHANCE = {"lambada": 0.0, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5}
 # column -> the name used by the fits, plots and report. Metric columns are looked up
 # with and without the record's "metrics/" group prefix.
 STORE_COLUMNS = {
-    "preset": "preset", "seed": "seed", "train_tokens": "tokens", "bits": "k",
-    "dtype": "dtype", "exponent_bits": "exponent_bits", "blocksize": "blocksize",
-    "outlier_share": "outlier_share", "targets": "targets", "double_quant": "double_quant",
-    "eval_id": "eval_id", "params": "params", "non_embedding_params": "n",
-    "total_bits": "total_bits", "bits_per_param": "bits_per_param", "git_commit": "commit",
-    "name": "cell", "created": "created", "train_steps": "train_steps",
-    "train_batch_size": "train_batch_size", "seq_len": "seq_len", "train_lr": "train_lr",
-    "act_bits": "act_bits",
+  "preset": "preset",
+  "seed": "seed",
+  "train_tokens": "tokens",
+  "bits": "k",
+  "dtype": "dtype",
+  "exponent_bits": "exponent_bits",
+  "blocksize": "blocksize",
+  "outlier_share": "outlier_share",
+  "targets": "targets",
+  "double_quant": "double_quant",
+  "eval_id": "eval_id",
+  "params": "params",
+  "non_embedding_params": "n",
+  "total_bits": "total_bits",
+  "bits_per_param": "bits_per_param",
+  "git_commit": "commit",
+  "name": "cell",
+  "created": "created",
+  "train_steps": "train_steps",
+  "train_batch_size": "train_batch_size",
+  "seq_len": "seq_len",
+  "train_lr": "train_lr",
+  "act_bits": "act_bits",
 }
 REQUIRED = ("preset", "bits", "params", "total_bits")
-DEFAULTS = {"seed": 0, "tokens": np.nan, "dtype": "none", "exponent_bits": 0,
-            "blocksize": np.nan, "outlier_share": 0.0, "targets": "", "double_quant": False,
-            "eval_id": "", "commit": "unknown", "created": "", "act_bits": BASELINE_BITS}
+DEFAULTS = {
+  "seed": 0,
+  "tokens": np.nan,
+  "dtype": "none",
+  "exponent_bits": 0,
+  "blocksize": np.nan,
+  "outlier_share": 0.0,
+  "targets": "",
+  "double_quant": False,
+  "eval_id": "",
+  "commit": "unknown",
+  "created": "",
+  "act_bits": BASELINE_BITS,
+}
 METRIC_PREFIXES = ("metrics/", "")
-PPL_SPLITS = ("validation", "text_file", "test")   # preferred perplexity, in order
+PPL_SPLITS = ("validation", "text_file", "test")  # preferred perplexity, in order
 PROBE_METRICS = ("bits", "bits_unclipped", "acc", "macro_f1", "max_k")
 
 
@@ -88,8 +114,9 @@ def _ppl_split(df: pd.DataFrame) -> str | None:
   splits = [s for s in PPL_SPLITS if _column(df, f"ppl/{s}/perplexity")]
   if splits:
     return splits[0]
-  others = sorted(c.split("/")[-2] for c in df.columns if c.endswith("/perplexity")
-                  and "/ppl/" in "/" + c)
+  others = sorted(
+    c.split("/")[-2] for c in df.columns if c.endswith("/perplexity") and "/ppl/" in "/" + c
+  )
   return others[0] if others else None
 
 
@@ -110,18 +137,26 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
   `acc` / `acc_stderr` (mean zero-shot), `acc/<task>`, `acc_norm/<task>`, `chance`."""
   missing = [c for c in REQUIRED if c not in df.columns]
   if missing:
-    raise ValueError(f"the results have no column(s) {missing}; a results.load() frame "
-                     f"needs {list(REQUIRED)} (it has {sorted(df.columns)[:20]}...)")
-  out = pd.DataFrame({ours: df[theirs] for theirs, ours in STORE_COLUMNS.items()
-                      if theirs in df.columns})
+    raise ValueError(
+      f"the results have no column(s) {missing}; a results.load() frame "
+      f"needs {list(REQUIRED)} (it has {sorted(df.columns)[:20]}...)"
+    )
+  out = pd.DataFrame(
+    {ours: df[theirs] for theirs, ours in STORE_COLUMNS.items() if theirs in df.columns}
+  )
   for name, value in DEFAULTS.items():
     if name not in out:
       out[name] = value
   split = _ppl_split(df)
   nll_col = _column(df, f"ppl/{split}/nll") if split else None
   ppl_col = _column(df, f"ppl/{split}/perplexity") if split else None
-  out["nll"] = (pd.to_numeric(df[nll_col], errors="coerce") if nll_col else
-                np.log(pd.to_numeric(df[ppl_col], errors="coerce")) if ppl_col else np.nan)
+  out["nll"] = (
+    pd.to_numeric(df[nll_col], errors="coerce")
+    if nll_col
+    else np.log(pd.to_numeric(df[ppl_col], errors="coerce"))
+    if ppl_col
+    else np.nan
+  )
   out["ppl"] = np.exp(out["nll"])
   out.attrs["ppl_split"] = split or "none"
   for ours, path in (("acc", "mean/acc"), ("acc_stderr", "mean/acc_stderr")):
@@ -135,7 +170,7 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}/{task}"] = pd.to_numeric(df[col], errors="coerce")
   out["chance"] = float(np.mean([CHANCE.get(t, 0.0) for t in tasks])) if tasks else 0.0
   out.attrs["tasks"] = tasks
-  for col in df.columns:   # k-bit probes (probes.py): probe/k<k>/<metric>, probe/summary/*
+  for col in df.columns:  # k-bit probes (probes.py): probe/k<k>/<metric>, probe/summary/*
     parts = col.removeprefix("metrics/").split("/")
     if parts[0] == "probe" and len(parts) == 3 and parts[2] in PROBE_METRICS:
       out[f"probe_{parts[2]}/{parts[1]}"] = pd.to_numeric(df[col], errors="coerce")
@@ -161,18 +196,25 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   if "n" not in cells:
     cells["n"] = cells["params"]
   base = cells["k"] == BASELINE_BITS
-  cells["method"] = [BASELINE_METHOD if b else method_label(d, bs, p, dq) for b, d, bs, p, dq in
-                     zip(base, cells["dtype"], cells["blocksize"], cells["outlier_share"],
-                         cells["double_quant"])]
+  cells["method"] = [
+    BASELINE_METHOD if b else method_label(d, bs, p, dq)
+    for b, d, bs, p, dq in zip(
+      base, cells["dtype"], cells["blocksize"], cells["outlier_share"], cells["double_quant"]
+    )
+  ]
   if "cell" not in cells:
-    cells["cell"] = [f"{p}-seed{s} k{k} {m}" for p, s, k, m in
-                     zip(cells["preset"], cells["seed"], cells["k"], cells["method"])]
+    cells["cell"] = [
+      f"{p}-seed{s} k{k} {m}"
+      for p, s, k, m in zip(cells["preset"], cells["seed"], cells["k"], cells["method"])
+    ]
   cells["cell"] = cells["cell"].fillna("?")
   tokens = cells["tokens"].fillna(-1).astype(np.int64)
   cells["unit"] = [f"{p}-seed{s}-D{t}" for p, s, t in zip(cells["preset"], cells["seed"], tokens)]
   exps = cells.groupby(["method", "k"])["exponent_bits"].transform("nunique")
-  cells["curve"] = [f"k{k}" + (f" e{e}" if n > 1 else "") for k, e, n in
-                    zip(cells["k"], cells["exponent_bits"], exps)]
+  cells["curve"] = [
+    f"k{k}" + (f" e{e}" if n > 1 else "")
+    for k, e, n in zip(cells["k"], cells["exponent_bits"], exps)
+  ]
   return cells.reset_index(drop=True)
 
 
@@ -194,6 +236,7 @@ def curve_k(curve: str) -> int:
 
 # ----------------------------------------------------------------------------- checks
 
+
 def _warn(issues: list[str], message: str) -> None:
   warnings.warn(message, ScalingWarning, stacklevel=3)
   issues.append(message)
@@ -205,8 +248,9 @@ def _name_cells(cells: pd.DataFrame, limit: int = 8) -> str:
   return ", ".join(names[:limit]) + more
 
 
-def keep_largest(cells: pd.DataFrame, column: str, what: str, issues: list[str],
-                  mask: pd.Series | None = None) -> pd.DataFrame:
+def keep_largest(
+  cells: pd.DataFrame, column: str, what: str, issues: list[str], mask: pd.Series | None = None
+) -> pd.DataFrame:
   """Keeps the most common value of `column` (among `mask` rows); warns naming the rest."""
   scope = cells if mask is None else cells[mask]
   counts = scope[column].astype(str).value_counts()
@@ -214,40 +258,57 @@ def keep_largest(cells: pd.DataFrame, column: str, what: str, issues: list[str],
     return cells
   keep = counts.index[0]
   drop = scope[scope[column].astype(str) != keep]
-  _warn(issues, f"incompatible grids: cells differ in {what} ("
-        + ", ".join(f"{v!r}: {n} cells" for v, n in counts.items())
-        + f"); analysing the {counts.iloc[0]} cells with {column}={keep!r} and leaving out "
-        f"{len(drop)}: {_name_cells(drop)}")
+  _warn(
+    issues,
+    f"incompatible grids: cells differ in {what} ("
+    + ", ".join(f"{v!r}: {n} cells" for v, n in counts.items())
+    + f"); analysing the {counts.iloc[0]} cells with {column}={keep!r} and leaving out "
+    f"{len(drop)}: {_name_cells(drop)}",
+  )
   return cells.drop(index=drop.index)
 
 
-def check_cells(cells: pd.DataFrame, issues: list[str] | None = None
-                ) -> tuple[pd.DataFrame, list[str]]:
+def check_cells(
+  cells: pd.DataFrame, issues: list[str] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
   """Drops what cannot be analysed (warning for each) and assigns training families."""
   issues = [] if issues is None else issues
   act = cells[cells["act_bits"] != BASELINE_BITS]
   if len(act):
-    issues.append(f"{len(act)} cell(s) with activation bits < 16 are left out of the fits "
-                  "(weights-only, as in the study) and shown in the weight x activation "
-                  "bits tables (scaling_axes.py)")
+    issues.append(
+      f"{len(act)} cell(s) with activation bits < 16 are left out of the fits "
+      "(weights-only, as in the study) and shown in the weight x activation "
+      "bits tables (scaling_axes.py)"
+    )
     cells = cells.drop(index=act.index)
   bad_bits = cells[~(cells["total_bits"] > 0)]
   if len(bad_bits):
-    _warn(issues, f"{len(bad_bits)} cell(s) without a positive total_bits left out: "
-          f"{_name_cells(bad_bits)}")
+    _warn(
+      issues,
+      f"{len(bad_bits)} cell(s) without a positive total_bits left out: {_name_cells(bad_bits)}",
+    )
     cells = cells.drop(index=bad_bits.index)
   cells = keep_largest(cells, "eval_id", "evaluation settings (eval_id)", issues)
-  cells = keep_largest(cells, "targets", "quantization targets", issues,
-                        mask=cells["k"] != BASELINE_BITS)
+  cells = keep_largest(
+    cells, "targets", "quantization targets", issues, mask=cells["k"] != BASELINE_BITS
+  )
   counts = cells.groupby("preset")["params"].nunique()
   for preset in counts[counts > 1].index:
-    cells = keep_largest(cells, "params", f"the parameter count of preset {preset}", issues,
-                          mask=cells["preset"] == preset)
+    cells = keep_largest(
+      cells,
+      "params",
+      f"the parameter count of preset {preset}",
+      issues,
+      mask=cells["preset"] == preset,
+    )
   for metric in METRICS:
     bad = cells[~np.isfinite(cells[metric].to_numpy(float))]
     if 0 < len(bad) < len(cells):
-      _warn(issues, f"{len(bad)} cell(s) with a missing or non-finite {metric} left out of "
-            f"the {metric} fits: {_name_cells(bad)}")
+      _warn(
+        issues,
+        f"{len(bad)} cell(s) with a missing or non-finite {metric} left out of "
+        f"the {metric} fits: {_name_cells(bad)}",
+      )
     elif len(bad) == len(cells) and len(cells):
       _warn(issues, f"no cell has a finite {metric}: no {metric} fits or figures")
   cells = cells.copy()
@@ -278,17 +339,21 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   else:
     ratio = cells["tokens"] / cells["params"]
     labels = ratio.map(lambda r: f"D/N={float(f'{r:.2g}'):g}" if np.isfinite(r) else "D=?")
-  note = "; ".join(f"{p}: {', '.join(tokens_label(t) for t in ts)}"
-                   for p, ts in per_preset.items() if len(ts) > 1)
-  issues.append(f"training tokens differ within presets ({note}): fitting each training "
-                f"family separately ({', '.join(sorted(labels.unique()))}); the precision "
-                "laws pool them with one E per family")
+  note = "; ".join(
+    f"{p}: {', '.join(tokens_label(t) for t in ts)}" for p, ts in per_preset.items() if len(ts) > 1
+  )
+  issues.append(
+    f"training tokens differ within presets ({note}): fitting each training "
+    f"family separately ({', '.join(sorted(labels.unique()))}); the precision "
+    "laws pool them with one E per family"
+  )
   return labels
 
 
 def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
   """results.load(results_dir) through the adapter and the checks."""
-  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results
+
   df = results.load(results_dir)
   if df.empty:
     raise ValueError(f"results directory {results_dir} holds no records")
@@ -300,14 +365,15 @@ def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
 
 # ----------------------------------------------------------------------------- analysis
 
+
 @dataclasses.dataclass
 class Analysis:
   cells: pd.DataFrame
   issues: list[str]
-  curve_fits: dict[tuple[str, str, str, str], FitResult]   # (family, method, curve, metric)
-  bit_optimal: dict[tuple[str, str, str], pd.DataFrame]    # (family, method, metric)
-  joint_fits: dict[tuple[str, str], FitResult]             # (method, form)
-  skipped: list[str]                                       # fits not made, and why
+  curve_fits: dict[tuple[str, str, str, str], FitResult]  # (family, method, curve, metric)
+  bit_optimal: dict[tuple[str, str, str], pd.DataFrame]  # (family, method, metric)
+  joint_fits: dict[tuple[str, str], FitResult]  # (method, form)
+  skipped: list[str]  # fits not made, and why
   level: float
   n_boot: int
 
@@ -339,17 +405,26 @@ def _finite(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
   return cells[np.isfinite(cells[metric].to_numpy(float))]
 
 
-def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float
-               ) -> FitResult:
+def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float) -> FitResult:
   c = _finite(cells, metric)
-  data = scaling_fit.curve_data(np.log(c["total_bits"].to_numpy(float)), c[metric].to_numpy(),
-                                c["params"].to_numpy(), c["unit"].to_numpy(),
-                                lo=float(c["chance"].mean()) if len(c) else 0.0)
+  data = scaling_fit.curve_data(
+    np.log(c["total_bits"].to_numpy(float)),
+    c[metric].to_numpy(),
+    c["params"].to_numpy(),
+    c["unit"].to_numpy(),
+    lo=float(c["chance"].mean()) if len(c) else 0.0,
+  )
   return scaling_fit.fit_form(scaling_fit.CURVE_FORMS[metric], data, what, draws, level)
 
 
-def analyse(cells: pd.DataFrame, issues: Sequence[str] = (), n_boot: int = 200,
-            level: float = 0.95, seed: int = 0, num_budgets: int = 12) -> Analysis:
+def analyse(
+  cells: pd.DataFrame,
+  issues: Sequence[str] = (),
+  n_boot: int = 200,
+  level: float = 0.95,
+  seed: int = 0,
+  num_budgets: int = 12,
+) -> Analysis:
   """Every fit the cells allow; fits they do not allow are listed in `skipped`."""
   a = Analysis(cells, list(issues), {}, {}, {}, [], level, n_boot)
   for family in a.families():
@@ -362,8 +437,9 @@ def analyse(cells: pd.DataFrame, issues: Sequence[str] = (), n_boot: int = 200,
         for metric in METRICS:
           what = f"{metric} {scaling_fit.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
           try:
-            a.curve_fits[(family, method, curve, metric)] = _curve_fit(c, metric, what, draws,
-                                                                       level)
+            a.curve_fits[(family, method, curve, metric)] = _curve_fit(
+              c, metric, what, draws, level
+            )
           except FitError as e:
             a.skipped.append(str(e))
       if method == BASELINE_METHOD:
@@ -372,27 +448,39 @@ def analyse(cells: pd.DataFrame, issues: Sequence[str] = (), n_boot: int = 200,
         curves = {label: _finite(c, metric) for label, c in a.curves(family, method).items()}
         curves = {label: c for label, c in curves.items() if len(c)}
         if len(curves) < 2:
-          a.skipped.append(f"bit-optimal {metric}, {family}, {method}: {len(curves)} curve(s) "
-                           "with data; needs >= 2 bit widths")
+          a.skipped.append(
+            f"bit-optimal {metric}, {family}, {method}: {len(curves)} curve(s) "
+            "with data; needs >= 2 bit widths"
+          )
           continue
-        fits = {label: f for label in curves
-                if (f := a.curve_fit(family, method, label, metric)) is not None}
+        fits = {
+          label: f
+          for label in curves
+          if (f := a.curve_fit(family, method, label, metric)) is not None
+        }
         a.bit_optimal[(family, method, metric)] = bitoptimal.bit_optimal(
-            curves, fits, metric, draws, num_budgets)
+          curves, fits, metric, draws, num_budgets
+        )
   for method in a.methods():
     rows = _finite(cells[(cells["method"] == method) | (cells["k"] == BASELINE_BITS)], "nll")
     rows = rows[rows["family"].isin(set(cells.loc[cells["method"] == method, "family"]))]
     if rows["tokens"].isna().any():
       a.skipped.append(f"precision laws, {method}: training tokens unknown for some cells")
       continue
-    data = scaling_fit.joint_data(rows["n"].to_numpy(), rows["tokens"].to_numpy(),
-                                  rows["k"].to_numpy(), rows["family"].tolist(),
-                                  rows["nll"].to_numpy(), rows["unit"].to_numpy())
+    data = scaling_fit.joint_data(
+      rows["n"].to_numpy(),
+      rows["tokens"].to_numpy(),
+      rows["k"].to_numpy(),
+      rows["family"].tolist(),
+      rows["nll"].to_numpy(),
+      rows["unit"].to_numpy(),
+    )
     draws = scaling_fit.bootstrap_draws(rows["unit"].to_numpy(), n_boot, seed + 1)
     for name, form in scaling_fit.JOINT_FORMS.items():
       try:
         a.joint_fits[(method, name)] = scaling_fit.fit_form(
-            form, data, f"{name} precision law, {method}", draws, level)
+          form, data, f"{name} precision law, {method}", draws, level
+        )
       except FitError as e:
         a.skipped.append(str(e))
   return a
@@ -400,11 +488,27 @@ def analyse(cells: pd.DataFrame, issues: Sequence[str] = (), n_boot: int = 200,
 
 # ----------------------------------------------------------------------------- tables
 
+
 def _fit_rows(key: dict[str, Any], fit: FitResult) -> list[dict[str, Any]]:
-  common = dict(key, form=fit.name, metric=fit.metric, cells=fit.n_cells, sizes=fit.n_sizes,
-                boot_ok=fit.n_boot_ok, at_bound=",".join(fit.at_bound))
-  return [dict(common, param=p, value=v, lo=fit.ci.get(p, (np.nan, np.nan))[0],
-               hi=fit.ci.get(p, (np.nan, np.nan))[1]) for p, v in fit.params.items()]
+  common = dict(
+    key,
+    form=fit.name,
+    metric=fit.metric,
+    cells=fit.n_cells,
+    sizes=fit.n_sizes,
+    boot_ok=fit.n_boot_ok,
+    at_bound=",".join(fit.at_bound),
+  )
+  return [
+    dict(
+      common,
+      param=p,
+      value=v,
+      lo=fit.ci.get(p, (np.nan, np.nan))[0],
+      hi=fit.ci.get(p, (np.nan, np.nan))[1],
+    )
+    for p, v in fit.params.items()
+  ]
 
 
 def params_table(a: Analysis) -> pd.DataFrame:
@@ -429,12 +533,21 @@ def extrapolation_table(a: Analysis) -> pd.DataFrame:
       size_col = "n" if curve == "all k" else "params"
       match = a.cells.loc[a.cells[size_col] == e["heldout_size"], "preset"]
       preset = match.iloc[0] if len(match) else str(e["heldout_size"])
-    rows.append(dict(family=family, method=method, curve=curve, form=fit.name,
-                     metric=fit.metric, heldout=preset, cells=e.get("cells", 0),
-                     mean_error=e.get("mean_error", np.nan),
-                     mean_abs_error=e.get("mean_abs_error", np.nan),
-                     ppl_rel_error=e.get("ppl_rel_error", np.nan),
-                     note=fit.extrapolation_note))
+    rows.append(
+      dict(
+        family=family,
+        method=method,
+        curve=curve,
+        form=fit.name,
+        metric=fit.metric,
+        heldout=preset,
+        cells=e.get("cells", 0),
+        mean_error=e.get("mean_error", np.nan),
+        mean_abs_error=e.get("mean_abs_error", np.nan),
+        ppl_rel_error=e.get("ppl_rel_error", np.nan),
+        note=fit.extrapolation_note,
+      )
+    )
   return pd.DataFrame(rows)
 
 
@@ -443,41 +556,61 @@ def bit_optimal_table(a: Analysis) -> pd.DataFrame:
   if not frames:
     return pd.DataFrame()
   out = pd.concat(frames, ignore_index=True)
-  return out[["family", "method", "metric", "budget_bits", "candidates", "best_interp",
-              "share_interp", "best_fit", "share_fit"]]
+  return out[
+    [
+      "family",
+      "method",
+      "metric",
+      "budget_bits",
+      "candidates",
+      "best_interp",
+      "share_interp",
+      "best_fit",
+      "share_fit",
+    ]
+  ]
 
 
 def provenance(a: Analysis) -> dict[str, Any]:
   """Where the numbers come from: store, commits, axes, training setup per preset."""
   c = a.cells
   quantized = c[c["k"] != BASELINE_BITS]
-  presets = (c.sort_values("params").groupby("preset", sort=False)
-             .agg(params=("params", "first"), non_embedding=("n", "first"),
-                  tokens=("tokens", lambda s: sorted(set(s.dropna().astype(int)))),
-                  seeds=("seed", lambda s: sorted(set(s))), cells=("cell", "size")))
+  presets = (
+    c.sort_values("params")
+    .groupby("preset", sort=False)
+    .agg(
+      params=("params", "first"),
+      non_embedding=("n", "first"),
+      tokens=("tokens", lambda s: sorted(set(s.dropna().astype(int)))),
+      seeds=("seed", lambda s: sorted(set(s))),
+      cells=("cell", "size"),
+    )
+  )
   for col in ("train_steps", "train_batch_size", "seq_len", "train_lr"):
     if col in c:
       presets[col] = c.groupby("preset")[col].agg(lambda s: sorted(set(s.dropna())))
   created = sorted(x for x in c["created"].astype(str) if x and x != "nan")
   return {
-      "results_dir": c.attrs.get("results_dir", ""),
-      "cells": int(len(c)),
-      "commits": {str(k): int(v) for k, v in c["commit"].value_counts().items()},
-      "created": [created[0], created[-1]] if created else [],
-      "eval_id": sorted(set(c["eval_id"].astype(str))),
-      "ppl_split": c.attrs.get("ppl_split", "?"),
-      "tasks": c.attrs.get("tasks", []),
-      "chance": float(c["chance"].mean()) if len(c) else 0.0,
-      "bits": sorted(set(c["k"].astype(int))),
-      "dtypes": sorted(set(quantized["dtype"].astype(str))),
-      "blocksizes": [blocksize_label(b) for b in sorted(set(quantized["blocksize"].dropna()),
-                                                          key=blocksize_order)],
-      "outlier_shares": sorted(set(quantized["outlier_share"])),
-      "targets": sorted(set(quantized["targets"].astype(str))),
-      "families": a.families(),
-      "methods": a.methods(),
-      "presets": presets.reset_index().to_dict(orient="records"),
-      "n_boot": a.n_boot, "level": a.level,
+    "results_dir": c.attrs.get("results_dir", ""),
+    "cells": int(len(c)),
+    "commits": {str(k): int(v) for k, v in c["commit"].value_counts().items()},
+    "created": [created[0], created[-1]] if created else [],
+    "eval_id": sorted(set(c["eval_id"].astype(str))),
+    "ppl_split": c.attrs.get("ppl_split", "?"),
+    "tasks": c.attrs.get("tasks", []),
+    "chance": float(c["chance"].mean()) if len(c) else 0.0,
+    "bits": sorted(set(c["k"].astype(int))),
+    "dtypes": sorted(set(quantized["dtype"].astype(str))),
+    "blocksizes": [
+      blocksize_label(b) for b in sorted(set(quantized["blocksize"].dropna()), key=blocksize_order)
+    ],
+    "outlier_shares": sorted(set(quantized["outlier_share"])),
+    "targets": sorted(set(quantized["targets"].astype(str))),
+    "families": a.families(),
+    "methods": a.methods(),
+    "presets": presets.reset_index().to_dict(orient="records"),
+    "n_boot": a.n_boot,
+    "level": a.level,
   }
 
 
@@ -495,44 +628,64 @@ def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
   """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  tables = {"params": params_table(a), "extrapolation": extrapolation_table(a),
-            "bit_optimal": bit_optimal_table(a)}
+  tables = {
+    "params": params_table(a),
+    "extrapolation": extrapolation_table(a),
+    "bit_optimal": bit_optimal_table(a),
+  }
   paths = {}
   for name, table in tables.items():
     paths[name] = out / f"{name}.csv"
     paths[name].write_text(table.to_csv(index=False))
   paths["fits"] = out / "fits.json"
-  paths["fits"].write_text(json.dumps(
-      {"provenance": provenance(a), "issues": a.issues, "skipped": a.skipped,
-       **{name: t.replace({np.nan: None}).to_dict(orient="records")
-          for name, t in tables.items()}}, indent=1, default=_json_default))
+  paths["fits"].write_text(
+    json.dumps(
+      {
+        "provenance": provenance(a),
+        "issues": a.issues,
+        "skipped": a.skipped,
+        **{name: t.replace({np.nan: None}).to_dict(orient="records") for name, t in tables.items()},
+      },
+      indent=1,
+      default=_json_default,
+    )
+  )
   return paths
 
 
 def summary(a: Analysis) -> str:
   """A few lines for the terminal."""
-  lines = [f"scaling: {len(a.cells)} cells, {len(a.curve_fits)} curve fits, "
-           f"{len(a.joint_fits)} precision-law fits, {len(a.skipped)} skipped, "
-           f"{len(a.issues)} data issue(s); {a.n_boot} bootstrap replicates, "
-           f"{a.level:.0%} intervals"]
+  lines = [
+    f"scaling: {len(a.cells)} cells, {len(a.curve_fits)} curve fits, "
+    f"{len(a.joint_fits)} precision-law fits, {len(a.skipped)} skipped, "
+    f"{len(a.issues)} data issue(s); {a.n_boot} bootstrap replicates, "
+    f"{a.level:.0%} intervals"
+  ]
   for (method, name), fit in list(a.joint_fits.items())[:4]:
     ci = fit.ci
-    shown = ", ".join(f"{p}={v:.3g}" + (f" [{ci[p][0]:.3g}, {ci[p][1]:.3g}]" if p in ci else "")
-                      for p, v in fit.params.items() if p.startswith(("alpha", "gamma")))
+    shown = ", ".join(
+      f"{p}={v:.3g}" + (f" [{ci[p][0]:.3g}, {ci[p][1]:.3g}]" if p in ci else "")
+      for p, v in fit.params.items()
+      if p.startswith(("alpha", "gamma"))
+    )
     lines.append(f"  {name} law, {method}: {shown}")
   for (family, method, metric), t in list(a.bit_optimal.items())[:4]:
     best = t["best_interp"].dropna()
     if len(best):
-      lines.append(f"  bit-optimal ({metric}, {family}, {method}) by interpolation: "
-                   + ", ".join(f"{k} {n}x" for k, n in best.value_counts().items()))
+      lines.append(
+        f"  bit-optimal ({metric}, {family}, {method}) by interpolation: "
+        + ", ".join(f"{k} {n}x" for k, n in best.value_counts().items())
+      )
   return "\n".join(lines)
 
 
-def fit_main(results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95,
-             seed: int = 0) -> Analysis:
+def fit_main(
+  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> Analysis:
   """`kbit fit --results DIR`: fits every form the store allows; writes the tables, and
   those of the probes, activation bits and N-D axes (scaling_axes)."""
-  from kbit_jax.analysis import scaling_axes  # pylint: disable=g-import-not-at-top  (it imports us)
+  from kbit_jax.analysis import scaling_axes  # (it imports us)
+
   cells, issues = load_cells(results_dir)
   a = analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
   all_cells = scaling_axes.load_all_cells(results_dir)

@@ -19,6 +19,7 @@ and more points than parameters (3).
 PTQ penalty: nll(k-bit) - nll(16-bit) of the same trained model (preset, seed, D); per
 (preset, k) against D and D/N, with the slope of ln penalty vs ln D where positive.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,8 @@ from kbit_jax.analysis.scaling import BASELINE_BITS, MAIN_DTYPES
 
 def load_all_cells(results_dir: str) -> pd.DataFrame:
   """Every record of the store as cells (act_bits < 16 included), one eval_id."""
-  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results
+
   cells = scaling.cells_from_store(results.load(results_dir))
   return scaling.keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
 
@@ -47,8 +49,9 @@ def main_method_cells(cells: pd.DataFrame) -> pd.DataFrame:
   blocks = quantized["blocksize"]
   block = 64 if (blocks == 64).any() else blocks.mode().iloc[0]
   quantized = quantized[quantized["blocksize"] == block]
-  dtype = next((d for d in MAIN_DTYPES if (quantized["dtype"] == d).any()),
-               quantized["dtype"].iloc[0])
+  dtype = next(
+    (d for d in MAIN_DTYPES if (quantized["dtype"] == d).any()), quantized["dtype"].iloc[0]
+  )
   return pd.concat([cells[cells["k"] == BASELINE_BITS], quantized[quantized["dtype"] == dtype]])
 
 
@@ -57,6 +60,7 @@ def _weights_only(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- probes
+
 
 def probe_columns(cells: pd.DataFrame, metric: str = "bits") -> list[str]:
   """probe_<metric>/k<k> columns, by k."""
@@ -67,15 +71,20 @@ def probe_columns(cells: pd.DataFrame, metric: str = "bits") -> list[str]:
 def probe_table(cells: pd.DataFrame) -> pd.DataFrame:
   """Rows (tokens, params, preset, weight k): recovered bits per probe, their sum and
   max_k (weights-only cells of the main method, mean over seeds); empty without probes."""
-  cols = probe_columns(cells) + [c for c in ("probe_bits/summary", "probe_max_k/summary")
-                                 if c in cells]
+  cols = probe_columns(cells) + [
+    c for c in ("probe_bits/summary", "probe_max_k/summary") if c in cells
+  ]
   if not probe_columns(cells):
     return pd.DataFrame()
   w = _weights_only(cells)
   table = w.groupby(["tokens", "n", "preset", "k"])[cols].mean()
-  return table.rename(columns={**{c: c.split("/")[-1] for c in probe_columns(cells)},
-                               "probe_bits/summary": "bits total",
-                               "probe_max_k/summary": "max_k"})
+  return table.rename(
+    columns={
+      **{c: c.split("/")[-1] for c in probe_columns(cells)},
+      "probe_bits/summary": "bits total",
+      "probe_max_k/summary": "max_k",
+    }
+  )
 
 
 def probe_fits(cells: pd.DataFrame) -> pd.DataFrame:
@@ -92,12 +101,14 @@ def probe_fits(cells: pd.DataFrame) -> pd.DataFrame:
       continue
     for column, x in (("n", "ln N"), ("total_bits", "ln total bits")):
       slope, intercept = np.polyfit(np.log(per_size[column]), per_size["probe_bits/summary"], 1)
-      rows.append(dict(tokens=tokens, k=k, x=x, slope=slope, intercept=intercept,
-                       sizes=len(per_size)))
+      rows.append(
+        dict(tokens=tokens, k=k, x=x, slope=slope, intercept=intercept, sizes=len(per_size))
+      )
   return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- activations
+
 
 def act_tables(cells: pd.DataFrame, metric: str = "nll") -> dict[str, pd.DataFrame]:
   """{"<preset> D=<tokens>": rows weight k, columns activation bits a: `metric`} for each
@@ -115,22 +126,30 @@ def act_tables(cells: pd.DataFrame, metric: str = "nll") -> dict[str, pd.DataFra
 
 # ----------------------------------------------------------------------------- N x D
 
+
 def nd_fit(cells: pd.DataFrame, metric: str) -> dict[str, Any] | None:
   """ln metric = ln a + b ln N + c ln D on the 16-bit cells; None if not identifiable."""
   base = cells[(cells["k"] == BASELINE_BITS) & (cells["act_bits"] == BASELINE_BITS)]
-  base = base[np.isfinite(base[metric].to_numpy(float)) & (base[metric] > 0)
-              & (base["tokens"] > 0)]
+  base = base[np.isfinite(base[metric].to_numpy(float)) & (base[metric] > 0) & (base["tokens"] > 0)]
   if base["n"].nunique() < 2 or base["tokens"].nunique() < 2 or len(base) < 4:
     return None
-  x = np.stack([np.ones(len(base)), np.log(base["n"].to_numpy(float)),
-                np.log(base["tokens"].to_numpy(float))], axis=1)
+  x = np.stack(
+    [np.ones(len(base)), np.log(base["n"].to_numpy(float)), np.log(base["tokens"].to_numpy(float))],
+    axis=1,
+  )
   y = np.log(base[metric].to_numpy(float))
   coef, *_ = np.linalg.lstsq(x, y, rcond=None)
   resid = y - x @ coef
   r2 = 1 - float(resid @ resid) / max(float(((y - y.mean()) ** 2).sum()), 1e-300)
-  return {"metric": metric, "a": float(np.exp(coef[0])), "b": float(coef[1]),
-          "c": float(coef[2]), "r2": r2, "points": len(base),
-          "rmse_log": float(np.sqrt(np.mean(resid ** 2)))}
+  return {
+    "metric": metric,
+    "a": float(np.exp(coef[0])),
+    "b": float(coef[1]),
+    "c": float(coef[2]),
+    "r2": r2,
+    "points": len(base),
+    "rmse_log": float(np.sqrt(np.mean(resid**2))),
+  }
 
 
 def nd_fits(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -140,15 +159,24 @@ def nd_fits(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- PTQ vs D
 
+
 def ptq_penalty(cells: pd.DataFrame) -> pd.DataFrame:
   """One row per quantized weights-only cell of the main method: preset, n, seed, tokens,
   D/N, k, penalty = nll(k) - nll(16-bit of the same model)."""
   w = _weights_only(cells)
   base = w[w["k"] == BASELINE_BITS].set_index("unit")["nll"]
   q = w[(w["k"] != BASELINE_BITS) & w["unit"].isin(base.index)]
-  out = pd.DataFrame({"preset": q["preset"], "n": q["n"], "seed": q["seed"],
-                      "tokens": q["tokens"], "d_over_n": q["tokens"] / q["n"], "k": q["k"],
-                      "penalty": q["nll"].to_numpy() - base.loc[q["unit"]].to_numpy()})
+  out = pd.DataFrame(
+    {
+      "preset": q["preset"],
+      "n": q["n"],
+      "seed": q["seed"],
+      "tokens": q["tokens"],
+      "d_over_n": q["tokens"] / q["n"],
+      "k": q["k"],
+      "penalty": q["nll"].to_numpy() - base.loc[q["unit"]].to_numpy(),
+    }
+  )
   return out.reset_index(drop=True)
 
 
@@ -156,8 +184,9 @@ def penalty_table(penalty: pd.DataFrame) -> pd.DataFrame:
   """Rows (preset, k), columns D: mean penalty; plus the slope of ln penalty vs ln D."""
   if penalty.empty:
     return pd.DataFrame()
-  table = penalty.pivot_table(index=["n", "preset", "k"], columns="tokens", values="penalty",
-                              aggfunc="mean")
+  table = penalty.pivot_table(
+    index=["n", "preset", "k"], columns="tokens", values="penalty", aggfunc="mean"
+  )
 
   def slope(row: pd.Series) -> float:
     ok = row.notna() & (row > 0)
@@ -171,6 +200,7 @@ def penalty_table(penalty: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- output
 
+
 def write_tables(cells: pd.DataFrame, out_dir: str) -> dict[str, Any]:
   """nd_fits.json, ptq_penalty.csv (+ _by_d), probe_bits.csv, probe_fits.csv,
   act_bits_nll.csv: those the
@@ -183,8 +213,12 @@ def write_tables(cells: pd.DataFrame, out_dir: str) -> dict[str, Any]:
     paths["nd_fits"] = out / "nd_fits.json"
     paths["nd_fits"].write_text(json.dumps(fits, indent=1))
   penalty = ptq_penalty(cells)
-  tables = {"ptq_penalty": penalty, "ptq_penalty_by_d": penalty_table(penalty).reset_index(),
-            "probe_bits": probe_table(cells).reset_index(), "probe_fits": probe_fits(cells)}
+  tables = {
+    "ptq_penalty": penalty,
+    "ptq_penalty_by_d": penalty_table(penalty).reset_index(),
+    "probe_bits": probe_table(cells).reset_index(),
+    "probe_fits": probe_fits(cells),
+  }
   acts = act_tables(cells, "nll")
   if acts:
     tables["act_bits_nll"] = pd.concat(acts, names=["model"]).reset_index()
@@ -197,15 +231,22 @@ def write_tables(cells: pd.DataFrame, out_dir: str) -> dict[str, Any]:
 
 def summary(cells: pd.DataFrame) -> str:
   """The N-D fits and the PTQ penalty slopes, a few lines for the terminal."""
-  lines = [f"  N-D fit {m}: {f['a']:.3g} N^{f['b']:.3f} D^{f['c']:.3f} (R^2 {f['r2']:.3f}, "
-           f"{f['points']} cells)" for m, f in nd_fits(cells).items()]
+  lines = [
+    f"  N-D fit {m}: {f['a']:.3g} N^{f['b']:.3f} D^{f['c']:.3f} (R^2 {f['r2']:.3f}, "
+    f"{f['points']} cells)"
+    for m, f in nd_fits(cells).items()
+  ]
   fits = probe_fits(cells)
   for row in fits[fits["x"] == "ln N"].itertuples() if len(fits) else ():
-    lines.append(f"  probe bits, D={row.tokens:.3g}, k{row.k}: {row.intercept:.2f} + "
-                 f"{row.slope:.2f} ln N ({row.sizes} sizes)")
+    lines.append(
+      f"  probe bits, D={row.tokens:.3g}, k{row.k}: {row.intercept:.2f} + "
+      f"{row.slope:.2f} ln N ({row.sizes} sizes)"
+    )
   table = penalty_table(ptq_penalty(cells))
   if len(table) and table.shape[1] > 2:
     by_k = table.groupby(level="k")["slope ln pen/ln D"].median()
-    lines.append("  PTQ penalty vs D, median slope of ln penalty / ln D per k: "
-                 + ", ".join(f"k{k} {v:.2f}" for k, v in by_k.items()))
+    lines.append(
+      "  PTQ penalty vs D, median slope of ln penalty / ln D per k: "
+      + ", ".join(f"k{k} {v:.2f}" for k, v in by_k.items())
+    )
   return "\n".join(lines)

@@ -14,7 +14,8 @@ form; N = non-embedding parameters, D = training tokens, f = training family):
 
   neff      L = A * (N (1 - e^(-k/gamma)))^-alpha + E_f
             quantization as a loss of effective parameters; k = 16 keeps 1 - e^(-16/gamma)
-  ptq       L = A * N^-alpha + E_f + [k < 16] C * (D/D0)^gamma_D / (N/N0)^gamma_N * e^(-k/gamma_post)
+  ptq       L = A * N^-alpha + E_f
+                + [k < 16] C * (D/D0)^gamma_D / (N/N0)^gamma_N * e^(-k/gamma_post)
             Kumar's delta_PTQ added to a float model's law. B * D^-beta is folded into one E
             per family (identifiable only with >= 3 token counts), and gamma_D is fitted only
             when the cells hold >= 2 token counts (else fixed at 0 and absorbed into C).
@@ -24,6 +25,7 @@ robust scale (f_scale = 1.5 x 1.4826 x MAD), then `loss='soft_l1'` from that sol
 Bootstrap: resample checkpoints (preset x seed x family) with replacement, refit, take
 percentile intervals; replicates with too few distinct sizes are skipped and counted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import optimize
 
-QUANTIZED_MAX_BITS = 8      # k above this is the unquantized baseline (k = 16)
+QUANTIZED_MAX_BITS = 8  # k above this is the unquantized baseline (k = 16)
 ROBUST_LOSS = "soft_l1"
 
 
@@ -46,16 +48,17 @@ class Form:
 
   `x` is a 2-D array of the form's covariates (rows = cells); `lo` is a fixed constant
   (chance accuracy for `sigmoid`, unused otherwise)."""
+
   name: str
-  metric: str                  # which metric it fits: nll | acc
-  param_names: tuple[str, ...]   # the reported parameters (joint forms: + one E per family)
+  metric: str  # which metric it fits: nll | acc
+  param_names: tuple[str, ...]  # the reported parameters (joint forms: + one E per family)
   min_sizes: int
   predict: Callable[[np.ndarray, np.ndarray, dict], np.ndarray]
   start: Callable[[np.ndarray, np.ndarray, dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
-  log_residuals: bool          # residuals in ln(metric) (nll) or metric units (acc)
-  scale_floor: float           # smallest robust scale, in residual units
-  report: Callable[[np.ndarray, dict], dict[str, float]]   # theta -> reported parameters
-  theta_labels: Callable[[dict], list[str]]                # what each theta entry is
+  log_residuals: bool  # residuals in ln(metric) (nll) or metric units (acc)
+  scale_floor: float  # smallest robust scale, in residual units
+  report: Callable[[np.ndarray, dict], dict[str, float]]  # theta -> reported parameters
+  theta_labels: Callable[[dict], list[str]]  # what each theta entry is
 
 
 def _residual_fn(form: Form, x: np.ndarray, y: np.ndarray, ctx: dict):
@@ -65,10 +68,15 @@ def _residual_fn(form: Form, x: np.ndarray, y: np.ndarray, ctx: dict):
   return lambda th: form.predict(th, x, ctx) - y
 
 
-def robust_fit(form: Form, x: np.ndarray, y: np.ndarray, ctx: dict,
-               f_scale: float | None = None, theta0: np.ndarray | None = None,
-               bounds: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> tuple[np.ndarray, float]:
+def robust_fit(
+  form: Form,
+  x: np.ndarray,
+  y: np.ndarray,
+  ctx: dict,
+  f_scale: float | None = None,
+  theta0: np.ndarray | None = None,
+  bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, float]:
   """(theta, f_scale). Without f_scale, a plain pass first sets the robust scale from its
   residuals; with f_scale, theta0 and bounds (bootstrap replicates), one robust pass."""
   if theta0 is None or bounds is None:
@@ -82,12 +90,14 @@ def robust_fit(form: Form, x: np.ndarray, y: np.ndarray, ctx: dict,
     r = plain.fun
     mad = 1.4826 * np.median(np.abs(r - np.median(r)))
     f_scale, theta = max(1.5 * mad, form.scale_floor), plain.x
-  fit = optimize.least_squares(fun, theta, bounds=(low, high), method="trf",
-                               loss=ROBUST_LOSS, f_scale=f_scale)
+  fit = optimize.least_squares(
+    fun, theta, bounds=(low, high), method="trf", loss=ROBUST_LOSS, f_scale=f_scale
+  )
   return fit.x, f_scale
 
 
 # ----------------------------------------------------------------------------- forms
+
 
 def _power_predict(th, x, ctx):
   c, alpha, e = th
@@ -112,8 +122,7 @@ def _power_start(x, y, ctx):
 
 def _power_report(th, ctx):
   c, alpha, e = th
-  return {"a": float(np.exp(c + alpha * ctx["x0"])), "alpha": float(alpha),
-          "E": float(np.exp(e))}
+  return {"a": float(np.exp(c + alpha * ctx["x0"])), "alpha": float(alpha), "E": float(np.exp(e))}
 
 
 def _sigmoid_predict(th, x, ctx):
@@ -135,8 +144,12 @@ def _sigmoid_start(x, y, ctx):
 
 def _sigmoid_report(th, ctx):
   hi, s, m = th
-  return {"lo": float(ctx["lo"]), "hi": float(hi), "s": float(s),
-          "m_bits": float(np.exp(m + ctx["x0"]))}
+  return {
+    "lo": float(ctx["lo"]),
+    "hi": float(hi),
+    "s": float(s),
+    "m_bits": float(np.exp(m + ctx["x0"])),
+  }
 
 
 def _power_labels(ctx):
@@ -147,12 +160,30 @@ def _sigmoid_labels(ctx):
   return ["hi", "s", "m_bits"]
 
 
-POWER = Form("power", "nll", ("a", "alpha", "E"), 3, _power_predict, _power_start,
-             log_residuals=True, scale_floor=1e-4, report=_power_report,
-             theta_labels=_power_labels)
-SIGMOID = Form("sigmoid", "acc", ("hi", "s", "m_bits"), 3, _sigmoid_predict, _sigmoid_start,
-               log_residuals=False, scale_floor=1e-3, report=_sigmoid_report,
-               theta_labels=_sigmoid_labels)
+POWER = Form(
+  "power",
+  "nll",
+  ("a", "alpha", "E"),
+  3,
+  _power_predict,
+  _power_start,
+  log_residuals=True,
+  scale_floor=1e-4,
+  report=_power_report,
+  theta_labels=_power_labels,
+)
+SIGMOID = Form(
+  "sigmoid",
+  "acc",
+  ("hi", "s", "m_bits"),
+  3,
+  _sigmoid_predict,
+  _sigmoid_start,
+  log_residuals=False,
+  scale_floor=1e-3,
+  report=_sigmoid_report,
+  theta_labels=_sigmoid_labels,
+)
 CURVE_FORMS = {"nll": POWER, "acc": SIGMOID}
 
 
@@ -163,8 +194,8 @@ def _families(x):
 
 def _neff_predict(th, x, ctx):
   nf = ctx["num_families"]
-  c, alpha, lgamma, e = th[0], th[1], th[2], th[3:3 + nf]
-  keep = -np.expm1(-x[:, 2] / np.exp(lgamma))       # 1 - e^(-k/gamma)
+  c, alpha, lgamma, e = th[0], th[1], th[2], th[3 : 3 + nf]
+  keep = -np.expm1(-x[:, 2] / np.exp(lgamma))  # 1 - e^(-k/gamma)
   return np.exp(c - alpha * (x[:, 0] + np.log(keep))) + np.exp(e[_families(x)])
 
 
@@ -197,9 +228,12 @@ def _neff_start(x, y, ctx):
 
 def _neff_report(th, ctx):
   nf = ctx["num_families"]
-  out = {"A": float(np.exp(th[0] + th[1] * ctx["lnN0"])), "alpha": float(th[1]),
-         "gamma": float(np.exp(th[2]))}
-  out.update({f"E[{name}]": float(np.exp(v)) for name, v in zip(ctx["families"], th[3:3 + nf])})
+  out = {
+    "A": float(np.exp(th[0] + th[1] * ctx["lnN0"])),
+    "alpha": float(th[1]),
+    "gamma": float(np.exp(th[2])),
+  }
+  out.update({f"E[{name}]": float(np.exp(v)) for name, v in zip(ctx["families"], th[3 : 3 + nf])})
   return out
 
 
@@ -227,15 +261,18 @@ def _ptq_start(x, y, ctx):
   low, high = [-50.0, 0.0, -50.0, -2.0, np.log(0.05)], [50.0, 4.0, 50.0, 4.0, np.log(16.0)]
   if ctx["fit_gamma_d"]:
     start, low, high = start + [0.0], low + [-4.0], high + [4.0]
-  return (np.concatenate([start, e0]), np.concatenate([low, e_low]),
-          np.concatenate([high, e_high]))
+  return (np.concatenate([start, e0]), np.concatenate([low, e_low]), np.concatenate([high, e_high]))
 
 
 def _ptq_report(th, ctx):
   c, alpha, c_c, gamma_n, gamma_d, lgamma_post, e = _ptq_split(th, ctx)
-  out = {"A": float(np.exp(c + alpha * ctx["lnN0"])), "alpha": float(alpha),
-         "C": float(np.exp(c_c + gamma_n * ctx["lnN0"] - gamma_d * ctx["lnD0"])),
-         "gamma_N": float(gamma_n), "gamma_post": float(np.exp(lgamma_post))}
+  out = {
+    "A": float(np.exp(c + alpha * ctx["lnN0"])),
+    "alpha": float(alpha),
+    "C": float(np.exp(c_c + gamma_n * ctx["lnN0"] - gamma_d * ctx["lnD0"])),
+    "gamma_N": float(gamma_n),
+    "gamma_post": float(np.exp(lgamma_post)),
+  }
   if ctx["fit_gamma_d"]:
     out["gamma_D"] = float(gamma_d)
   out.update({f"E[{name}]": float(np.exp(v)) for name, v in zip(ctx["families"], e)})
@@ -251,25 +288,48 @@ def _neff_labels(ctx):
 
 
 def _ptq_labels(ctx):
-  return (["A", "alpha", "C", "gamma_N", "gamma_post"] + ["gamma_D"] * ctx["fit_gamma_d"]
-          + _family_labels(ctx))
+  return (
+    ["A", "alpha", "C", "gamma_N", "gamma_post"]
+    + ["gamma_D"] * ctx["fit_gamma_d"]
+    + _family_labels(ctx)
+  )
 
 
-NEFF = Form("neff", "nll", ("A", "alpha", "gamma", "E"), 3, _neff_predict, _neff_start,
-            log_residuals=True, scale_floor=1e-4, report=_neff_report,
-            theta_labels=_neff_labels)
-PTQ = Form("ptq", "nll", ("A", "alpha", "E", "C", "gamma_N", "gamma_post"), 3,
-           _ptq_predict, _ptq_start, log_residuals=True, scale_floor=1e-4, report=_ptq_report,
-           theta_labels=_ptq_labels)
+NEFF = Form(
+  "neff",
+  "nll",
+  ("A", "alpha", "gamma", "E"),
+  3,
+  _neff_predict,
+  _neff_start,
+  log_residuals=True,
+  scale_floor=1e-4,
+  report=_neff_report,
+  theta_labels=_neff_labels,
+)
+PTQ = Form(
+  "ptq",
+  "nll",
+  ("A", "alpha", "E", "C", "gamma_N", "gamma_post"),
+  3,
+  _ptq_predict,
+  _ptq_start,
+  log_residuals=True,
+  scale_floor=1e-4,
+  report=_ptq_report,
+  theta_labels=_ptq_labels,
+)
 JOINT_FORMS = {"neff": NEFF, "ptq": PTQ}
 
 
 # ----------------------------------------------------------------------------- data
 
+
 @dataclasses.dataclass
 class FitData:
   """What a form is fitted to: covariates `x`, metric `y`, the size (params) of each cell
   (to count distinct sizes), its bootstrap unit (checkpoint) and the form's constants."""
+
   x: np.ndarray
   y: np.ndarray
   sizes: np.ndarray
@@ -280,29 +340,45 @@ class FitData:
     return FitData(self.x[mask], self.y[mask], self.sizes[mask], self.units[mask], self.ctx)
 
   def take(self, index: np.ndarray) -> "FitData":
-    return FitData(self.x[index], self.y[index], self.sizes[index], self.units[index],
-                   self.ctx)
+    return FitData(self.x[index], self.y[index], self.sizes[index], self.units[index], self.ctx)
 
 
-def curve_data(log_bits: np.ndarray, y: np.ndarray, sizes: np.ndarray, units: np.ndarray,
-               lo: float = 0.0) -> FitData:
+def curve_data(
+  log_bits: np.ndarray, y: np.ndarray, sizes: np.ndarray, units: np.ndarray, lo: float = 0.0
+) -> FitData:
   """Per-curve covariates: x = ln(bits) - mean ln(bits)."""
   log_bits = np.asarray(log_bits, float)
   x0 = float(np.mean(log_bits)) if len(log_bits) else 0.0
-  return FitData((log_bits - x0)[:, None], np.asarray(y, float), np.asarray(sizes),
-                 np.asarray(units), {"x0": x0, "lo": lo})
+  return FitData(
+    (log_bits - x0)[:, None],
+    np.asarray(y, float),
+    np.asarray(sizes),
+    np.asarray(units),
+    {"x0": x0, "lo": lo},
+  )
 
 
-def joint_data(n: np.ndarray, d: np.ndarray, k: np.ndarray, family: Sequence[str],
-               y: np.ndarray, units: np.ndarray) -> FitData:
+def joint_data(
+  n: np.ndarray,
+  d: np.ndarray,
+  k: np.ndarray,
+  family: Sequence[str],
+  y: np.ndarray,
+  units: np.ndarray,
+) -> FitData:
   """Precision-law covariates from N (non-embedding params), D (tokens), k, family."""
   ln_n, ln_d = np.log(np.asarray(n, float)), np.log(np.asarray(d, float))
   names = sorted(set(family))
   fam = np.array([names.index(f) for f in family], float)
   ln_n0, ln_d0 = float(np.mean(ln_n)), float(np.mean(ln_d))
   x = np.stack([ln_n - ln_n0, ln_d - ln_d0, np.asarray(k, float), fam], axis=1)
-  ctx = {"lnN0": ln_n0, "lnD0": ln_d0, "families": names, "num_families": len(names),
-         "fit_gamma_d": len(set(np.round(ln_d, 6))) >= 2}
+  ctx = {
+    "lnN0": ln_n0,
+    "lnD0": ln_d0,
+    "families": names,
+    "num_families": len(names),
+    "fit_gamma_d": len(set(np.round(ln_d, 6))) >= 2,
+  }
   return FitData(x, np.asarray(y, float), np.asarray(n), np.asarray(units), ctx)
 
 
@@ -310,36 +386,43 @@ def check_identifiable(form: Form, data: FitData, what: str) -> None:
   """Raises FitError naming what is missing for `form` to be identifiable."""
   sizes = np.unique(data.sizes)
   if len(sizes) < form.min_sizes:
-    raise FitError(f"{what}: {len(sizes)} distinct model size(s) "
-                   f"({', '.join(f'{s:,}' for s in sizes) or 'none'}); the {form.name} form "
-                   f"({', '.join(form.param_names)}) needs >= {form.min_sizes}")
+    raise FitError(
+      f"{what}: {len(sizes)} distinct model size(s) "
+      f"({', '.join(f'{s:,}' for s in sizes) or 'none'}); the {form.name} form "
+      f"({', '.join(form.param_names)}) needs >= {form.min_sizes}"
+    )
   if form.name in JOINT_FORMS:
     quantized = data.x[:, 2] <= QUANTIZED_MAX_BITS
     ks = np.unique(data.x[quantized, 2])
     if len(ks) < 2:
-      raise FitError(f"{what}: quantized cells at {len(ks)} bit width(s) {ks.astype(int).tolist()}"
-                     f"; the {form.name} law needs >= 2 quantized k to separate gamma from C")
+      raise FitError(
+        f"{what}: quantized cells at {len(ks)} bit width(s) {ks.astype(int).tolist()}"
+        f"; the {form.name} law needs >= 2 quantized k to separate gamma from C"
+      )
     if form.name == "ptq" and len(np.unique(data.sizes[quantized])) < 2:
-      raise FitError(f"{what}: quantized cells at one model size; the ptq law needs >= 2 "
-                     "to fit gamma_N")
+      raise FitError(
+        f"{what}: quantized cells at one model size; the ptq law needs >= 2 to fit gamma_N"
+      )
 
 
 # ----------------------------------------------------------------------------- results
 
+
 @dataclasses.dataclass
 class FitResult:
   """A fitted form: point estimate, bootstrap replicates, intervals, held-out error."""
+
   form: Form
   theta: np.ndarray
   params: dict[str, float]
   ci: dict[str, tuple[float, float]]
-  boot_theta: np.ndarray          # (n_boot, len(theta)); NaN rows = skipped replicates
+  boot_theta: np.ndarray  # (n_boot, len(theta)); NaN rows = skipped replicates
   data: FitData
   f_scale: float
   level: float
   extrapolation: dict | None = None
   extrapolation_note: str = ""
-  at_bound: list[str] = dataclasses.field(default_factory=list)   # parameters on a bound
+  at_bound: list[str] = dataclasses.field(default_factory=list)  # parameters on a bound
 
   @property
   def name(self) -> str:
@@ -384,8 +467,14 @@ def bootstrap_draws(units: np.ndarray, n_boot: int, seed: int) -> list[np.ndarra
   return [rng.choice(distinct, size=len(distinct), replace=True) for _ in range(n_boot)]
 
 
-def fit_form(form: Form, data: FitData, what: str, draws: Sequence[np.ndarray] = (),
-             level: float = 0.95, extrapolate: bool = True) -> FitResult:
+def fit_form(
+  form: Form,
+  data: FitData,
+  what: str,
+  draws: Sequence[np.ndarray] = (),
+  level: float = 0.95,
+  extrapolate: bool = True,
+) -> FitResult:
   """Point fit, bootstrap over `draws` (see bootstrap_draws) and leave-largest-size-out
   extrapolation error. Raises FitError when the data cannot identify the form."""
   check_identifiable(form, data, what)
@@ -397,8 +486,9 @@ def fit_form(form: Form, data: FitData, what: str, draws: Sequence[np.ndarray] =
   rows_of = {u: np.flatnonzero(data.units == u) for u in np.unique(data.units)}
   boot = np.full((len(draws), len(theta)), np.nan)
   for r, draw in enumerate(draws):
-    rep = data.take(np.concatenate([rows_of[u] for u in draw if u in rows_of]
-                                   or [np.zeros(0, int)]))
+    rep = data.take(
+      np.concatenate([rows_of[u] for u in draw if u in rows_of] or [np.zeros(0, int)])
+    )
     try:
       check_identifiable(form, rep, what)
     except FitError:
@@ -432,8 +522,12 @@ def holdout_error(form: Form, data: FitData, what: str) -> tuple[dict | None, st
   held = data.subset(data.sizes == largest)
   pred = form.predict(theta, held.x, held.ctx)
   err = pred - held.y
-  out = {"heldout_size": int(largest), "cells": int(len(held.y)),
-         "mean_error": float(np.mean(err)), "mean_abs_error": float(np.mean(np.abs(err)))}
+  out = {
+    "heldout_size": int(largest),
+    "cells": int(len(held.y)),
+    "mean_error": float(np.mean(err)),
+    "mean_abs_error": float(np.mean(np.abs(err))),
+  }
   if form.metric == "nll":
     rel = np.expm1(err)
     out["ppl_rel_error"] = float(np.mean(np.abs(rel)))

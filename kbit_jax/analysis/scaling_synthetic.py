@@ -13,6 +13,7 @@ times (1 + checkpoint noise + cell noise); m is a method factor (int worse than 
 blocks worse than small ones, outliers help at low k). Accuracy is a sigmoid of the loss
 between each task's chance and a ceiling, so the two metrics correlate as in the study.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -22,15 +23,35 @@ import numpy as np
 from kbit_jax.model import presets
 
 LAW = dict(A=60.0, alpha=0.3, E=2.5, C=3000.0, gamma_N=0.25, gamma_post=0.5)
-DTYPE_FACTOR = {"int": 2.5, "int_centered": 2.5, "dynamic": 1.8, "float": 1.3, "nf": 1.0,
-                "quantile": 0.9}
-BLOCK_FACTOR = {32: 0.85, 64: 1.0, 128: 1.25, 256: 1.6, 512: 2.0, 1024: 2.4, 2048: 2.8,
-                4096: 3.2, 0: 4.0, -1: 2.5}
+DTYPE_FACTOR = {
+  "int": 2.5,
+  "int_centered": 2.5,
+  "dynamic": 1.8,
+  "float": 1.3,
+  "nf": 1.0,
+  "quantile": 0.9,
+}
+BLOCK_FACTOR = {
+  32: 0.85,
+  64: 1.0,
+  128: 1.25,
+  256: 1.6,
+  512: 2.0,
+  1024: 2.4,
+  2048: 2.8,
+  4096: 3.2,
+  0: 4.0,
+  -1: 2.5,
+}
 # (chance, ceiling) of each task's accuracy.
-TASKS = {"lambada": (0.0, 0.7), "hellaswag": (0.25, 0.6), "piqa": (0.5, 0.8),
-         "winogrande": (0.5, 0.7)}
-ACC_MIDPOINT, ACC_SLOPE = 4.3, 2.0     # accuracy sigmoid in nll: centre, steepness
-QUANTIZED_SHARE = 0.9                  # of a model's parameters in the quantized targets
+TASKS = {
+  "lambada": (0.0, 0.7),
+  "hellaswag": (0.25, 0.6),
+  "piqa": (0.5, 0.8),
+  "winogrande": (0.5, 0.7),
+}
+ACC_MIDPOINT, ACC_SLOPE = 4.3, 2.0  # accuracy sigmoid in nll: centre, steepness
+QUANTIZED_SHARE = 0.9  # of a model's parameters in the quantized targets
 
 
 def method_factor(dtype: str, blocksize: int, outlier_share: float, k: int) -> float:
@@ -38,14 +59,24 @@ def method_factor(dtype: str, blocksize: int, outlier_share: float, k: int) -> f
   return DTYPE_FACTOR[dtype] * BLOCK_FACTOR[blocksize] * outliers
 
 
-def true_nll(n: float, k: int, dtype: str = "nf", blocksize: int = 64,
-             outlier_share: float = 0.0, law: dict[str, float] | None = None) -> float:
+def true_nll(
+  n: float,
+  k: int,
+  dtype: str = "nf",
+  blocksize: int = 64,
+  outlier_share: float = 0.0,
+  law: dict[str, float] | None = None,
+) -> float:
   """The noise-free loss of the generating law."""
   p = LAW if law is None else law
   loss = p["A"] * n ** -p["alpha"] + p["E"]
   if k < 16:
-    loss += (p["C"] * method_factor(dtype, blocksize, outlier_share, k)
-             * n ** -p["gamma_N"] * np.exp(-k / p["gamma_post"]))
+    loss += (
+      p["C"]
+      * method_factor(dtype, blocksize, outlier_share, k)
+      * n ** -p["gamma_N"]
+      * np.exp(-k / p["gamma_post"])
+    )
   return float(loss)
 
 
@@ -55,8 +86,9 @@ def total_bits(params: int, k: int, blocksize: int, outlier_share: float, d_mode
     return 16 * params
   per_block = {0: 0.0, -1: 16.0 / d_model}.get(blocksize, 16.0 / max(blocksize, 1))
   quantized = QUANTIZED_SHARE * params
-  return int(round(quantized * (k + per_block + outlier_share * (16 - k))
-                   + (params - quantized) * 16))
+  return int(
+    round(quantized * (k + per_block + outlier_share * (16 - k)) + (params - quantized) * 16)
+  )
 
 
 def _task_metrics(nll: float, rng: np.random.Generator, acc_noise: float) -> dict[str, Any]:
@@ -72,16 +104,22 @@ def _task_metrics(nll: float, rng: np.random.Generator, acc_noise: float) -> dic
   return out
 
 
-def synthetic_records(sizes: Sequence[str] = ("s1", "s2", "s3", "s4", "s5", "s6"),
-                      bits: Sequence[int] = (3, 4, 5, 6, 8, 16),
-                      dtypes: Sequence[str] = ("int", "nf"),
-                      blocksizes: Sequence[int] = (64,),
-                      outlier_shares: Sequence[float] = (0.0,),
-                      seeds: Sequence[int] = (0,), tokens: int = 1_000_000,
-                      noise: float = 0.01, cell_noise: float = 0.003, acc_noise: float = 0.01,
-                      law: dict[str, float] | None = None, seed: int = 0,
-                      eval_id: str = "synthetic", targets: str = "attn,mlp,embed"
-                      ) -> list[dict[str, Any]]:
+def synthetic_records(
+  sizes: Sequence[str] = ("s1", "s2", "s3", "s4", "s5", "s6"),
+  bits: Sequence[int] = (3, 4, 5, 6, 8, 16),
+  dtypes: Sequence[str] = ("int", "nf"),
+  blocksizes: Sequence[int] = (64,),
+  outlier_shares: Sequence[float] = (0.0,),
+  seeds: Sequence[int] = (0,),
+  tokens: int = 1_000_000,
+  noise: float = 0.01,
+  cell_noise: float = 0.003,
+  acc_noise: float = 0.01,
+  law: dict[str, float] | None = None,
+  seed: int = 0,
+  eval_id: str = "synthetic",
+  targets: str = "attn,mlp,embed",
+) -> list[dict[str, Any]]:
   """One record per (size, seed) x (16 bits, and every k < 16 x dtype x B x p)."""
   rng = np.random.default_rng(seed)
   records = []
@@ -91,8 +129,13 @@ def synthetic_records(sizes: Sequence[str] = ("s1", "s2", "s3", "s4", "s5", "s6"
     for s in seeds:
       checkpoint_noise = rng.normal(0, noise)
       specs = [(16, "none", None, 0.0)] + [
-          (k, d, b, p) for b in blocksizes for p in outlier_shares for d in dtypes
-          for k in bits if k < 16]
+        (k, d, b, p)
+        for b in blocksizes
+        for p in outlier_shares
+        for d in dtypes
+        for k in bits
+        if k < 16
+      ]
       for k, dtype, blocksize, share in specs:
         q = k < 16
         b = 64 if blocksize is None else blocksize
@@ -100,32 +143,56 @@ def synthetic_records(sizes: Sequence[str] = ("s1", "s2", "s3", "s4", "s5", "s6"
         nll *= 1 + checkpoint_noise + rng.normal(0, cell_noise)
         tb = total_bits(counts["total"], k, b, share, preset.d_model)
         metrics = _task_metrics(nll, rng, acc_noise)
-        metrics["ppl/validation"] = {"nll": nll, "perplexity": float(np.exp(nll)),
-                                     "tokens": 8192}
-        key = dict(preset=size, seed=s, train_tokens=tokens, bits=k,
-                   dtype=dtype, exponent_bits=3 if dtype == "float" else 0,
-                   blocksize=blocksize, outlier_share=share if q else 0.0,
-                   targets=targets if q else "none", double_quant=False, eval_id=eval_id)
-        name = (f"{size}-seed{s} k{k} {dtype} B{blocksize} p{share:g}" if q
-                else f"{size}-seed{s} k16")
-        records.append(dict(
-            key=key, name=name, git_commit="synthetic", created="2026-01-01T00:00:00+00:00",
-            model=dict(params=counts["total"], non_embedding_params=counts["non_embedding"],
-                       embedding_params=counts["embedding"], train_steps=tokens // 4096,
-                       train_batch_size=32, seq_len=128, train_lr=3e-3),
+        metrics["ppl/validation"] = {"nll": nll, "perplexity": float(np.exp(nll)), "tokens": 8192}
+        key = dict(
+          preset=size,
+          seed=s,
+          train_tokens=tokens,
+          bits=k,
+          dtype=dtype,
+          exponent_bits=3 if dtype == "float" else 0,
+          blocksize=blocksize,
+          outlier_share=share if q else 0.0,
+          targets=targets if q else "none",
+          double_quant=False,
+          eval_id=eval_id,
+        )
+        name = (
+          f"{size}-seed{s} k{k} {dtype} B{blocksize} p{share:g}" if q else f"{size}-seed{s} k16"
+        )
+        records.append(
+          dict(
+            key=key,
+            name=name,
+            git_commit="synthetic",
+            created="2026-01-01T00:00:00+00:00",
+            model=dict(
+              params=counts["total"],
+              non_embedding_params=counts["non_embedding"],
+              embedding_params=counts["embedding"],
+              train_steps=tokens // 4096,
+              train_batch_size=32,
+              seq_len=128,
+              train_lr=3e-3,
+            ),
             bits=dict(total_bits=tb, bits_per_param=tb / counts["total"]),
-            metrics=metrics))
+            metrics=metrics,
+          )
+        )
   return records
 
 
 def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
-  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
+  from kbit_jax.analysis import results
+
   for record in records:
     results.write(results_dir, record)
 
 
 def flat_frame(records: Sequence[dict[str, Any]]):
   """The DataFrame results.load would return for `records`, without the disk."""
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  from kbit_jax.analysis import results  # pylint: disable=g-import-not-at-top
+  import pandas as pd
+
+  from kbit_jax.analysis import results
+
   return pd.DataFrame([results.flatten(r) for r in records])

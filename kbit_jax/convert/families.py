@@ -13,6 +13,7 @@ Fused query/key/value projections differ by family:
   output is viewed as (heads, 3, head_dim): q, k and v interleaved *per head*.
 OPT has separate q/k/v Linear layers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,19 +24,25 @@ import numpy as np
 
 from kbit_jax.model.presets import Preset
 
-Path = tuple[str, ...]                       # a parameter's path in our params tree
+Path = tuple[str, ...]  # a parameter's path in our params tree
 Transform = Callable[[np.ndarray], np.ndarray]
 _REQUIRED = object()
 # HF activation name -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh are all the tanh
 # approximation of GELU (BLOOM's bloom_gelu is too); "gelu" is the exact erf form.
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-               "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS = {
+  "gelu": "gelu",
+  "gelu_new": "gelu_tanh",
+  "gelu_fast": "gelu_tanh",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "relu": "relu",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """One checkpoint tensor (name without the family's prefix, torch shape) and the
   parameters it becomes, each through a transform of the stored array."""
+
   source: str
   shape: tuple[int, ...]
   targets: tuple[tuple[Path, Transform], ...]
@@ -43,17 +50,18 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  name: str                            # config.json model_type
-  architecture: str                    # config.json architectures[0]
-  prefixes: tuple[str, ...]            # where the base model's tensors may live
-  heads: tuple[str, ...]               # names of the output matrix (never prefixed); the
-                                       # first is the hub's, later ones what other tools write
-  ignored: str                         # regex: buffers some checkpoints store (masks, ...)
+  name: str  # config.json model_type
+  architecture: str  # config.json architectures[0]
+  prefixes: tuple[str, ...]  # where the base model's tensors may live
+  heads: tuple[str, ...]  # names of the output matrix (never prefixed); the
+  # first is the hub's, later ones what other tools write
+  ignored: str  # regex: buffers some checkpoints store (masks, ...)
   preset_from_config: Callable[[dict[str, Any]], Preset]
   rules: Callable[[Preset], list[Rule]]
 
 
 # ----------------------------------------------------------------------------- config
+
 
 def _get(cfg: dict[str, Any], *keys: str, default: Any = _REQUIRED) -> Any:
   """The value of the first of `keys` present in config.json (HF renamed some keys)."""
@@ -61,8 +69,10 @@ def _get(cfg: dict[str, Any], *keys: str, default: Any = _REQUIRED) -> Any:
     if key in cfg and cfg[key] is not None:
       return cfg[key]
   if default is _REQUIRED:
-    raise ValueError(f"config.json has no {' / '.join(map(repr, keys))}; the "
-                     f"{cfg.get('model_type')!r} family needs it")
+    raise ValueError(
+      f"config.json has no {' / '.join(map(repr, keys))}; the "
+      f"{cfg.get('model_type')!r} family needs it"
+    )
   return default
 
 
@@ -71,22 +81,23 @@ def _require(cfg: dict[str, Any], key: str, supported: Any, default: Any) -> Non
   if value is None:
     value = default
   if value != supported:
-    raise ValueError(f"config.json {key}={value!r} is not supported; supported: "
-                     f"{supported!r}")
+    raise ValueError(f"config.json {key}={value!r} is not supported; supported: {supported!r}")
 
 
 def _activation(cfg: dict[str, Any], *keys: str) -> str:
   name = _get(cfg, *keys)
   if name not in ACTIVATIONS:
-    raise ValueError(f"config.json {keys[0]}={name!r} is not supported; allowed: "
-                     f"{sorted(ACTIVATIONS)}")
+    raise ValueError(
+      f"config.json {keys[0]}={name!r} is not supported; allowed: {sorted(ACTIVATIONS)}"
+    )
   return ACTIVATIONS[name]
 
 
 def _checked(p: Preset) -> Preset:
   if p.d_model % p.num_heads:
-    raise ValueError(f"config.json: {p.num_heads} attention heads do not divide the "
-                     f"hidden size {p.d_model}")
+    raise ValueError(
+      f"config.json: {p.num_heads} attention heads do not divide the hidden size {p.d_model}"
+    )
   return p
 
 
@@ -95,14 +106,20 @@ def gpt2_preset(cfg: dict[str, Any]) -> Preset:
   _require(cfg, "scale_attn_by_inverse_layer_idx", False, False)
   _require(cfg, "add_cross_attention", False, False)
   d = _get(cfg, "n_embd", "hidden_size")
-  return _checked(Preset(
-      num_layers=_get(cfg, "n_layer", "num_hidden_layers"), d_model=d,
+  return _checked(
+    Preset(
+      num_layers=_get(cfg, "n_layer", "num_hidden_layers"),
+      d_model=d,
       num_heads=_get(cfg, "n_head", "num_attention_heads"),
-      d_ff=_get(cfg, "n_inner", default=4 * d), vocab_size=_get(cfg, "vocab_size"),
-      max_len=_get(cfg, "n_positions", "max_position_embeddings"), positions="learned",
+      d_ff=_get(cfg, "n_inner", default=4 * d),
+      vocab_size=_get(cfg, "vocab_size"),
+      max_len=_get(cfg, "n_positions", "max_position_embeddings"),
+      positions="learned",
       tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
       activation=_activation(cfg, "activation_function"),
-      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5))))
+      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5)),
+    )
+  )
 
 
 def gpt_neox_preset(cfg: dict[str, Any]) -> Preset:
@@ -110,20 +127,28 @@ def gpt_neox_preset(cfg: dict[str, Any]) -> Preset:
   # older top-level keys.
   rope = cfg.get("rope_parameters") or {}
   if rope.get("rope_type", "default") != "default" or cfg.get("rope_scaling"):
-    raise ValueError(f"config.json rope scaling {rope or cfg.get('rope_scaling')!r} is not "
-                     "supported; supported: plain rotary (rope_type 'default')")
+    raise ValueError(
+      f"config.json rope scaling {rope or cfg.get('rope_scaling')!r} is not "
+      "supported; supported: plain rotary (rope_type 'default')"
+    )
   _require(cfg, "attention_bias", True, True)
-  return _checked(Preset(
-      num_layers=_get(cfg, "num_hidden_layers"), d_model=_get(cfg, "hidden_size"),
-      num_heads=_get(cfg, "num_attention_heads"), d_ff=_get(cfg, "intermediate_size"),
-      vocab_size=_get(cfg, "vocab_size"), max_len=_get(cfg, "max_position_embeddings"),
-      positions="rotary", tie_embeddings=_get(cfg, "tie_word_embeddings", default=False),
-      rotary_pct=float(rope.get("partial_rotary_factor",
-                                _get(cfg, "rotary_pct", default=0.25))),
+  return _checked(
+    Preset(
+      num_layers=_get(cfg, "num_hidden_layers"),
+      d_model=_get(cfg, "hidden_size"),
+      num_heads=_get(cfg, "num_attention_heads"),
+      d_ff=_get(cfg, "intermediate_size"),
+      vocab_size=_get(cfg, "vocab_size"),
+      max_len=_get(cfg, "max_position_embeddings"),
+      positions="rotary",
+      tie_embeddings=_get(cfg, "tie_word_embeddings", default=False),
+      rotary_pct=float(rope.get("partial_rotary_factor", _get(cfg, "rotary_pct", default=0.25))),
       rotary_base=float(rope.get("rope_theta", _get(cfg, "rotary_emb_base", default=10000))),
       activation=_activation(cfg, "hidden_act"),
       parallel_residual=_get(cfg, "use_parallel_residual", default=True),
-      norm_eps=float(_get(cfg, "layer_norm_eps", default=1e-5))))
+      norm_eps=float(_get(cfg, "layer_norm_eps", default=1e-5)),
+    )
+  )
 
 
 def opt_preset(cfg: dict[str, Any]) -> Preset:
@@ -133,31 +158,48 @@ def opt_preset(cfg: dict[str, Any]) -> Preset:
     _require(cfg, "_remove_final_layer_norm", False, False)
   d = _get(cfg, "hidden_size")
   embed_dim = _get(cfg, "word_embed_proj_dim", default=d)
-  return _checked(Preset(
-      num_layers=_get(cfg, "num_hidden_layers"), d_model=d,
-      num_heads=_get(cfg, "num_attention_heads"), d_ff=_get(cfg, "ffn_dim"),
-      vocab_size=_get(cfg, "vocab_size"), max_len=_get(cfg, "max_position_embeddings"),
-      positions="learned", pos_offset=2,
+  return _checked(
+    Preset(
+      num_layers=_get(cfg, "num_hidden_layers"),
+      d_model=d,
+      num_heads=_get(cfg, "num_attention_heads"),
+      d_ff=_get(cfg, "ffn_dim"),
+      vocab_size=_get(cfg, "vocab_size"),
+      max_len=_get(cfg, "max_position_embeddings"),
+      positions="learned",
+      pos_offset=2,
       tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
       use_bias=_get(cfg, "enable_bias", default=True),
-      activation=_activation(cfg, "activation_function"), post_norm=not pre_norm,
-      embed_dim=0 if embed_dim == d else embed_dim))
+      activation=_activation(cfg, "activation_function"),
+      post_norm=not pre_norm,
+      embed_dim=0 if embed_dim == d else embed_dim,
+    )
+  )
 
 
 def bloom_preset(cfg: dict[str, Any]) -> Preset:
   _require(cfg, "apply_residual_connection_post_layernorm", False, False)
   d = _get(cfg, "hidden_size", "n_embed")
   # ALiBi has no position limit; 2048 is BLOOM's training length (the scoring default).
-  return _checked(Preset(
-      num_layers=_get(cfg, "n_layer", "num_hidden_layers"), d_model=d,
-      num_heads=_get(cfg, "n_head", "num_attention_heads"), d_ff=4 * d,
-      vocab_size=_get(cfg, "vocab_size"), max_len=_get(cfg, "seq_length", default=2048),
-      positions="alibi", tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
-      activation="gelu_tanh", embed_norm=True,
-      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5))))
+  return _checked(
+    Preset(
+      num_layers=_get(cfg, "n_layer", "num_hidden_layers"),
+      d_model=d,
+      num_heads=_get(cfg, "n_head", "num_attention_heads"),
+      d_ff=4 * d,
+      vocab_size=_get(cfg, "vocab_size"),
+      max_len=_get(cfg, "seq_length", default=2048),
+      positions="alibi",
+      tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
+      activation="gelu_tanh",
+      embed_norm=True,
+      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5)),
+    )
+  )
 
 
 # ----------------------------------------------------------------------------- tensors
+
 
 def _same(w: np.ndarray) -> np.ndarray:
   return w
@@ -175,20 +217,25 @@ def _third(j: int) -> Transform:
 def _per_head(j: int, num_heads: int) -> Transform:
   """NeoX/BLOOM query_key_value (3D, D) or its bias (3D,): output rows viewed as
   (heads, 3, head_dim); part j of every head, then (in, out) for a weight."""
+
   def split(w: np.ndarray) -> np.ndarray:
     part = w.reshape(num_heads, 3, -1, *w.shape[1:])[:, j]
     part = part.reshape(-1, *w.shape[1:])
     return part.T if part.ndim == 2 else part
+
   return split
 
 
 def _norm(source: str, target: Path, d: int) -> list[Rule]:
-  return [Rule(f"{source}.weight", (d,), ((target + ("scale",), _same),)),
-          Rule(f"{source}.bias", (d,), ((target + ("bias",), _same),))]
+  return [
+    Rule(f"{source}.weight", (d,), ((target + ("scale",), _same),)),
+    Rule(f"{source}.bias", (d,), ((target + ("bias",), _same),)),
+  ]
 
 
-def _linear(source: str, target: Path, d_in: int, d_out: int, bias: bool,
-            conv1d: bool = False) -> list[Rule]:
+def _linear(
+  source: str, target: Path, d_in: int, d_out: int, bias: bool, conv1d: bool = False
+) -> list[Rule]:
   """torch Linear, weight (out, in); or GPT-2's Conv1D, weight (in, out)."""
   shape, transform = ((d_in, d_out), _same) if conv1d else ((d_out, d_in), _transposed)
   rules = [Rule(f"{source}.weight", shape, ((target + ("kernel",), transform),))]
@@ -205,10 +252,18 @@ def _fused_qkv(source: str, layer: str, d: int, num_heads: int | None = None) ->
   attn = (layer, "attn")
   shape = (d, 3 * d) if num_heads is None else (3 * d, d)
   split = _third if num_heads is None else lambda j: _per_head(j, num_heads)
-  return [Rule(f"{source}.weight", shape, tuple(
-              (attn + (name, "kernel"), split(j)) for j, name in enumerate(QKV))),
-          Rule(f"{source}.bias", (3 * d,), tuple(
-              (attn + (name, "bias"), split(j)) for j, name in enumerate(QKV)))]
+  return [
+    Rule(
+      f"{source}.weight",
+      shape,
+      tuple((attn + (name, "kernel"), split(j)) for j, name in enumerate(QKV)),
+    ),
+    Rule(
+      f"{source}.bias",
+      (3 * d,),
+      tuple((attn + (name, "bias"), split(j)) for j, name in enumerate(QKV)),
+    ),
+  ]
 
 
 def _head(p: Preset, name: str) -> list[Rule]:
@@ -222,8 +277,10 @@ HEAD = "lm_head.weight"
 
 def gpt2_rules(p: Preset) -> list[Rule]:
   d, f = p.d_model, p.d_ff
-  rules = [Rule("wte.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),)),
-           Rule("wpe.weight", (p.max_len, d), ((("pos_embed",), _same),))]
+  rules = [
+    Rule("wte.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),)),
+    Rule("wpe.weight", (p.max_len, d), ((("pos_embed",), _same),)),
+  ]
   for i in range(p.num_layers):
     h, layer = f"h.{i}", f"layer_{i}"
     rules += _norm(f"{h}.ln_1", (layer, "ln1"), d)
@@ -251,9 +308,10 @@ def gpt_neox_rules(p: Preset) -> list[Rule]:
 
 def opt_rules(p: Preset) -> list[Rule]:
   d, f, e, b = p.d_model, p.d_ff, p.token_dim, p.use_bias
-  rules = [Rule("embed_tokens.weight", (p.vocab_size, e), ((("embed", "embedding"), _same),)),
-           Rule("embed_positions.weight", (p.max_len + p.pos_offset, d),
-                ((("pos_embed",), _same),))]
+  rules = [
+    Rule("embed_tokens.weight", (p.vocab_size, e), ((("embed", "embedding"), _same),)),
+    Rule("embed_positions.weight", (p.max_len + p.pos_offset, d), ((("pos_embed",), _same),)),
+  ]
   if e != d:
     rules += _linear("project_in", ("embed_proj_in",), e, d, False)
     rules += _linear("project_out", ("embed_proj_out",), d, e, False)
@@ -272,8 +330,7 @@ def opt_rules(p: Preset) -> list[Rule]:
 
 def bloom_rules(p: Preset) -> list[Rule]:
   d, f, h = p.d_model, p.d_ff, p.num_heads
-  rules = [Rule("word_embeddings.weight", (p.vocab_size, d),
-                ((("embed", "embedding"), _same),))]
+  rules = [Rule("word_embeddings.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),))]
   rules += _norm("word_embeddings_layernorm", ("embed_norm",), d)
   for i in range(p.num_layers):
     src, layer = f"h.{i}", f"layer_{i}"
@@ -286,18 +343,36 @@ def bloom_rules(p: Preset) -> list[Rule]:
   return rules + _norm("ln_f", ("ln_f",), d) + _head(p, HEAD)
 
 
-FAMILIES = {f.name: f for f in (
-    Family("gpt2", "GPT2LMHeadModel", ("transformer.", ""), (HEAD,),
-           r"h\.\d+\.attn\.(bias|masked_bias)", gpt2_preset, gpt2_rules),
+FAMILIES = {
+  f.name: f
+  for f in (
+    Family(
+      "gpt2",
+      "GPT2LMHeadModel",
+      ("transformer.", ""),
+      (HEAD,),
+      r"h\.\d+\.attn\.(bias|masked_bias)",
+      gpt2_preset,
+      gpt2_rules,
+    ),
     # transformers >= 5 calls the head lm_head in memory (its state_dict) and embed_out on disk
-    Family("gpt_neox", "GPTNeoXForCausalLM", ("gpt_neox.",), ("embed_out.weight", HEAD),
-           r"layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
-           gpt_neox_preset, gpt_neox_rules),
-    Family("opt", "OPTForCausalLM", ("model.decoder.", "decoder."), (HEAD,), r"$^",
-           opt_preset, opt_rules),
-    Family("bloom", "BloomForCausalLM", ("transformer.", ""), (HEAD,), r"$^",
-           bloom_preset, bloom_rules),
-)}
+    Family(
+      "gpt_neox",
+      "GPTNeoXForCausalLM",
+      ("gpt_neox.",),
+      ("embed_out.weight", HEAD),
+      r"layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
+      gpt_neox_preset,
+      gpt_neox_rules,
+    ),
+    Family(
+      "opt", "OPTForCausalLM", ("model.decoder.", "decoder."), (HEAD,), r"$^", opt_preset, opt_rules
+    ),
+    Family(
+      "bloom", "BloomForCausalLM", ("transformer.", ""), (HEAD,), r"$^", bloom_preset, bloom_rules
+    ),
+  )
+}
 
 
 def family_of(cfg: dict[str, Any]) -> Family:
@@ -310,9 +385,10 @@ def family_of(cfg: dict[str, Any]) -> Family:
   if model_type is None and known:
     return known[0]
   raise ValueError(
-      f"config.json model_type={model_type!r} (architectures="
-      f"{cfg.get('architectures')!r}) is not supported; allowed model_type: "
-      f"{sorted(FAMILIES)} (architectures {sorted(by_arch)})")
+    f"config.json model_type={model_type!r} (architectures="
+    f"{cfg.get('architectures')!r}) is not supported; allowed model_type: "
+    f"{sorted(FAMILIES)} (architectures {sorted(by_arch)})"
+  )
 
 
 def is_ignored(family: Family, name: str) -> bool:

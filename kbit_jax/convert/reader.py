@@ -13,6 +13,7 @@ such type; BLOOM and many hub checkpoints store bf16): `ml_dtypes.bfloat16` can,
 memory map reads only the bytes of the tensor being converted. PyTorch files are opened
 with `torch.load(mmap=True, weights_only=True)` for the same reason.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,23 +28,36 @@ import numpy as np
 
 # safetensors dtype -> numpy; float ones are convertible, the rest reported by name.
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+  "F8_E4M3": ml_dtypes.float8_e4m3fn,
+  "F8_E5M2": ml_dtypes.float8_e5m2,
+}
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
-FORMATS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-           "pytorch_model.bin")
+FORMATS = (
+  "model.safetensors.index.json",
+  "model.safetensors",
+  "pytorch_model.bin.index.json",
+  "pytorch_model.bin",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
   file: pathlib.Path
   shape: tuple[int, ...]
-  dtype: str          # numpy-style name: float32, bfloat16, int8, ...
+  dtype: str  # numpy-style name: float32, bfloat16, int8, ...
 
 
 class _SafetensorsFile:
-
   def __init__(self, path: pathlib.Path):
     self.path = path
     with open(path, "rb") as f:
@@ -62,8 +76,11 @@ class _SafetensorsFile:
   def info(self, name: str) -> TensorInfo:
     entry = self.entries[name]
     dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-    return TensorInfo(self.path, tuple(entry["shape"]),
-                      np.dtype(dtype).name if dtype is not None else entry["dtype"])
+    return TensorInfo(
+      self.path,
+      tuple(entry["shape"]),
+      np.dtype(dtype).name if dtype is not None else entry["dtype"],
+    )
 
   def array(self, name: str) -> np.ndarray:
     entry = self.entries[name]
@@ -71,30 +88,34 @@ class _SafetensorsFile:
     begin, end = entry["data_offsets"]
     shape = tuple(entry["shape"])
     if end - begin != math.prod(shape) * dtype.itemsize:
-      raise ValueError(f"tensor {name!r} in {self.path}: {end - begin} bytes for shape "
-                       f"{shape} of {dtype.name}; the file is corrupt")
-    data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.start + begin,
-                     shape=(end - begin,))
+      raise ValueError(
+        f"tensor {name!r} in {self.path}: {end - begin} bytes for shape "
+        f"{shape} of {dtype.name}; the file is corrupt"
+      )
+    data = np.memmap(
+      self.path, dtype=np.uint8, mode="r", offset=self.start + begin, shape=(end - begin,)
+    )
     return data.view(dtype).reshape(shape)
 
 
 def _torch():
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError:
-    raise ImportError("reading pytorch_model.bin needs torch (pip install torch, the CPU "
-                      "build is enough) or a checkpoint in safetensors format") from None
+    raise ImportError(
+      "reading pytorch_model.bin needs torch (pip install torch, the CPU "
+      "build is enough) or a checkpoint in safetensors format"
+    ) from None
   return torch
 
 
 class _TorchFile:
-
   def __init__(self, path: pathlib.Path):
     torch = _torch()
     self.path = path
     try:
       self.tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:   # the pre-1.6 (non-zip) format cannot be memory-mapped
+    except RuntimeError:  # the pre-1.6 (non-zip) format cannot be memory-mapped
       self.tensors = torch.load(path, map_location="cpu", weights_only=True)
     self._torch = torch
 
@@ -104,7 +125,7 @@ class _TorchFile:
 
   def array(self, name: str) -> np.ndarray:
     t = self.tensors[name]
-    if t.dtype == self._torch.bfloat16:   # numpy has no bfloat16: reinterpret the bits
+    if t.dtype == self._torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
       return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
@@ -137,8 +158,9 @@ def open_checkpoint(directory: str | pathlib.Path) -> Checkpoint:
   found = next((name for name in FORMATS if (directory / name).exists()), None)
   if found is None:
     present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    raise FileNotFoundError(f"no weights in {directory}: expected one of {list(FORMATS)}; "
-                            f"found {present}")
+    raise FileNotFoundError(
+      f"no weights in {directory}: expected one of {list(FORMATS)}; found {present}"
+    )
   if found.endswith(".index.json"):
     weight_map = json.loads((directory / found).read_text())["weight_map"]
     opened = {file: _open(directory / file) for file in sorted(set(weight_map.values()))}

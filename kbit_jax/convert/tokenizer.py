@@ -10,6 +10,7 @@ come from `special_tokens_map.json` / `tokenizer_config.json`, else from config.
 causal models; `decode` drops special tokens, as SentencePiece drops control pieces, so
 `evaluate.py` counts the same bytes and words for either tokenizer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,8 +58,8 @@ class HFTokenizer:
 
 
 def _byte_level_bpe(vocab: pathlib.Path, merges: pathlib.Path):
-  # pylint: disable-next=g-import-not-at-top
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
   tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -74,28 +75,34 @@ def tokenizer_dir(path: str | pathlib.Path) -> pathlib.Path:
 @functools.lru_cache(maxsize=8)
 def load_hf_tokenizer(path: str) -> HFTokenizer:
   """The tokenizer of a Hugging Face model directory or of an imported workdir."""
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer
+
   directory = tokenizer_dir(path)
   if (directory / "tokenizer.json").exists():
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
   elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
     tok = _byte_level_bpe(directory / "vocab.json", directory / "merges.txt")
   else:
-    raise FileNotFoundError(f"no tokenizer in {directory}: expected tokenizer.json, or "
-                            "vocab.json + merges.txt")
-  texts = {**_read_json(directory / "tokenizer_config.json"),
-           **_read_json(directory / "special_tokens_map.json")}
+    raise FileNotFoundError(
+      f"no tokenizer in {directory}: expected tokenizer.json, or vocab.json + merges.txt"
+    )
+  texts = {
+    **_read_json(directory / "tokenizer_config.json"),
+    **_read_json(directory / "special_tokens_map.json"),
+  }
   config = _read_json(directory / "config.json")
   ids = {}
   for kind in SPECIALS:
     text = _token_text(texts.get(f"{kind}_token"))
     if text is not None and tok.token_to_id(text) is not None:
-      tok.add_special_tokens([text])   # matched whole, never split into pieces
+      tok.add_special_tokens([text])  # matched whole, never split into pieces
       ids[kind] = tok.token_to_id(text)
     elif isinstance(config.get(f"{kind}_token_id"), int):
       ids[kind] = config[f"{kind}_token_id"]
   if "eos" not in ids:
-    raise ValueError(f"the tokenizer in {directory} names no eos token (special_tokens_map"
-                     ".json, tokenizer_config.json or config.json eos_token_id); packing "
-                     "documents needs one")
+    raise ValueError(
+      f"the tokenizer in {directory} names no eos token (special_tokens_map"
+      ".json, tokenizer_config.json or config.json eos_token_id); packing "
+      "documents needs one"
+    )
   return HFTokenizer(tok, str(path), ids)

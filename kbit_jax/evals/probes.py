@@ -15,15 +15,16 @@ cannot be negative) is 0. Both are reported, with accuracy, macro-F1 over answer
 positions and the standard error of accuracy.
 
 Built-in probes (eval.probes = "1,2,...", k in 1..6): "which of 2^k passages does this
-sentence continue?", generated deterministically from the embedded corpus's test split
-(as tasks.py's built-in tasks): a sentence, its true preceding passage (up to 30 words
-ending at a sentence end) and 2^k - 1 passages of other documents closest to it in word
-count (`length_matched`). Every option scores the *same* text, the sentence, under its
-own passage (as Winogrande's partial scoring), so the softmax over options is the
-posterior of the passage under a uniform prior and no option wins by being a more
-probable string: with options scored as continuations, whole sentences differ by tens of
-nats of unconditional log-likelihood and small models came out confidently wrong. The i-th item's right answer is option i mod 2^k, so answer positions
-are balanced for any eval.probe_items that is a multiple of 2^k.
+sentence continue?", generated deterministically from the embedded corpus's test split (as
+tasks.py's built-in tasks): a sentence, its true preceding passage (up to 30 words ending at
+a sentence end) and 2^k - 1 passages of other documents closest to it in word count
+(`length_matched`). Every option scores the *same* text, the sentence, under its own passage
+(as Winogrande's partial scoring), so the softmax over options is the posterior of the
+passage under a uniform prior and no option wins by being a more probable string: with
+options scored as continuations, whole sentences differ by tens of nats of unconditional
+log-likelihood and small models came out confidently wrong. The i-th item's right answer is
+option i mod 2^k, so answer positions are balanced for any eval.probe_items that is a
+multiple of 2^k.
 
 A probe file (eval.probe_file), one JSON object per line, any number (>= 2) of options:
 
@@ -35,6 +36,7 @@ bits each (not necessarily an integer).
 `max_k`: the largest k such that every built-in probe k' <= k has accuracy above
 eval.probe_threshold (0 if the 1-bit probe is at or below it).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +48,7 @@ from etils import epath
 from kbit_jax.evals import tasks
 
 PROBE_BITS = tuple(range(1, 7))
-SEED_OFFSET = 100            # rng stream of probe k: [task_seed, SEED_OFFSET + k]
+SEED_OFFSET = 100  # rng stream of probe k: [task_seed, SEED_OFFSET + k]
 CONTEXT_WORDS = 30
 FILE_PROBE = "probe/file"
 
@@ -57,6 +59,7 @@ def probe_name(k: int) -> str:
 
 # ----------------------------------------------------------------------------- config
 
+
 def parse_probes(value: str) -> tuple[int, ...]:
   """'1,2,3' -> (1, 2, 3); raises ValueError naming a bad or repeated k."""
   out = []
@@ -66,11 +69,12 @@ def parse_probes(value: str) -> tuple[int, ...]:
     try:
       k = int(part)
     except ValueError:
-      raise ValueError(f"eval.probes={value!r}: {part!r} is not an integer; allowed: "
-                       f"comma-separated k in {list(PROBE_BITS)}") from None
+      raise ValueError(
+        f"eval.probes={value!r}: {part!r} is not an integer; allowed: "
+        f"comma-separated k in {list(PROBE_BITS)}"
+      ) from None
     if k not in PROBE_BITS:
-      raise ValueError(f"eval.probes={value!r}: k={k} is out of range; allowed: "
-                       f"{list(PROBE_BITS)}")
+      raise ValueError(f"eval.probes={value!r}: k={k} is out of range; allowed: {list(PROBE_BITS)}")
     if k in out:
       raise ValueError(f"eval.probes={value!r} names k={k} twice")
     out.append(k)
@@ -79,35 +83,41 @@ def parse_probes(value: str) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------------------- items
 
+
 def builtin_items(k: int, n: int, seed: int) -> list[tasks.Item]:
   """n items of the k-bit continuation probe, the same for the same (k, n, seed)."""
   if k not in PROBE_BITS:
     raise ValueError(f"probe k={k} is out of range; allowed: {list(PROBE_BITS)}")
   rng = np.random.default_rng([seed, SEED_OFFSET + k])
-  pool = tasks.continuation_candidates(tasks.documents(), CONTEXT_WORDS,
-                                        split_sentence=False)
-  num = 2 ** k
+  pool = tasks.continuation_candidates(tasks.documents(), CONTEXT_WORDS, split_sentence=False)
+  num = 2**k
   if len({doc for doc, _, _ in pool}) < 2 or len(pool) < num + n:
-    raise ValueError(f"eval.probe_items={n} at k={k} but the corpus's {tasks.BUILTIN_SPLIT} "
-                     f"split offers only {len(pool)} passages")
+    raise ValueError(
+      f"eval.probe_items={n} at k={k} but the corpus's {tasks.BUILTIN_SPLIT} "
+      f"split offers only {len(pool)} passages"
+    )
   items = []
   for i, (doc, context, sentence) in enumerate(tasks.sample(pool, n, rng, probe_name(k))):
     label = i % num
-    contexts = tasks.with_label(context, length_matched(pool, doc, context, num - 1, rng),
-                                label)
-    items.append(tasks.Item(requests=tuple((c, " " + sentence) for c in contexts),
-                            label=label, choice_chars=(len(sentence),) * num))
+    contexts = tasks.with_label(context, length_matched(pool, doc, context, num - 1, rng), label)
+    items.append(
+      tasks.Item(
+        requests=tuple((c, " " + sentence) for c in contexts),
+        label=label,
+        choice_chars=(len(sentence),) * num,
+      )
+    )
   return items
 
 
-def length_matched(pool: list[tuple[int, str, str]], doc: int, true: str, count: int,
-                   rng: np.random.Generator) -> list[str]:
+def length_matched(
+  pool: list[tuple[int, str, str]], doc: int, true: str, count: int, rng: np.random.Generator
+) -> list[str]:
   """`count` different passages (contexts) of other documents, those closest in word
   count to `true` first (random among equals)."""
   words = len(true.split())
   order = rng.permutation(len(pool))
-  order = order[np.argsort([abs(len(pool[j][1].split()) - words) for j in order],
-                           kind="stable")]
+  order = order[np.argsort([abs(len(pool[j][1].split()) - words) for j in order], kind="stable")]
   picked: list[str] = []
   for j in order:
     other_doc, text, _ = pool[j]
@@ -124,10 +134,12 @@ def file_item(record: dict[str, Any], where: str) -> tasks.Item:
   options = tasks.field(record, "options", where)
   if not isinstance(context, str):
     raise ValueError(f"{where}: context={context!r} must be a string")
-  if (not isinstance(options, list) or len(options) < 2
-      or not all(isinstance(o, str) and o.strip() for o in options)):
-    raise ValueError(f"{where}: options={options!r} must be a list of at least 2 "
-                     "non-empty strings")
+  if (
+    not isinstance(options, list)
+    or len(options) < 2
+    or not all(isinstance(o, str) and o.strip() for o in options)
+  ):
+    raise ValueError(f"{where}: options={options!r} must be a list of at least 2 non-empty strings")
   label = tasks.parse_label(tasks.field(record, "label", where), len(options), "label", where)
   return tasks.choice_item(context, options, label)
 
@@ -145,14 +157,17 @@ def load_file(path: str) -> list[tasks.Item]:
 
 def load_probes(eval_cfg) -> dict[str, list[tasks.Item]]:
   """{probe name: items} for eval.probes (built-in) and eval.probe_file."""
-  out = {probe_name(k): builtin_items(k, eval_cfg.probe_items, eval_cfg.task_seed)
-         for k in parse_probes(eval_cfg.probes)}
+  out = {
+    probe_name(k): builtin_items(k, eval_cfg.probe_items, eval_cfg.task_seed)
+    for k in parse_probes(eval_cfg.probes)
+  }
   if eval_cfg.probe_file:
     out[FILE_PROBE] = load_file(eval_cfg.probe_file)
   return out
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def option_log_probs(lls: Sequence[float]) -> np.ndarray:
   """log P(option) under softmax over the options' summed log-likelihoods (nats)."""
@@ -172,8 +187,9 @@ def macro_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
   return float(np.mean(scores))
 
 
-def score_probe(items: Sequence[tasks.Item],
-                results: Sequence[Sequence[tuple[float, bool]]]) -> dict[str, float]:
+def score_probe(
+  items: Sequence[tasks.Item], results: Sequence[Sequence[tuple[float, bool]]]
+) -> dict[str, float]:
   """Probe metrics from per-item lists of (log-likelihood, is_greedy), one per option."""
   if len(items) != len(results):
     raise ValueError(f"{len(items)} probe items but {len(results)} results")
@@ -183,11 +199,17 @@ def score_probe(items: Sequence[tasks.Item],
   hits = [float(p == y) for p, y in zip(predictions, labels)]
   k = float(np.mean([math.log2(len(item.requests)) for item in items]))
   cross_entropy = float(np.mean([-lp[y] for lp, y in zip(log_probs, labels)])) / math.log(2)
-  return {"n": len(items), "k": k, "acc": float(np.mean(hits)),
-          "acc_stderr": tasks.mean_stderr(hits), "chance": float(np.mean(
-              [1 / len(item.requests) for item in items])),
-          "macro_f1": macro_f1(labels, predictions), "cross_entropy_bits": cross_entropy,
-          "bits": max(0.0, k - cross_entropy), "bits_unclipped": k - cross_entropy}
+  return {
+    "n": len(items),
+    "k": k,
+    "acc": float(np.mean(hits)),
+    "acc_stderr": tasks.mean_stderr(hits),
+    "chance": float(np.mean([1 / len(item.requests) for item in items])),
+    "macro_f1": macro_f1(labels, predictions),
+    "cross_entropy_bits": cross_entropy,
+    "bits": max(0.0, k - cross_entropy),
+    "bits_unclipped": k - cross_entropy,
+  }
 
 
 def max_k(per_probe: dict[str, dict[str, float]], threshold: float) -> int:
@@ -206,6 +228,9 @@ def max_k(per_probe: dict[str, dict[str, float]], threshold: float) -> int:
 def summary(per_probe: dict[str, dict[str, float]], threshold: float) -> dict[str, float]:
   """`probe/summary`: max_k and the recovered bits summed over the built-in probes."""
   builtin = [m for name, m in per_probe.items() if name != FILE_PROBE]
-  return {"max_k": max_k(per_probe, threshold), "threshold": threshold,
-          "bits": float(sum(m["bits"] for m in builtin)),
-          "bits_offered": float(sum(m["k"] for m in builtin))}
+  return {
+    "max_k": max_k(per_probe, threshold),
+    "threshold": threshold,
+    "bits": float(sum(m["bits"] for m in builtin)),
+    "bits_offered": float(sum(m["k"] for m in builtin)),
+  }

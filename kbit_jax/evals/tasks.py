@@ -22,6 +22,7 @@ Winogrande scores the shared continuation after the blank under each option's co
 (lm-eval's partial evaluation). Every acc has the standard error lm-eval reports: the
 sample standard deviation (n - 1) of the per-item 0/1 scores over sqrt(n).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,23 +38,29 @@ from etils import epath
 TASKS = ("lambada", "hellaswag", "piqa", "winogrande")
 # The official released files, as lm-eval's data sets hold them (validation splits,
 # except LAMBADA's OpenAI test file).
-TASK_FILES = {"lambada": "lambada_test.jsonl", "hellaswag": "hellaswag_val.jsonl",
-              "piqa": "valid.jsonl", "winogrande": "dev.jsonl"}
+TASK_FILES = {
+  "lambada": "lambada_test.jsonl",
+  "hellaswag": "hellaswag_val.jsonl",
+  "piqa": "valid.jsonl",
+  "winogrande": "dev.jsonl",
+}
 PIQA_LABELS_FILE = "valid-labels.lst"
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One test example: a log-likelihood request per choice, and which choice is right."""
+
   requests: tuple[tuple[str, str], ...]  # (context, continuation) per choice
-  label: int                             # gold choice; 0 for LAMBADA's single request
-  choice_chars: tuple[int, ...]          # len() of each choice text, for acc_norm
+  label: int  # gold choice; 0 for LAMBADA's single request
+  choice_chars: tuple[int, ...]  # len() of each choice text, for acc_norm
 
 
 Record = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- records
+
 
 def field(record: Record, name: str, where: str) -> Any:
   if name not in record:
@@ -67,14 +74,16 @@ def parse_label(value: Any, num_choices: int, name: str, where: str) -> int:
   except (TypeError, ValueError):
     raise ValueError(f"{where}: {name}={value!r} is not an integer") from None
   if not 0 <= label < num_choices:
-    raise ValueError(f"{where}: {name}={value!r} is out of range; allowed: "
-                     f"0..{num_choices - 1}")
+    raise ValueError(f"{where}: {name}={value!r} is out of range; allowed: 0..{num_choices - 1}")
   return label
 
 
 def choice_item(context: str, choices: Sequence[str], label: int) -> Item:
-  return Item(requests=tuple((context, " " + c) for c in choices), label=label,
-              choice_chars=tuple(len(c) for c in choices))
+  return Item(
+    requests=tuple((context, " " + c) for c in choices),
+    label=label,
+    choice_chars=tuple(len(c) for c in choices),
+  )
 
 
 def lambada_item(record: Record, where: str) -> Item:
@@ -120,17 +129,24 @@ def winogrande_item(record: Record, where: str) -> Item:
   blank = sentence.find("_")
   if blank < 0:
     raise ValueError(f"{where}: sentence={sentence!r} has no blank '_'")
-  rest = " " + sentence[blank + 1:].strip()
-  return Item(requests=tuple((sentence[:blank] + o, rest) for o in options),
-              label=int(answer) - 1, choice_chars=(len(rest),) * 2)
+  rest = " " + sentence[blank + 1 :].strip()
+  return Item(
+    requests=tuple((sentence[:blank] + o, rest) for o in options),
+    label=int(answer) - 1,
+    choice_chars=(len(rest),) * 2,
+  )
 
 
 TO_ITEM: dict[str, Callable[[Record, str], Item]] = {
-    "lambada": lambada_item, "hellaswag": hellaswag_item, "piqa": piqa_item,
-    "winogrande": winogrande_item}
+  "lambada": lambada_item,
+  "hellaswag": hellaswag_item,
+  "piqa": piqa_item,
+  "winogrande": winogrande_item,
+}
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def read_jsonl(path: epath.Path) -> Iterator[tuple[Record, str]]:
   """(record, "file:line") for each non-blank line; errors name the file and line."""
@@ -144,8 +160,7 @@ def read_jsonl(path: epath.Path) -> Iterator[tuple[Record, str]]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON line ({e.msg} at column {e.colno})"
-                         ) from None
+        raise ValueError(f"{where}: malformed JSON line ({e.msg} at column {e.colno})") from None
       if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
       yield record, where
@@ -163,14 +178,18 @@ def _piqa_labels(records: list[tuple[Record, str]], jsonl: epath.Path) -> None:
     return
   labels_path = jsonl.parent / PIQA_LABELS_FILE
   if not labels_path.exists():
-    raise FileNotFoundError(f"{jsonl} has no 'label' field and the labels file "
-                            f"{labels_path} does not exist")
-  labels = [(line.strip(), f"{labels_path}:{i}")
-            for i, line in enumerate(labels_path.read_text().splitlines(), start=1)
-            if line.strip()]
+    raise FileNotFoundError(
+      f"{jsonl} has no 'label' field and the labels file {labels_path} does not exist"
+    )
+  labels = [
+    (line.strip(), f"{labels_path}:{i}")
+    for i, line in enumerate(labels_path.read_text().splitlines(), start=1)
+    if line.strip()
+  ]
   if len(labels) != len(records):
-    raise ValueError(f"{labels_path} has {len(labels)} labels but {jsonl} has "
-                     f"{len(records)} records")
+    raise ValueError(
+      f"{labels_path} has {len(labels)} labels but {jsonl} has {len(records)} records"
+    )
   for (record, _), (label, where) in zip(records, labels):
     record["label"] = parse_label(label, 2, "label", where)
 
@@ -204,6 +223,7 @@ def task_names(eval_cfg) -> list[str]:
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def mean_stderr(scores: Sequence[float]) -> float:
   """Standard error of the mean, lm-eval's: sample std (n - 1) / sqrt(n); nan if n < 2."""
   n = len(scores)
@@ -212,8 +232,9 @@ def mean_stderr(scores: Sequence[float]) -> float:
   return float(np.std(np.asarray(scores, np.float64), ddof=1) / math.sqrt(n))
 
 
-def score_items(task: str, items: Sequence[Item],
-                results: Sequence[Sequence[tuple[float, bool]]]) -> dict[str, float]:
+def score_items(
+  task: str, items: Sequence[Item], results: Sequence[Sequence[tuple[float, bool]]]
+) -> dict[str, float]:
   """Task metrics from per-item lists of (log-likelihood, is_greedy), one per choice."""
   if len(items) != len(results):
     raise ValueError(f"{task}: {len(items)} items but {len(results)} results")
@@ -226,8 +247,10 @@ def score_items(task: str, items: Sequence[Item],
     lls_per_item = [np.array([ll for ll, _ in r], np.float64) for r in results]
     acc = [float(np.argmax(lls) == item.label) for lls, item in zip(lls_per_item, items)]
     if task != "winogrande":  # its choices share one continuation: acc_norm == acc
-      acc_norm = [float(np.argmax(lls / np.array(item.choice_chars)) == item.label)
-                  for lls, item in zip(lls_per_item, items)]
+      acc_norm = [
+        float(np.argmax(lls / np.array(item.choice_chars)) == item.label)
+        for lls, item in zip(lls_per_item, items)
+      ]
       metrics.update(acc_norm=float(np.mean(acc_norm)), acc_norm_stderr=mean_stderr(acc_norm))
   metrics.update(acc=float(np.mean(acc)), acc_stderr=mean_stderr(acc))
   return metrics
@@ -238,9 +261,11 @@ def mean_accuracy(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
   standard error of a mean of independent estimates."""
   accs = [m["acc"] for m in per_task.values()]
   stderrs = [m["acc_stderr"] for m in per_task.values()]
-  return {"acc": float(np.mean(accs)),
-          "acc_stderr": float(math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)),
-          "tasks": len(accs)}
+  return {
+    "acc": float(np.mean(accs)),
+    "acc_stderr": float(math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)),
+    "tasks": len(accs),
+  }
 
 
 # ----------------------------------------------------------------------------- built-in
@@ -255,9 +280,10 @@ _END = (".", "!", "?")
 _CLAUSE_END = _END + (";", ":", ",")
 _PUNCT = ".,;:!?\"'()[]{}"
 _STOPWORDS = frozenset(
-    "that with this they them their there then than unto shall from have which were "
-    "when what will your into also been would this these those thou thee thine upon "
-    "said hath even every some very more most only such other about after before".split())
+  "that with this they them their there then than unto shall from have which were "
+  "when what will your into also been would this these those thou thee thine upon "
+  "said hath even every some very more most only such other about after before".split()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,9 +315,11 @@ def _passage_start(words: Sequence[str], last: int, max_words: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def documents() -> tuple[_Words, ...]:
-  from kbit_jax.train import data  # pylint: disable=g-import-not-at-top
-  return tuple(_Words(d, tuple(doc.split()))
-               for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT)))
+  from kbit_jax.train import data
+
+  return tuple(
+    _Words(d, tuple(doc.split())) for d, doc in enumerate(data.corpus_documents(BUILTIN_SPLIT))
+  )
 
 
 def _sentence_ends(words: Sequence[str], ends: tuple[str, ...] = _END) -> list[int]:
@@ -305,14 +333,18 @@ def _lambada_candidates(docs: Sequence[_Words]) -> list[tuple[int, Record]]:
     w = d.words
     for i in _sentence_ends(w, _CLAUSE_END):
       target, start = _bare(w[i]), _passage_start(w, i - 1, 60)
-      if (_is_content(target) and i - start >= 15 and
-          target.lower() in {_bare(x).lower() for x in w[start:i]}):
+      if (
+        _is_content(target)
+        and i - start >= 15
+        and target.lower() in {_bare(x).lower() for x in w[start:i]}
+      ):
         out.append((d.doc, {"text": " ".join(w[start:i] + (target,))}))
   return out
 
 
-def continuation_candidates(docs: Sequence[_Words], context_words: int,
-                             split_sentence: bool) -> list[tuple[int, str, str]]:
+def continuation_candidates(
+  docs: Sequence[_Words], context_words: int, split_sentence: bool
+) -> list[tuple[int, str, str]]:
   """(doc, context, true continuation). Whole next sentence (HellaSwag-style), or a
   sentence cut in half (PiQA-style), after up to `context_words` words of context."""
   out = []
@@ -325,7 +357,7 @@ def continuation_candidates(docs: Sequence[_Words], context_words: int,
         continue
       start = _passage_start(w, cut - 1, context_words)
       if cut - start >= 8:
-        out.append((d.doc, " ".join(w[start:cut]), " ".join(w[cut:end + 1])))
+        out.append((d.doc, " ".join(w[start:cut]), " ".join(w[cut : end + 1])))
   return out
 
 
@@ -337,7 +369,7 @@ def _winogrande_candidates(docs: Sequence[_Words]) -> list[tuple[int, tuple[str,
     w = d.words
     for i in _sentence_ends(w):
       start = _passage_start(w, i, 40)
-      passage = w[start:i + 1]
+      passage = w[start : i + 1]
       for b in range(len(passage) - 3, 0, -1):
         word = passage[b]
         if _is_content(word) and word.lower() in {_bare(x).lower() for x in passage[:b]}:
@@ -348,13 +380,16 @@ def _winogrande_candidates(docs: Sequence[_Words]) -> list[tuple[int, tuple[str,
 
 def sample(candidates: list, n: int, rng: np.random.Generator, task: str) -> list:
   if len(candidates) < n:
-    raise ValueError(f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
-                     f"offers only {len(candidates)} built-in {task} items")
+    raise ValueError(
+      f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
+      f"offers only {len(candidates)} built-in {task} items"
+    )
   return [candidates[i] for i in rng.permutation(len(candidates))[:n]]
 
 
-def distractors(pool: list[tuple[int, str, str]], doc: int, true: str, k: int,
-                 rng: np.random.Generator) -> list[str]:
+def distractors(
+  pool: list[tuple[int, str, str]], doc: int, true: str, k: int, rng: np.random.Generator
+) -> list[str]:
   """k different continuations of other documents' passages."""
   picked: list[str] = []
   while len(picked) < k:
@@ -368,8 +403,9 @@ def with_label(true: str, others: list[str], label: int) -> list[str]:
   return others[:label] + [true] + others[label:]
 
 
-def _winogrande_record(passage: tuple[str, ...], b: int, label: int,
-                       rng: np.random.Generator) -> Record | None:
+def _winogrande_record(
+  passage: tuple[str, ...], b: int, label: int, rng: np.random.Generator
+) -> Record | None:
   target = passage[b]
   earlier = {_bare(x) for x in passage[:b]}
   others = sorted(x for x in earlier if _is_content(x) and x.lower() != target.lower())
@@ -378,8 +414,12 @@ def _winogrande_record(passage: tuple[str, ...], b: int, label: int,
   if not others:
     return None
   options = with_label(target, [others[int(rng.integers(len(others)))]], label)
-  return {"sentence": " ".join(passage[:b] + ("_",) + passage[b + 1:]),
-          "option1": options[0], "option2": options[1], "answer": str(label + 1)}
+  return {
+    "sentence": " ".join(passage[:b] + ("_",) + passage[b + 1 :]),
+    "option1": options[0],
+    "option2": options[1],
+    "answer": str(label + 1),
+  }
 
 
 def builtin_records(task: str, n: int, seed: int) -> list[Record]:
@@ -393,23 +433,27 @@ def builtin_records(task: str, n: int, seed: int) -> list[Record]:
   if task == "winogrande":
     candidates = _winogrande_candidates(docs)
     records = []
-    for doc, passage, b in sample(candidates, len(candidates), rng, task):
+    for _, passage, b in sample(candidates, len(candidates), rng, task):
       record = _winogrande_record(passage, b, len(records) % 2, rng)
       if record is not None:
         records.append(record)
       if len(records) == n:
         return records
-    raise ValueError(f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
-                     f"offers only {len(records)} built-in {task} items")
-  pool = continuation_candidates(docs, 50 if task == "hellaswag" else 30,
-                                  split_sentence=task == "piqa")
+    raise ValueError(
+      f"eval.items_per_task={n} but the corpus's {BUILTIN_SPLIT} split "
+      f"offers only {len(records)} built-in {task} items"
+    )
+  pool = continuation_candidates(
+    docs, 50 if task == "hellaswag" else 30, split_sentence=task == "piqa"
+  )
   records = []
   for k, (doc, context, true) in enumerate(sample(pool, n, rng, task)):
     if task == "hellaswag":
       label = k % 4
       endings = with_label(true, distractors(pool, doc, true, 3, rng), label)
-      records.append({"activity_label": "Passage", "ctx": context, "endings": endings,
-                      "label": label})
+      records.append(
+        {"activity_label": "Passage", "ctx": context, "endings": endings, "label": label}
+      )
     else:
       label = k % 2
       sols = with_label(true, distractors(pool, doc, true, 1, rng), label)

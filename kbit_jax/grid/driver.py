@@ -65,6 +65,7 @@ Every process decides its work from process 0's finished cells, broadcast before
 work (`_agreed_finished`): a process reading the results directory after process 0 had
 written a record would otherwise skip a cell, or a model's training, that the others do.
 """
+
 from __future__ import annotations
 
 import collections
@@ -82,19 +83,16 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from kbit_jax.train import checkpoint
+from kbit_jax.analysis import results
+from kbit_jax.convert import importer
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import plan as grid_plan
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
-from kbit_jax.analysis import results
-from kbit_jax.train import sharding
 from kbit_jax.grid import tpu_cost
-from kbit_jax.train import loop
-from kbit_jax.convert import importer
-from kbit_jax.quant import bits as quant_bits
+from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
+from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
+from kbit_jax.train import checkpoint, loop, sharding
 
 # jax records every executable it builds (a miss of its in-memory cache: compiled, or
 # loaded from the persistent cache, compile_cache.py) under this event, with `fun_name`,
@@ -127,14 +125,21 @@ def compile_count() -> int:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         timeout=10, check=True, cwd=pathlib.Path(__file__).parent)
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+      cwd=pathlib.Path(__file__).parent,
+    )
     return out.stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return "unknown"
 
 
 # ----------------------------------------------------------------------------- models
+
 
 def model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
   return epath.Path(workdir) / "models" / run.name
@@ -156,14 +161,19 @@ def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
   An imported model is never trained (its import dir must exist)."""
   if run.pretrained:
     grid_plan.check_import(run)
-    print(f"grid: {run.name}: {run.pretrained.hub_id} imported in "
-          f"{run.pretrained.import_dir}; no training", flush=True)
+    print(
+      f"grid: {run.name}: {run.pretrained.hub_id} imported in "
+      f"{run.pretrained.import_dir}; no training",
+      flush=True,
+    )
     return 0.0
   directory, steps = model_dir(workdir, run), run.config.train.steps
   done = _checkpoint_steps(directory, run.config.train.keep_checkpoints)
   if done and done[-1] > steps:
-    raise ValueError(f"{directory} holds a training run of {done[-1]} steps but the grid "
-                     f"asks for train.steps={steps}; use another --workdir")
+    raise ValueError(
+      f"{directory} holds a training run of {done[-1]} steps but the grid "
+      f"asks for train.steps={steps}; use another --workdir"
+    )
   if steps in done:
     print(f"grid: {run.name}: reusing the trained model in {directory}", flush=True)
     return 0.0
@@ -187,9 +197,11 @@ def eval_mesh(mesh_cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   elif size == jax.device_count():
     devices = jax.devices()
   else:
-    raise ValueError(f"evaluation needs mesh.fsdp x mesh.tensor = {cfg.fsdp} x {cfg.tensor} "
-                     f"devices: at most the {len(local)} of one process or all "
-                     f"{jax.device_count()} of the {jax.process_count()} processes (grid.py)")
+    raise ValueError(
+      f"evaluation needs mesh.fsdp x mesh.tensor = {cfg.fsdp} x {cfg.tensor} "
+      f"devices: at most the {len(local)} of one process or all "
+      f"{jax.device_count()} of the {jax.process_count()} processes (grid.py)"
+    )
   return sharding.make_mesh(cfg, devices)
 
 
@@ -209,8 +221,10 @@ def _restore_imported(run: grid_plan.ModelRun) -> Any:
   with checkpoint.quiet_orbax():
     arch, params = importer.load_imported(run.pretrained.import_dir, mesh, rules)
   if arch != run.architecture:
-    raise ValueError(f"{run.pretrained.import_dir} holds another architecture than when "
-                     f"the grid was planned ({arch} != {run.architecture}); rerun the grid")
+    raise ValueError(
+      f"{run.pretrained.import_dir} holds another architecture than when "
+      f"the grid was planned ({arch} != {run.architecture}); rerun the grid"
+    )
   return params
 
 
@@ -219,14 +233,15 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
   if run.pretrained:
     return _restore_imported(run)
   trainer = loop.Trainer(run.config, eval_mesh(run.config.mesh))
-  with checkpoint.read_only(str(model_dir(workdir, run)),
-                            run.config.train.keep_checkpoints) as ckpt:
-    params = ckpt.restore_params(trainer.abstract_state().params,
-                                 step=run.config.train.steps)
-  return transformer.unstack_layers(params)     # trained with model.scan_layers: unroll
+  with checkpoint.read_only(
+    str(model_dir(workdir, run)), run.config.train.keep_checkpoints
+  ) as ckpt:
+    params = ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+  return transformer.unstack_layers(params)  # trained with model.scan_layers: unroll
 
 
 # ----------------------------------------------------------------------------- cells
+
 
 def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
   """The float net, or for act_bits < 16 the net whose targeted matmuls (attn, mlp: the
@@ -260,16 +275,21 @@ class CellEvaluator:
     self.run = run
     self.params = params
     self.nets: dict[int, Any] = {}
-    self.config = ml_collections.ConfigDict({"data": run.config.data.to_dict(),
-                                             "eval": eval_cfg.to_dict()})
-    self._quantize = jax.jit(reference.fake_quant_params, static_argnums=1,
-                             out_shardings=jax.tree.map(lambda x: x.sharding, params))
+    self.config = ml_collections.ConfigDict(
+      {"data": run.config.data.to_dict(), "eval": eval_cfg.to_dict()}
+    )
+    self._quantize = jax.jit(
+      reference.fake_quant_params,
+      static_argnums=1,
+      out_shardings=jax.tree.map(lambda x: x.sharding, params),
+    )
 
   def quantized(self, spec: QuantSpec) -> Any:
     if not spec.quantized:
       return self.params
-    return jax.block_until_ready(self._quantize(self.params, reference.layout_spec(spec),
-                                                reference.spec_codebook(spec)))
+    return jax.block_until_ready(
+      self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
+    )
 
   def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
     if act_bits not in self.nets:
@@ -277,8 +297,13 @@ class CellEvaluator:
     return evaluate.evaluate(params, self.nets[act_bits], self.config)
 
 
-def _evaluate_cell(run: grid_plan.ModelRun, cell: grid_plan.Cell, evaluator: CellEvaluator,
-                   train_s: float, compiles_start: int) -> dict[str, Any]:
+def _evaluate_cell(
+  run: grid_plan.ModelRun,
+  cell: grid_plan.Cell,
+  evaluator: CellEvaluator,
+  train_s: float,
+  compiles_start: int,
+) -> dict[str, Any]:
   """Quantizes and evaluates one cell; returns its record."""
   t0, c0 = time.perf_counter(), compile_count()
   params = evaluator.quantized(cell.spec)
@@ -290,22 +315,39 @@ def _evaluate_cell(run: grid_plan.ModelRun, cell: grid_plan.Cell, evaluator: Cel
   return make_record(run, cell, metrics, evaluator.params, timing, compiles)
 
 
-def make_record(run: grid_plan.ModelRun, cell: grid_plan.Cell, metrics: dict[str, Any],
-                params: Any, timing: dict[str, float], compiles: dict[str, int]
-                ) -> dict[str, Any]:
+def make_record(
+  run: grid_plan.ModelRun,
+  cell: grid_plan.Cell,
+  metrics: dict[str, Any],
+  params: Any,
+  timing: dict[str, float],
+  compiles: dict[str, int],
+) -> dict[str, Any]:
   counts = presets.param_counts(run.architecture)
   report = quant_bits.bits_report(params, cell.spec)
   return dict(
-      key=cell.key_dict,
-      model=dict(params=counts["total"], non_embedding_params=counts["non_embedding"],
-                 embedding_params=counts["embedding"], seq_len=run.config.data.seq_len,
-                 **_model_source(run)),
-      bits=dict(total_bits=report["total_bits"], bits_per_param=report["bits_per_param"],
-                quantized_params=report["quantized_params"],
-                quantized_bits_per_param=report["quantized_bits_per_param"]),
-      metrics=metrics, time=timing, compiles=compiles, name=cell.name,
-      process=jax.process_index(), git_commit=git_commit(),
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    key=cell.key_dict,
+    model=dict(
+      params=counts["total"],
+      non_embedding_params=counts["non_embedding"],
+      embedding_params=counts["embedding"],
+      seq_len=run.config.data.seq_len,
+      **_model_source(run),
+    ),
+    bits=dict(
+      total_bits=report["total_bits"],
+      bits_per_param=report["bits_per_param"],
+      quantized_params=report["quantized_params"],
+      quantized_bits_per_param=report["quantized_bits_per_param"],
+    ),
+    metrics=metrics,
+    time=timing,
+    compiles=compiles,
+    name=cell.name,
+    process=jax.process_index(),
+    git_commit=git_commit(),
+    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  )
 
 
 def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
@@ -329,6 +371,7 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- driver
 
+
 class Progress:
   """Cells done / total, elapsed, and an ETA from the plan's estimates scaled by how
   fast the work done in this run actually went."""
@@ -348,9 +391,11 @@ class Progress:
     self.done += 1
     elapsed = time.perf_counter() - self.t0
     eta = self.remaining_est * elapsed / max(self.est_done, 1e-9)
-    return (f"grid {self.done}/{self.total} {cell_name}: {headline} | {seconds:.1f}s "
-            f"{compiles} compiles | elapsed {grid_plan.format_duration(elapsed)} "
-            f"eta {grid_plan.format_duration(eta)}")
+    return (
+      f"grid {self.done}/{self.total} {cell_name}: {headline} | {seconds:.1f}s "
+      f"{compiles} compiles | elapsed {grid_plan.format_duration(elapsed)} "
+      f"eta {grid_plan.format_duration(eta)}"
+    )
 
 
 def check_workdirs(plan: grid_plan.Plan, workdir: str) -> None:
@@ -422,7 +467,7 @@ def _gather_records(record: dict[str, Any] | None) -> list[dict[str, Any]]:
   blob = json.dumps(record).encode() if record is not None else b""
   sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(blob)))).reshape(-1)
   buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
-  buffer[:len(blob)] = np.frombuffer(blob, np.uint8)
+  buffer[: len(blob)] = np.frombuffer(blob, np.uint8)
   buffers = np.asarray(multihost_utils.process_allgather(buffer))
   return [json.loads(b[:n].tobytes()) for b, n in zip(buffers, sizes) if n]
 
@@ -445,10 +490,16 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
     _say(tpu_cost.format_costs(tpu_cost.grid_flops(plan, cost)))
     return dict(cells=len(plan.cells), todo=remaining, cost=cost)
   per_model = cost["per_model"]
-  train_est = {m.name: 0.0 if _trained(m, workdir) else per_model[m.name]["train_s"]
-               for m in plan.models if todo[m.name]}
-  progress = Progress(len(plan.cells), len(plan.cells) - remaining, sum(
-      train_est[n] + per_model[n]["cell_s"] * len(todo[n]) for n in train_est))
+  train_est = {
+    m.name: 0.0 if _trained(m, workdir) else per_model[m.name]["train_s"]
+    for m in plan.models
+    if todo[m.name]
+  }
+  progress = Progress(
+    len(plan.cells),
+    len(plan.cells) - remaining,
+    sum(train_est[n] + per_model[n]["cell_s"] * len(todo[n]) for n in train_est),
+  )
   t_start, cpu_start = time.perf_counter(), time.process_time()
   compiles_start, before, hits_start = compile_count(), _COMPILES.copy(), _CACHE_HITS[0]
   for m in plan.models:
@@ -460,29 +511,40 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
     evaluator = CellEvaluator(m, params, plan.config.eval)
     dealers = jax.process_count() if _deals_cells(params) else 1
     for start in range(0, len(todo[m.name]), dealers):
-      group = todo[m.name][start:start + dealers]
-      i = jax.process_index() if dealers > 1 else 0    # this process's cell of the round
-      record = (_evaluate_cell(m, group[i], evaluator, train_s, compiles_start)
-                if i < len(group) else None)
-      for rec in (_gather_records(record) if dealers > 1 else [record]):
+      group = todo[m.name][start : start + dealers]
+      i = jax.process_index() if dealers > 1 else 0  # this process's cell of the round
+      record = (
+        _evaluate_cell(m, group[i], evaluator, train_s, compiles_start) if i < len(group) else None
+      )
+      for rec in _gather_records(record) if dealers > 1 else [record]:
         if _is_writer():
           results.write(results_dir, rec)
         progress.work(per_model[m.name]["cell_s"])
-        _say(progress.advance(rec["name"], rec["time"]["cell_s"], rec["compiles"]["cell"],
-                              _headline(rec["metrics"])))
+        _say(
+          progress.advance(
+            rec["name"], rec["time"]["cell_s"], rec["compiles"]["cell"], _headline(rec["metrics"])
+          )
+        )
   seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
   grid_compiles = compile_count() - compiles_start
   by_function = ", ".join(f"{name} {n}" for name, n in (_COMPILES - before).most_common(6))
   by_function = f" (most: {by_function})" if by_function else ""
   if _CACHE_HITS[0] > hits_start:
     by_function += f", {_CACHE_HITS[0] - hits_start} of them loaded from the compilation cache"
-  _say(f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
-       f"{len(plan.cells) - remaining} found finished) in "
-       f"{grid_plan.format_duration(seconds)} (process CPU time "
-       f"{grid_plan.format_duration(cpu_seconds)}); compiles per grid: {grid_compiles}"
-       f"{by_function}")
+  _say(
+    f"grid done: {len(plan.cells)} cells ({remaining} evaluated now, "
+    f"{len(plan.cells) - remaining} found finished) in "
+    f"{grid_plan.format_duration(seconds)} (process CPU time "
+    f"{grid_plan.format_duration(cpu_seconds)}); compiles per grid: {grid_compiles}"
+    f"{by_function}"
+  )
   if _is_writer():
     df = results.load(results_dir)
     print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
-  return dict(cells=len(plan.cells), evaluated=remaining, seconds=seconds,
-              cpu_seconds=cpu_seconds, compiles=grid_compiles)
+  return dict(
+    cells=len(plan.cells),
+    evaluated=remaining,
+    seconds=seconds,
+    cpu_seconds=cpu_seconds,
+    compiles=grid_compiles,
+  )

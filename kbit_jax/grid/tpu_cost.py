@@ -14,6 +14,7 @@ share of the peak reached. This is a lower bound on chip time: it leaves out wha
 not scale with FLOPs (compiles, Python and host-side scoring, checkpoint I/O, VM set-up),
 which dominates for the tiny CPU presets, and evaluation's padding to bucket lengths.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,34 +34,48 @@ def grid_flops(plan: Any, cost: dict[str, Any]) -> dict[str, float]:
   train = evaluation = 0.0
   for run in plan.models:
     m = cost["per_model"][run.name]
-    per_token = flops.flops_per_token(run.architecture, run.config.data.seq_len,
-                                      training=False)
+    per_token = flops.flops_per_token(run.architecture, run.config.data.seq_len, training=False)
     evaluation += per_token * m["eval_tokens_per_cell"] * m["cells"]
-    train += m["train_flops"]        # 0 for an imported model (never trained)
+    train += m["train_flops"]  # 0 for an imported model (never trained)
   return {"train": train, "eval": evaluation}
 
 
-def tpu_costs(total_flops: float, types: dict[str, tuple[float, float]] | None = None,
-              mfu: float = MFU) -> list[dict[str, Any]]:
+def tpu_costs(
+  total_flops: float, types: dict[str, tuple[float, float]] | None = None, mfu: float = MFU
+) -> list[dict[str, Any]]:
   """Per TPU type: chip-hours and dollars of `total_flops` at `mfu` of the peak."""
   rows = []
   for name, (peak, price) in (TPU_TYPES if types is None else types).items():
     chip_hours = total_flops / (peak * mfu) / 3600
-    rows.append(dict(type=name, peak=peak, price=price, chip_hours=chip_hours,
-                     dollars=chip_hours * price))
+    rows.append(
+      dict(type=name, peak=peak, price=price, chip_hours=chip_hours, dollars=chip_hours * price)
+    )
   return rows
 
 
 def format_costs(grid: dict[str, float], mfu: float = MFU) -> str:
   """The table `kbit grid --dry_run` prints: FLOPs, then chip-hours and $ per TPU type."""
   total = grid["train"] + grid["eval"]
-  head = (f"TPU cost from FLOPs: training {grid['train']:.3g} + evaluation "
-          f"{grid['eval']:.3g} = {total:.3g} FLOPs at {mfu:.0%} MFU of the bf16 peak; "
-          f"US on-demand list prices of {PRICES_AS_OF} (a lower bound: compiles, host work "
-          "and I/O not included)")
-  rows = [(r["type"], f"{r['peak'] / 1e12:g}", f"{r['price']:.2f}", f"{r['chip_hours']:.3g}",
-           f"{r['dollars']:.3g}") for r in tpu_costs(total, mfu=mfu)]
+  head = (
+    f"TPU cost from FLOPs: training {grid['train']:.3g} + evaluation "
+    f"{grid['eval']:.3g} = {total:.3g} FLOPs at {mfu:.0%} MFU of the bf16 peak; "
+    f"US on-demand list prices of {PRICES_AS_OF} (a lower bound: compiles, host work "
+    "and I/O not included)"
+  )
+  rows = [
+    (
+      r["type"],
+      f"{r['peak'] / 1e12:g}",
+      f"{r['price']:.2f}",
+      f"{r['chip_hours']:.3g}",
+      f"{r['dollars']:.3g}",
+    )
+    for r in tpu_costs(total, mfu=mfu)
+  ]
   header = ("TPU", "peak TFLOP/s/chip", "$/chip-hour", "chip-hours", "$")
   widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))
+
+  def line(r):
+    return "  ".join(v.rjust(w) for v, w in zip(r, widths))
+
   return "\n".join([head, line(header), "-" * len(line(header))] + [line(r) for r in rows])

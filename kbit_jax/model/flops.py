@@ -1,4 +1,5 @@
 """Model FLOPs per token and this machine's measured matmul peak (for MFU)."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,9 @@ import jax.numpy as jnp
 from kbit_jax.model.presets import Preset
 
 
-def flops_per_token(p: Preset, seq_len: int, training: bool = True,
-                    causal_half: bool = False) -> float:
+def flops_per_token(
+  p: Preset, seq_len: int, training: bool = True, causal_half: bool = False
+) -> float:
   """Matmul FLOPs per token: 2 per multiply-add forward, x3 with the backward pass.
 
   Counts the weight matmuls (including the output head) and the two attention matmuls
@@ -18,7 +20,7 @@ def flops_per_token(p: Preset, seq_len: int, training: bool = True,
   `causal_half` counts only the lower triangle (what a causal flash kernel computes, the
   stricter MFU for attention="cudnn"). Ignores norms/softmax.
   """
-  weights = p.num_layers * (4 * p.d_model ** 2 + 2 * p.d_model * p.d_ff) + p.d_model * p.vocab_size
+  weights = p.num_layers * (4 * p.d_model**2 + 2 * p.d_model * p.d_ff) + p.d_model * p.vocab_size
   attention = p.num_layers * 2 * seq_len * p.d_model / (2 if causal_half else 1)
   forward = 2 * (weights + attention)
   return 3 * forward if training else forward
@@ -35,4 +37,4 @@ def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> f
     t0 = time.perf_counter()
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best

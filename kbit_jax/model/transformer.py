@@ -16,6 +16,7 @@ quantization is injected, never forked. Attention scores and softmax are never q
 Shape suffixes: B batch, L length (query), M length (key), D d_model, H heads,
 K head dim, F d_ff, V vocab.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,24 +32,40 @@ from kbit_jax.model.presets import Preset
 DotGeneralFactory = Callable[[], Callable[..., jax.Array]] | None
 
 
-def _dense(features: int, axes: tuple[str | None, str | None], p: Preset, dtype: Any,
-           dot_general_cls: DotGeneralFactory, std: float, name: str,
-           use_bias: bool | None = None) -> nn.Dense:
+def _dense(
+  features: int,
+  axes: tuple[str | None, str | None],
+  p: Preset,
+  dtype: Any,
+  dot_general_cls: DotGeneralFactory,
+  std: float,
+  name: str,
+  use_bias: bool | None = None,
+) -> nn.Dense:
   return nn.Dense(
-      features, use_bias=p.use_bias if use_bias is None else use_bias, dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-      dot_general_cls=dot_general_cls)
+    features,
+    use_bias=p.use_bias if use_bias is None else use_bias,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+    dot_general_cls=dot_general_cls,
+  )
 
 
 def _layer_norm(p: Preset, dtype: Any, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=p.norm_eps, dtype=dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+  return nn.LayerNorm(
+    epsilon=p.norm_eps,
+    dtype=dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
-def rotary(x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int,
-           base: float = 10000.0) -> jax.Array:
+def rotary(
+  x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int, base: float = 10000.0
+) -> jax.Array:
   """GPT-NeoX rotary embedding on the first `rotary_dims` dims of each head (half-split)."""
   if rotary_dims == 0:
     return x_BxLxHxK
@@ -67,10 +84,10 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   sequence for the largest power of two <= num_heads, the rest interleaved from the next."""
   closest = 2 ** math.floor(math.log2(num_heads))
   base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
-  slopes = [base ** i for i in range(1, closest + 1)]
+  slopes = [base**i for i in range(1, closest + 1)]
   if closest != num_heads:
     extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
-    slopes += [extra_base ** i for i in range(1, 2 * (num_heads - closest), 2)]
+    slopes += [extra_base**i for i in range(1, 2 * (num_heads - closest), 2)]
   return np.asarray(slopes, np.float32)
 
 
@@ -86,7 +103,7 @@ class Attention(nn.Module):
   p: Preset
   dtype: Any
   dot_general_cls: DotGeneralFactory = None
-  impl: str = "einsum"          # one of ATTENTION_IMPLS
+  impl: str = "einsum"  # one of ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -94,8 +111,10 @@ class Attention(nn.Module):
     B, L, _ = x_BxLxD.shape
     H, K = p.num_heads, p.head_dim
     out_std = 0.02 / (2 * p.num_layers) ** 0.5
-    dense = lambda name, std=0.02: _dense(p.d_model, ("embed", "heads"), p, self.dtype,
-                                          self.dot_general_cls, std, name)
+
+    def dense(name, std=0.02):
+      return _dense(p.d_model, ("embed", "heads"), p, self.dtype, self.dot_general_cls, std, name)
+
     q_BxLxHxK = dense("query")(x_BxLxD).reshape(B, L, H, K)
     k_BxMxHxK = dense("key")(x_BxLxD).reshape(B, L, H, K)
     v_BxMxHxK = dense("value")(x_BxLxD).reshape(B, L, H, K)
@@ -111,7 +130,9 @@ class Attention(nn.Module):
       distance_LxM = (jnp.arange(L)[None, :] - jnp.arange(L)[:, None]).astype(jnp.float32)
       bias_HxLxM = alibi_slopes(H)[:, None, None] * distance_LxM
     if self.impl == "einsum":
-      scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(self.dtype)
+      scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(
+        self.dtype
+      )
       scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
       if bias_HxLxM is not None:
         scores_BxHxLxM = scores_BxHxLxM + bias_HxLxM
@@ -122,17 +143,19 @@ class Attention(nn.Module):
     elif self.impl in ("cudnn", "xla"):
       bias = None if bias_HxLxM is None else bias_HxLxM[None].astype(self.dtype)
       out_BxLxHxK = jax.nn.dot_product_attention(
-          q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, bias=bias, is_causal=True, implementation=self.impl)
+        q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, bias=bias, is_causal=True, implementation=self.impl
+      )
     else:
       raise ValueError(f"attention impl {self.impl!r} is unknown; allowed: {ATTENTION_IMPLS}")
-    out = _dense(p.d_model, ("heads", "embed"), p, self.dtype, self.dot_general_cls,
-                 out_std, "out")
+    out = _dense(p.d_model, ("heads", "embed"), p, self.dtype, self.dot_general_cls, out_std, "out")
     return out(out_BxLxHxK.reshape(B, L, H * K))
 
 
-_ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False),
-                "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-                "relu": nn.relu}
+_ACTIVATIONS = {
+  "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+  "relu": nn.relu,
+}
 
 
 class Mlp(nn.Module):
@@ -143,13 +166,16 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     p = self.p
-    h_BxLxF = _dense(p.d_ff, ("embed", "mlp"), p, self.dtype, self.dot_general_cls, 0.02,
-                     "wi")(x_BxLxD)
-    h_BxLxF = nn.with_logical_constraint(_ACTIVATIONS[p.activation](h_BxLxF),
-                                         ("batch", "length", "mlp"))
+    h_BxLxF = _dense(p.d_ff, ("embed", "mlp"), p, self.dtype, self.dot_general_cls, 0.02, "wi")(
+      x_BxLxD
+    )
+    h_BxLxF = nn.with_logical_constraint(
+      _ACTIVATIONS[p.activation](h_BxLxF), ("batch", "length", "mlp")
+    )
     out_std = 0.02 / (2 * p.num_layers) ** 0.5
-    return _dense(p.d_model, ("mlp", "embed"), p, self.dtype, self.dot_general_cls, out_std,
-                  "wo")(h_BxLxF)
+    return _dense(p.d_model, ("mlp", "embed"), p, self.dtype, self.dot_general_cls, out_std, "wo")(
+      h_BxLxF
+    )
 
 
 class Block(nn.Module):
@@ -164,9 +190,9 @@ class Block(nn.Module):
     attn = Attention(p, self.dtype, self.dot_general_cls, self.attention, name="attn")
     mlp = Mlp(p, self.dtype, self.dot_general_cls, name="mlp")
     ln1, ln2 = _layer_norm(p, self.dtype, "ln1"), _layer_norm(p, self.dtype, "ln2")
-    if p.parallel_residual:      # GPT-NeoX: both branches read the block's input
+    if p.parallel_residual:  # GPT-NeoX: both branches read the block's input
       x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD)) + mlp(ln2(x_BxLxD))
-    elif p.post_norm:            # OPT-350m: normalise after each residual add
+    elif p.post_norm:  # OPT-350m: normalise after each residual add
       x_BxLxD = ln1(x_BxLxD + attn(x_BxLxD))
       x_BxLxD = ln2(x_BxLxD + mlp(x_BxLxD))
     else:
@@ -182,6 +208,7 @@ def _block_cls(remat: bool) -> type[nn.Module]:
 
 class _ScannedBlock(nn.Module):
   """One Block as the body of nn.scan: (x, None) -> (x, None)."""
+
   p: Preset
   dtype: Any
   dot_general_cls: DotGeneralFactory = None
@@ -190,11 +217,12 @@ class _ScannedBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, _: None) -> tuple[jax.Array, None]:
-    return _block_cls(self.remat)(self.p, self.dtype, self.dot_general_cls, self.attention,
-                                  name="block")(x_BxLxD), None
+    return _block_cls(self.remat)(
+      self.p, self.dtype, self.dot_general_cls, self.attention, name="block"
+    )(x_BxLxD), None
 
 
-SCANNED = "layers"      # the scanned blocks' parameters: params["layers"]["block"][...]
+SCANNED = "layers"  # the scanned blocks' parameters: params["layers"]["block"][...]
 
 
 def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
@@ -219,11 +247,12 @@ def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
 
 class Transformer(nn.Module):
   """tokens_BxL (int32) -> logits_BxLxV (float32)."""
+
   p: Preset
-  dtype: Any = jnp.float32           # compute dtype; parameters stay float32
+  dtype: Any = jnp.float32  # compute dtype; parameters stay float32
   dot_general_cls: DotGeneralFactory = None
-  remat: bool = False                # recompute each block in the backward pass
-  attention: str = "einsum"          # one of ATTENTION_IMPLS
+  remat: bool = False  # recompute each block in the backward pass
+  attention: str = "einsum"  # one of ATTENTION_IMPLS
   # One nn.scan over the blocks instead of num_layers copies: compile time does not grow
   # with depth. Parameters are stacked (params["layers"]["block"], layer axis first,
   # logical name "layers"); unstack_layers gives the unrolled net's.
@@ -235,44 +264,77 @@ class Transformer(nn.Module):
     L = tokens_BxL.shape[1]
     if L > p.max_len and p.positions == "learned":
       raise ValueError(f"sequence length {L} > model max_len {p.max_len}")
-    embed = nn.Embed(p.vocab_size, p.token_dim, dtype=self.dtype, name="embed",
-                     embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(0.02), ("vocab", "embed")))
+    embed = nn.Embed(
+      p.vocab_size,
+      p.token_dim,
+      dtype=self.dtype,
+      name="embed",
+      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+    )
     x_BxLxD = embed(tokens_BxL)
     if p.token_dim != p.d_model:
-      x_BxLxD = _dense(p.d_model, (None, "embed"), p, self.dtype, self.dot_general_cls, 0.02,
-                       "embed_proj_in", use_bias=False)(x_BxLxD)
+      x_BxLxD = _dense(
+        p.d_model,
+        (None, "embed"),
+        p,
+        self.dtype,
+        self.dot_general_cls,
+        0.02,
+        "embed_proj_in",
+        use_bias=False,
+      )(x_BxLxD)
     if p.positions == "learned":
-      pos_LxD = self.param("pos_embed", nn.with_logical_partitioning(
-          nn.initializers.normal(0.01), ("length", "embed")), (p.max_len + p.pos_offset,
-                                                                p.d_model))
-      x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset:p.pos_offset + L].astype(self.dtype)[None]
+      pos_LxD = self.param(
+        "pos_embed",
+        nn.with_logical_partitioning(nn.initializers.normal(0.01), ("length", "embed")),
+        (p.max_len + p.pos_offset, p.d_model),
+      )
+      x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset : p.pos_offset + L].astype(self.dtype)[None]
     if p.embed_norm:
       x_BxLxD = _layer_norm(p, self.dtype, "embed_norm")(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
     if self.scan_layers:
-      layers = nn.scan(_ScannedBlock, variable_axes={"params": 0},
-                       split_rngs={"params": True}, length=p.num_layers,
-                       metadata_params={nn.PARTITION_NAME: SCANNED})
-      x_BxLxD, _ = layers(p, self.dtype, self.dot_general_cls, self.attention, self.remat,
-                          name=SCANNED)(x_BxLxD, None)
+      layers = nn.scan(
+        _ScannedBlock,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        length=p.num_layers,
+        metadata_params={nn.PARTITION_NAME: SCANNED},
+      )
+      x_BxLxD, _ = layers(
+        p, self.dtype, self.dot_general_cls, self.attention, self.remat, name=SCANNED
+      )(x_BxLxD, None)
     else:
       block = _block_cls(self.remat)
       for i in range(p.num_layers):
-        x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention,
-                        name=f"layer_{i}")(x_BxLxD)
-    if not p.post_norm:          # a post-norm block already ends with a LayerNorm
+        x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention, name=f"layer_{i}")(
+          x_BxLxD
+        )
+    if not p.post_norm:  # a post-norm block already ends with a LayerNorm
       x_BxLxD = _layer_norm(p, self.dtype, "ln_f")(x_BxLxD)
     if p.token_dim != p.d_model:
-      x_BxLxD = _dense(p.token_dim, ("embed", None), p, self.dtype, self.dot_general_cls,
-                       0.02, "embed_proj_out", use_bias=False)(x_BxLxD)
+      x_BxLxD = _dense(
+        p.token_dim,
+        ("embed", None),
+        p,
+        self.dtype,
+        self.dot_general_cls,
+        0.02,
+        "embed_proj_out",
+        use_bias=False,
+      )(x_BxLxD)
     if p.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
-      head = nn.Dense(p.vocab_size, use_bias=False, dtype=self.dtype, name="head",
-                      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                               ("embed", "vocab")),
-                      dot_general_cls=self.dot_general_cls)
+      head = nn.Dense(
+        p.vocab_size,
+        use_bias=False,
+        dtype=self.dtype,
+        name="head",
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab")),
+        dot_general_cls=self.dot_general_cls,
+      )
       logits_BxLxV = head(x_BxLxD)
-    return nn.with_logical_constraint(logits_BxLxV.astype(jnp.float32),
-                                      ("batch", "length", "vocab"))
+    return nn.with_logical_constraint(
+      logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab")
+    )

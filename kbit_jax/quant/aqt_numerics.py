@@ -30,6 +30,7 @@ Block layouts (B values per block, one float16 constant each, as `blockwise.py`)
   only one an int matmul with output-side scales could use). Per channel (B = -1) is the
   same in both: one constant per output column.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,11 +54,12 @@ def _straight_through(grad):
 @utils.flax_slots_kw_only_dataclass
 class CodebookNumerics(numerics.AqtNumerics):
   """Nearest code of a sorted normalised codebook; `codes=()` means SRAM quantiles."""
+
   bits: int = utils.static_field()
   codes: tuple[float, ...] = utils.static_field(default=())
 
   def get_dtype(self):
-    return None            # qvalues are code values (float32): QTensor.dequant needs them
+    return None  # qvalues are code values (float32): QTensor.dequant needs them
 
   def get_quant_bound(self):
     return 1.0
@@ -86,8 +88,15 @@ class CodebookNumerics(numerics.AqtNumerics):
 def int_numerics_for(bits: int) -> int_numerics.IntSymmetric:
   """AQT's symmetric int with levels j / (2^(k-1) - 1), |j| <= 2^(k-1) - 1."""
   return int_numerics.IntSymmetric(
-      bits=bits, preserve_zero=True, preserve_max_val=True, clip=True, round=True,
-      noise_fn=None, clip_gradient=False, dtype=jnp.int8)
+    bits=bits,
+    preserve_zero=True,
+    preserve_max_val=True,
+    clip=True,
+    round=True,
+    noise_fn=None,
+    clip_gradient=False,
+    dtype=jnp.int8,
+  )
 
 
 def int_offset(num: int_numerics.IntSymmetric) -> int:
@@ -103,6 +112,7 @@ class BlockTiling(tiled_dot_general.TilingState):
   too: (out, in) and (1, in * out). Compared and hashed by (shape, B, layout): it is
   static pytree metadata of the QTensor (AQT's TilingState is unhashable).
   """
+
   blocksize: int = 0
   layout: str = "flat"
 
@@ -152,7 +162,7 @@ class BlockTiling(tiled_dot_general.TilingState):
 
   def unapply(self, x_NBxB: jax.Array) -> jax.Array:
     K, N = self.untiled_shape
-    x = x_NBxB.reshape(-1)[:self._size]
+    x = x_NBxB.reshape(-1)[: self._size]
     return x.reshape(N, K).T if self._transposed else x.reshape(K, N)
 
 
@@ -173,6 +183,7 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
   unused (blocks are computed here, as `blockwise._block_scales`: float16 absmax rounded
   up, or QLoRA double quantization).
   """
+
   blocksize: int = utils.static_field(default=64)
   layout: str = utils.static_field(default="flat")
   centered: bool = utils.static_field(default=False)
@@ -187,8 +198,7 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
     lhs_qt = self.lhs.calibrate(lhs, calibration_axes=lhs_ca)
     return (lhs, lhs_qt), (rhs, self.calibrate_weight(rhs))
 
-  def block_constants(self, w_KxN: jax.Array
-                      ) -> tuple[BlockTiling, jax.Array, jax.Array | None]:
+  def block_constants(self, w_KxN: jax.Array) -> tuple[BlockTiling, jax.Array, jax.Array | None]:
     """(layout, absmax per block as stored: float16 rounded up or double-quantized,
     block mean (float16) if centered), as `blockwise.fake_quant` computes them."""
     tiling = block_tiling(w_KxN.shape, self.blocksize, self.layout)
@@ -200,30 +210,40 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
       mean_Nx1 = mean_N.astype(blockwise.SCALE_DTYPE)[:, None]
       x_NxB = jnp.where(valid_NxB, x_NxB - mean_Nx1.astype(F32), 0.0)
     absmax_N = jnp.max(jnp.abs(x_NxB), axis=-1)
-    scale_N = (blockwise.double_quantize(absmax_N) if self.double_quant
-               else blockwise.scale_to_16bit(absmax_N))
+    scale_N = (
+      blockwise.double_quantize(absmax_N)
+      if self.double_quant
+      else blockwise.scale_to_16bit(absmax_N)
+    )
     return tiling, scale_N[:, None], mean_Nx1
 
-  def qtensor(self, tiling: BlockTiling, scale_Nx1: jax.Array, mean_Nx1: jax.Array | None,
-              dtype) -> aqt_tensor.QTensor:
+  def qtensor(
+    self, tiling: BlockTiling, scale_Nx1: jax.Array, mean_Nx1: jax.Array | None, dtype
+  ) -> aqt_tensor.QTensor:
     """QTensor without qvalue; dequant = qvalue * scale + mean (AQT: q * s - bias)."""
     scale_Nx1 = scale_Nx1.astype(F32)
     scale_Nx1 = jnp.where(scale_Nx1 > 0, scale_Nx1, 1.0)
-    if self.is_int:   # AQT's int qvalue is j, not j / qb
+    if self.is_int:  # AQT's int qvalue is j, not j / qb
       scale_Nx1 = scale_Nx1 / self.rhs.numerics.get_quant_bound()
     bias = [] if mean_Nx1 is None else [-mean_Nx1.astype(F32)]
-    return aqt_tensor.QTensor(qvalue=None, scale=[scale_Nx1], scale_t=None, bias=bias,
-                              dequant_dtype=dtype, tiling_state=tiling)
+    return aqt_tensor.QTensor(
+      qvalue=None,
+      scale=[scale_Nx1],
+      scale_t=None,
+      bias=bias,
+      dequant_dtype=dtype,
+      tiling_state=tiling,
+    )
 
   def calibrate_weight(self, w_KxN: jax.Array) -> aqt_tensor.QTensor:
     return self.qtensor(*self.block_constants(w_KxN), w_KxN.dtype)
 
-  def encode_weight(self, w_KxN: jax.Array, qt: aqt_tensor.QTensor
-                    ) -> tuple[jax.Array, jax.Array | None]:
+  def encode_weight(
+    self, w_KxN: jax.Array, qt: aqt_tensor.QTensor
+  ) -> tuple[jax.Array, jax.Array | None]:
     """(uint8 code indices (blocks, B), data-dependent codebook or None)."""
-    if self.is_int:   # AQT's own arithmetic: (w + bias) * (1 / scale), round, clip
-      j_NxB, _ = self.rhs.numerics.vjp_fwd(qt.quant(w_KxN.astype(F32)).qvalue,
-                                           self.rhs.context)
+    if self.is_int:  # AQT's own arithmetic: (w + bias) * (1 / scale), round, clip
+      j_NxB, _ = self.rhs.numerics.vjp_fwd(qt.quant(w_KxN.astype(F32)).qvalue, self.rhs.context)
       return (j_NxB + int_offset(self.rhs.numerics)).astype(jnp.uint8), None
     # blockwise.py's arithmetic: (w - mean) / scale, nearest code over midpoints.
     x_NxB = qt.tiling_state.apply(w_KxN.astype(F32))
@@ -231,7 +251,7 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
       x_NxB = x_NxB + b
     x_NxB = x_NxB / qt.scale[0]
     num = self.rhs.numerics
-    codebook_C = num.codebook(qt.tiling_state.unapply(x_NxB))   # padding excluded
+    codebook_C = num.codebook(qt.tiling_state.unapply(x_NxB))  # padding excluded
     return num.encode(x_NxB, codebook_C), (None if num.codes else codebook_C)
 
   def qvalue(self, codes_NxB: jax.Array, codebook_C: jax.Array | None) -> jax.Array:
@@ -247,17 +267,38 @@ class BlockwiseWeightQuantizer(aqt_dot_general.DefaultDotGeneralQuantizer):
     return (lhs_qt, lhs_grad), (rhs_qt, jax.tree_util.Partial(_straight_through))
 
   def swap_lhs_and_rhs(self) -> None:
-    raise NotImplementedError("BlockwiseWeightQuantizer quantizes nn.Dense kernels (rhs); "
-                              "AqtEinsum operand swapping is not supported")
+    raise NotImplementedError(
+      "BlockwiseWeightQuantizer quantizes nn.Dense kernels (rhs); "
+      "AqtEinsum operand swapping is not supported"
+    )
 
 
-def weight_quantizer(numerics_: numerics.AqtNumerics, lhs: aqt_quantizer.Quantizer,
-                     blocksize: int, layout: str, centered: bool,
-                     double_quant: bool) -> BlockwiseWeightQuantizer:
-  none = lambda: aqt_quantizer.quantizer_make(None, initialize_calibration=False)
-  rhs = aqt_quantizer.Quantizer(numerics=numerics_, calib_shared_axes=None,
-                                scale_stop_grad=True, calibration=None,
-                                context=utils.Context(key=None, train_step=None))
-  return BlockwiseWeightQuantizer(lhs=lhs, rhs=rhs, lhs_mid=none(), rhs_mid=none(),
-                                  blocksize=blocksize, layout=layout, centered=centered,
-                                  double_quant=double_quant)
+def weight_quantizer(
+  numerics_: numerics.AqtNumerics,
+  lhs: aqt_quantizer.Quantizer,
+  blocksize: int,
+  layout: str,
+  centered: bool,
+  double_quant: bool,
+) -> BlockwiseWeightQuantizer:
+
+  def none():
+    return aqt_quantizer.quantizer_make(None, initialize_calibration=False)
+
+  rhs = aqt_quantizer.Quantizer(
+    numerics=numerics_,
+    calib_shared_axes=None,
+    scale_stop_grad=True,
+    calibration=None,
+    context=utils.Context(key=None, train_step=None),
+  )
+  return BlockwiseWeightQuantizer(
+    lhs=lhs,
+    rhs=rhs,
+    lhs_mid=none(),
+    rhs_mid=none(),
+    blocksize=blocksize,
+    layout=layout,
+    centered=centered,
+    double_quant=double_quant,
+  )

@@ -10,6 +10,7 @@ and every other parameter (biases, LayerNorms, position tables, untargeted kerne
 bits. With n a multiple of B and no outliers this is the study's k + 16/B per parameter.
 Works on arrays, `jax.eval_shape` output or flax boxes alike: only shapes are read.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,22 +21,32 @@ import jax.numpy as jnp
 
 from kbit_jax.model.presets import PRESETS, Preset
 from kbit_jax.quant import blockwise, outliers
-from kbit_jax.quant.spec import (UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves,
-                                 target_of, unboxed)
+from kbit_jax.quant.spec import (
+  UNQUANTIZED_BITS,
+  QuantSpec,
+  is_quantized,
+  named_leaves,
+  target_of,
+  unboxed,
+)
 
 
 def constant_bits(num_blocks: int, spec: QuantSpec) -> int:
   """Bits of one tensor's block constants."""
   if spec.double_quant:
     second_level = -(-num_blocks // blockwise.DQ_BLOCKSIZE)
-    return (num_blocks * blockwise.DQ_CODE_BITS + second_level * blockwise.DQ_SCALE_BITS
-            + blockwise.DQ_SCALE_BITS)   # + the float32 mean subtracted first
+    return (
+      num_blocks * blockwise.DQ_CODE_BITS
+      + second_level * blockwise.DQ_SCALE_BITS
+      + blockwise.DQ_SCALE_BITS
+    )  # + the float32 mean subtracted first
   per_block = 2 * blockwise.SCALE_BITS if spec.centered else blockwise.SCALE_BITS
   return num_blocks * per_block
 
 
-def tensor_bits(names: tuple[str, ...], shape: tuple[int, ...], spec: QuantSpec,
-                has_proxy: bool | None = None) -> dict[str, Any]:
+def tensor_bits(
+  names: tuple[str, ...], shape: tuple[int, ...], spec: QuantSpec, has_proxy: bool | None = None
+) -> dict[str, Any]:
   """One row of the report: what storing this tensor costs under `spec`.
 
   `has_proxy`: whether the tensor gets outlier rows (its proxy source exists in the
@@ -44,18 +55,29 @@ def tensor_bits(names: tuple[str, ...], shape: tuple[int, ...], spec: QuantSpec,
   if has_proxy is None:
     has_proxy = outliers.proxy_source(names, num_layers=1) is not None
   n = math.prod(shape)
-  row = dict(name="/".join(names), shape=tuple(shape), params=n, target=target_of(names),
-             quantized=is_quantized(names, spec), outlier_params=0)
+  row = dict(
+    name="/".join(names),
+    shape=tuple(shape),
+    params=n,
+    target=target_of(names),
+    quantized=is_quantized(names, spec),
+    outlier_params=0,
+  )
   if not row["quantized"]:
     row["bits"] = n * UNQUANTIZED_BITS
   else:
     rows = shape[0] if len(shape) > 1 else 0
-    n_out = outliers.num_outliers(rows, spec.outlier_share) * (n // rows) if (
-        has_proxy and rows) else 0
-    codebook = 2 ** spec.bits * UNQUANTIZED_BITS if spec.data_dependent else 0
+    n_out = (
+      outliers.num_outliers(rows, spec.outlier_share) * (n // rows) if (has_proxy and rows) else 0
+    )
+    codebook = 2**spec.bits * UNQUANTIZED_BITS if spec.data_dependent else 0
     row["outlier_params"] = n_out
-    row["bits"] = ((n - n_out) * spec.bits + n_out * UNQUANTIZED_BITS + codebook
-                   + constant_bits(blockwise.num_blocks(shape, spec.blocksize), spec))
+    row["bits"] = (
+      (n - n_out) * spec.bits
+      + n_out * UNQUANTIZED_BITS
+      + codebook
+      + constant_bits(blockwise.num_blocks(shape, spec.blocksize), spec)
+    )
   row["bits_per_param"] = row["bits"] / n
   return row
 
@@ -65,55 +87,79 @@ def bits_report(params_or_shapes: Any, spec: QuantSpec) -> dict[str, Any]:
   names, leaves, _ = named_leaves(params_or_shapes)
   num_layers = len({n[0] for n in names if n[0].startswith("layer_")})
   present = set(names)
-  rows = [tensor_bits(n, tuple(unboxed(leaf).shape), spec,
-                      has_proxy=outliers.proxy_source(n, num_layers) in present)
-          for n, leaf in zip(names, leaves)]
+  rows = [
+    tensor_bits(
+      n, tuple(unboxed(leaf).shape), spec, has_proxy=outliers.proxy_source(n, num_layers) in present
+    )
+    for n, leaf in zip(names, leaves)
+  ]
   total_params = sum(r["params"] for r in rows)
   total_bits = sum(r["bits"] for r in rows)
   q_params = sum(r["params"] for r in rows if r["quantized"])
   q_bits = sum(r["bits"] for r in rows if r["quantized"])
-  return dict(params=total_params, total_bits=total_bits,
-              bits_per_param=total_bits / total_params, quantized_params=q_params,
-              quantized_bits_per_param=q_bits / q_params if q_params else float("nan"),
-              rows=rows)
+  return dict(
+    params=total_params,
+    total_bits=total_bits,
+    bits_per_param=total_bits / total_params,
+    quantized_params=q_params,
+    quantized_bits_per_param=q_bits / q_params if q_params else float("nan"),
+    rows=rows,
+  )
 
 
 def preset_shapes(preset: Preset) -> Any:
   """Parameter shapes of `model.Transformer(preset)` via `jax.eval_shape` (no allocation)."""
-  from kbit_jax.model.transformer import Transformer   # flax model: only needed for this helper
+  from kbit_jax.model.transformer import Transformer  # flax model: only needed for this helper
+
   model = Transformer(preset)
   tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
   return jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), tokens)
 
 
-def bits_table(presets: Iterable[str] | None = None, bits: Iterable[int] = (3, 4, 8),
-               blocksize: int = 64, dtype: str = "int", targets: str = "attn,mlp",
-               outlier_share: float = 0.0) -> list[dict[str, Any]]:
+def bits_table(
+  presets: Iterable[str] | None = None,
+  bits: Iterable[int] = (3, 4, 8),
+  blocksize: int = 64,
+  dtype: str = "int",
+  targets: str = "attn,mlp",
+  outlier_share: float = 0.0,
+) -> list[dict[str, Any]]:
   """One row per (preset, k): parameters, total bits, bits/param of model and of the
   quantized tensors (= k + 16/B + p (16 - k))."""
   table = []
   for name in presets or PRESETS:
     shapes = preset_shapes(PRESETS[name])
     for k in (UNQUANTIZED_BITS, *bits):
-      spec = QuantSpec(bits=k, dtype=dtype, blocksize=blocksize, targets=targets,
-                       outlier_share=outlier_share)
+      spec = QuantSpec(
+        bits=k, dtype=dtype, blocksize=blocksize, targets=targets, outlier_share=outlier_share
+      )
       report = bits_report(shapes, spec)
-      table.append(dict(preset=name, bits=k, params=report["params"],
-                        quantized_params=report["quantized_params"],
-                        total_bits=report["total_bits"],
-                        bits_per_param=report["bits_per_param"],
-                        quantized_bits_per_param=report["quantized_bits_per_param"]))
+      table.append(
+        dict(
+          preset=name,
+          bits=k,
+          params=report["params"],
+          quantized_params=report["quantized_params"],
+          total_bits=report["total_bits"],
+          bits_per_param=report["bits_per_param"],
+          quantized_bits_per_param=report["quantized_bits_per_param"],
+        )
+      )
   return table
 
 
 def format_bits_table(table: list[dict[str, Any]]) -> str:
-  header = (f"{'preset':>12} {'k':>3} {'params':>14} {'quantized':>14} {'total bits':>16} "
-            f"{'GiB':>8} {'bits/param':>10} {'quant b/p':>9}")
+  header = (
+    f"{'preset':>12} {'k':>3} {'params':>14} {'quantized':>14} {'total bits':>16} "
+    f"{'GiB':>8} {'bits/param':>10} {'quant b/p':>9}"
+  )
   lines = [header, "-" * len(header)]
   for r in table:
     q = r["quantized_bits_per_param"]
-    lines.append(f"{r['preset']:>12} {r['bits']:>3} {r['params']:>14,} "
-                 f"{r['quantized_params']:>14,} {r['total_bits']:>16,} "
-                 f"{r['total_bits'] / 8 / 2**30:>8.3f} {r['bits_per_param']:>10.4f} "
-                 f"{'-' if math.isnan(q) else f'{q:.4f}':>9}")
+    lines.append(
+      f"{r['preset']:>12} {r['bits']:>3} {r['params']:>14,} "
+      f"{r['quantized_params']:>14,} {r['total_bits']:>16,} "
+      f"{r['total_bits'] / 8 / 2**30:>8.3f} {r['bits_per_param']:>10.4f} "
+      f"{'-' if math.isnan(q) else f'{q:.4f}':>9}"
+    )
   return "\n".join(lines)

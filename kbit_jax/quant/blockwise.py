@@ -26,6 +26,7 @@ Choices, and why:
 - Centering (`centered=True`, the `int_centered` type): each block's mean over its real
   values is stored as a second (round-to-nearest) float16 constant and subtracted first.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ PER_TENSOR = 0
 PER_CHANNEL = -1
 SCALE_DTYPE = jnp.float16
 SCALE_BITS = 16
-DQ_BLOCKSIZE = 256           # constants per second-level block (QLoRA)
+DQ_BLOCKSIZE = 256  # constants per second-level block (QLoRA)
 DQ_CODE_BITS = 8
 DQ_SCALE_BITS = 32
 _SCALE_MAX = float(jnp.finfo(SCALE_DTYPE).max)
@@ -49,9 +50,11 @@ _SCALE_MAX = float(jnp.finfo(SCALE_DTYPE).max)
 
 def check_blocksize(blocksize: int) -> None:
   if blocksize not in BLOCKSIZES + (PER_TENSOR, PER_CHANNEL):
-    raise ValueError(f"quant.blocksize={blocksize!r} is not allowed; allowed: "
-                     f"{list(BLOCKSIZES)}, {PER_TENSOR} (per tensor) or {PER_CHANNEL} "
-                     "(per output channel)")
+    raise ValueError(
+      f"quant.blocksize={blocksize!r} is not allowed; allowed: "
+      f"{list(BLOCKSIZES)}, {PER_TENSOR} (per tensor) or {PER_CHANNEL} "
+      "(per output channel)"
+    )
 
 
 def num_blocks(shape: Sequence[int], blocksize: int) -> int:
@@ -81,7 +84,7 @@ def from_blocks(x_NxB: jax.Array, shape: Sequence[int], blocksize: int) -> jax.A
   shape = tuple(shape)
   if blocksize == PER_CHANNEL:
     return x_NxB.T.reshape(shape)
-  return x_NxB.reshape(-1)[:math.prod(shape)].reshape(shape)
+  return x_NxB.reshape(-1)[: math.prod(shape)].reshape(shape)
 
 
 def scale_to_16bit(absmax: jax.Array) -> jax.Array:
@@ -156,8 +159,9 @@ def _quantize_blocks(x_NxB, codebook, double_quant):
   return codes_NxB, scales_N
 
 
-def quantize(w: jax.Array, codebook: jax.Array, blocksize: int, *,
-             double_quant: bool = False) -> tuple[jax.Array, jax.Array]:
+def quantize(
+  w: jax.Array, codebook: jax.Array, blocksize: int, *, double_quant: bool = False
+) -> tuple[jax.Array, jax.Array]:
   """w -> (codes: uint8, w's shape; scales: (num_blocks,) float16, or float32 if
   `double_quant`, then already double-quantized and dequantized)."""
   x_NxB = to_blocks(jnp.asarray(w).astype(jnp.float32), blocksize)
@@ -165,16 +169,23 @@ def quantize(w: jax.Array, codebook: jax.Array, blocksize: int, *,
   return from_blocks(codes_NxB, w.shape, blocksize), scales_N
 
 
-def dequantize(codes: jax.Array, scales_N: jax.Array, codebook: jax.Array,
-               shape: Sequence[int], blocksize: int) -> jax.Array:
+def dequantize(
+  codes: jax.Array, scales_N: jax.Array, codebook: jax.Array, shape: Sequence[int], blocksize: int
+) -> jax.Array:
   """(codes, scales) -> float32 tensor of `shape`."""
   codes_NxB = to_blocks(codes.reshape(tuple(shape)), blocksize)
   x_NxB = lookup(codes_NxB, codebook) * scales_N.astype(jnp.float32)[:, None]
   return from_blocks(x_NxB, shape, blocksize)
 
 
-def fake_quant(w: jax.Array, codebook: jax.Array, blocksize: int, *,
-               centered: bool = False, double_quant: bool = False) -> jax.Array:
+def fake_quant(
+  w: jax.Array,
+  codebook: jax.Array,
+  blocksize: int,
+  *,
+  centered: bool = False,
+  double_quant: bool = False,
+) -> jax.Array:
   """dequantize(quantize(w)) in w's dtype; jittable with `codebook` traced."""
   x_NxB = to_blocks(jnp.asarray(w).astype(jnp.float32), blocksize)
   mean_N = jnp.zeros(x_NxB.shape[:1], jnp.float32)

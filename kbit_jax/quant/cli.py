@@ -5,6 +5,7 @@
 
 `*_text` functions return the text; `*_main` print it (and return it).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from kbit_jax.quant import bits as bits_lib
 from kbit_jax.quant import codebooks
 
 
-def codebook_text(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False
-                  ) -> str:
+def codebook_text(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False) -> str:
   """The normalised codes of a data type, one per line under a title (or a JSON list)."""
   values = [float(v) for v in codebooks.codebook(dtype, bits, exponent_bits)]
   if as_json:
@@ -25,24 +25,33 @@ def codebook_text(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool =
   return "\n".join([f"{title}: {len(values)} codes"] + [f"{v:+.8f}" for v in values])
 
 
-def bits_table_text(presets: Iterable[str] | None = None, bits: Iterable[int] = (3, 4, 8),
-                    blocksize: int = 64, dtype: str = "int") -> str:
+def bits_table_text(
+  presets: Iterable[str] | None = None,
+  bits: Iterable[int] = (3, 4, 8),
+  blocksize: int = 64,
+  dtype: str = "int",
+) -> str:
   """Total model bits per preset at 16 and k bits (targets attn,mlp)."""
   table = bits_lib.bits_table(presets, bits, blocksize, dtype)
-  title = (f"# total model bits, dtype={dtype}, B={blocksize}, targets attn,mlp; "
-           f"quantized tensors cost k + 16/B bits per parameter, the rest 16")
+  title = (
+    f"# total model bits, dtype={dtype}, B={blocksize}, targets attn,mlp; "
+    f"quantized tensors cost k + 16/B bits per parameter, the rest 16"
+  )
   return title + "\n" + bits_lib.format_bits_table(table)
 
 
-def codebook_main(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False
-                  ) -> str:
+def codebook_main(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False) -> str:
   text = codebook_text(dtype, bits, exponent_bits, as_json)
   print(text)
   return text
 
 
-def bits_table_main(presets: Iterable[str] | None = None, bits: Iterable[int] = (3, 4, 8),
-                    blocksize: int = 64, dtype: str = "int") -> str:
+def bits_table_main(
+  presets: Iterable[str] | None = None,
+  bits: Iterable[int] = (3, 4, 8),
+  blocksize: int = 64,
+  dtype: str = "int",
+) -> str:
   text = bits_table_text(presets, bits, blocksize, dtype)
   print(text)
   return text

@@ -32,6 +32,7 @@ generalised from 8 (or 4) bits to any k in 2..8:
 gives an array of one shape: `blockwise` takes the codebook as a traced array argument
 and one compiled function serves every k and data type of a block layout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,15 +44,16 @@ import numpy as np
 from scipy.special import ndtri
 
 DTYPES = ("int", "int_centered", "float", "dynamic", "nf", "quantile")
-DATA_DTYPES = ("quantile",)      # need the tensor's values to build their codebook
-BITS = tuple(range(2, 9))       # k of a quantized type; 16 means no quantization
+DATA_DTYPES = ("quantile",)  # need the tensor's values to build their codebook
+BITS = tuple(range(2, 9))  # k of a quantized type; 16 means no quantization
 CODEBOOK_SIZE = 2 ** max(BITS)  # codes index a padded codebook with uint8
 
 
 def _check_bits(bits: int) -> None:
   if bits not in BITS:
-    raise ValueError(f"quant.bits={bits!r} has no codebook; allowed: {list(BITS)} "
-                     "(16 = unquantized)")
+    raise ValueError(
+      f"quant.bits={bits!r} has no codebook; allowed: {list(BITS)} (16 = unquantized)"
+    )
 
 
 def study_exponent_bits(bits: int) -> int:
@@ -79,11 +81,11 @@ def _float(bits: int, exponent_bits: int) -> np.ndarray:
   mantissa_bits = bits - 1 - exponent_bits
   bias = 2 ** (exponent_bits - 1)
   magnitudes = []
-  for exponent in range(2 ** exponent_bits):
+  for exponent in range(2**exponent_bits):
     for pattern in itertools.product((0, 1), repeat=mantissa_bits):
       fraction = sum(b * 2.0 ** -(i + 1) for i, b in enumerate(pattern))
       if exponent == 0:
-        magnitudes.append(fraction * 2.0 ** -bias)
+        magnitudes.append(fraction * 2.0**-bias)
       else:
         magnitudes.append((1 + fraction) * 2.0 ** (bias + 1 - exponent))
   magnitudes = np.asarray(magnitudes)
@@ -94,7 +96,7 @@ def _dynamic(bits: int) -> np.ndarray:
   exponent_bits = bits - 1
   values = [0.0, 1.0]
   for i in range(exponent_bits):
-    boundaries = np.linspace(0.1, 1, 2 ** i + 1)
+    boundaries = np.linspace(0.1, 1, 2**i + 1)
     means = (boundaries[:-1] + boundaries[1:]) / 2
     scale = 10.0 ** (-(exponent_bits - 1) + i)
     values += list(scale * means) + list(-scale * means)
@@ -102,7 +104,7 @@ def _dynamic(bits: int) -> np.ndarray:
 
 
 def _normal(bits: int) -> np.ndarray:
-  n = 2 ** bits
+  n = 2**bits
   offset = 1 - (1 / (2 * (n - 1)) + 1 / (2 * n)) / 2
   positive = ndtri(np.linspace(offset, 0.5, n // 2 + 1)[:-1])
   negative = -ndtri(np.linspace(offset, 0.5, n // 2)[:-1])
@@ -124,21 +126,28 @@ def _codebook(dtype: str, bits: int, exponent_bits: int) -> np.ndarray:
     raise ValueError(f"quant.dtype={dtype!r} is unknown; allowed: {list(DTYPES)}")
   _check_bits(bits)
   if dtype in DATA_DTYPES:
-    raise ValueError(f"quant.dtype={dtype!r} is built from a tensor's values: use "
-                     "codebooks.quantile_codebook(x, bits)")
+    raise ValueError(
+      f"quant.dtype={dtype!r} is built from a tensor's values: use "
+      "codebooks.quantile_codebook(x, bits)"
+    )
   if exponent_bits and dtype != "float":
-    raise ValueError(f"quant.exponent_bits={exponent_bits} applies to dtype='float' only, "
-                     f"not {dtype!r}; allowed: 0")
+    raise ValueError(
+      f"quant.exponent_bits={exponent_bits} applies to dtype='float' only, "
+      f"not {dtype!r}; allowed: 0"
+    )
   if dtype == "float":
     e = exponent_bits or study_exponent_bits(bits)
     if e not in exponent_bits_range(bits):
-      raise ValueError(f"quant.exponent_bits={exponent_bits} is impossible for a {bits}-bit "
-                       f"float; allowed: 0 (study default) or "
-                       f"{list(exponent_bits_range(bits))}")
+      raise ValueError(
+        f"quant.exponent_bits={exponent_bits} is impossible for a {bits}-bit "
+        f"float; allowed: 0 (study default) or "
+        f"{list(exponent_bits_range(bits))}"
+      )
     values = _float(bits, e)
   else:
-    values = {"int": _linear, "int_centered": _linear, "dynamic": _dynamic,
-              "nf": _normal}[dtype](bits)
+    values = {"int": _linear, "int_centered": _linear, "dynamic": _dynamic, "nf": _normal}[dtype](
+      bits
+    )
   # float32 first, then unique: values equal in float32 (+0/-0) are one code; + 0 makes it +0.
   return np.unique(values.astype(np.float32)) + np.float32(0)
 
@@ -176,7 +185,7 @@ def quantile_codebook(x: jax.Array, bits: int) -> jax.Array:
   for one per block.
   """
   _check_bits(bits)
-  n = 2 ** bits
+  n = 2**bits
   levels_P = jnp.arange(n + 1, dtype=jnp.float32) / n
   q_Px = jnp.nanquantile(jnp.asarray(x, jnp.float32), levels_P, axis=-1)
   q_xP = jnp.moveaxis(q_Px, 0, -1)

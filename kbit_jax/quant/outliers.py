@@ -20,6 +20,7 @@ is ignored, as a proxy it only has to rank units). Rows kept are excluded from t
 block's absmax (zeroed before quantizing) and returned bit-exact; cost per parameter of
 the tensor: p (16 - k) bits, with p the realised share round(p_requested * rows) / rows.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,9 +44,11 @@ def proxy_source(names: tuple[str, ...], num_layers: int) -> tuple[str, ...] | N
     return None
   layer, group, proj = names[0], names[1], names[2]
   i = int(_LAYER.match(layer).group(1))
-  previous = {("mlp", "wo"): (layer, "mlp", "wi", "kernel"),
-              ("mlp", "wi"): (layer, "attn", "out", "kernel"),
-              ("attn", "out"): (layer, "attn", "value", "kernel")}
+  previous = {
+    ("mlp", "wo"): (layer, "mlp", "wi", "kernel"),
+    ("mlp", "wi"): (layer, "attn", "out", "kernel"),
+    ("attn", "out"): (layer, "attn", "value", "kernel"),
+  }
   if (group, proj) in previous:
     return previous[(group, proj)]
   if group == "attn" and proj in ("query", "key", "value"):

@@ -7,6 +7,7 @@ static_argnums=1)` compiles it; with `layout_spec(spec)` as the static spec and
 `spec_codebook(spec)` as a traced argument, one compiled function serves every
 (k, data-free dtype) with the same blocksize, targets and outlier share.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kbit_jax.quant import blockwise, codebooks, outliers
-from kbit_jax.quant.spec import (UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves,
-                                 reboxed, unboxed)
+from kbit_jax.quant.spec import (
+  UNQUANTIZED_BITS,
+  QuantSpec,
+  is_quantized,
+  named_leaves,
+  reboxed,
+  unboxed,
+)
 
 
 def spec_codebook(spec: QuantSpec) -> np.ndarray | None:
@@ -42,21 +49,32 @@ def layout_spec(spec: QuantSpec) -> QuantSpec:
   if spec.data_dependent or not spec.quantized:
     return dataclasses.replace(spec, act_bits=UNQUANTIZED_BITS)
   dtype = "int_centered" if spec.centered else "nf" if spec.double_quant else "int"
-  return QuantSpec(bits=max(codebooks.BITS), dtype=dtype, blocksize=spec.blocksize,
-                   outlier_share=spec.outlier_share, double_quant=spec.double_quant,
-                   targets=spec.targets, mode=spec.mode)
+  return QuantSpec(
+    bits=max(codebooks.BITS),
+    dtype=dtype,
+    blocksize=spec.blocksize,
+    outlier_share=spec.outlier_share,
+    double_quant=spec.double_quant,
+    targets=spec.targets,
+    mode=spec.mode,
+  )
 
 
 def _data_codebook(w: jax.Array, spec: QuantSpec, keep: jax.Array | None) -> jax.Array:
   x = blockwise.normalized(w, spec.blocksize)
   if keep is not None:
-    x = jnp.where(keep, jnp.nan, x)   # values kept in 16 bits are not part of the data
+    x = jnp.where(keep, jnp.nan, x)  # values kept in 16 bits are not part of the data
   return codebooks.padded(codebooks.quantile_codebook(x.reshape(-1), spec.bits))
 
 
-def fake_quant_tensor(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None = None,
-                      codebook_C: jax.Array | None = None, *, kernel: bool = False
-                      ) -> jax.Array:
+def fake_quant_tensor(
+  w: jax.Array,
+  spec: QuantSpec,
+  keep_R: jax.Array | None = None,
+  codebook_C: jax.Array | None = None,
+  *,
+  kernel: bool = False,
+) -> jax.Array:
   """Fake-quantizes one tensor; rows where `keep_R` is True stay exact (16-bit).
 
   `kernel=True` for a matmul kernel stored (in, out): its blocks then run along the input
@@ -66,15 +84,16 @@ def fake_quant_tensor(w: jax.Array, spec: QuantSpec, keep_R: jax.Array | None = 
   """
   quantized = w if keep_R is None else outliers.split_rows(w, keep_R)
   keep = None if keep_R is None else jnp.broadcast_to(keep_R[:, None], w.shape)
-  transpose = kernel and spec.blocksize != blockwise.PER_CHANNEL   # columns either way
+  transpose = kernel and spec.blocksize != blockwise.PER_CHANNEL  # columns either way
   if transpose:
     quantized, keep = quantized.T, (None if keep is None else keep.T)
   if spec.data_dependent:
     codebook_C = _data_codebook(quantized, spec, keep)
   elif codebook_C is None:
     codebook_C = spec_codebook(spec)
-  quantized = blockwise.fake_quant(quantized, codebook_C, spec.blocksize,
-                                   centered=spec.centered, double_quant=spec.double_quant)
+  quantized = blockwise.fake_quant(
+    quantized, codebook_C, spec.blocksize, centered=spec.centered, double_quant=spec.double_quant
+  )
   quantized = quantized.T if transpose else quantized
   return quantized if keep_R is None else outliers.merge_rows(w, quantized, keep_R)
 
@@ -95,22 +114,24 @@ def outlier_masks(params: Any, spec: QuantSpec) -> dict[tuple[str, ...], jax.Arr
     if not is_quantized(n, spec) or source not in values:
       continue
     w = values[n]
-    masks[n] = outliers.outlier_rows(outliers.proxy_std(values[source]),
-                                     outliers.num_outliers(w.shape[0], spec.outlier_share))
+    masks[n] = outliers.outlier_rows(
+      outliers.proxy_std(values[source]), outliers.num_outliers(w.shape[0], spec.outlier_share)
+    )
   return masks
 
 
-def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None = None
-                      ) -> Any:
+def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None = None) -> Any:
   """params -> params with every targeted kernel fake-quantized (same tree and dtypes)."""
   if not spec.quantized:
     return params
   names, leaves, treedef = named_leaves(params)
-  masks = outlier_masks(params, spec)   # from the unquantized weights
+  masks = outlier_masks(params, spec)  # from the unquantized weights
   out = []
   for n, leaf in zip(names, leaves):
     if is_quantized(n, spec):
-      leaf = reboxed(leaf, fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C,
-                                             kernel=n[-1] == "kernel"))
+      leaf = reboxed(
+        leaf,
+        fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C, kernel=n[-1] == "kernel"),
+      )
     out.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, out)

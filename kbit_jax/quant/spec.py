@@ -8,6 +8,7 @@ Targets name parameter groups of `model.Transformer`: `attn` (query/key/value/ou
 kernels), `mlp` (wi/wo kernels), `head` (the untied output kernel), `embed` (the token
 embedding table). Biases, LayerNorms and position tables are never quantized.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ WEIGHT_BITS = codebooks.BITS + (UNQUANTIZED_BITS,)
 ACT_BITS = codebooks.BITS + (UNQUANTIZED_BITS,)
 TARGETS = ("attn", "mlp", "head", "embed")
 MODES = ("ptq", "qat")
-DOUBLE_QUANT_DTYPES = ("nf",)   # QLoRA's combination; others are not in the study
+DOUBLE_QUANT_DTYPES = ("nf",)  # QLoRA's combination; others are not in the study
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -40,17 +41,19 @@ def _parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
   items = tuple(t.strip() for t in items if t.strip())
   bad = [t for t in items if t not in TARGETS]
   if bad or not items or len(set(items)) != len(items):
-    _fail("targets", targets, f"a comma list of distinct names from {list(TARGETS)}, "
-          "e.g. 'attn,mlp'")
+    _fail(
+      "targets", targets, f"a comma list of distinct names from {list(TARGETS)}, e.g. 'attn,mlp'"
+    )
   return items
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
   """Weight (and matmul-input) quantization of one run. `bits=16` quantizes nothing."""
+
   bits: int = UNQUANTIZED_BITS
   dtype: str = "int"
-  exponent_bits: int = 0        # float only; 0 on input = study default, resolved here
+  exponent_bits: int = 0  # float only; 0 on input = study default, resolved here
   blocksize: int = 64
   outlier_share: float = 0.0
   double_quant: bool = False
@@ -70,22 +73,36 @@ class QuantSpec:
     if self.dtype == "float" and self.quantized:
       allowed = codebooks.exponent_bits_range(self.bits)
       if self.exponent_bits and self.exponent_bits not in allowed:
-        _fail("exponent_bits", self.exponent_bits,
-              f"0 (study default) or {list(allowed)} for bits={self.bits}")
-      object.__setattr__(self, "exponent_bits",
-                         self.exponent_bits or codebooks.study_exponent_bits(self.bits))
+        _fail(
+          "exponent_bits",
+          self.exponent_bits,
+          f"0 (study default) or {list(allowed)} for bits={self.bits}",
+        )
+      object.__setattr__(
+        self, "exponent_bits", self.exponent_bits or codebooks.study_exponent_bits(self.bits)
+      )
     if not _is_int(self.blocksize) or self.blocksize not in (
-        blockwise.BLOCKSIZES + (blockwise.PER_TENSOR, blockwise.PER_CHANNEL)):
-      _fail("blocksize", self.blocksize, f"{list(blockwise.BLOCKSIZES)}, 0 (per tensor) or "
-            "-1 (per output channel)")
-    if (not isinstance(self.outlier_share, (int, float)) or isinstance(self.outlier_share, bool)
-        or not 0.0 <= self.outlier_share < 1.0):
+      blockwise.BLOCKSIZES + (blockwise.PER_TENSOR, blockwise.PER_CHANNEL)
+    ):
+      _fail(
+        "blocksize",
+        self.blocksize,
+        f"{list(blockwise.BLOCKSIZES)}, 0 (per tensor) or -1 (per output channel)",
+      )
+    if (
+      not isinstance(self.outlier_share, (int, float))
+      or isinstance(self.outlier_share, bool)
+      or not 0.0 <= self.outlier_share < 1.0
+    ):
       _fail("outlier_share", self.outlier_share, "a share p with 0 <= p < 1")
     if not isinstance(self.double_quant, bool):
       _fail("double_quant", self.double_quant, "True or False")
     if self.double_quant and self.dtype not in DOUBLE_QUANT_DTYPES:
-      _fail("double_quant", self.double_quant,
-            f"False with dtype={self.dtype!r}; True only with dtype in {list(DOUBLE_QUANT_DTYPES)}")
+      _fail(
+        "double_quant",
+        self.double_quant,
+        f"False with dtype={self.dtype!r}; True only with dtype in {list(DOUBLE_QUANT_DTYPES)}",
+      )
     object.__setattr__(self, "targets", _parse_targets(self.targets))
     if not _is_int(self.act_bits) or self.act_bits not in ACT_BITS:
       _fail("act_bits", self.act_bits, f"{list(codebooks.BITS)} or {UNQUANTIZED_BITS}")
@@ -113,8 +130,9 @@ class QuantSpec:
 
   def codebook(self) -> np.ndarray:
     """The normalised codes of a data-free type (raises for 'quantile' and 16 bits)."""
-    return codebooks.codebook(self.dtype, self.bits,
-                              self.exponent_bits if self.dtype == "float" else 0)
+    return codebooks.codebook(
+      self.dtype, self.bits, self.exponent_bits if self.dtype == "float" else 0
+    )
 
 
 def _key_name(key: Any) -> str:
@@ -174,6 +192,9 @@ def check_targets_exist(params_shapes: Any, spec: QuantSpec) -> None:
   present = {target_of(n) for n in names} - {None}
   missing = [t for t in spec.targets if t not in present]
   if missing:
-    _fail("targets", ",".join(spec.targets),
-          f"targets the model has: {sorted(present)} (no tensor for {missing}; `head` "
-          "exists only with tie_embeddings=False)")
+    _fail(
+      "targets",
+      ",".join(spec.targets),
+      f"targets the model has: {sorted(present)} (no tensor for {missing}; `head` "
+      "exists only with tie_embeddings=False)",
+    )

@@ -6,6 +6,7 @@ when complete, so a `kill -9` mid-save leaves the previous steps intact. A step 
 complete on disk but unreadable (a corrupt file) is skipped on restore with a warning,
 falling back to the next older one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,6 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-
 
 # The config keys that decide the saved state's tree. A checkpoint saved with other
 # values cannot be restored: resuming would skip it as unreadable, train from scratch and
@@ -68,8 +68,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     saved = ckpt.saved_config()
   if saved is None:
     return
-  from kbit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  defaults = common.base_config()        # for keys that older checkpoints lack
+  from kbit_jax.configs import common
+
+  defaults = common.base_config()  # for keys that older checkpoints lack
   diffs = []
   for key in TREE_KEYS:
     section, name = key.split(".")
@@ -77,26 +78,33 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     if was != now:
       diffs.append(f"{key}={now!r} but the saved model has {was!r}")
   if diffs:
-    raise WorkdirError(f"{directory} holds checkpoints of another model: "
-                       f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
-                       "workdir, or the saved values to resume")
+    raise WorkdirError(
+      f"{directory} holds checkpoints of another model: "
+      f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
+      "workdir, or the saved values to resume"
+    )
 
 
 class Checkpointer:
-
   def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
     self.directory = checkpoints_dir(workdir)
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only),
-        item_names=("state", "data", "config"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only
+      ),
+      item_names=("state", "data", "config"),
+    )
 
   def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict):
-    self.manager.save(step, args=ocp.args.Composite(
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config.to_dict())))
+        config=ocp.args.JsonSave(config.to_dict()),
+      ),
+    )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -105,9 +113,10 @@ class Checkpointer:
     """The config saved with the newest step whose config is readable, or None."""
     for step in reversed(self.steps()):
       try:
-        return dict(self.manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore())).config)
-      except Exception:  # pylint: disable=broad-except
+        return dict(
+          self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        )
+      except Exception:
         continue
     return None
 
@@ -119,15 +128,26 @@ class Checkpointer:
     """
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+          ),
+        )
         return step, restored.state, dict(restored.data)
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back "
-                        "to the previous one", step, self.directory, type(e).__name__, e)
-        print(f"WARNING: checkpoint step {step} unreadable ({type(e).__name__}); "
-              "falling back to the previous one", flush=True)
+      except Exception as e:
+        logging.warning(
+          "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one",
+          step,
+          self.directory,
+          type(e).__name__,
+          e,
+        )
+        print(
+          f"WARNING: checkpoint step {step} unreadable ({type(e).__name__}); "
+          "falling back to the previous one",
+          flush=True,
+        )
     return None
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
@@ -135,14 +155,20 @@ class Checkpointer:
     steps = [step] if step is not None else list(reversed(self.steps()))
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(
+        restored = self.manager.restore(
+          s,
+          args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
-                item={"params": abstract_params},
-                restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                          {"params": abstract_params}),
-                partial_restore=True)))
+              item={"params": abstract_params},
+              restore_args=jax.tree.map(
+                lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), {"params": abstract_params}
+              ),
+              partial_restore=True,
+            )
+          ),
+        )
         return restored.state["params"]
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         logging.warning("params at step %d unreadable (%s); trying older", s, e)
     raise FileNotFoundError(f"no readable checkpoint with params in {self.directory}")
 

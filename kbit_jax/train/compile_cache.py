@@ -9,6 +9,7 @@ evicted: delete the directory to reclaim it (the whole test suite writes ~20 MB)
 entry that cannot be read (a writer killed mid-write) makes jax warn and compile. Cloud
 TPU: give every worker the same gs:// path, so a resumed grid skips its compiles.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ def enable(path: str) -> None:
     path = os.path.expanduser(path)
     try:
       os.makedirs(path, exist_ok=True)
-    except OSError as e:     # e.g. a read-only home: run without the cache, say so
+    except OSError as e:  # e.g. a read-only home: run without the cache, say so
       logging.warning("compilation cache off: cannot create %s (%s)", path, e)
       jax.config.update("jax_enable_compilation_cache", False)
       return

@@ -11,18 +11,34 @@ those of the target; temporaries come from the XLA CPU compiler, so treat them a
 estimate (the TPU compiler fuses and rematerialises differently). Compiling for a real
 TPU topology needs libtpu, which this CPU path does not.
 """
+
 from __future__ import annotations
 
 import os
 
 # chips per slice and HBM per chip (GiB) of common targets
 TOPOLOGIES = {
-    "v4-8": (4, 32), "v4-16": (8, 32), "v4-32": (16, 32), "v4-64": (32, 32),
-    "v5e-1": (1, 16), "v5e-4": (4, 16), "v5e-8": (8, 16), "v5e-16": (16, 16),
-    "v5e-32": (32, 16), "v5e-64": (64, 16), "v5e-256": (256, 16),
-    "v5p-8": (4, 95), "v5p-16": (8, 95), "v5p-32": (16, 95),
-    "v6e-1": (1, 32), "v6e-4": (4, 32), "v6e-8": (8, 32), "v6e-16": (16, 32),
-    "h100-1": (1, 80), "h100-8": (8, 80), "h200-1": (1, 141),
+  "v4-8": (4, 32),
+  "v4-16": (8, 32),
+  "v4-32": (16, 32),
+  "v4-64": (32, 32),
+  "v5e-1": (1, 16),
+  "v5e-4": (4, 16),
+  "v5e-8": (8, 16),
+  "v5e-16": (16, 16),
+  "v5e-32": (32, 16),
+  "v5e-64": (64, 16),
+  "v5e-256": (256, 16),
+  "v5p-8": (4, 95),
+  "v5p-16": (8, 95),
+  "v5p-32": (16, 95),
+  "v6e-1": (1, 32),
+  "v6e-4": (4, 32),
+  "v6e-8": (8, 32),
+  "v6e-16": (16, 32),
+  "h100-1": (1, 80),
+  "h100-8": (8, 80),
+  "h200-1": (1, 141),
 }
 
 
@@ -30,8 +46,9 @@ def target(topology: str, num_devices: int) -> tuple[int, float | None]:
   if num_devices > 0:
     return num_devices, None
   if topology not in TOPOLOGIES:
-    raise ValueError(f"--topology={topology!r} is unknown; allowed: {sorted(TOPOLOGIES)} "
-                     "(or give --num_devices)")
+    raise ValueError(
+      f"--topology={topology!r} is unknown; allowed: {sorted(TOPOLOGIES)} (or give --num_devices)"
+    )
   return TOPOLOGIES[topology]
 
 
@@ -44,54 +61,72 @@ def fake_devices(n: int) -> None:
 
 
 def compile_check(config, num_devices: int, hbm_gib: float | None) -> dict:
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
 
-  from kbit_jax.train import run_config
-  from kbit_jax.model import flops
-  from kbit_jax.model import presets
-  from kbit_jax.train import sharding
-  from kbit_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from kbit_jax.model import flops, presets
+  from kbit_jax.train import loop, run_config, sharding
+
   if jax.device_count() != num_devices:
-    raise RuntimeError(f"jax already has {jax.device_count()} devices; compile_check must "
-                       "set the device count before jax starts (run it as its own process)")
+    raise RuntimeError(
+      f"jax already has {jax.device_count()} devices; compile_check must "
+      "set the device count before jax starts (run it as its own process)"
+    )
   run_config.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   run_config.validate_for_devices(config, mesh)
   trainer = loop.Trainer(config, mesh)
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
-                               sharding=sharding.batch_sharding(mesh))
-  state = trainer.abstract_state()   # unboxed outside the mesh context: no constraints
+  batch = jax.ShapeDtypeStruct(
+    (config.train.batch_size, config.data.seq_len),
+    jnp.int32,
+    sharding=sharding.batch_sharding(mesh),
+  )
+  state = trainer.abstract_state()  # unboxed outside the mesh context: no constraints
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainer.rules):
-    compiled = trainer._train_step.lower(  # pylint: disable=protected-access
-        state, {"inputs": batch, "targets": batch}).compile()
+    compiled = trainer._train_step.lower(state, {"inputs": batch, "targets": batch}).compile()
   mem = compiled.memory_analysis()
-  per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  per_device = (
+    mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    - mem.alias_size_in_bytes
+    + mem.temp_size_in_bytes
+  )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   p = presets.get_preset(config.model.preset)
-  report = dict(preset=config.model.preset, params=presets.param_counts(p)["total"],
-                mesh=dict(mesh.shape), devices=num_devices,
-                arguments_gib=mem.argument_size_in_bytes / 2**30,
-                temporaries_gib=mem.temp_size_in_bytes / 2**30,
-                per_device_gib=per_device / 2**30, hbm_gib=hbm_gib,
-                flops_per_step=float(cost.get("flops", 0.0)) if cost else 0.0,
-                model_flops_per_step=flops.flops_per_token(p, config.data.seq_len)
-                * config.train.batch_size * config.data.seq_len / num_devices,
-                scan_layers=config.model.scan_layers)
+  report = dict(
+    preset=config.model.preset,
+    params=presets.param_counts(p)["total"],
+    mesh=dict(mesh.shape),
+    devices=num_devices,
+    arguments_gib=mem.argument_size_in_bytes / 2**30,
+    temporaries_gib=mem.temp_size_in_bytes / 2**30,
+    per_device_gib=per_device / 2**30,
+    hbm_gib=hbm_gib,
+    flops_per_step=float(cost.get("flops", 0.0)) if cost else 0.0,
+    model_flops_per_step=flops.flops_per_token(p, config.data.seq_len)
+    * config.train.batch_size
+    * config.data.seq_len
+    / num_devices,
+    scan_layers=config.model.scan_layers,
+  )
   report["fits"] = None if hbm_gib is None else report["per_device_gib"] <= 0.9 * hbm_gib
   return report
 
 
 def format_report(r: dict) -> str:
-  verdict = ("" if r["fits"] is None else
-             f"  -> {'fits' if r['fits'] else 'does NOT fit'} in {r['hbm_gib']} GiB HBM "
-             "(with 10% headroom)")
-  return (f"{r['preset']} ({r['params']:,} params) on {r['devices']} devices, mesh "
-          f"{r['mesh']}: per device {r['per_device_gib']:.3f} GiB (state + batch "
-          f"{r['arguments_gib']:.3f} GiB, temporaries {r['temporaries_gib']:.3f} GiB); "
-          f"{r['model_flops_per_step'] / 1e12:.3g} TFLOP per device per step (model count; "
-          f"XLA's {r['flops_per_step'] / 1e12:.3g}"
-          f"{', the scanned layers counted once' if r['scan_layers'] else ''}){verdict}")
+  verdict = (
+    ""
+    if r["fits"] is None
+    else f"  -> {'fits' if r['fits'] else 'does NOT fit'} in {r['hbm_gib']} GiB HBM "
+    "(with 10% headroom)"
+  )
+  return (
+    f"{r['preset']} ({r['params']:,} params) on {r['devices']} devices, mesh "
+    f"{r['mesh']}: per device {r['per_device_gib']:.3f} GiB (state + batch "
+    f"{r['arguments_gib']:.3f} GiB, temporaries {r['temporaries_gib']:.3f} GiB); "
+    f"{r['model_flops_per_step'] / 1e12:.3g} TFLOP per device per step (model count; "
+    f"XLA's {r['flops_per_step'] / 1e12:.3g}"
+    f"{', the scanned layers counted once' if r['scan_layers'] else ''}){verdict}"
+  )

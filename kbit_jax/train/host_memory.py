@@ -23,6 +23,7 @@ arena, malloc contention among many host threads (not measured). benchmarks/
 train_throughput.py calls it too. On other C libraries (musl, macOS) it does nothing and
 returns False.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,7 +33,7 @@ import os
 import pkgutil
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8   # glibc's <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 
 
@@ -42,7 +43,7 @@ def retain_freed_memory() -> bool:
     return False
   try:
     mallopt = ctypes.CDLL("libc.so.6").mallopt
-  except (OSError, AttributeError):        # not glibc
+  except (OSError, AttributeError):  # not glibc
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return all([mallopt(option, value) == 1 for option, value in SETTINGS])
@@ -58,7 +59,8 @@ def accelerator_installed() -> bool:
   if importlib.util.find_spec("libtpu") is not None:
     return True
   try:
-    import jax_plugins  # pylint: disable=g-import-not-at-top
+    import jax_plugins
+
     if any(pkgutil.iter_modules(jax_plugins.__path__)):
       return True
   except ImportError:

@@ -7,6 +7,7 @@
 continues bit-identically: the state, the step and the data iterator's position are all
 in the checkpoint, and nothing in a step depends on wall-clock or host state.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,14 +23,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from kbit_jax.train import checkpoint
-from kbit_jax.train import run_config
-from kbit_jax.train import data
-from kbit_jax.model import flops
-from kbit_jax.train import metrics
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
-from kbit_jax.train import sharding
+from kbit_jax.model import flops, presets, transformer
+from kbit_jax.train import checkpoint, data, metrics, run_config, sharding
 
 
 @flax.struct.dataclass
@@ -42,36 +37,52 @@ class TrainState:
 def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train_cfg.lr, warmup_steps=train_cfg.warmup_steps,
-      decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
-      end_value=train_cfg.lr * train_cfg.min_lr_ratio)
+    init_value=0.0,
+    peak_value=train_cfg.lr,
+    warmup_steps=train_cfg.warmup_steps,
+    decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
+    end_value=train_cfg.lr * train_cfg.min_lr_ratio,
+  )
 
 
 def decay_mask(params: Any) -> Any:
   """Weight decay on matmul kernels only: not on biases, norms or embedding tables."""
+
   def is_kernel(path, _):
     return getattr(path[-1], "key", None) == "kernel"
+
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   return optax.chain(
-      optax.clip_by_global_norm(train_cfg.grad_clip),
-      optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                  weight_decay=train_cfg.weight_decay, mask=decay_mask))
+    optax.clip_by_global_norm(train_cfg.grad_clip),
+    optax.adamw(
+      learning_rate_schedule(train_cfg),
+      b1=train_cfg.b1,
+      b2=train_cfg.b2,
+      weight_decay=train_cfg.weight_decay,
+      mask=decay_mask,
+    ),
+  )
 
 
-def make_model(config: ml_collections.ConfigDict, dot_general_cls=None,
-               preset: presets.Preset | None = None,
-               scan_layers: bool | None = None) -> transformer.Transformer:
+def make_model(
+  config: ml_collections.ConfigDict,
+  dot_general_cls=None,
+  preset: presets.Preset | None = None,
+  scan_layers: bool | None = None,
+) -> transformer.Transformer:
   """The net of `config.model`; `preset` overrides the table entry `model.preset` names
   (an imported model's saved architecture, grid.py), `scan_layers` model.scan_layers."""
-  return transformer.Transformer(preset or presets.get_preset(config.model.preset),
-                           dtype=jnp.dtype(config.model.dtype),
-                           dot_general_cls=dot_general_cls, remat=config.model.remat,
-                           attention=config.model.attention,
-                           scan_layers=(config.model.scan_layers if scan_layers is None
-                                        else scan_layers))
+  return transformer.Transformer(
+    preset or presets.get_preset(config.model.preset),
+    dtype=jnp.dtype(config.model.dtype),
+    dot_general_cls=dot_general_cls,
+    remat=config.model.remat,
+    attention=config.model.attention,
+    scan_layers=(config.model.scan_layers if scan_layers is None else scan_layers),
+  )
 
 
 def init_state_fn(net: transformer.Transformer, tx: optax.GradientTransformation, seq_len: int):
@@ -86,9 +97,11 @@ def init_state_fn(net: transformer.Transformer, tx: optax.GradientTransformation
   CPU the 24-layer init compiles in ~8 s at width 1024 or 64 alike, and in 0.8 s with
   model.scan_layers (one block's body).
   """
+
   def init(key: jax.Array):
     params = net.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
   return init
 
 
@@ -99,19 +112,27 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   return nll_BxL.mean()
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, net: transformer.Transformer,
-               tx: optax.GradientTransformation, schedule: optax.Schedule):
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  net: transformer.Transformer,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+):
   def loss_fn(params):
     return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
+
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                  "lr": schedule(state.step)}
+  step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, net: transformer.Transformer) -> jax.Array:
+def eval_step(
+  params: Any, batch: dict[str, jax.Array], *, net: transformer.Transformer
+) -> jax.Array:
   return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
 
 
@@ -123,7 +144,8 @@ class Trainer:
     self.rules = sharding.logical_rules(config.mesh)
     dot_general_cls = None
     if config.quant.mode == "qat":  # quantization-aware training: k-bit forward, STE backward
-      from kbit_jax.quant import aqt, spec  # pylint: disable=g-import-not-at-top
+      from kbit_jax.quant import aqt, spec
+
       dot_general_cls = aqt.make_dot_general_cls(spec.QuantSpec.from_config(config.quant))
     self.net = make_model(config, dot_general_cls)
     self.tx = make_optimizer(config.train)
@@ -134,16 +156,23 @@ class Trainer:
     self.state_sharding = sharding.state_shardings(self.abstract_boxed, mesh, self.rules)
     batch_sharding = sharding.batch_sharding(mesh)
     self._train_step = jax.jit(
-        functools.partial(train_step, net=self.net, tx=self.tx, schedule=self.schedule),
-        in_shardings=(self.state_sharding, batch_sharding),
-        out_shardings=(self.state_sharding, None), donate_argnums=0)
-    self._eval_step = jax.jit(functools.partial(eval_step, net=self.net),
-                              in_shardings=(self.state_sharding.params, batch_sharding))
+      functools.partial(train_step, net=self.net, tx=self.tx, schedule=self.schedule),
+      in_shardings=(self.state_sharding, batch_sharding),
+      out_shardings=(self.state_sharding, None),
+      donate_argnums=0,
+    )
+    self._eval_step = jax.jit(
+      functools.partial(eval_step, net=self.net),
+      in_shardings=(self.state_sharding.params, batch_sharding),
+    )
 
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs carrying this mesh's shardings (restore target)."""
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        nn.unbox(self.abstract_boxed), self.state_sharding)
+    return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      nn.unbox(self.abstract_boxed),
+      self.state_sharding,
+    )
 
   def init(self) -> TrainState:
     return sharding.sharded_init(self.init_fn, self.mesh, self.rules, self.init_key)[0]
@@ -194,10 +223,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
-  train_iter = data.make_train_iterator(config.data, tc.batch_size, tc.seed,
-                                        jax.process_index(), jax.process_count())
-  val_batches = [host_rows(b) for b in data.eval_batches(
-      config.data, "validation", tc.batch_size, tc.eval_batches)]
+  train_iter = data.make_train_iterator(
+    config.data, tc.batch_size, tc.seed, jax.process_index(), jax.process_count()
+  )
+  val_batches = [
+    host_rows(b)
+    for b in data.eval_batches(config.data, "validation", tc.batch_size, tc.eval_batches)
+  ]
 
   restored = ckpt.restore_latest(trainer.abstract_state())
   if restored is None:
@@ -212,9 +244,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   flops_per_step = flops.flops_per_token(p, config.data.seq_len) * tokens_per_step
   peak = flops.measure_matmul_peak() * jax.device_count()
   logger = metrics.MetricsLogger(workdir, tc.steps)
-  print(f"model {config.model.preset}: {presets.param_counts(p)['total']:,} params; "
-        f"mesh {dict(mesh.shape)}; logs: {logger.logdir}  metrics: {logger.jsonl_path}  "
-        f"checkpoints: {ckpt.directory}", flush=True)
+  print(
+    f"model {config.model.preset}: {presets.param_counts(p)['total']:,} params; "
+    f"mesh {dict(mesh.shape)}; logs: {logger.logdir}  metrics: {logger.jsonl_path}  "
+    f"checkpoints: {ckpt.directory}",
+    flush=True,
+  )
 
   pending, last = None, {}
   last_good_step, t_last = start, time.perf_counter()
@@ -231,8 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.wait()
         logger.close()
         raise FloatingPointError(
-            f"loss is {done['loss']} at step {done_step}; stopping. The last good "
-            f"checkpoint is step {last_good_step} in {ckpt.directory}")
+          f"loss is {done['loss']} at step {done_step}; stopping. The last good "
+          f"checkpoint is step {last_good_step} in {ckpt.directory}"
+        )
       if done_step % tc.log_every == 0 or done_step == tc.steps:
         now = time.perf_counter()
         steps_done = done_step - (last.get("step", start))

@@ -7,6 +7,7 @@ TensorBoard events are written by tensorboardX, whose writer queues events for a
 background thread. (clu's `metric_writers` package imports TensorFlow at import time, a
 ~600 MB dependency that nothing else here needs; clu is used for the parameter overview.)
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from etils import epath
 
 
 class MetricsLogger:
-
   def __init__(self, workdir: str, total_steps: int):
     self.active = jax.process_index() == 0
     self.total_steps = total_steps

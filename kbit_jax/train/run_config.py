@@ -1,23 +1,26 @@
 """Config validation: every bad value is reported with its key and the allowed values,
 before any array is allocated or any function compiled."""
+
 from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax.model import transformer
-from kbit_jax.model import presets
 from kbit_jax.configs import common
+from kbit_jax.model import presets, transformer
 
 DTYPES = ("float32", "bfloat16")
 
 
-def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                prefix: str = ""):
+def _check_keys(
+  config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = ""
+):
   for key, value in config.items():
     name = f"{prefix}{key}"
     if key not in reference:
-      raise ValueError(f"config key {name!r} is unknown; allowed under "
-                       f"{prefix.rstrip('.') or 'the top level'}: {sorted(reference.keys())}")
+      raise ValueError(
+        f"config key {name!r} is unknown; allowed under "
+        f"{prefix.rstrip('.') or 'the top level'}: {sorted(reference.keys())}"
+      )
     if isinstance(value, ml_collections.ConfigDict):
       _check_keys(value, reference[key], name + ".")
 
@@ -30,8 +33,9 @@ def _positive(config, *names):
       raise ValueError(f"{name}={value!r} must be > 0")
 
 
-def _model(config: ml_collections.ConfigDict,
-           arch: presets.Preset | None) -> tuple[presets.Preset, str]:
+def _model(
+  config: ml_collections.ConfigDict, arch: presets.Preset | None
+) -> tuple[presets.Preset, str]:
   """The architecture the checks apply to, and how errors name it: model.preset's table
   entry, or `arch`, the architecture an imported model brought (grid_plan)."""
   if arch is not None:
@@ -48,50 +52,74 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")
   if config.model.attention not in transformer.ATTENTION_IMPLS:
-    raise ValueError(f"model.attention={config.model.attention!r} is unknown; allowed: "
-                     f"{transformer.ATTENTION_IMPLS}")
+    raise ValueError(
+      f"model.attention={config.model.attention!r} is unknown; allowed: "
+      f"{transformer.ATTENTION_IMPLS}"
+    )
   if config.model.attention == "cudnn" and config.model.dtype == "float32":
-    raise ValueError("model.attention='cudnn' needs model.dtype bfloat16 or float16 (cuDNN's "
-                     "flash attention has no float32 kernel); use 'einsum' or 'xla' for float32")
-  _positive(config, "train.steps", "train.lr", "train.batch_size", "train.log_every",
-            "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-            "data.seq_len")
+    raise ValueError(
+      "model.attention='cudnn' needs model.dtype bfloat16 or float16 (cuDNN's "
+      "flash attention has no float32 kernel); use 'einsum' or 'xla' for float32"
+    )
+  _positive(
+    config,
+    "train.steps",
+    "train.lr",
+    "train.batch_size",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.seq_len",
+  )
   if config.train.profile_steps < 0:
     raise ValueError(f"train.profile_steps={config.train.profile_steps} must be >= 0")
   if config.train.warmup_steps < 0:
     raise ValueError(f"train.warmup_steps={config.train.warmup_steps} must be >= 0")
   if p.positions == "learned" and config.data.seq_len > p.max_len:
-    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds {name}'s learned "
-                     f"positions (max_len={p.max_len}); use data.seq_len <= {p.max_len}")
+    raise ValueError(
+      f"data.seq_len={config.data.seq_len} exceeds {name}'s learned "
+      f"positions (max_len={p.max_len}); use data.seq_len <= {p.max_len}"
+    )
   if config.mesh.rules not in common.RULE_SETS:
-    raise ValueError(f"mesh.rules={config.mesh.rules!r} is unknown; allowed: "
-                     f"{sorted(common.RULE_SETS)}")
+    raise ValueError(
+      f"mesh.rules={config.mesh.rules!r} is unknown; allowed: {sorted(common.RULE_SETS)}"
+    )
+  from kbit_jax.evals import evaluate
+  from kbit_jax.quant import spec as quant_spec
   from kbit_jax.train import data
-  from kbit_jax.evals import evaluate  # pylint: disable=g-import-not-at-top
-  from kbit_jax.quant import spec as quant_spec  # pylint: disable=g-import-not-at-top
+
   data.validate(config.data)
   evaluate.validate(config.eval, config.data)
   quant_spec.QuantSpec.from_config(config.quant)
 
 
-def validate_for_devices(config: ml_collections.ConfigDict, mesh,
-                         arch: presets.Preset | None = None) -> None:
+def validate_for_devices(
+  config: ml_collections.ConfigDict, mesh, arch: presets.Preset | None = None
+) -> None:
   """Checks that need the mesh: the model's dims must split over the model axes, and the
   training batch over the batch axes and hosts (not for an imported `arch`: nothing is
   trained)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   p, name = _model(config, arch)
-  for axis, dim, dim_name in (("tensor", p.num_heads, "num_heads"),
-                              ("tensor", p.d_ff, "d_ff"), ("fsdp", p.d_model, "d_model")):
+  for axis, dim, dim_name in (
+    ("tensor", p.num_heads, "num_heads"),
+    ("tensor", p.d_ff, "d_ff"),
+    ("fsdp", p.d_model, "d_model"),
+  ):
     if mesh.shape[axis] > 1 and dim % mesh.shape[axis]:
-      raise ValueError(f"mesh.{axis}={mesh.shape[axis]} does not divide {name}'s "
-                       f"{dim_name}={dim}")
+      raise ValueError(f"mesh.{axis}={mesh.shape[axis]} does not divide {name}'s {dim_name}={dim}")
   if arch is not None:
     return
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % batch_shards:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                     f"mesh's data*fsdp={batch_shards}; use a multiple of {batch_shards}")
+    raise ValueError(
+      f"train.batch_size={config.train.batch_size} is not divisible by the "
+      f"mesh's data*fsdp={batch_shards}; use a multiple of {batch_shards}"
+    )
   if config.train.batch_size % jax.process_count():
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes")
+    raise ValueError(
+      f"train.batch_size={config.train.batch_size} is not divisible by the "
+      f"{jax.process_count()} processes"
+    )

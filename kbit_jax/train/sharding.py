@@ -12,6 +12,7 @@ silently gives 60-80% wrong gradients while forward and loss are right. With the
 weight P('tensor', 'fsdp') gradients are correct; tests/test_sharding.py compares sharded
 with single-device gradients for every rule set the configs offer.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -20,7 +21,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from kbit_jax.configs import common
 
@@ -35,18 +37,22 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
     if d == 0 or d < -1:
       raise ValueError(f"mesh.{name}={d} must be a positive size or -1 (fill)")
   if dims.count(-1) > 1:
-    raise ValueError(f"mesh: only one axis may be -1, got data={dims[0]}, fsdp={dims[1]}, "
-                     f"tensor={dims[2]}")
+    raise ValueError(
+      f"mesh: only one axis may be -1, got data={dims[0]}, fsdp={dims[1]}, tensor={dims[2]}"
+    )
   known = int(np.prod([d for d in dims if d != -1]))
   if -1 in dims:
     if num_devices % known:
-      raise ValueError(f"mesh: fixed axes multiply to {known}, which does not divide the "
-                       f"{num_devices} devices")
+      raise ValueError(
+        f"mesh: fixed axes multiply to {known}, which does not divide the {num_devices} devices"
+      )
     dims[dims.index(-1)] = num_devices // known
   if int(np.prod(dims)) != num_devices:
-    raise ValueError(f"mesh: data*fsdp*tensor = {dims[0]}*{dims[1]}*{dims[2]} = "
-                     f"{int(np.prod(dims))} != {num_devices} devices; set one axis to -1 "
-                     "or make the product equal the device count")
+    raise ValueError(
+      f"mesh: data*fsdp*tensor = {dims[0]}*{dims[1]}*{dims[2]} = "
+      f"{int(np.prod(dims))} != {num_devices} devices; set one axis to -1 "
+      "or make the product equal the device count"
+    )
   return tuple(dims)
 
 
@@ -58,9 +64,10 @@ def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> None:
   """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
-      coordinator_address=mesh_cfg.coordinator_address or None,
-      num_processes=mesh_cfg.num_processes or None,
-      process_id=None if mesh_cfg.process_id < 0 else mesh_cfg.process_id)
+    coordinator_address=mesh_cfg.coordinator_address or None,
+    num_processes=mesh_cfg.num_processes or None,
+    process_id=None if mesh_cfg.process_id < 0 else mesh_cfg.process_id,
+  )
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
@@ -71,8 +78,9 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
 
 def logical_rules(mesh_cfg: ml_collections.ConfigDict) -> tuple:
   if mesh_cfg.rules not in common.RULE_SETS:
-    raise ValueError(f"mesh.rules={mesh_cfg.rules!r} is unknown; allowed: "
-                     f"{sorted(common.RULE_SETS)}")
+    raise ValueError(
+      f"mesh.rules={mesh_cfg.rules!r} is unknown; allowed: {sorted(common.RULE_SETS)}"
+    )
   return common.RULE_SETS[mesh_cfg.rules]
 
 
@@ -85,15 +93,18 @@ def state_shardings(boxed_shapes: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_shapes), mesh, rules)
 
 
-def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: tuple,
-                 *args: Any) -> tuple[Any, Any]:
+def sharded_init(
+  init_fn: Callable[..., Any], mesh: Mesh, rules: tuple, *args: Any
+) -> tuple[Any, Any]:
   """Runs `init_fn(*args)` (returning a boxed pytree) with every output built in its
   sharding. Pass the RNG key in `args` rather than closing over it (see
   train.init_state_fn). Returns (unboxed state, its shardings).
   """
   shardings = state_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
-  def sharded_init_fn(*a):     # named: compile logs and XLA dumps say jit_sharded_init_fn
+
+  def sharded_init_fn(*a):  # named: compile logs and XLA dumps say jit_sharded_init_fn
     return nn.unbox(init_fn(*a))
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(sharded_init_fn, out_shardings=shardings)(*args)
   return state, shardings
