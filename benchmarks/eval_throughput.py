@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults
 from kbit_jax.evals import evaluate, tasks
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import data
@@ -80,7 +80,7 @@ def main():
     f"{len(requests) / seconds:7,.0f} requests/s"
   )
 
-  data_cfg = common.base_config().data
+  data_cfg = defaults.base_config().data
   data_cfg.seq_len = args.seq_len
   max_batches = args.ppl_batches or None
   result = {}

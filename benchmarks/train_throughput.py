@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
 import statistics
 import time
 
@@ -43,9 +44,11 @@ import jax
 import numpy as np
 import plain_gpt
 
-from kbit_jax.configs import lm
+from kbit_jax.config import files
 from kbit_jax.model import flops, presets
 from kbit_jax.train import data, host_memory, loop, sharding
+
+lm = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py")
 
 THREADS = 2
 

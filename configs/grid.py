@@ -2,12 +2,12 @@
 shares x training seeds. Each (size, seed) is trained once on the embedded corpus, then
 every quantization cell of it is evaluated (zero-shot tasks + perplexity).
 
-    kbit grid --config configs/grid.py --workdir /tmp/kbit/grid --dry_run   # plan + cost
-    kbit grid --config configs/grid.py:cpu --workdir workdirs/local/grid    # 19 min, 2 cores
-    kbit grid --config configs/grid.py:tiny --workdir /tmp/kbit/tiny        # seconds (tests)
+    kbit grid --config configs/grid.py --workdir /tmp/kbit/grid --dry_run       # plan + cost
+    kbit grid --config configs/grid.py --workdir workdirs/local/grid   # README command 1
+    kbit grid --config configs/grid.py:runlocal --workdir /tmp/kbit/smoke      # seconds
     kbit grid --config configs/grid.py --config.grid.sizes=s1,s2 --config.grid.bits="(4,16)" ...
 
-Arguments: `cpu` (the default grid) or `tiny` (one size, 20 steps, 7 cells), `tokens`
+Arguments: `runlocal` (one size, 20 steps, 7 cells: a smoke run), `tokens`
 (training tokens per size), `seeds` (number of training seeds).
 
 Optional axes (defaults leave the grid as it is): `grid.act_bits` (activation bits a, e.g.
@@ -17,7 +17,7 @@ budget in W/models/<size>-seed<s>-D<tokens>/). k-bit probes: `eval.probes="1,2,3
 (kbit_jax/probes.py). experiments/kbit_probes/ uses all three.
 
 Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `base` (the
-training config every size starts from, configs/common.py), `per_size` (overrides of
+training config every size starts from, kbit_jax/config/defaults.py), `per_size` (overrides of
 `base` for one preset: its steps, batch, lr; sizes without an entry train with `base`),
 `eval` (kbit_jax/evaluate.py: tasks, items per task, perplexity batches).
 
@@ -40,23 +40,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults, files
 
 # preset -> (peak learning rate, sequences per batch): larger models a smaller lr.
 CPU_SIZES = {"s1": (3e-3, 32), "s2": (3e-3, 32), "s3": (2e-3, 32), "s4": (2e-3, 32)}
 
 
-def _eval_section(tiny: bool) -> ml_collections.ConfigDict:
+def _eval_section(runlocal: bool) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     dict(
       tasks="lambada,hellaswag,piqa,winogrande",
       task_dir="",  # '' = built-in tasks from the corpus's test split
-      items_per_task=4 if tiny else 25,
+      items_per_task=4 if runlocal else 25,
       task_seed=0,
-      batch_size=8 if tiny else 32,
+      batch_size=8 if runlocal else 32,
       max_len=0,  # 0 = the model's max_len
       ppl_split="validation",
-      ppl_max_batches=1 if tiny else 2,
+      ppl_max_batches=1 if runlocal else 2,
       text_file="",
       probes="",  # k-bit probes off: keys at their defaults leave the
       probe_items=64,  # cells' eval fingerprint unchanged (evaluate.py)
@@ -67,7 +67,7 @@ def _eval_section(tiny: bool) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, cpu=False, tiny=False, tokens=1_000_000, seeds=1)
+  a = files.parse_arg(arg, runlocal=False, tokens=1_000_000, seeds=1)
   c = ml_collections.ConfigDict()
   c.grid = ml_collections.ConfigDict(
     dict(
@@ -81,7 +81,7 @@ def get_config(arg=None):
     )
   )
 
-  base = common.base_config()
+  base = defaults.base_config()
   base.data.seq_len = 128
   base.train.log_every = 50
   base.train.eval_batches = 4
@@ -102,9 +102,9 @@ def get_config(arg=None):
         )
       }
     )
-  c.eval = _eval_section(a.tiny)
+  c.eval = _eval_section(a.runlocal)
 
-  if a.tiny:
+  if a.runlocal:
     c.grid.sizes = ("s0",)
     c.grid.bits = (3, 4, 16)
     c.grid.dtypes = ("int", "nf", "quantile")

@@ -5,15 +5,16 @@ post-training and evaluated. The checkpoints are downloaded beforehand and impor
     hf download facebook/opt-125m --local-dir ~/hf/opt-125m
     kbit import --hf_dir ~/hf/opt-125m --workdir ~/kbit/pretrained/opt-125m
 
-    kbit grid --config configs/grid_pretrained.py:families=opt,cpu --workdir W --dry_run
-    kbit grid --config configs/grid_pretrained.py:families=opt,cpu --workdir W
+    kbit grid --config configs/grid_pretrained.py:families=opt,runlocal --workdir W --dry_run
+    kbit grid --config configs/grid_pretrained.py:families=opt,runlocal --workdir W
 
     python configs/grid_pretrained.py fsdp=8,tensor=1            # memory per device table
     python configs/grid_pretrained.py fsdp=8,families=opt,max_params=7e9,device_gib=80
 
 Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command
 line, where "," separates arguments: families=opt+pythia), `max_params` (sizes up
-to this many parameters; 0 = all), `cpu` (the smallest model of each family), `fsdp`,
+to this many parameters; 0 = all), `runlocal` (the smallest model of each
+family, cheap evaluation: a CPU run), `fsdp`,
 `tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark what fits),
 `hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's deduped
 runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see evaluate.py;
@@ -46,7 +47,7 @@ import sys
 
 import ml_collections
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults, files
 
 # family -> {preset name: Hugging Face hub id}, smallest first
 FAMILIES = {
@@ -84,7 +85,7 @@ def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
     repos = FAMILIES[family]
     if family == "pythia" and a.deduped:
       repos = {k: v + "-deduped" for k, v in repos.items()}
-    if a.cpu:
+    if a.runlocal:
       repos = dict(list(repos.items())[:1])
     out.update(
       {
@@ -100,11 +101,11 @@ def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
 def get_config(arg=None):
   from kbit_jax.model import presets
 
-  a = common.parse_arg(
+  a = files.parse_arg(
     arg,
     families="opt,pythia,gpt2,bloom",
     max_params=0.0,
-    cpu=False,
+    runlocal=False,
     fsdp=1,
     tensor=1,
     device_gib=0.0,
@@ -126,10 +127,10 @@ def get_config(arg=None):
       targets="attn,mlp",
     )
   )
-  base = common.base_config()
+  base = defaults.base_config()
   # One perplexity row length for all (per_size cannot key sizes with dots, like opt-1.3b):
   # the shortest context among the sizes, GPT-2's 1024 when it is included.
-  base.data.seq_len = 256 if a.cpu else min(presets.get_preset(size).max_len for size in sizes)
+  base.data.seq_len = 256 if a.runlocal else min(presets.get_preset(size).max_len for size in sizes)
   base.mesh.data, base.mesh.fsdp, base.mesh.tensor = -1, a.fsdp, a.tensor
   c.base = base
   c.per_size = ml_collections.ConfigDict()
@@ -137,12 +138,12 @@ def get_config(arg=None):
     dict(
       tasks="lambada,hellaswag,piqa,winogrande",
       task_dir=a.task_dir,  # the released task files ('' = built-in, corpus-made)
-      items_per_task=50 if a.cpu else 0 if a.task_dir else 400,  # 0: every item of a file
+      items_per_task=50 if a.runlocal else 0 if a.task_dir else 400,  # 0: every item of a file
       task_seed=0,
       batch_size=8,
       max_len=0,
       ppl_split="validation",
-      ppl_max_batches=0 if not a.cpu else 4,
+      ppl_max_batches=0 if not a.runlocal else 4,
       text_file="",
     )
   )

@@ -1,18 +1,18 @@
 """Train one language model on the embedded corpus (or a TFDS data set).
 
-    kbit --config configs/lm.py --workdir /tmp/kbit/lm
-    kbit --config configs/lm.py:size=s4,steps=2000 --workdir /tmp/kbit/s4
-    kbit --config configs/lm.py:runlocal --workdir /tmp/kbit/smoke     # seconds on CPU
+    kbit train --config configs/lm.py --workdir /tmp/kbit/lm
+    kbit train --config configs/lm.py:size=s4,steps=2000 --workdir /tmp/kbit/s4
+    kbit train --config configs/lm.py:runlocal --workdir /tmp/kbit/smoke     # seconds on CPU
 
-Arguments: size (a preset of kbit_jax/presets.py), steps, batch, seq_len, lr, seed,
+Arguments: size (a preset of kbit_jax/model/presets.py), steps, batch, seq_len, lr, seed,
 dtype (float32 | bfloat16), runlocal (a tiny smoke run).
 """
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults, files
 
 
 def get_config(arg=None):
-  a = common.parse_arg(
+  a = files.parse_arg(
     arg,
     size="s2",
     steps=600,
@@ -23,7 +23,7 @@ def get_config(arg=None):
     dtype="float32",
     runlocal=False,
   )
-  c = common.base_config()
+  c = defaults.base_config()
   c.model.preset = a.size
   c.model.dtype = a.dtype
   c.train.steps = a.steps

@@ -1,7 +1,7 @@
 """The `kbit` command: parse flags, call one function.
 
 kbit train --config configs/lm.py:size=s2 --workdir /tmp/kbit/s2
-kbit grid --config configs/grid.py:cpu --workdir /tmp/kbit/grid [--dry_run]
+kbit grid --config configs/grid.py --workdir /tmp/kbit/grid [--dry_run]
 kbit fit --results /tmp/kbit/grid/results --out /tmp/kbit/report
 kbit report --results /tmp/kbit/grid/results --out /tmp/kbit/report
 kbit import --hf_dir ~/models/pythia-70m --workdir /tmp/kbit/pythia-70m
@@ -85,10 +85,11 @@ def main(argv):
       compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None else _COMPILE_CACHE.value
     )
   if command == "train":
-    from kbit_jax.train import checkpoint, loop, run_config
+    from kbit_jax.config import checks
+    from kbit_jax.train import checkpoint, loop
 
     config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    _validated(run_config.validate, config)
+    _validated(checks.validate, config)
     try:  # checks the workdir's checkpoints (checkpoint.check_workdir) before any work
       loop.train_and_evaluate(config, workdir)
     except checkpoint.WorkdirError as e:

@@ -10,7 +10,7 @@ source "$repo/launch/setup_venv.sh"
 cd "$repo"
 workdir="${1:-workdirs/local}"
 SECONDS=0
-kbit grid --config configs/grid.py:cpu --workdir "$workdir/grid"
+kbit grid --config configs/grid.py --workdir "$workdir/grid"
 kbit report --results "$workdir/grid/results" --out "$workdir/report" --bootstrap 50
 echo "wall time: ${SECONDS}s"
 echo "report: $workdir/report/report.md (and report.html, figures/)"

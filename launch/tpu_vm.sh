@@ -3,7 +3,7 @@
 #
 #   bash launch/tpu_vm.sh --name kbit-v5e --zone us-west4-a --type v5litepod-16 \
 #       [--project P] [--spot | --queued] [--runtime v2-alpha-tpuv5-lite] [--dry_run] \
-#       -- kbit grid --config configs/grid.py:cpu --workdir gs://BUCKET/kbit/grid
+#       -- kbit grid --config configs/grid.py --workdir gs://BUCKET/kbit/grid
 #
 # 1. creates the VM (or a queued resource with --queued) unless it exists;
 # 2. copies this checkout to every worker and installs it with jax[tpu];

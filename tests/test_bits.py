@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs.common import base_config
+from kbit_jax.config import defaults
 from kbit_jax.model.presets import PRESETS, param_counts
 from kbit_jax.quant import bits, cli
 from kbit_jax.quant.spec import QuantSpec, check_targets_exist
@@ -81,9 +81,9 @@ def test_codebook_cli():
 
 
 def test_spec_from_base_config():
-  spec = QuantSpec.from_config(base_config().quant)
+  spec = QuantSpec.from_config(defaults.base_config().quant)
   assert not spec.quantized and spec.targets == ("attn", "mlp")
-  c = base_config().quant
+  c = defaults.base_config().quant
   c.bits, c.dtype = 3, "float"
   spec = QuantSpec.from_config(c)
   assert spec.exponent_bits == 2 and hash(spec) == hash(QuantSpec.from_config(c))
@@ -111,7 +111,7 @@ def test_spec_from_base_config():
   ],
 )
 def test_spec_errors_name_key_value_and_allowed(key, value, match):
-  c = base_config().quant
+  c = defaults.base_config().quant
   c.bits, c.dtype = 4, ("float" if key == "exponent_bits" else "int")
   with pytest.raises(ValueError, match=match):
     QuantSpec.from_config({**c.to_dict(), key: value})

@@ -1,12 +1,15 @@
 """Bad configs fail before anything compiles, naming the key, the value and what is allowed."""
 
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from kbit_jax.configs import lm
-from kbit_jax.train import run_config, sharding
+from kbit_jax.config import checks, files
+from kbit_jax.train import sharding
+
+lm = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py")
 
 
 def config_with(**overrides):
@@ -39,7 +42,7 @@ def config_with(**overrides):
 )
 def test_bad_values_are_named(overrides, message):
   with pytest.raises(ValueError, match=message):
-    run_config.validate(config_with(**overrides))
+    checks.validate(config_with(**overrides))
 
 
 def test_unknown_key_is_named():
@@ -51,7 +54,7 @@ def test_unknown_key_is_named():
     match=r"config key 'train.stepz' is unknown; allowed under "
     r"train: \[.*'steps'",
   ):
-    run_config.validate(c)
+    checks.validate(c)
 
 
 def test_heads_must_divide_d_model(monkeypatch):
@@ -60,7 +63,7 @@ def test_heads_must_divide_d_model(monkeypatch):
   bad = presets.Preset(2, 30, 4, 64, vocab_size=4096, max_len=64)
   monkeypatch.setitem(presets.PRESETS, "bad", bad)
   with pytest.raises(ValueError, match="num_heads=4 does not divide d_model=30"):
-    run_config.validate(config_with(model__preset="bad"))
+    checks.validate(config_with(model__preset="bad"))
 
 
 def test_mesh_product_must_equal_device_count():
@@ -76,7 +79,7 @@ def test_batch_must_divide_over_data_axes():
     match=r"train.batch_size=12 is not divisible by the mesh's "
     r"data\*fsdp=8",
   ):
-    run_config.validate_for_devices(c, mesh)
+    checks.validate_for_devices(c, mesh)
 
 
 def test_config_argument_errors():

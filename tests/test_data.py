@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import common
+from kbit_jax.config import defaults
 from kbit_jax.model import presets
 from kbit_jax.train import build_assets, data
 
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:
-  cfg = common.base_config().data
+  cfg = defaults.base_config().data
   cfg.seq_len = 16
   cfg.update(overrides)
   return cfg

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults
 from kbit_jax.evals import evaluate, tasks
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import data, loop
@@ -57,7 +57,7 @@ def _bigram_ll(table, context, continuation):
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
   """The default `eval` section (configs/common.py), smaller for tests."""
-  cfg = common.base_config().eval
+  cfg = defaults.base_config().eval
   cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg
 
@@ -251,7 +251,7 @@ def test_perplexity_is_exp_mean_nll_with_bytes_and_words_by_hand():
 
 
 def test_split_perplexity_matches_the_training_eval_loss():
-  cfg = common.base_config().data
+  cfg = defaults.base_config().data
   cfg.seq_len = 32
   net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
@@ -263,7 +263,7 @@ def test_split_perplexity_matches_the_training_eval_loss():
 
 
 def test_text_file_perplexity(tmp_path):
-  cfg = common.base_config().data
+  cfg = defaults.base_config().data
   cfg.seq_len = 16
   text = "Sing, O heavens; and be joyful, O earth.\nAnd break forth into singing! \u00e9"
   path = tmp_path / "t.txt"
@@ -293,7 +293,7 @@ def test_text_file_perplexity(tmp_path):
 )
 def test_validate_names_key_value_and_allowed(overrides, message):
   with pytest.raises(ValueError, match=message):
-    evaluate.validate(_eval_cfg(**overrides), common.base_config().data)
+    evaluate.validate(_eval_cfg(**overrides), defaults.base_config().data)
 
 
 def test_validate_names_missing_task_files_and_keys(tmp_path):

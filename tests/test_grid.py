@@ -1,6 +1,7 @@
 """The PTQ grid: plan expansion and validation, compile counts, resume after kill -9."""
 
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from kbit_jax.analysis import results
-from kbit_jax.configs import grid as grid_config
+from kbit_jax.config import files
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import driver
 from kbit_jax.grid import plan as grid_plan
@@ -24,6 +25,8 @@ from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import reference
 from kbit_jax.quant.spec import QuantSpec
 from kbit_jax.train import checkpoint, loop, sharding
+
+grid_config = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "grid.py")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,13 +62,13 @@ def test_default_grid_expands_with_one_16_bit_cell_per_model():
 
 
 def test_grid_without_16_bits_and_16_bits_alone():
-  assert all(c.spec.quantized for c in grid_plan.make_plan(_config("tiny", bits=(4,))).cells)
-  only16 = grid_plan.make_plan(_config("tiny", bits=(16,), dtypes=(), blocksizes=()))
+  assert all(c.spec.quantized for c in grid_plan.make_plan(_config("runlocal", bits=(4,))).cells)
+  only16 = grid_plan.make_plan(_config("runlocal", bits=(16,), dtypes=(), blocksizes=()))
   assert len(only16.cells) == 1
 
 
 def test_axis_accepts_a_comma_list():
-  plan = grid_plan.make_plan(_config("tiny", sizes=("s0,s1",)))
+  plan = grid_plan.make_plan(_config("runlocal", sizes=("s0,s1",)))
   assert [m.preset for m in plan.models] == ["s0", "s1"]
 
 
@@ -83,12 +86,12 @@ def test_axis_accepts_a_comma_list():
 )
 def test_bad_cell_is_reported_at_plan_time(overrides, message):
   with pytest.raises(ValueError, match=message):
-    grid_plan.make_plan(_config("tiny", **overrides))
+    grid_plan.make_plan(_config("runlocal", **overrides))
 
 
 def test_act_bits_and_tokens_axes_add_cells_and_keep_the_default_keys():
-  base = grid_plan.make_plan(_config("tiny"))
-  plan = grid_plan.make_plan(_config("tiny", act_bits=(8, 16), tokens=(5120, 10240)))
+  base = grid_plan.make_plan(_config("runlocal"))
+  plan = grid_plan.make_plan(_config("runlocal", act_bits=(8, 16), tokens=(5120, 10240)))
   assert [m.name for m in plan.models] == ["s0-seed0-D5120", "s0-seed0-D10240"]
   assert [m.config.train.steps for m in plan.models] == [20, 40]
   assert [m.train_tokens for m in plan.models] == [5120, 10240]
@@ -97,7 +100,7 @@ def test_act_bits_and_tokens_axes_add_cells_and_keep_the_default_keys():
   a8 = [c for c in plan.models[0].cells if c.spec.act_bits == 8]
   assert a8[0].name == "s0-seed0-D5120 k16 a8" and a8[0].key_dict["act_bits"] == 8
   assert all("act_bits" not in c.key_dict for c in base.cells)
-  same_budget = grid_plan.make_plan(_config("tiny", act_bits=(16,)))
+  same_budget = grid_plan.make_plan(_config("runlocal", act_bits=(16,)))
   assert [c.id for c in same_budget.cells] == [c.id for c in base.cells]
 
 
@@ -111,7 +114,7 @@ def test_act_bits_and_tokens_axes_add_cells_and_keep_the_default_keys():
 )
 def test_bad_act_bits_and_tokens_are_plan_time_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
-    grid_plan.make_plan(_config("tiny", **overrides))
+    grid_plan.make_plan(_config("runlocal", **overrides))
 
 
 @pytest.mark.parametrize(
@@ -124,15 +127,15 @@ def test_bad_act_bits_and_tokens_are_plan_time_errors(overrides, message):
 )
 def test_empty_grid_is_an_error(overrides, message):
   with pytest.raises(ValueError, match=message):
-    grid_plan.make_plan(_config("tiny", **overrides))
+    grid_plan.make_plan(_config("runlocal", **overrides))
 
 
 def test_bad_per_size_and_eval_sections_are_named():
-  c = _config("tiny")
+  c = _config("runlocal")
   c.per_size.s0.train.stepz = 3
   with pytest.raises(ValueError, match=r"per_size.s0.train.stepz is unknown"):
     grid_plan.make_plan(c)
-  c = _config("tiny")
+  c = _config("runlocal")
   c.per_size.s0.train.batch_size = 12
   with pytest.raises(
     ValueError,
@@ -140,18 +143,18 @@ def test_bad_per_size_and_eval_sections_are_named():
     "divisible",
   ):
     grid_plan.make_plan(c)
-  c = _config("tiny")
+  c = _config("runlocal")
   c.eval.tasks = "lambada,squad"
   with pytest.raises(ValueError, match=r"grid eval section: eval.tasks: task 'squad'"):
     grid_plan.make_plan(c)
-  c = _config("tiny")
+  c = _config("runlocal")
   c.grid.sizez = ("s0",)
   with pytest.raises(ValueError, match=r"grid.sizez is unknown"):
     grid_plan.make_plan(c)
 
 
 def test_plan_text_and_estimate():
-  plan = grid_plan.make_plan(_config("tiny"))
+  plan = grid_plan.make_plan(_config("runlocal"))
   cost = grid_plan.estimate(plan, peak_flops=1e11)
   m = cost["per_model"]["s0-seed0"]
   assert m["train_tokens"] == 20 * 8 * 32 and m["cells"] == 7
@@ -193,7 +196,7 @@ def test_layout_spec_with_codebook_equals_the_spec(spec):
 def tiny_run(tmp_path_factory):
   """The tiny grid run in this process (8 fake devices train, one evaluates)."""
   workdir = str(tmp_path_factory.mktemp("grid"))
-  plan = grid_plan.make_plan(_config("tiny"))
+  plan = grid_plan.make_plan(_config("runlocal"))
   summary = driver.run(plan, workdir)
   return plan, workdir, summary
 
@@ -270,7 +273,7 @@ def _grid_command(workdir):
     "kbit_jax.main",
     "grid",
     "--config",
-    os.path.join(REPO, "configs", "grid.py") + ":tiny",
+    os.path.join(REPO, "configs", "grid.py") + ":runlocal",
     "--workdir",
     workdir,
   ]
@@ -322,7 +325,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
 def axes_run(tmp_path_factory):
   """A tiny grid over act_bits x tokens with probes on."""
   workdir = str(tmp_path_factory.mktemp("axes"))
-  c = _config("tiny", act_bits=(8, 16), tokens=(2560, 5120), bits=(4, 16), dtypes=("int",))
+  c = _config("runlocal", act_bits=(8, 16), tokens=(2560, 5120), bits=(4, 16), dtypes=("int",))
   c.eval.update(dict(tasks="piqa", probes="1,2", probe_items=4))
   plan = grid_plan.make_plan(c)
   return plan, workdir, driver.run(plan, workdir)
@@ -395,7 +398,7 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   """base.model.scan_layers=True: training checkpoints stacked layers; the grid unstacks
   them (transformer.unstack_layers) and evaluates the unrolled net, whose 16-bit cell equals
   evaluating those parameters directly (1e-6)."""
-  config = _config("tiny", bits=(4, 16), dtypes=("int",))
+  config = _config("runlocal", bits=(4, 16), dtypes=("int",))
   config.base.model.scan_layers = True
   plan = grid_plan.make_plan(config)
   assert driver.run(plan, str(tmp_path))["evaluated"] == 2

@@ -15,6 +15,7 @@ grid. About 17 s on 2 CPU cores.
 # ruff: noqa: E402 (the imports below wait for pytest.importorskip)
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -32,7 +33,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from test_import_hf import EOS, VOCAB, _configs, save_tokenizer
 
 from kbit_jax.analysis import results
-from kbit_jax.configs import grid_pretrained
+from kbit_jax.config import files
 from kbit_jax.convert import importer
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import driver
@@ -40,6 +41,10 @@ from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import reference
 from kbit_jax.train import data, sharding
+
+grid_pretrained = files.load_module(
+  pathlib.Path(__file__).resolve().parents[1] / "configs" / "grid_pretrained.py"
+)
 
 pytestmark = pytest.mark.filterwarnings(
   "ignore:Implicit conversion of an array to a dtype:DeprecationWarning"

@@ -1,14 +1,17 @@
 """TPU chip-hours and dollars of a grid from its dry run's FLOPs (kbit_jax/tpu_cost.py)."""
 
+import pathlib
 import types
 
 import ml_collections
 import pytest
 
-from kbit_jax.configs import grid as grid_config
+from kbit_jax.config import files
 from kbit_jax.grid import driver, tpu_cost
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import flops, presets
+
+grid_config = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "grid.py")
 
 
 def _run(name, preset, seq_len):
@@ -55,7 +58,7 @@ def test_table_text():
 
 
 def test_dry_run_prints_the_table(tmp_path, capsys):
-  plan = grid_plan.make_plan(grid_config.get_config("tiny"))
+  plan = grid_plan.make_plan(grid_config.get_config("runlocal"))
   summary = driver.run(plan, str(tmp_path), dry_run=True)
   out = capsys.readouterr().out
   assert summary["todo"] == 7 and "TPU cost from FLOPs" in out

@@ -14,6 +14,7 @@ reordering gives ~3e-6; any misplaced head, q/k/v part or transpose gives O(1).
 import copy
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,6 @@ transformers = pytest.importorskip(
 tokenizers = pytest.importorskip("tokenizers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from kbit_jax.configs import common
 from kbit_jax.convert import families, importer, tokenizer
 from kbit_jax.evals import evaluate
 from kbit_jax.model import presets, transformer
@@ -235,7 +235,7 @@ def test_import_writes_checkpoint_architecture_and_tokenizer(hf_root, tmp_path):
 
   # restores with checkpoint.py onto another mesh (tensor-parallel heads), no HF dir needed
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=4, tensor=2)))
-  rules = common.RULE_SETS["megatron"]
+  rules = sharding.RULE_SETS["megatron"]
   ckpt = checkpoint.Checkpointer(str(out), keep=1, read_only=True)
   params = ckpt.restore_params(importer.abstract_params(p, mesh, rules), step=0)
   ckpt.close()
@@ -374,8 +374,12 @@ def test_pretrained_presets_have_published_parameter_counts(name, total):
 
 
 def test_pretrained_grid_config_plans_and_prints_memory_per_device():
-  from kbit_jax.configs import grid_pretrained
+  from kbit_jax.config import files
   from kbit_jax.grid import plan as grid_plan
+
+  grid_pretrained = files.load_module(
+    pathlib.Path(__file__).resolve().parents[1] / "configs" / "grid_pretrained.py"
+  )
 
   config = grid_pretrained.get_config("families=gpt2,max_params=2e8,fsdp=4")
   assert config.grid.sizes == ("gpt2",)

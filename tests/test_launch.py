@@ -18,7 +18,7 @@ def dry_run(script, *args):
 
 
 TPU = ["--name", "kbit-v5e", "--zone", "us-west4-a", "--type", "v5litepod-16"]
-KBIT = ["--", "kbit", "grid", "--config", "configs/grid.py:cpu", "--workdir", "gs://b/kbit"]
+KBIT = ["--", "kbit", "grid", "--config", "configs/grid.py", "--workdir", "gs://b/kbit"]
 
 
 def test_tpu_vm_dry_run_creates_installs_and_runs_on_all_workers():
@@ -35,7 +35,7 @@ def test_tpu_vm_dry_run_creates_installs_and_runs_on_all_workers():
   assert command.startswith(
     "+ gcloud compute tpus tpu-vm ssh kbit-v5e --worker=all "
     "--zone us-west4-a --command cd\\ kbit-jax\\ \\&\\&\\ "
-    ".venv/bin/kbit\\ grid\\ --config\\ configs/grid.py:cpu"
+    ".venv/bin/kbit\\ grid\\ --config\\ configs/grid.py"
   )
   # A grid config keeps its mesh under `base` (configs/grid.py).
   assert command.endswith("--workdir\\ gs://b/kbit\\ --config.base.mesh.distributed=True")

@@ -95,7 +95,7 @@ def test_two_processes_match_one(tmp_path):
 GRID_ARGS = [
   "grid",
   "--config",
-  "configs/grid.py:tiny",
+  "configs/grid.py:runlocal",
   "--config.grid.bits=(4,16)",
   "--config.grid.dtypes=('int',)",
 ]  # s0 trained 20 steps; cells k16, k4 int B64

@@ -1,14 +1,19 @@
 """A trained tiny model quantized at k = 2..8 for every data type: validation loss orders
 by k, and the AQT path equals the reference path on the trained weights."""
 
+import pathlib
+
 import jax
 import numpy as np
 import pytest
 
-from kbit_jax.configs import lm
+from kbit_jax.config import files
 from kbit_jax.quant import aqt, codebooks, reference
 from kbit_jax.quant.spec import QuantSpec
 from kbit_jax.train import data, loop, sharding
+
+lm = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py")
+
 
 KS = (2, 3, 4, 5, 6, 7, 8)
 # Loss may rise by at most this much (nats) from k to k+1: at 6-8 bits quantization

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults
 from kbit_jax.train import loop, sharding
 
 
@@ -17,7 +17,7 @@ def _mesh_cfg(data=-1, fsdp=1, tensor=1, rules="megatron"):
 
 
 def _config(rules="megatron", scan_layers=False):
-  c = common.base_config()
+  c = defaults.base_config()
   c.model.preset = "s2"
   c.model.scan_layers = scan_layers
   c.mesh.fsdp, c.mesh.tensor, c.mesh.rules = 2, 2, rules
@@ -69,7 +69,7 @@ def test_scanned_layers_are_sharded_like_unrolled_ones():
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
-@pytest.mark.parametrize("rules", sorted(common.RULE_SETS))
+@pytest.mark.parametrize("rules", sorted(sharding.RULE_SETS))
 def test_sharded_gradients_match_single_device(rules, scan_layers):
   """The same loss and gradients on a (2, 2, 2) mesh as on one device, with the layers
   unrolled or scanned (model.scan_layers).

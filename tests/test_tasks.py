@@ -7,13 +7,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults
 from kbit_jax.evals import tasks
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
   """The default `eval` section (configs/common.py), smaller for tests."""
-  cfg = common.base_config().eval
+  cfg = defaults.base_config().eval
   cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg
 

@@ -7,8 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from kbit_jax.configs import lm
+from kbit_jax.config import files
 from kbit_jax.train import checkpoint, data, loop, sharding
+
+lm = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py")
 
 
 def tiny_config(**train_overrides):

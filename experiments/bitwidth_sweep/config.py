@@ -14,13 +14,16 @@ bits), blocksize, seeds, tokens (training tokens per size), runlocal (s0 only, k
 {3, 4, 16}: seconds).
 """
 
-from kbit_jax.configs import common
-from kbit_jax.configs import grid as grid_config
+import pathlib
+
+from kbit_jax.config import files
+
+grid_config = files.load_module(pathlib.Path(__file__).parents[2] / "configs" / "grid.py")
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, dtype="float", blocksize=64, seeds=1, tokens=1_000_000, runlocal=False)
-  c = grid_config.get_config(f"tiny={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
+  a = files.parse_arg(arg, dtype="float", blocksize=64, seeds=1, tokens=1_000_000, runlocal=False)
+  c = grid_config.get_config(f"runlocal={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
   c.grid.bits = (3, 4, 16) if a.runlocal else (3, 4, 5, 6, 7, 8, 16)
   c.grid.dtypes = (a.dtype,)
   c.grid.blocksizes = (a.blocksize,)

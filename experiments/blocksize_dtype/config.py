@@ -12,13 +12,16 @@ own total bits. Default: 4 sizes x (1 + 2 k x 5 types x 6 blocks) = 244 cells pe
 Arguments: seeds, tokens, runlocal (s0 only, int/nf at B in {64, 0}: seconds).
 """
 
-from kbit_jax.configs import common
-from kbit_jax.configs import grid as grid_config
+import pathlib
+
+from kbit_jax.config import files
+
+grid_config = files.load_module(pathlib.Path(__file__).parents[2] / "configs" / "grid.py")
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, seeds=1, tokens=1_000_000, runlocal=False)
-  c = grid_config.get_config(f"tiny={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
+  a = files.parse_arg(arg, seeds=1, tokens=1_000_000, runlocal=False)
+  c = grid_config.get_config(f"runlocal={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
   c.grid.bits = (3, 4, 16)
   c.grid.dtypes = ("int", "nf") if a.runlocal else ("int", "float", "quantile", "nf", "dynamic")
   c.grid.blocksizes = (64, 0) if a.runlocal else (32, 64, 128, 256, 1024, 0)

@@ -15,13 +15,16 @@ Arguments: tokens (the larger budget; the smaller is a quarter of it), probe_ite
 runlocal (s0 and s1, 20-step budgets, k in {4, 16}, probes 1,2: a minute).
 """
 
-from kbit_jax.configs import common
-from kbit_jax.configs import grid as grid_config
+import pathlib
+
+from kbit_jax.config import files
+
+grid_config = files.load_module(pathlib.Path(__file__).parents[2] / "configs" / "grid.py")
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, tokens=1_000_000, probe_items=32, runlocal=False)
-  c = grid_config.get_config(f"tiny={a.runlocal}")
+  a = files.parse_arg(arg, tokens=1_000_000, probe_items=32, runlocal=False)
+  c = grid_config.get_config(f"runlocal={a.runlocal}")
   c.grid.sizes = ("s1", "s2", "s3")
   c.grid.bits = (3, 4, 8, 16)
   c.grid.dtypes = ("float",)

@@ -14,13 +14,16 @@ per seed.
 Arguments: seeds, tokens, runlocal (s0 only, one type, B=1024: seconds).
 """
 
-from kbit_jax.configs import common
-from kbit_jax.configs import grid as grid_config
+import pathlib
+
+from kbit_jax.config import files
+
+grid_config = files.load_module(pathlib.Path(__file__).parents[2] / "configs" / "grid.py")
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, seeds=1, tokens=1_000_000, runlocal=False)
-  c = grid_config.get_config(f"tiny={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
+  a = files.parse_arg(arg, seeds=1, tokens=1_000_000, runlocal=False)
+  c = grid_config.get_config(f"runlocal={a.runlocal},seeds={a.seeds},tokens={a.tokens}")
   c.grid.bits = (3, 4, 16)
   c.grid.dtypes = ("int",) if a.runlocal else ("int", "float")
   c.grid.blocksizes = (1024,) if a.runlocal else (64, 1024)

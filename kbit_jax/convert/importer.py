@@ -40,7 +40,6 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from kbit_jax.configs import common
 from kbit_jax.convert import families, reader
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import checkpoint, sharding
@@ -200,7 +199,7 @@ def import_mesh(p: presets.Preset, devices=None) -> tuple[jax.sharding.Mesh, tup
   devices = jax.devices() if devices is None else devices
   fsdp = math.gcd(len(devices), p.d_model, p.token_dim)
   mesh_cfg = ml_collections.ConfigDict(dict(data=len(devices) // fsdp, fsdp=fsdp, tensor=1))
-  return sharding.make_mesh(mesh_cfg, devices), common.RULE_SETS["megatron"]
+  return sharding.make_mesh(mesh_cfg, devices), sharding.RULE_SETS["megatron"]
 
 
 def _placed(value: np.ndarray, target: jax.ShapeDtypeStruct, path: tuple[str, ...]) -> jax.Array:

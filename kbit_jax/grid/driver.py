@@ -1,7 +1,7 @@
 """Run a planned grid, resumably: train each (size, seed) once, then evaluate every
 quantization cell of it and store one record per cell.
 
-    kbit grid --config configs/grid.py:cpu --workdir W [--dry_run]
+    kbit grid --config configs/grid.py --workdir W [--dry_run]
 
     W/models/<size>-seed<s>/   the training run (train.py; a finished run is reused);
                                <size>-seed<s>-D<tokens>/ per budget of a grid.tokens axis

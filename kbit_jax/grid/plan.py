@@ -42,11 +42,12 @@ import jax
 import ml_collections
 
 from kbit_jax.analysis import results
+from kbit_jax.config import checks
 from kbit_jax.evals import evaluate
 from kbit_jax.model import flops, presets
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
-from kbit_jax.train import data, run_config, sharding
+from kbit_jax.train import data, sharding
 
 AXES = ("sizes", "seeds", "bits", "dtypes", "blocksizes", "outlier_shares")
 QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit cell
@@ -292,8 +293,8 @@ def _check_devices(
 ) -> None:
   """config_lib's checks of one model of the grid (against `arch` for an import)."""
   try:
-    run_config.validate(run_cfg, arch)
-    run_config.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh), arch)
+    checks.validate(run_cfg, arch)
+    checks.validate_for_devices(run_cfg, sharding.make_mesh(run_cfg.mesh), arch)
   except ValueError as e:
     raise ValueError(f"grid size {where}: {e}") from None
 

@@ -1,6 +1,6 @@
 """What a grid would cost on Cloud TPU, from the FLOPs of its dry run.
 
-    kbit grid --config configs/grid.py:cpu --workdir W --dry_run     # prints the table last
+    kbit grid --config configs/grid.py --workdir W --dry_run     # prints the table last
 
 chip-hours = FLOPs / (peak bf16 FLOP/s per chip x MFU) / 3600 and dollars = chip-hours x
 the on-demand price per chip-hour, per TPU type. FLOPs are grid_plan.estimate's: matmul

@@ -68,13 +68,13 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     saved = ckpt.saved_config()
   if saved is None:
     return
-  from kbit_jax.configs import common
+  from kbit_jax.config import defaults
 
-  defaults = common.base_config()  # for keys that older checkpoints lack
+  base = defaults.base_config()  # for keys that older checkpoints lack
   diffs = []
   for key in TREE_KEYS:
     section, name = key.split(".")
-    was, now = saved.get(section, {}).get(name, defaults[section][name]), config[section][name]
+    was, now = saved.get(section, {}).get(name, base[section][name]), config[section][name]
     if was != now:
       diffs.append(f"{key}={now!r} but the saved model has {was!r}")
   if diffs:

@@ -65,17 +65,18 @@ def compile_check(config, num_devices: int, hbm_gib: float | None) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from kbit_jax.config import checks
   from kbit_jax.model import flops, presets
-  from kbit_jax.train import loop, run_config, sharding
+  from kbit_jax.train import loop, sharding
 
   if jax.device_count() != num_devices:
     raise RuntimeError(
       f"jax already has {jax.device_count()} devices; compile_check must "
       "set the device count before jax starts (run it as its own process)"
     )
-  run_config.validate(config)
+  checks.validate(config)
   mesh = sharding.make_mesh(config.mesh)
-  run_config.validate_for_devices(config, mesh)
+  checks.validate_for_devices(config, mesh)
   trainer = loop.Trainer(config, mesh)
   batch = jax.ShapeDtypeStruct(
     (config.train.batch_size, config.data.seq_len),

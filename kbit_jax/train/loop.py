@@ -23,8 +23,9 @@ import numpy as np
 import optax
 from absl import logging
 
+from kbit_jax.config import checks
 from kbit_jax.model import flops, presets, transformer
-from kbit_jax.train import checkpoint, data, metrics, run_config, sharding
+from kbit_jax.train import checkpoint, data, metrics, sharding
 
 
 @flax.struct.dataclass
@@ -214,11 +215,11 @@ class _Profiler:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
-  run_config.validate(config)
+  checks.validate(config)
   if config.mesh.distributed and not jax.distributed.is_initialized():
     sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
-  run_config.validate_for_devices(config, mesh)
+  checks.validate_for_devices(config, mesh)
   tc = config.train
   checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)

@@ -1,7 +1,7 @@
 """Mesh from config, logical-axis rules, and sharded initialisation.
 
 The model names its parameter axes (`embed`, `mlp`, `heads`, `vocab`, ...); the config
-picks a rule set (configs/common.py RULE_SETS) mapping them onto the mesh axes
+picks a rule set (RULE_SETS below) mapping them onto the mesh axes
 `('data', 'fsdp', 'tensor')`. Nothing is allocated before its sharding is known: the
 state's shapes come from `jax.eval_shape`, then `jit(init, out_shardings=...)` builds
 every array directly in place.
@@ -24,7 +24,42 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kbit_jax.configs import common
+# Logical axis -> mesh axis. Each rule set here is checked by
+# tests/test_sharding.py::test_sharded_gradients_match_single_device.
+# Megatron layout: the MLP's first weight is (fsdp, tensor) and its second (tensor, fsdp).
+# (Both (fsdp, tensor) gives silently wrong gradients on XLA CPU, see sharding.py.)
+RULE_SETS = {
+  "megatron": (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("norm", None),
+    ("layers", None),
+  ),
+  "fsdp": (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", None),
+    ("heads", None),
+    ("vocab", None),
+    ("length", None),
+    ("norm", None),
+    ("layers", None),
+  ),
+  "replicated": (
+    ("batch", ("data", "fsdp")),
+    ("embed", None),
+    ("mlp", None),
+    ("heads", None),
+    ("vocab", None),
+    ("length", None),
+    ("norm", None),
+    ("layers", None),
+  ),
+}
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -77,11 +112,9 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
 
 
 def logical_rules(mesh_cfg: ml_collections.ConfigDict) -> tuple:
-  if mesh_cfg.rules not in common.RULE_SETS:
-    raise ValueError(
-      f"mesh.rules={mesh_cfg.rules!r} is unknown; allowed: {sorted(common.RULE_SETS)}"
-    )
-  return common.RULE_SETS[mesh_cfg.rules]
+  if mesh_cfg.rules not in RULE_SETS:
+    raise ValueError(f"mesh.rules={mesh_cfg.rules!r} is unknown; allowed: {sorted(RULE_SETS)}")
+  return RULE_SETS[mesh_cfg.rules]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax.configs import common
+from kbit_jax.config import defaults
 from kbit_jax.model import presets, transformer
+from kbit_jax.train import sharding
 
 DTYPES = ("float32", "bfloat16")
 
@@ -45,7 +46,7 @@ def _model(
 
 def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = None) -> None:
   """Checks everything that does not need the devices. Raises ValueError."""
-  _check_keys(config, common.base_config())
+  _check_keys(config, defaults.base_config())
   p, name = _model(config, arch)
   if p.d_model % p.num_heads:
     raise ValueError(f"{name}: num_heads={p.num_heads} does not divide d_model={p.d_model}")
@@ -81,9 +82,9 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
       f"data.seq_len={config.data.seq_len} exceeds {name}'s learned "
       f"positions (max_len={p.max_len}); use data.seq_len <= {p.max_len}"
     )
-  if config.mesh.rules not in common.RULE_SETS:
+  if config.mesh.rules not in sharding.RULE_SETS:
     raise ValueError(
-      f"mesh.rules={config.mesh.rules!r} is unknown; allowed: {sorted(common.RULE_SETS)}"
+      f"mesh.rules={config.mesh.rules!r} is unknown; allowed: {sorted(sharding.RULE_SETS)}"
     )
   from kbit_jax.evals import evaluate
   from kbit_jax.quant import spec as quant_spec

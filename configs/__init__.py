@@ -1,1 +1,0 @@
-"""Experiment configs; installed as `kbit_jax.configs` (see setup.cfg)."""
