@@ -1,145 +1,181 @@
-"""The `kbit` command: parse flags, call one function.
+"""The `kbit` command: a table of commands, each one call.
 
-kbit train --config configs/lm.py:size=s2 --workdir /tmp/kbit/s2
-kbit grid --config configs/grid.py --workdir /tmp/kbit/grid [--dry_run]
-kbit fit --results /tmp/kbit/grid/results --out /tmp/kbit/report
-kbit report --results /tmp/kbit/grid/results --out /tmp/kbit/report
-kbit import --hf_dir ~/models/pythia-70m --workdir /tmp/kbit/pythia-70m
-kbit compile_check --config configs/lm.py:size=1b,dtype=bfloat16 --topology v5e-16
-kbit codebook --dtype nf --bits 4 [--json]
-kbit bits                       # total-bits table of the presets at k = 3, 4, 8, B = 64
+    kbit                         lists the commands, one line and an example each
+    kbit CMD --help              that command's own flags
+    kbit CMD [flags]             runs it: kbit_jax/commands/CMD.py defines its flags and main()
+
+A command's module is imported only when it runs, so `kbit --help` starts no jax, and each
+command has its own absl FlagValues: `kbit grid --help` shows grid's flags, not train's.
+Failures end in one line `kbit CMD: ...` (set KBIT_TRACEBACK=1 for the stack).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
 import sys
+import textwrap
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-COMMANDS = ("train", "grid", "fit", "report", "import", "compile_check", "codebook", "bits")
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/lm.py:size=s2", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "grid: print the plan and its cost, run nothing.")
-_RESULTS = flags.DEFINE_string("results", None, "fit/report: the grid's results directory.")
-_OUT = flags.DEFINE_string("out", None, "fit/report: where tables, figures and the report go.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "fit/report: bootstrap replicates.")
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "import: a local Hugging Face model directory.")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e-16", "compile_check: target, e.g. v5e-16.")
-_NUM_DEVICES = flags.DEFINE_integer(
-  "num_devices", 0, "compile_check: device count instead of --topology."
-)
-_DTYPE = flags.DEFINE_string("dtype", "nf", "codebook: data type.")
-_BITS = flags.DEFINE_integer("bits", 4, "codebook: bits k.")
-_EXPONENT_BITS = flags.DEFINE_integer(
-  "exponent_bits", 0, "codebook: float exponent bits (0 = the study's default)."
-)
-_JSON = flags.DEFINE_bool("json", False, "codebook: print a JSON list.")
-_COMPILE_CACHE = flags.DEFINE_string(
-  "compile_cache",
-  None,
-  "train/grid: persistent XLA compilation cache, a directory or "
-  "gs:// path ('' turns it off; default $JAX_COMPILATION_CACHE_DIR or "
-  "~/.cache/kbit_jax/xla). Reruns and resumed grids load compiles from it.",
-)
-_RETAIN_HOST_MEMORY = flags.DEFINE_bool(
-  "retain_host_memory",
-  True,
-  "train/grid without an accelerator backend installed: keep "
-  "freed host memory for reuse (kbit_jax/host_memory.py), so XLA:CPU's per-step "
-  "temporaries stop page-faulting; the process holds its peak host memory.",
-)
+HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
-def _need(flag, command: str):
-  if flag.value is None:
-    raise app.UsageError(f"`kbit {command}` needs --{flag.name}")
-  return flag.value
+@dataclasses.dataclass(frozen=True)
+class Command:
+  module: str  # kbit_jax.commands.<module>: FLAGS (an absl FlagValues) and main()
+  summary: str
+  example: str
 
 
-def _validated(check, *args):
-  """Bad input ends the program with one clear line, before anything is compiled."""
+COMMANDS = {
+  "train": Command(
+    "train",
+    "train one language model (resumes from its workdir)",
+    "kbit train --config configs/lm.py:runlocal --workdir /tmp/kbit/smoke",
+  ),
+  "grid": Command(
+    "grid",
+    "train each size, then quantize and evaluate every cell of a grid",
+    "kbit grid --config configs/grid.py:runlocal --workdir /tmp/kbit/grid [--dry_run]",
+  ),
+  "fit": Command(
+    "fit",
+    "fit the scaling laws of a results store: tables only",
+    "kbit fit --results /tmp/kbit/grid/results --out /tmp/kbit/fit",
+  ),
+  "report": Command(
+    "report",
+    "fits, figures and the Markdown/HTML report of a results store",
+    "kbit report --results /tmp/kbit/grid/results --out /tmp/kbit/report",
+  ),
+  "import": Command(
+    "import_hf",
+    "import a local Hugging Face checkpoint (GPT-2, Pythia, OPT, BLOOM)",
+    "kbit import --hf_dir ~/hf/pythia-70m --workdir ~/kbit/pretrained/pythia-70m",
+  ),
+  "compile_check": Command(
+    "compile_check",
+    "compile a config's train step for a TPU/GPU topology, from a CPU",
+    "kbit compile_check --config configs/lm.py:size=1b,dtype=bfloat16 --topology v5e-16",
+  ),
+  "codebook": Command(
+    "codebook",
+    "print a data type's normalised code values",
+    "kbit codebook --dtype nf --bits 4 [--json]",
+  ),
+  "bits": Command("bits", "print the total-bits table of the model presets", "kbit bits"),
+}
+
+
+def usage() -> str:
+  """`kbit --help`: every command with one line and an example."""
+  lines = ["kbit: k-bit inference scaling laws in JAX. Commands:", ""]
+  for name, command in COMMANDS.items():
+    lines += [f"  {name:<14} {command.summary}", f"  {'':<14} {command.example}"]
+  lines += [
+    "",
+    "`kbit CMD --help` lists a command's flags. Bad input ends in one line "
+    "`kbit CMD: ...`; KBIT_TRACEBACK=1 shows the stack.",
+  ]
+  return "\n".join(lines)
+
+
+def command_help(name: str, module) -> str:
+  """`kbit CMD --help`: the command's docstring and its own flags."""
+  lines = [
+    f"kbit {name}: {COMMANDS[name].summary}",
+    "",
+    (module.__doc__ or "").strip(),
+    "",
+    "flags:",
+  ]
+  seen = set()
+  for flag in module.FLAGS._flags().values():  # absl's FlagValues: name -> Flag
+    if flag.name in seen:
+      continue
+    seen.add(flag.name)
+    default = " (required)" if flag.default is None else f" (default: {flag.default_as_str})"
+    lines += textwrap.wrap(
+      f"--{flag.name}: {flag.help}{default}", 92, initial_indent="  ", subsequent_indent="      "
+    )
+  return "\n".join(lines)
+
+
+def _fail(name: str, message: str, code: int = 1):
+  print(f"kbit{' ' + name if name else ''}: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _flag_names(args: list[str]) -> list[str]:
+  """The flag names in `args` (`--name=value`, `--name value`, `--noname`)."""
+  return [a.lstrip("-").split("=", 1)[0] for a in args if a.startswith("-") and a != "--"]
+
+
+def _check_names(name: str, module, args: list[str]) -> None:
+  """Unknown flags and missing required ones, named before anything is parsed."""
+  known = set(module.FLAGS) | set(flags.FLAGS)
+  for flag in _flag_names(args):
+    bare = flag[2:] if flag.startswith("no") and flag[2:] in known else flag
+    if bare not in known and not bare.startswith("config."):
+      allowed = ", ".join(f"--{f}" for f in sorted(set(module.FLAGS)))
+      _fail(name, f"unknown flag --{flag}; allowed: {allowed} (kbit {name} --help)", 2)
+  missing = [f for f in getattr(module, "REQUIRED", ()) if f not in _flag_names(args)]
+  if missing:
+    _fail(
+      name,
+      f"{', '.join('--' + f for f in missing)} is required, e.g. "
+      f"`{COMMANDS[name].example}` (kbit {name} --help)",
+      2,
+    )
+
+
+def _parse(name: str, module, args: list[str]) -> None:
+  """Parses the command's own flags, then absl's (--verbosity, ...) from what is left."""
+  _check_names(name, module, args)
+  argv = [f"kbit {name}", *args]
+  sys.argv = argv  # ml_collections' config flag reads its --config.* overrides from here
   try:
-    return check(*args)
-  except ValueError as e:
-    sys.exit(f"kbit: invalid config: {e}")
+    rest = module.FLAGS(argv, known_only=True)
+    flags.FLAGS(rest)
+  except flags.Error as e:
+    _fail(name, f"{e} (kbit {name} --help)", 2)
+  except (AttributeError, KeyError) as e:  # a --config.<key> override the config lacks
+    from kbit_jax.config import files
+
+    _fail(name, files.override_error(args, e), 2)
 
 
-def main(argv):
+def run(argv: list[str] | None = None) -> None:
+  """The `kbit` entry point."""
+  argv = sys.argv if argv is None else argv
+  if len(argv) < 2 or argv[1] in HELP:
+    print(usage())
+    sys.exit(0 if len(argv) > 1 else 2)
+  name, args = argv[1], argv[2:]
+  if name not in COMMANDS:
+    _fail("", f"unknown command {name!r}; allowed: {list(COMMANDS)} (kbit --help)", 2)
+  module = importlib.import_module(f"kbit_jax.commands.{COMMANDS[name].module}")
+  if any(a.split("=")[0] in HELP for a in args):
+    print(command_help(name, module))
+    sys.exit(0)
+  _parse(name, module, args)
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
     logging.set_verbosity(logging.WARNING)
-  command = argv[1] if len(argv) > 1 else "train"
-  if command not in COMMANDS or len(argv) > 2:
-    raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}; allowed: {COMMANDS}")
-
-  if command in ("train", "grid"):
-    from kbit_jax.train import compile_cache, host_memory
-
-    # Before jax starts its backend and its threads; CPU-only installs (host_memory.py).
-    if _RETAIN_HOST_MEMORY.value and not host_memory.accelerator_installed():
-      host_memory.retain_freed_memory()
-    compile_cache.enable(
-      compile_cache.DEFAULT_DIR if _COMPILE_CACHE.value is None else _COMPILE_CACHE.value
-    )
-  if command == "train":
-    from kbit_jax.config import checks
-    from kbit_jax.train import checkpoint, loop
-
-    config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    _validated(checks.validate, config)
-    try:  # checks the workdir's checkpoints (checkpoint.check_workdir) before any work
-      loop.train_and_evaluate(config, workdir)
-    except checkpoint.WorkdirError as e:
-      sys.exit(f"kbit: invalid config: {e}")
-  elif command == "grid":
-    from kbit_jax.grid import driver
-    from kbit_jax.grid import plan as grid_plan
-    from kbit_jax.train import checkpoint
-
-    config, workdir = _need(_CONFIG, command), _need(_WORKDIR, command)
-    driver.initialize_distributed(config)  # before make_plan asks jax for the devices
-    plan = _validated(grid_plan.make_plan, config, not _DRY_RUN.value)  # dry run: says missing
-    try:  # checks the models' checkpoints (driver.check_workdirs) before any work
-      driver.run(plan, workdir, _DRY_RUN.value)
-    except checkpoint.WorkdirError as e:
-      sys.exit(f"kbit: invalid config: {e}")
-  elif command == "fit":
-    from kbit_jax.analysis import scaling
-
-    scaling.fit_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
-  elif command == "report":
-    from kbit_jax.analysis import report
-
-    report.report_main(_need(_RESULTS, command), _need(_OUT, command), n_boot=_BOOTSTRAP.value)
-  elif command == "import":
-    from kbit_jax.convert import importer
-
-    try:
-      importer.import_main(_need(_HF_DIR, command), _need(_WORKDIR, command))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      sys.exit(f"kbit import: {e}")
-  elif command == "compile_check":
-    from kbit_jax.train import compile_check
-
-    num_devices, hbm = _validated(compile_check.target, _TOPOLOGY.value, _NUM_DEVICES.value)
-    compile_check.fake_devices(num_devices)  # before jax starts its CPU backend
-    report = _validated(compile_check.compile_check, _need(_CONFIG, command), num_devices, hbm)
-    print(compile_check.format_report(report))
-  elif command == "codebook":
-    from kbit_jax.quant import cli
-
-    cli.codebook_main(_DTYPE.value, _BITS.value, _EXPONENT_BITS.value, _JSON.value)
-  elif command == "bits":
-    from kbit_jax.quant import cli
-
-    cli.bits_table_main()
-
-
-def run():
-  app.run(main)
+  try:
+    module.main()
+  except KeyboardInterrupt:
+    _fail(name, "interrupted", 130)
+  except BrokenPipeError:  # `kbit ... | head`
+    sys.exit(0)
+  except Exception as e:  # every failure ends in one line; KBIT_TRACEBACK=1 for the stack
+    if os.environ.get("KBIT_TRACEBACK"):
+      raise
+    for kind, what in getattr(module, "ERRORS", ()):
+      if isinstance(e, kind):
+        _fail(name, f"{what}: {e}")
+    _fail(name, f"{type(e).__name__}: {e} (KBIT_TRACEBACK=1 shows the stack)")
 
 
 if __name__ == "__main__":

@@ -311,6 +311,6 @@ def test_cli_refuses_a_missing_import_before_any_work(tmp_path):
     timeout=300,
   )
   assert out.returncode == 1
-  assert "kbit: invalid config: 1 imported model(s) of the grid are missing" in out.stderr
+  assert "kbit grid: invalid config: 1 imported model(s) of the grid are missing" in out.stderr
   assert "kbit import --hf_dir" in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots, report, scaling, scaling_synthetic
+from kbit_jax.analysis import plots, report, scaling, scaling_synthetic, stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
@@ -110,18 +110,18 @@ def test_report_renders_with_missing_pieces(tmp_path):
   assert "figure fits skipped" in md and "acc_vs_bits.png" in md
 
 
-def test_report_main_without_records(tmp_path):
-  paths = report.report_main(str(tmp_path / "missing"), str(tmp_path / "out"))
+def test_stage_report_without_records(tmp_path):
+  paths = stage.report(str(tmp_path / "missing"), str(tmp_path / "out"))
   assert "No analysis could be made" in paths["md"].read_text()
   assert paths["html"].exists()
 
 
-def test_report_main_end_to_end(tmp_path):
+def test_stage_report_end_to_end(tmp_path):
   results_dir = str(tmp_path / "results")
   scaling_synthetic.write_store(
     results_dir,
     scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
   )
-  paths = report.report_main(results_dir, str(tmp_path / "report"), n_boot=4)
+  paths = stage.report(results_dir, str(tmp_path / "report"), n_boot=4)
   assert paths["md"].exists() and (tmp_path / "report" / "fits.json").exists()
   assert _is_png(tmp_path / "report" / "figures" / "acc_vs_bits.png")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, scaling_synthetic
+from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, scaling_synthetic, stage
 from kbit_jax.analysis.scaling_fit import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,14 +228,14 @@ def test_adapter_reads_a_written_store(tmp_path):
     scaling.cells_from_store(flat.drop(columns=["total_bits"]))
 
 
-def test_fit_main_writes_tables(tmp_path):
+def test_stage_fit_writes_tables(tmp_path):
   scaling_synthetic.write_store(
     str(tmp_path / "results"),
     scaling_synthetic.synthetic_records(
       sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)
     ),
   )
-  a = scaling.fit_main(str(tmp_path / "results"), str(tmp_path / "fit"), n_boot=5)
+  a = stage.fit(str(tmp_path / "results"), str(tmp_path / "fit"), n_boot=5)
   for name in ("fits.json", "params.csv", "extrapolation.csv", "bit_optimal.csv"):
     assert (tmp_path / "fit" / name).stat().st_size > 0
   params = pd.read_csv(tmp_path / "fit" / "params.csv")

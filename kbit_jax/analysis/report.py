@@ -1,7 +1,7 @@
 """The report of a results store: figures, fitted parameters with intervals, bit-optimal
 precision per budget, extrapolation errors and provenance, as `report.md` + `report.html`.
 
-    kbit report --results W/results --out W/report     # -> report_main(results_dir, out_dir)
+    kbit report --results W/results --out W/report     # -> stage.report(results_dir, out_dir)
 
 The report is built as a list of blocks (heading, paragraph, list, table, image) that
 render to Markdown and to a self-contained-enough HTML page (figures are linked PNGs
@@ -535,24 +535,4 @@ def render(
   paths = {"md": out / "report.md", "html": out / "report.html"}
   paths["md"].write_text(to_markdown(blocks))
   paths["html"].write_text(to_html(blocks))
-  return paths
-
-
-def report_main(
-  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> dict[str, epath.Path]:
-  """`kbit report --results DIR --out OUT`: fits, tables, figures and the report."""
-  try:
-    cells, issues = scaling.load_cells(results_dir)
-  except (ValueError, FileNotFoundError) as e:
-    paths = render(None, out_dir, error=str(e))
-    print(f"report: no analysis ({e}); wrote {paths['md']}")
-    return paths
-  a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  scaling.write_tables(a, out_dir)
-  all_cells = scaling_axes.load_all_cells(results_dir)
-  scaling_axes.write_tables(all_cells, out_dir)
-  paths = render(a, out_dir, all_cells=all_cells)
-  print(scaling.summary(a))
-  print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths

@@ -1,6 +1,6 @@
 """Scaling-fit stage: results store -> cells -> per-curve fits, bit-optimal k, precision law.
 
-    kbit fit --results W/results --out W/analysis      # -> fit_main(results_dir, out_dir)
+    kbit fit --results W/results --out W/analysis      # -> stage.fit(results_dir, out_dir)
     cells, issues = scaling.load_cells(results_dir)    # results.load + the column adapter
     analysis = scaling.analyse(cells, issues, n_boot=200)
 
@@ -677,20 +677,3 @@ def summary(a: Analysis) -> str:
         + ", ".join(f"{k} {n}x" for k, n in best.value_counts().items())
       )
   return "\n".join(lines)
-
-
-def fit_main(
-  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> Analysis:
-  """`kbit fit --results DIR`: fits every form the store allows; writes the tables, and
-  those of the probes, activation bits and N-D axes (scaling_axes)."""
-  from kbit_jax.analysis import scaling_axes  # (it imports us)
-
-  cells, issues = load_cells(results_dir)
-  a = analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  all_cells = scaling_axes.load_all_cells(results_dir)
-  paths = {**write_tables(a, out_dir), **scaling_axes.write_tables(all_cells, out_dir)}
-  print(summary(a))
-  print(scaling_axes.summary(all_cells))
-  print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
-  return a

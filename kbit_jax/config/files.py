@@ -55,3 +55,30 @@ def get_config(spec: str | pathlib.Path) -> ml_collections.ConfigDict:
   """`"configs/grid.py:runlocal"` -> that file's `get_config("runlocal")`, as --config."""
   path, _, arg = str(spec).partition(":")
   return load_module(path).get_config(arg or None)
+
+
+def override_error(args: list[str], error: Exception) -> str:
+  """One line for a `--config.<path>=value` override that names no key of the config: the
+  override, the section it reaches and the keys that section has."""
+  config_arg = None
+  for i, a in enumerate(args):
+    if a.startswith("--config="):
+      config_arg = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(args):
+      config_arg = args[i + 1]
+  overrides = [a.split("=", 1)[0][len("--config.") :] for a in args if a.startswith("--config.")]
+  if config_arg is None:
+    return f"--config overrides need --config first ({type(error).__name__}: {error})"
+  config = get_config(config_arg)
+  for override in overrides:
+    node, where = config, "the top level"
+    for key in override.split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"--config.{override}: {where} is a value, not a section"
+      if key not in node:
+        return (
+          f"--config.{override}: the config has no key {key!r} under {where}; "
+          f"allowed: {sorted(node.keys())}"
+        )
+      node, where = node[key], f"{where.replace('the top level', '')}.{key}".lstrip(".")
+  return f"--config overrides {overrides}: {type(error).__name__}: {error}"

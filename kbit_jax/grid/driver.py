@@ -548,3 +548,13 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
     cpu_seconds=cpu_seconds,
     compiles=grid_compiles,
   )
+
+
+def plan_and_run(
+  config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
+) -> dict[str, Any]:
+  """`kbit grid`: distributed set-up (when asked), the plan with every cell validated
+  (missing imports are an error unless `dry_run`), then `run`."""
+  initialize_distributed(config)  # before make_plan asks jax for the devices
+  plan = grid_plan.make_plan(config, require_imports=not dry_run)
+  return run(plan, workdir, dry_run)

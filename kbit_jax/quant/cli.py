@@ -3,7 +3,7 @@
   kbit codebook --dtype nf --bits 4 [--exponent_bits 0] [--json]
   kbit bits                              # total-bits table of every preset, k = 3, 4, 8
 
-`*_text` functions return the text; `*_main` print it (and return it).
+kbit_jax/commands/codebook.py and bits.py print them.
 """
 
 from __future__ import annotations
@@ -38,20 +38,3 @@ def bits_table_text(
     f"quantized tensors cost k + 16/B bits per parameter, the rest 16"
   )
   return title + "\n" + bits_lib.format_bits_table(table)
-
-
-def codebook_main(dtype: str, bits: int, exponent_bits: int = 0, as_json: bool = False) -> str:
-  text = codebook_text(dtype, bits, exponent_bits, as_json)
-  print(text)
-  return text
-
-
-def bits_table_main(
-  presets: Iterable[str] | None = None,
-  bits: Iterable[int] = (3, 4, 8),
-  blocksize: int = 64,
-  dtype: str = "int",
-) -> str:
-  text = bits_table_text(presets, bits, blocksize, dtype)
-  print(text)
-  return text

@@ -131,3 +131,12 @@ def format_report(r: dict) -> str:
     f"XLA's {r['flops_per_step'] / 1e12:.3g}"
     f"{', the scanned layers counted once' if r['scan_layers'] else ''}){verdict}"
   )
+
+
+def main(config, topology: str, num_devices: int) -> dict:
+  """`kbit compile_check`: fake devices for the target, compile, print the report."""
+  num_devices, hbm_gib = target(topology, num_devices)
+  fake_devices(num_devices)  # before jax starts its CPU backend
+  report = compile_check(config, num_devices, hbm_gib)
+  print(format_report(report))
+  return report

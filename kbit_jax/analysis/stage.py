@@ -1,0 +1,57 @@
+"""The analysis stage end to end, as `kbit fit` and `kbit report` run it.
+
+    stage.fit(results_dir, out_dir)       # fits and tables (fits.json, *.csv)
+    stage.report(results_dir, out_dir)    # the same, plus figures and report.md / .html
+
+Both read the store once, analyse the weights-only cells (scaling.analyse) and the extra
+axes (probes, activation bits, training tokens: scaling_axes), and write the tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etils import epath
+
+from kbit_jax.analysis import report as report_lib
+from kbit_jax.analysis import scaling, scaling_axes
+
+
+def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
+  cells, issues = scaling.load_cells(results_dir)
+  a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
+  return a, scaling_axes.load_all_cells(results_dir)
+
+
+def _write_tables(a: scaling.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
+  return {**scaling.write_tables(a, out_dir), **scaling_axes.write_tables(all_cells, out_dir)}
+
+
+def fit(
+  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> scaling.Analysis:
+  """`kbit fit`: fits every form the store allows; writes the tables, and those of the
+  probes, activation bits and N-D axes."""
+  a, all_cells = _analyse(results_dir, n_boot, level, seed)
+  paths = _write_tables(a, all_cells, out_dir)
+  print(scaling.summary(a))
+  print(scaling_axes.summary(all_cells))
+  print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
+  return a
+
+
+def report(
+  results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> dict[str, epath.Path]:
+  """`kbit report`: the fits and tables, figures and the report."""
+  try:
+    a, all_cells = _analyse(results_dir, n_boot, level, seed)
+  except (ValueError, FileNotFoundError) as e:
+    paths = report_lib.render(None, out_dir, error=str(e))
+    print(f"report: no analysis ({e}); wrote {paths['md']}")
+    return paths
+  _write_tables(a, all_cells, out_dir)
+  paths = report_lib.render(a, out_dir, all_cells=all_cells)
+  print(scaling.summary(a))
+  print(f"report: wrote {paths['md']} and {paths['html']}")
+  return paths

@@ -1,0 +1,21 @@
+"""Fits every scaling form a results store allows and writes the tables (no figures).
+
+kbit fit --results workdirs/local/grid/results --out workdirs/local/fit
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+FLAGS = flags.FlagValues()
+RESULTS = flags.DEFINE_string("results", None, "the grid's results directory", flag_values=FLAGS)
+OUT = flags.DEFINE_string("out", None, "where fits.json and the CSV tables go", flag_values=FLAGS)
+BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "bootstrap replicates", flag_values=FLAGS)
+REQUIRED = ("results", "out")
+ERRORS = ((FileNotFoundError, "invalid --results"), (ValueError, "cannot analyse"))
+
+
+def main() -> None:
+  from kbit_jax.analysis import stage
+
+  stage.fit(RESULTS.value, OUT.value, n_boot=BOOTSTRAP.value)

@@ -1,0 +1,23 @@
+"""Fits, figures (PNG + PDF) and the Markdown/HTML report of a results store.
+
+kbit report --results workdirs/local/grid/results --out workdirs/local/report
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+FLAGS = flags.FlagValues()
+RESULTS = flags.DEFINE_string("results", None, "the grid's results directory", flag_values=FLAGS)
+OUT = flags.DEFINE_string(
+  "out", None, "where report.md, report.html, figures/ and the tables go", flag_values=FLAGS
+)
+BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "bootstrap replicates", flag_values=FLAGS)
+REQUIRED = ("results", "out")
+ERRORS = ((FileNotFoundError, "invalid --results"), (ValueError, "cannot analyse"))
+
+
+def main() -> None:
+  from kbit_jax.analysis import stage
+
+  stage.report(RESULTS.value, OUT.value, n_boot=BOOTSTRAP.value)
