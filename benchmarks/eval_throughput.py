@@ -1,9 +1,9 @@
 """Evaluation throughput: log-likelihood scoring of the built-in tasks, and perplexity.
 
 One run, one preset (random init: throughput does not depend on the weights), one device:
-  tasks       `evaluate.loglikelihoods` on every request of the four built-in tasks
+  tasks       `scoring.loglikelihoods` on every request of the four built-in tasks
               (eval.items_per_task items each), bucketed, batch_size rows a call;
-  perplexity  `evaluate.perplexity` on the embedded corpus's validation split, rows of
+  perplexity  `perplexity.perplexity` on the embedded corpus's validation split, rows of
               data.seq_len tokens.
 Each is run once to compile, then timed over --rounds runs; the median is printed.
 tokens/s counts real (unpadded) input tokens; padded tokens/s counts every row position
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kbit_jax.config import defaults
-from kbit_jax.evals import evaluate, tasks
+from kbit_jax.evals import evaluate, perplexity, scoring, tasks
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import data
 
@@ -64,15 +64,15 @@ def main():
   pairs = [
     pair
     for task in tasks.TASKS
-    for item in tasks.load_task(task, eval_cfg)
+    for item in evaluate.load_task(task, eval_cfg)
     for pair in item.requests
   ]
-  requests = evaluate.encode_requests(tokenizer, pairs)
-  cap = evaluate.scoring_length(net)
-  batches = evaluate.pack_requests(requests, cap, args.batch)
+  requests = scoring.encode_requests(tokenizer, pairs)
+  cap = scoring.scoring_length(net)
+  batches = scoring.pack_requests(requests, cap, args.batch)
   real = sum(b.tokens for b in batches)
   padded = sum(b.inputs_BxL.size for b in batches)
-  seconds = _timed(lambda: evaluate.loglikelihoods(params, net, requests, args.batch), args.rounds)
+  seconds = _timed(lambda: scoring.loglikelihoods(params, net, requests, args.batch), args.rounds)
   print(
     f"tasks       {len(requests):6d} requests in {len(batches)} batches "
     f"(buckets {sorted({b.inputs_BxL.shape[1] for b in batches})}): {seconds:6.2f} s, "
@@ -86,7 +86,9 @@ def main():
   result = {}
 
   def run_ppl():
-    result.update(evaluate.perplexity(params, net, data_cfg, "validation", args.batch, max_batches))
+    result.update(
+      perplexity.perplexity(params, net, data_cfg, "validation", args.batch, max_batches)
+    )
 
   seconds = _timed(run_ppl, args.rounds)
   rows = -(-result["tokens"] // args.seq_len)

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.config import defaults
-from kbit_jax.evals import evaluate, tasks
+from kbit_jax.config import defaults, eval_section
+from kbit_jax.evals import evaluate, perplexity, scoring, tasks
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import data, loop
 
@@ -75,7 +75,7 @@ def test_loglikelihoods_are_exact_for_a_bigram_model():
     )
     for _ in range(23)
   ]
-  got = evaluate.loglikelihoods(params, net, requests, batch_size=4)
+  got = scoring.loglikelihoods(params, net, requests, batch_size=4)
   for (ctx, cont), (ll, greedy) in zip(requests, got):
     want_ll, want_greedy = _bigram_ll(params["table"], ctx, cont)
     assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
@@ -87,7 +87,7 @@ def test_greedy_match_is_token_for_token():
   table[np.arange(16), (np.arange(16) + 1) % 16] = 3.0  # greedy next token: t + 1
   params = {"table": table}
   requests = [([1, 2, 3], [4, 5, 6]), ([1, 2, 3], [4, 5, 7]), ([9], [10])]
-  got = evaluate.loglikelihoods(params, net, requests, batch_size=2)
+  got = scoring.loglikelihoods(params, net, requests, batch_size=2)
   assert [g for _, g in got] == [True, False, True]
   hit, miss = _log_softmax(table[0])[[1, 2]]
   assert got[0][0] == pytest.approx(3 * hit, abs=1e-5)
@@ -95,20 +95,20 @@ def test_greedy_match_is_token_for_token():
 
 
 def test_long_requests_are_left_truncated_like_lm_eval():
-  inputs, targets, n = evaluate._request_row(list(range(100, 110)), [1, 2, 3], cap=8)
+  inputs, targets, n = scoring._request_row(list(range(100, 110)), [1, 2, 3], cap=8)
   assert inputs == [104, 105, 106, 107, 108, 109, 1, 2]
   assert targets == [105, 106, 107, 108, 109, 1, 2, 3] and n == 3
   with pytest.raises(ValueError, match="continuation of 9 tokens does not fit"):
-    evaluate._request_row([1], list(range(9)), cap=8)
+    scoring._request_row([1], list(range(9)), cap=8)
   with pytest.raises(ValueError, match=">= 1 context"):
-    evaluate._request_row([], [1], cap=8)
+    scoring._request_row([], [1], cap=8)
 
 
 def test_buckets_and_batches():
-  assert evaluate.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
-  assert evaluate.bucket_lengths(100) == (16, 32, 64, 100)
-  assert evaluate.bucket_lengths(16) == (16,)
-  batches = evaluate._batches([5, 3, 0, 1, 2, 4], [64, 64, 64, 32, 16, 16], 2)
+  assert scoring.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
+  assert scoring.bucket_lengths(100) == (16, 32, 64, 100)
+  assert scoring.bucket_lengths(16) == (16,)
+  batches = scoring._batches([5, 3, 0, 1, 2, 4], [64, 64, 64, 32, 16, 16], 2)
   assert batches == [([5, 3], 64), ([0], 64), ([1], 32), ([2, 4], 16)]
 
 
@@ -116,12 +116,12 @@ def test_one_compile_per_bucket_and_new_params_reuse_it():
   net, params = _bigram(max_len=64, tag="compiles")
   rng = np.random.default_rng(2)
   requests = [([1] * int(n), [2, 3]) for n in rng.integers(1, 80, size=40)]
-  before = evaluate.score_rows._cache_size()
-  evaluate.loglikelihoods(params, net, requests, batch_size=4)
-  assert evaluate.score_rows._cache_size() - before == len(evaluate.bucket_lengths(64)) == 3
+  before = scoring.score_rows._cache_size()
+  scoring.loglikelihoods(params, net, requests, batch_size=4)
+  assert scoring.score_rows._cache_size() - before == len(scoring.bucket_lengths(64)) == 3
   _, other_params = _bigram(max_len=64, seed=5)  # a "quantized variant": same shapes
-  evaluate.loglikelihoods(other_params, net, requests, batch_size=4)
-  assert evaluate.score_rows._cache_size() - before == 3
+  scoring.loglikelihoods(other_params, net, requests, batch_size=4)
+  assert scoring.score_rows._cache_size() - before == 3
 
 
 def test_batched_scoring_equals_one_by_one_on_a_transformer():
@@ -136,10 +136,10 @@ def test_batched_scoring_equals_one_by_one_on_a_transformer():
     for total in (13, 70)
     for cont in (1, 3, 5)
   ]
-  got = evaluate.loglikelihoods(params, net, requests, batch_size=4, max_len=32)
+  got = scoring.loglikelihoods(params, net, requests, batch_size=4, max_len=32)
   apply = jax.jit(net.apply)
   for (ctx, cont), (ll, greedy) in zip(requests, got):
-    inputs, targets, n = evaluate._request_row(ctx, cont, 32)
+    inputs, targets, n = scoring._request_row(ctx, cont, 32)
     logits = np.asarray(apply({"params": params}, np.array([inputs])))[0, -n:]
     lp = _log_softmax(logits)[np.arange(n), targets[-n:]]
     assert ll == pytest.approx(lp.sum(), abs=1e-4)
@@ -148,13 +148,13 @@ def test_batched_scoring_equals_one_by_one_on_a_transformer():
 
 def test_encode_requests_follows_lm_eval():
   tok = data.load_tokenizer()
-  ((ctx, cont),) = evaluate.encode_requests(tok, [("And God said ", "Let there be light")])
+  ((ctx, cont),) = scoring.encode_requests(tok, [("And God said ", "Let there be light")])
   whole = tok.encode("And God said Let there be light")
   assert ctx == tok.encode("And God said") and ctx + cont == whole
-  ((ctx, cont),) = evaluate.encode_requests(tok, [("", " light")])
+  ((ctx, cont),) = scoring.encode_requests(tok, [("", " light")])
   assert ctx == [tok.eos_id] and cont == tok.encode(" light")
   with pytest.raises(ValueError, match="encodes to no tokens"):
-    evaluate.encode_requests(tok, [("abc", "")])
+    scoring.encode_requests(tok, [("abc", "")])
 
 
 # ----------------------------------------------------------------------------- tasks end to end
@@ -182,8 +182,8 @@ def test_lambada_and_winogrande_end_to_end(tmp_path):
   }
   (tmp_path / "dev.jsonl").write_text(json.dumps(wino) + "\n")
   reqs = {
-    t: evaluate.encode_requests(
-      tok, tasks.load_task(t, _eval_cfg(task_dir=str(tmp_path), tasks=t))[0].requests
+    t: scoring.encode_requests(
+      tok, evaluate.load_task(t, _eval_cfg(task_dir=str(tmp_path), tasks=t))[0].requests
     )
     for t in ("lambada", "winogrande")
   }
@@ -207,7 +207,7 @@ def test_lambada_and_winogrande_end_to_end(tmp_path):
   out = evaluate.evaluate_tasks({"table": table}, net, tok, cfg)
   assert out["lambada"]["acc"] == 0.5
   lls = [
-    _bigram_ll(table, *evaluate.encode_requests(tok, [r])[0])[0]
+    _bigram_ll(table, *scoring.encode_requests(tok, [r])[0])[0]
     for r in [tasks.lambada_item({"text": t}, "").requests[0] for t in texts]
   ]
   assert out["lambada"]["perplexity"] == pytest.approx(math.exp(-np.mean(lls)), rel=1e-5)
@@ -219,9 +219,9 @@ def test_builtin_tasks_run_with_bounded_compiles():
   net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   cfg = _eval_cfg(items_per_task=8, max_len=128, batch_size=16)
-  before = evaluate.score_rows._cache_size()
+  before = scoring.score_rows._cache_size()
   out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
-  assert evaluate.score_rows._cache_size() - before <= len(evaluate.bucket_lengths(128))
+  assert scoring.score_rows._cache_size() - before <= len(scoring.bucket_lengths(128))
   assert set(out) == set(tasks.TASKS) | {"mean"}
   for task in tasks.TASKS:
     assert out[task]["n"] == 8 and 0 <= out[task]["acc"] <= 1
@@ -237,7 +237,7 @@ def test_perplexity_is_exp_mean_nll_with_bytes_and_words_by_hand():
     [tok.eos_id] + tok.encode(docs[0]) + [tok.eos_id] + tok.encode(docs[1]) + [tok.eos_id], np.int32
   )
   net, params = _bigram(vocab=4096, tag="ppl")
-  got = evaluate.stream_perplexity(params, net, stream, tok, seq_len=4, batch_size=2)
+  got = perplexity.stream_perplexity(params, net, stream, tok, seq_len=4, batch_size=2)
   lp = _log_softmax(params["table"])
   nll = -sum(lp[a, b] for a, b in zip(stream[:-1], stream[1:]))
   n = len(stream) - 1
@@ -246,7 +246,7 @@ def test_perplexity_is_exp_mean_nll_with_bytes_and_words_by_hand():
   assert got["bytes"] == len(docs[0]) + len(docs[1]) and got["words"] == 5 + 5
   assert got["bits_per_byte"] == pytest.approx(nll / math.log(2) / got["bytes"], rel=1e-5)
   assert got["word_perplexity"] == pytest.approx(math.exp(nll / 10), rel=1e-5)
-  limited = evaluate.stream_perplexity(params, net, stream, tok, 4, 2, max_batches=1)
+  limited = perplexity.stream_perplexity(params, net, stream, tok, 4, 2, max_batches=1)
   assert limited["tokens"] == 8
 
 
@@ -255,11 +255,11 @@ def test_split_perplexity_matches_the_training_eval_loss():
   cfg.seq_len = 32
   net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-  got = evaluate.perplexity(params, net, cfg, "validation", batch_size=8, max_batches=2)
+  got = perplexity.perplexity(params, net, cfg, "validation", batch_size=8, max_batches=2)
   losses = [loop.eval_step(params, b, net=net) for b in data.eval_batches(cfg, "validation", 8, 2)]
   assert got["tokens"] == 2 * 8 * 32
   assert got["nll"] == pytest.approx(float(np.mean(losses)), abs=1e-5)
-  assert evaluate.nll_sums._cache_size() >= 1
+  assert perplexity.nll_sums._cache_size() >= 1
 
 
 def test_text_file_perplexity(tmp_path):
@@ -269,7 +269,7 @@ def test_text_file_perplexity(tmp_path):
   path = tmp_path / "t.txt"
   path.write_text(text)
   net, params = _bigram(vocab=4096, tag="text")
-  got = evaluate.text_file_perplexity(params, net, cfg, str(path), batch_size=4)
+  got = perplexity.text_file_perplexity(params, net, cfg, str(path), batch_size=4)
   tok = data.load_tokenizer()
   assert got["tokens"] == len(tok.encode(text)) + 1  # and the closing eos
   assert (got["bytes"], got["words"]) == (len(text.encode()), len(text.split()))
@@ -293,19 +293,19 @@ def test_text_file_perplexity(tmp_path):
 )
 def test_validate_names_key_value_and_allowed(overrides, message):
   with pytest.raises(ValueError, match=message):
-    evaluate.validate(_eval_cfg(**overrides), defaults.base_config().data)
+    eval_section.validate(_eval_cfg(**overrides), defaults.base_config().data)
 
 
 def test_validate_names_missing_task_files_and_keys(tmp_path):
   with pytest.raises(ValueError, match=f"piqa's file {tmp_path}/valid.jsonl does not exist"):
-    evaluate.validate(_eval_cfg(task_dir=str(tmp_path), tasks="piqa"))
+    eval_section.validate(_eval_cfg(task_dir=str(tmp_path), tasks="piqa"))
   cfg = _eval_cfg()
   del cfg["text_file"]
   with pytest.raises(ValueError, match="eval.text_file is missing"):
-    evaluate.validate(cfg)
+    eval_section.validate(cfg)
   net, params = _bigram(max_len=64)
   with pytest.raises(ValueError, match="eval.max_len=128 exceeds"):
-    evaluate.loglikelihoods(params, net, [([1], [2])], 4, max_len=128)
+    scoring.loglikelihoods(params, net, [([1], [2])], 4, max_len=128)
 
 
 def test_probes_end_to_end_with_tasks_and_bounded_compiles(tmp_path):
@@ -319,9 +319,9 @@ def test_probes_end_to_end_with_tasks_and_bounded_compiles(tmp_path):
   net, params = _bigram(vocab=4096, max_len=128)
   cfg = _eval_cfg(tasks="piqa", items_per_task=4, batch_size=16, max_len=128)
   cfg.update(dict(probes="1,2", probe_items=8, probe_file=str(probe_file), probe_threshold=0.5))
-  before = evaluate.score_rows._cache_size()
+  before = scoring.score_rows._cache_size()
   out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
-  assert evaluate.score_rows._cache_size() - before <= len(evaluate.bucket_lengths(128))
+  assert scoring.score_rows._cache_size() - before <= len(scoring.bucket_lengths(128))
   assert set(out) == {"piqa", "mean", "probe/k1", "probe/k2", "probe/file", "probe/summary"}
   assert out["mean"]["tasks"] == 1
   assert (out["probe/k2"]["n"], out["probe/k2"]["k"], out["probe/file"]["k"]) == (8, 2, 2)

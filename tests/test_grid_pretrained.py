@@ -35,7 +35,7 @@ from test_import_hf import EOS, VOCAB, _configs, save_tokenizer
 from kbit_jax.analysis import results
 from kbit_jax.config import files
 from kbit_jax.convert import importer
-from kbit_jax.evals import evaluate
+from kbit_jax.evals import perplexity
 from kbit_jax.grid import driver
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
@@ -143,7 +143,7 @@ def _records(workdir):
 
 
 def _torch_perplexity(m, run, eval_cfg):
-  """transformers' perplexity on the rows evaluate.perplexity scores: the first
+  """transformers' perplexity on the rows perplexity.perplexity scores: the first
   ppl_max_batches x batch_size rows of seq_len next-token predictions."""
   stream_T = data.token_stream(run.config.data, eval_cfg.ppl_split)
   rows, L = eval_cfg.ppl_max_batches * eval_cfg.batch_size, run.config.data.seq_len
@@ -161,7 +161,7 @@ def _direct_ppl(run, spec, eval_cfg):
   )
   quantized = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
   net = transformer.Transformer(run.architecture)
-  return evaluate.perplexity(
+  return perplexity.perplexity(
     quantized,
     net,
     run.config.data,

@@ -35,7 +35,7 @@ tokenizers = pytest.importorskip("tokenizers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from kbit_jax.convert import families, importer, tokenizer
-from kbit_jax.evals import evaluate
+from kbit_jax.evals import perplexity
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant.spec import QuantSpec
@@ -197,7 +197,7 @@ def test_logits_and_perplexity_equal_transformers(hf_root, name):
 
   tok = tokenizer.load_hf_tokenizer(str(root / name))
   stream_T = np.array(tok.encode(TEXT)[:33], np.int32)
-  ppl = evaluate.stream_perplexity(params, net, stream_T, tok, seq_len=32, batch_size=1)
+  ppl = perplexity.stream_perplexity(params, net, stream_T, tok, seq_len=32, batch_size=1)
   with torch.no_grad():
     ids = torch.tensor(stream_T[None].astype(np.int64))
     ref_ppl = float(torch.exp(models[name](ids, labels=ids).loss))
@@ -208,7 +208,7 @@ def test_logits_and_perplexity_equal_transformers(hf_root, name):
   # with it on the new architecture switches (every attn/mlp matmul takes dot_general_cls)
   spec = QuantSpec(bits=4, dtype="nf", blocksize=64)
   quantized = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
-  q_ppl = evaluate.stream_perplexity(quantized, net, stream_T, tok, seq_len=32, batch_size=1)[
+  q_ppl = perplexity.stream_perplexity(quantized, net, stream_T, tok, seq_len=32, batch_size=1)[
     "perplexity"
   ]
   assert np.isfinite(q_ppl) and q_ppl != ppl["perplexity"]

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kbit_jax.evals import evaluate, probes, tasks
+from kbit_jax.config import eval_section
+from kbit_jax.evals import probes, tasks
 
 
 def _items(num_options, labels):
@@ -151,7 +152,7 @@ def test_probe_file_errors_name_file_and_line(tmp_path, record, message):
   with pytest.raises(ValueError, match=f"{path}:3: {message}"):
     probes.load_file(path)
   with pytest.raises(ValueError, match=f"{path}:3: {message}"):
-    evaluate.validate(_eval_cfg(probe_file=path))
+    eval_section.validate(_eval_cfg(probe_file=path))
 
 
 @pytest.mark.parametrize(
@@ -168,13 +169,15 @@ def test_probe_file_errors_name_file_and_line(tmp_path, record, message):
 )
 def test_bad_probe_config_is_named(overrides, message):
   with pytest.raises(ValueError, match=message):
-    evaluate.validate(_eval_cfg(**overrides))
+    eval_section.validate(_eval_cfg(**overrides))
 
 
 def test_sections_without_probe_keys_keep_their_fingerprint():
   old = _eval_cfg(probe_items=64)
-  for key in evaluate.EVAL_DEFAULTS:
+  for key in eval_section.EVAL_DEFAULTS:
     del old[key]
-  evaluate.validate(old)
-  assert evaluate.fingerprint_dict(old) == evaluate.fingerprint_dict(_eval_cfg(probe_items=64))
-  assert evaluate.fingerprint_dict(_eval_cfg(probes="1")) != evaluate.fingerprint_dict(old)
+  eval_section.validate(old)
+  assert eval_section.fingerprint_dict(old) == eval_section.fingerprint_dict(
+    _eval_cfg(probe_items=64)
+  )
+  assert eval_section.fingerprint_dict(_eval_cfg(probes="1")) != eval_section.fingerprint_dict(old)

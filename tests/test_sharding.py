@@ -89,7 +89,7 @@ def test_sharded_gradients_match_single_device(rules, scan_layers):
 
   def loss_fn(params, batch):
     logits = trainer.net.apply({"params": params}, batch["inputs"])
-    return loop.cross_entropy(logits, batch["targets"])
+    return loop.mean_nll(logits, batch["targets"])
 
   grad_fn = jax.jit(jax.value_and_grad(loss_fn))
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainer.rules):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kbit_jax.config import defaults
-from kbit_jax.evals import tasks
+from kbit_jax.evals import builtin_tasks, evaluate, tasks
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
@@ -96,8 +96,10 @@ def test_winogrande_partial_contexts_share_the_continuation(tmp_path):
 def test_items_per_task_limits_file_records(tmp_path):
   _write_jsonl(tmp_path / "lambada_test.jsonl", [{"text": f"a b{i}"} for i in range(5)])
   cfg = _eval_cfg(task_dir=str(tmp_path), items_per_task=3)
-  assert len(tasks.load_task("lambada", cfg)) == 3
-  assert len(tasks.load_task("lambada", _eval_cfg(task_dir=str(tmp_path), items_per_task=0))) == 5
+  assert len(evaluate.load_task("lambada", cfg)) == 3
+  assert (
+    len(evaluate.load_task("lambada", _eval_cfg(task_dir=str(tmp_path), items_per_task=0))) == 5
+  )
 
 
 # ----------------------------------------------------------------------------- errors
@@ -170,7 +172,7 @@ def test_piqa_label_file_errors(tmp_path):
 
 def test_unknown_task_is_named():
   with pytest.raises(ValueError, match=r"task 'arc' is unknown; allowed: \['lambada'"):
-    tasks.load_task("arc", _eval_cfg())
+    evaluate.load_task("arc", _eval_cfg())
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -230,13 +232,13 @@ def test_stderr_and_mean_accuracy():
 
 @pytest.fixture(scope="module")
 def builtin():
-  return {t: tasks.builtin_records(t, 40, seed=0) for t in tasks.TASKS}
+  return {t: builtin_tasks.builtin_records(t, 40, seed=0) for t in tasks.TASKS}
 
 
 def test_builtin_tasks_are_deterministic_and_seeded(builtin):
   for task in tasks.TASKS:
-    assert tasks.builtin_records(task, 40, seed=0) == builtin[task]
-    assert tasks.builtin_records(task, 40, seed=1) != builtin[task]
+    assert builtin_tasks.builtin_records(task, 40, seed=0) == builtin[task]
+    assert builtin_tasks.builtin_records(task, 40, seed=1) != builtin[task]
 
 
 def test_builtin_labels_are_balanced(builtin):
@@ -262,7 +264,7 @@ def test_builtin_items_are_what_they_claim(builtin):
     for r in builtin[task]:
       choices = r[key] if key else [r["sol1"], r["sol2"]]
       assert len(set(choices)) == len(choices)
-  items = {t: tasks.load_task(t, _eval_cfg(items_per_task=40)) for t in tasks.TASKS}
+  items = {t: evaluate.load_task(t, _eval_cfg(items_per_task=40)) for t in tasks.TASKS}
   assert [len(v) for v in items.values()] == [40] * 4
   assert items["hellaswag"][0].requests[0][0].startswith("Passage: ")
   assert items["piqa"][0].requests[0][0].startswith("Question: ")
@@ -279,4 +281,4 @@ def test_builtin_items_come_from_the_test_split_only(builtin):
 
 def test_too_many_builtin_items_is_an_error():
   with pytest.raises(ValueError, match=r"eval.items_per_task=100000 but .* offers only \d+"):
-    tasks.builtin_records("lambada", 100_000, seed=0)
+    builtin_tasks.builtin_records("lambada", 100_000, seed=0)

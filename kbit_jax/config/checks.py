@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax.config import defaults
+from kbit_jax.config import defaults, eval_section
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import sharding
 
@@ -86,12 +86,11 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
     raise ValueError(
       f"mesh.rules={config.mesh.rules!r} is unknown; allowed: {sorted(sharding.RULE_SETS)}"
     )
-  from kbit_jax.evals import evaluate
   from kbit_jax.quant import spec as quant_spec
   from kbit_jax.train import data
 
   data.validate(config.data)
-  evaluate.validate(config.eval, config.data)
+  eval_section.validate(config.eval, config.data)
   quant_spec.QuantSpec.from_config(config.quant)
 
 

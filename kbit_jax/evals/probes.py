@@ -2,7 +2,7 @@
 
 A question with 2^k equally likely answers carries k bits. A probe item is a context and
 2^k options, one of them right; the model scores each option by its summed
-log-likelihood (evaluate.loglikelihoods), P(option | context) = softmax over the options,
+log-likelihood (scoring.loglikelihoods), P(option | context) = softmax over the options,
 and the probe reports how much of the k bits the model recovers:
 
     information (bits) = k - H(answer | model),  H = mean over items of -log2 P(right option)
@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax.evals import tasks
+from kbit_jax.evals import builtin_tasks, tasks
 
 PROBE_BITS = tuple(range(1, 7))
 SEED_OFFSET = 100  # rng stream of probe k: [task_seed, SEED_OFFSET + k]
@@ -89,17 +89,21 @@ def builtin_items(k: int, n: int, seed: int) -> list[tasks.Item]:
   if k not in PROBE_BITS:
     raise ValueError(f"probe k={k} is out of range; allowed: {list(PROBE_BITS)}")
   rng = np.random.default_rng([seed, SEED_OFFSET + k])
-  pool = tasks.continuation_candidates(tasks.documents(), CONTEXT_WORDS, split_sentence=False)
+  pool = builtin_tasks.continuation_candidates(
+    builtin_tasks.documents(), CONTEXT_WORDS, split_sentence=False
+  )
   num = 2**k
   if len({doc for doc, _, _ in pool}) < 2 or len(pool) < num + n:
     raise ValueError(
-      f"eval.probe_items={n} at k={k} but the corpus's {tasks.BUILTIN_SPLIT} "
+      f"eval.probe_items={n} at k={k} but the corpus's {builtin_tasks.BUILTIN_SPLIT} "
       f"split offers only {len(pool)} passages"
     )
   items = []
-  for i, (doc, context, sentence) in enumerate(tasks.sample(pool, n, rng, probe_name(k))):
+  for i, (doc, context, sentence) in enumerate(builtin_tasks.sample(pool, n, rng, probe_name(k))):
     label = i % num
-    contexts = tasks.with_label(context, length_matched(pool, doc, context, num - 1, rng), label)
+    contexts = builtin_tasks.with_label(
+      context, length_matched(pool, doc, context, num - 1, rng), label
+    )
     items.append(
       tasks.Item(
         requests=tuple((c, " " + sentence) for c in contexts),

@@ -42,8 +42,8 @@ import jax
 import ml_collections
 
 from kbit_jax.analysis import results
-from kbit_jax.config import checks
-from kbit_jax.evals import evaluate
+from kbit_jax.config import checks, eval_section
+from kbit_jax.evals import evaluate, scoring
 from kbit_jax.model import flops, presets
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
@@ -240,7 +240,7 @@ def model_config(
 
 def eval_id(config: ml_collections.ConfigDict) -> str:
   """Fingerprint of the evaluation settings (part of every cell key)."""
-  return results.cell_id(evaluate.fingerprint_dict(config.eval))[:8]
+  return results.cell_id(eval_section.fingerprint_dict(config.eval))[:8]
 
 
 def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
@@ -418,7 +418,7 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
   if empty:
     raise ValueError(f"the grid has no cells: {', '.join(empty)} is empty")
   try:
-    evaluate.validate(config.eval, config.base.data)
+    eval_section.validate(config.eval, config.base.data)
   except ValueError as e:
     raise ValueError(f"grid eval section: {e}") from None
   fingerprint = eval_id(config)
@@ -460,7 +460,7 @@ def _request_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 def _request_lengths(pairs: list[tuple[str, str]], tokenizer: str) -> list[int]:
   """Tokens of each request (context + continuation) under `tokenizer` (data.tokenizer)."""
   tok = data.load_tokenizer(tokenizer)
-  return [len(c) + len(x) for c, x in evaluate.encode_requests(tok, pairs)]
+  return [len(c) + len(x) for c, x in scoring.encode_requests(tok, pairs)]
 
 
 def _ppl_tokens(config: ml_collections.ConfigDict, run_cfg: ml_collections.ConfigDict) -> int:

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from kbit_jax.model.presets import Preset
 
@@ -338,3 +339,12 @@ class Transformer(nn.Module):
     return nn.with_logical_constraint(
       logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab")
     )
+
+
+def next_token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """nll_BxL: each target token's negative log-likelihood in nats, float32: optax's softmax
+  cross-entropy, logsumexp(logits) - logit[target], which forms no B x L x V log-probs. The
+  one NLL of training, scoring and perplexity."""
+  return optax.losses.softmax_cross_entropy_with_integer_labels(
+    logits_BxLxV.astype(jnp.float32), targets_BxL
+  )

@@ -106,11 +106,9 @@ def init_state_fn(net: transformer.Transformer, tx: optax.GradientTransformation
   return init
 
 
-def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-  """Mean next-token negative log-likelihood in nats."""
-  logprobs_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-  nll_BxL = -jnp.take_along_axis(logprobs_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  return nll_BxL.mean()
+def mean_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """The training loss: mean next-token negative log-likelihood in nats."""
+  return transformer.next_token_nll(logits_BxLxV, targets_BxL).mean()
 
 
 def train_step(
@@ -122,7 +120,7 @@ def train_step(
   schedule: optax.Schedule,
 ):
   def loss_fn(params):
-    return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
+    return mean_nll(net.apply({"params": params}, batch["inputs"]), batch["targets"])
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -134,7 +132,7 @@ def train_step(
 def eval_step(
   params: Any, batch: dict[str, jax.Array], *, net: transformer.Transformer
 ) -> jax.Array:
-  return cross_entropy(net.apply({"params": params}, batch["inputs"]), batch["targets"])
+  return mean_nll(net.apply({"params": params}, batch["inputs"]), batch["targets"])
 
 
 class Trainer:

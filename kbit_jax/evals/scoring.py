@@ -1,0 +1,208 @@
+"""Batched log-likelihood scoring of (context, continuation) requests, as lm-eval does it.
+
+    requests = scoring.encode_requests(tokenizer, [(context, continuation), ...])
+    results = scoring.loglikelihoods(params, net, requests, batch_size)  # [(ll, greedy)]
+
+Zero-shot tasks (tasks.py) and k-bit probes (probes.py) reduce to log-likelihood requests
+(context tokens, continuation tokens), scored as lm-eval's `_loglikelihood_tokens` does:
+context + continuation, left-truncated to the last max_len + 1 tokens, the model run on all
+but the last token; the result is the summed log-probability of the continuation and
+whether greedy decoding reproduces it.
+
+Compiles are bounded: rows are padded into fixed shapes (batch_size x bucket, buckets are
+powers of two from 16 up to max_len) and the parameters are arguments of the jitted
+function, never constants in it, so every quantized variant of a model (same shapes and
+net) reuses the same executables: at most one per bucket. The last batch of a shape is
+padded with rows of weight 0.
+
+Shape suffixes: B batch, L length, V vocab.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from kbit_jax.model import transformer
+from kbit_jax.train import data
+
+MIN_BUCKET = 16
+
+
+LOG_EVERY = 50  # batches between progress lines
+
+
+Request = tuple[Sequence[int], Sequence[int]]  # (context tokens, continuation tokens)
+
+
+def scoring_length(net: transformer.Transformer, max_len: int = 0) -> int:
+  """The longest sequence scored: `max_len`, or the model's when 0."""
+  cap = max_len or net.p.max_len
+  if net.p.positions == "learned" and cap > net.p.max_len:
+    raise ValueError(
+      f"eval.max_len={max_len} exceeds the model's learned positions (max_len={net.p.max_len})"
+    )
+  return cap
+
+
+def bucket_lengths(cap: int) -> tuple[int, ...]:
+  """Padded row lengths: powers of two from MIN_BUCKET, and `cap` itself."""
+  out, length = [], MIN_BUCKET
+  while length < cap:
+    out.append(length)
+    length *= 2
+  return tuple(out) + (cap,)
+
+
+def encode_requests(tokenizer: data.Tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Request]:
+  """(context, continuation) strings -> token ids, as lm-eval's `_encode_pair`.
+
+  Trailing spaces of the context move to the continuation; the continuation's ids are
+  those of context + continuation after the context's own ids; an empty context becomes
+  [eos] (the document boundary the models are trained on).
+  """
+  contexts, wholes = [], []
+  for context, continuation in pairs:
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+      context, continuation = context[:-spaces], context[-spaces:] + continuation
+    contexts.append(context)
+    wholes.append(context + continuation)
+  requests = []
+  for context, whole, ctx_ids, whole_ids in zip(
+    contexts, wholes, tokenizer.encode_batch(contexts), tokenizer.encode_batch(wholes)
+  ):
+    cont_ids = whole_ids[len(ctx_ids) :]
+    if not cont_ids:
+      raise ValueError(f"the continuation of {whole!r} after {context!r} encodes to no tokens")
+    requests.append((ctx_ids if context else [tokenizer.eos_id], cont_ids))
+  return requests
+
+
+def _score_rows(
+  params: Any,
+  inputs_BxL: jax.Array,
+  targets_BxL: jax.Array,
+  mask_BxL: jax.Array,
+  *,
+  net: transformer.Transformer,
+):
+  """Per row: summed log-prob of the masked targets, and whether each is the argmax.
+
+  "Is the argmax" is tested as target logit >= max logit: it differs from lm-eval's
+  `argmax == target` only on exact ties, and XLA:CPU's argmax over V made scoring ~3x
+  slower. No B x L x V log-prob array is formed (transformer.next_token_nll).
+  """
+  logits_BxLxV = net.apply({"params": params}, inputs_BxL)
+  nll_BxL = transformer.next_token_nll(logits_BxLxV, targets_BxL)
+  ll_B = jnp.sum(jnp.where(mask_BxL, -nll_BxL, 0.0), axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  hit_BxL = target_logit_BxL >= jnp.max(logits_BxLxV, axis=-1)
+  return ll_B, jnp.all(hit_BxL | ~mask_BxL, axis=-1)
+
+
+score_rows = jax.jit(_score_rows, static_argnames="net")
+
+
+def _request_row(
+  context: Sequence[int], continuation: Sequence[int], cap: int
+) -> tuple[list[int], list[int], int]:
+  """(inputs, targets, continuation length) of one request, left-truncated to `cap`."""
+  if not context or not continuation:
+    raise ValueError(
+      f"a request needs >= 1 context and >= 1 continuation token; got "
+      f"{len(context)} and {len(continuation)}"
+    )
+  if len(continuation) > cap:
+    raise ValueError(
+      f"a continuation of {len(continuation)} tokens does not fit the "
+      f"scoring length {cap} (eval.max_len or the model's max_len)"
+    )
+  whole = (list(context) + list(continuation))[-(cap + 1) :]
+  return whole[:-1], whole[1:], len(continuation)
+
+
+def _batches(
+  order: list[int], bucket_of: list[int], batch_size: int
+) -> list[tuple[list[int], int]]:
+  """Consecutive runs of one bucket, cut into batches of at most batch_size rows."""
+  batches, start = [], 0
+  while start < len(order):
+    end = start
+    while end < len(order) and end - start < batch_size and bucket_of[end] == bucket_of[start]:
+      end += 1
+    batches.append((order[start:end], bucket_of[start]))
+    start = end
+  return batches
+
+
+class ScoringBatch(NamedTuple):
+  """One call of `score_rows`: which requests fill its rows, and the padded arrays."""
+
+  requests: list[int]  # request indices of the first len(requests) rows
+  inputs_BxL: np.ndarray
+  targets_BxL: np.ndarray
+  mask_BxL: np.ndarray  # True at the continuation's targets
+  tokens: int  # unpadded input tokens
+
+
+def pack_requests(requests: Sequence[Request], cap: int, batch_size: int) -> list[ScoringBatch]:
+  """Requests -> fixed-shape batches: longest first (an out-of-memory shows at once, as
+  in lm-eval), each batch one bucket long, padded rows all-zero with an empty mask."""
+  buckets = bucket_lengths(cap)
+  rows = [_request_row(c, x, cap) for c, x in requests]
+  order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
+  bucket_of = [buckets[int(np.searchsorted(buckets, len(rows[i][0])))] for i in order]
+  out = []
+  for chunk, length in _batches(order, bucket_of, batch_size):
+    inputs_BxL = np.zeros((batch_size, length), np.int32)
+    targets_BxL = np.zeros((batch_size, length), np.int32)
+    mask_BxL = np.zeros((batch_size, length), bool)
+    for b, i in enumerate(chunk):
+      inputs, targets, cont_len = rows[i]
+      inputs_BxL[b, : len(inputs)], targets_BxL[b, : len(targets)] = inputs, targets
+      mask_BxL[b, len(targets) - cont_len : len(targets)] = True
+    out.append(
+      ScoringBatch(chunk, inputs_BxL, targets_BxL, mask_BxL, sum(len(rows[i][0]) for i in chunk))
+    )
+  return out
+
+
+def loglikelihoods(
+  params: Any,
+  net: transformer.Transformer,
+  requests: Sequence[Request],
+  batch_size: int,
+  max_len: int = 0,
+) -> list[tuple[float, bool]]:
+  """(sum of continuation log-probs in nats, is_greedy) per request, in request order.
+
+  `max_len` (0: the model's) caps each request's length, its context left-truncated.
+  One compile per bucket length used; outputs are fetched once, at the end, so the host
+  never waits on the device except for a progress line every LOG_EVERY batches.
+  """
+  batches = pack_requests(requests, scoring_length(net, max_len), batch_size)
+  pending, t0, tokens = [], time.perf_counter(), 0
+  for n, batch in enumerate(batches, start=1):
+    pending.append(score_rows(params, batch.inputs_BxL, batch.targets_BxL, batch.mask_BxL, net=net))
+    tokens += batch.tokens
+    if n % LOG_EVERY == 0 or n == len(batches):
+      jax.block_until_ready(pending[-1])
+      seconds = time.perf_counter() - t0
+      logging.info(
+        "log-likelihoods: batch %d/%d, %.0f tokens/s, ETA %.0f s",
+        n,
+        len(batches),
+        tokens / seconds,
+        seconds * (len(batches) / n - 1),
+      )
+  results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+  for batch, (ll_B, greedy_B) in zip(batches, jax.device_get(pending)):
+    for b, i in enumerate(batch.requests):
+      results[i] = (float(ll_B[b]), bool(greedy_B[b]))
+  return results
