@@ -193,39 +193,32 @@ def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
 
 
 def format_memory_table(config: ml_collections.ConfigDict, rows: list[dict]) -> str:
-  g, limit = config.grid, config.pretrained.device_gib
+  import pandas as pd
+
+  g, limit, mesh = config.grid, config.pretrained.device_gib, config.base.mesh
   ks = [k for k in g.bits if k < 16]
-  header = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks], "grid eval"] + (
-    [f"fits {limit:g}"] if limit else []
-  )
-  lines = []
-  for r in rows:
-    # grid.py evaluates by fake quantization: the float32 params and a float32 copy
-    evaluation = 2 * r["f32"]
-    cells = [
-      r["size"],
-      f"{r['params']:,}",
-      f"{r['f32']:.2f}",
-      f"{r['b16']:.2f}",
-      *[f"{r[f'k{k}']:.2f}" for k in ks],
-      f"{evaluation:.2f}",
+  table = pd.DataFrame(rows).drop(columns="devices")
+  table.columns = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks]]
+  # The grid evaluates by fake quantization: the float32 params and a float32 copy.
+  table["grid eval"] = 2 * table["f32 GiB"]
+  if limit:
+    table[f"fits {limit:g}"] = [
+      "yes" if e <= limit else "16-bit" if b <= limit else "no"
+      for e, b in zip(table["grid eval"], table["16-bit"])
     ]
-    if limit:
-      cells.append("yes" if evaluation <= limit else "16-bit" if r["b16"] <= limit else "no")
-    lines.append(cells)
-  widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-
-  def fmt(cells):
-    return "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-
-  mesh = config.base.mesh
   title = (
     f"# GiB of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
     f"{mesh.fsdp * mesh.tensor} devices; k-bit: dtype={g.dtypes[0]}, "
     f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; grid eval = "
     "float32 params + float32 fake-quantized copy (activations not included)"
   )
-  return "\n".join([title, fmt(header), "-" * len(fmt(header))] + [fmt(c) for c in lines])
+  return (
+    title
+    + "\n"
+    + table.to_string(
+      index=False, float_format="{:.2f}".format, formatters={"params": "{:,}".format}
+    )
+  )
 
 
 def print_memory_table(arg: str | None = None) -> str:
