@@ -11,18 +11,17 @@ post-training and evaluated. The checkpoints are downloaded beforehand and impor
     python configs/grid_pretrained.py fsdp=8,tensor=1            # memory per device table
     python configs/grid_pretrained.py fsdp=8,families=opt,max_params=7e9,device_gib=80
 
-Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command
-line, where "," separates arguments: families=opt+pythia), `max_params` (sizes up
-to this many parameters; 0 = all), `runlocal` (the smallest model of each
-family, cheap evaluation: a CPU run), `fsdp`,
-`tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark what fits),
-`hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's deduped
-runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see evaluate.py;
-'' = the built-in tasks made from the embedded corpus).
+Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command line,
+where "," separates arguments: families=opt+pythia), `max_params` (sizes up to this many
+parameters; 0 = all), `runlocal` (the smallest model of each family, cheap evaluation: a CPU
+run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark
+what fits), `hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's
+deduped runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see
+kbit_jax/evals/tasks.py; '' = the built-in tasks made from the embedded corpus).
 
 Sections follow configs/grid.py (`grid`, `base`, `per_size`, `eval`), so
 `grid_plan.make_plan` expands and validates the cells; the sizes are the pretrained
-presets of kbit_jax/presets.py. `pretrained` says where each size's checkpoint comes
+presets of kbit_jax/model/presets.py. `pretrained` says where each size's checkpoint comes
 from: `repos` ((size, hub id) pairs), downloaded to `hf_root/<size>`, imported to
 `import_root/<size>`. With it `kbit grid` trains nothing (`per_size` and the `train`
 keys of `base` are unused; W/models/ stays empty): each size is restored from
@@ -33,7 +32,7 @@ tokenizer (`data.tokenizer` = the import dir, for perplexity and the tasks). Rec
 name the hub id (key `hub_id`) and the import dir; cells are named by size ("opt-125m
 k4 int B64 p0"). `--dry_run` lists missing imports with the commands that create them;
 without it a missing import stops the grid before any work, naming the size, the path
-and the `kbit import` command (grid_plan.py).
+and the `kbit import` command (kbit_jax/grid/plan.py).
 
 quant.targets "attn,mlp": every linear layer of the blocks, as the study; the token
 embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head stay

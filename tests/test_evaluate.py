@@ -63,7 +63,7 @@ def _bigram_ll(table, context, continuation):
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
-  """The default `eval` section (configs/common.py), smaller for tests."""
+  """The default `eval` section (config/defaults.py), smaller for tests."""
   cfg = defaults.base_config().eval
   cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg

@@ -349,7 +349,7 @@ def _grid_command(workdir):
 
 @pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
-  """Killed after some cells (the trained model is copied: train.py's own resume is
+  """Killed after some cells (the trained model is copied: train/loop.py's own resume is
   tests/test_resume.py's job), rerun: the same records as the in-process run."""
   plan, workdir, _ = tiny_run
   shutil.copytree(os.path.join(workdir, "models"), tmp_path / "models")

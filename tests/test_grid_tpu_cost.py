@@ -1,4 +1,4 @@
-"""TPU chip-hours and dollars of a grid from its dry run's FLOPs (kbit_jax/tpu_cost.py)."""
+"""TPU chip-hours and dollars of a grid from its dry run's FLOPs (kbit_jax/grid/tpu_cost.py)."""
 
 import pathlib
 import types

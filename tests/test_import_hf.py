@@ -200,9 +200,7 @@ def _torch_fake_quant(model, spec: QuantSpec):
     w = module.weight.detach().numpy()
     w = w.T if isinstance(module, Conv1D) else w
     w = np.asarray(blockwise.fake_quant(jnp.asarray(w), codebook, spec.blocksize))
-    module.weight.data = torch.from_numpy(
-      np.ascontiguousarray(w.T if isinstance(module, Conv1D) else w)
-    )
+    module.weight.data = torch.from_numpy(np.array(w.T if isinstance(module, Conv1D) else w))
   return quantized
 
 

@@ -59,7 +59,7 @@ def eval_mesh(mesh_cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     raise ValueError(
       f"evaluation needs mesh.fsdp x mesh.tensor = {cfg.fsdp} x {cfg.tensor} "
       f"devices: at most the {len(local)} of one process or all "
-      f"{jax.device_count()} of the {jax.process_count()} processes (grid.py)"
+      f"{jax.device_count()} of the {jax.process_count()} processes (grid/multihost.py)"
     )
   return sharding.make_mesh(cfg, devices)
 

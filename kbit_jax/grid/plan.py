@@ -83,7 +83,7 @@ class Cell:
 
   @property
   def layout(self) -> tuple:
-    """What the compiled quantizer depends on besides the codebook (see grid.py)."""
+    """What the compiled quantizer depends on besides the codebook (see evaluator.py)."""
     s = self.spec
     return (s.blocksize, s.outlier_share, s.centered, s.double_quant, s.targets)
 
@@ -268,7 +268,7 @@ def _model_run(
     if source and size not in presets.PRESETS:
       raise ValueError(
         f"{source.missing_message()}; planning it needs the import "
-        f"({size!r} is no preset of kbit_jax/presets.py)"
+        f"({size!r} is no preset of kbit_jax/model/presets.py)"
       )
     _check_devices(run.config, run.name)  # a missing import: the table preset's shapes
     return run

@@ -37,7 +37,7 @@ class Pretrained:
   import_dir: str  # pretrained.import_root/<size> (absolute)
   hf_dir: str  # pretrained.hf_root/<size>: the download the import reads
   family: str = ""  # from the import's architecture.json
-  table_preset: str = ""  # the kbit_jax/presets.py entry the import equals, or ""
+  table_preset: str = ""  # the kbit_jax/model/presets.py entry the import equals, or ""
 
   @property
   def present(self) -> bool:
