@@ -221,11 +221,13 @@ def test_bad_awq_arguments():
 
 
 def test_scaled_dtype_and_kept_rows():
-  w = _weights().astype(jnp.bfloat16)
+  w, c_N = _weights(), jnp.linspace(0.5, 2.0, N)
   keep = jnp.zeros(K, bool).at[jnp.array([1, 99])].set(True)
   s_K = awq.candidate_scales(_stats(_inputs()).mean_abs_K)[10]
-  got = awq.fake_quant_scaled(w, QuantSpec(bits=3), s_K, jnp.ones(N), keep)
-  assert got.dtype == jnp.bfloat16
+  got = awq.fake_quant_scaled(w, QuantSpec(bits=3), s_K, c_N, keep)
+  # Kept rows are the float weights bit for bit, not w * s / c * c / s.
   np.testing.assert_array_equal(np.asarray(got[keep]), np.asarray(w[keep]))
   assert not np.array_equal(np.asarray(got[~keep]), np.asarray(w[~keep]))
+  half = awq.fake_quant_scaled(w.astype(jnp.bfloat16), QuantSpec(bits=3), s_K, c_N, keep)
+  assert half.dtype == jnp.bfloat16
 

@@ -26,14 +26,15 @@ def _setup(preset):
   return model, params, tokens
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _captured_inputs(model, params, tokens_BxL):
   """Every nn.Dense's input of one float forward pass, by kernel name, as (tokens, K)."""
   inputs = {}
 
   def capture(next_fun, args, kwargs, context):
     if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-      x = np.asarray(args[0], np.float64)
-      inputs[tuple(context.module.path) + ("kernel",)] = x.reshape(-1, x.shape[-1])
+      x = args[0]
+      inputs["/".join(context.module.path)] = x.reshape(-1, x.shape[-1])
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(capture):
@@ -49,8 +50,8 @@ def test_statistics_equal_numpy_on_captured_inputs():
   assert sorted(calib.kernels) == sorted(kernels) and len(kernels) == 2 * 6 + 1
   assert (calib.sequences, calib.tokens, calib.mode) == (6, 96, "fast")
   for n in kernels:
-    x = np.concatenate([b[n] for b in batches])
-    # float32 sums of 96 products (and a jitted vs an eager forward pass) against float64.
+    x = np.concatenate([np.asarray(b["/".join(n[:-1])], np.float64) for b in batches])
+    # float32 sums of 96 products (and another jitted forward pass) against float64.
     np.testing.assert_allclose(calib.kernels[n].h_KxK, 2 / len(x) * x.T @ x, rtol=1e-5,
                                atol=1e-6, err_msg=str(n))
     np.testing.assert_allclose(calib.kernels[n].mean_abs_K, np.abs(x).mean(0), rtol=1e-5,
@@ -94,7 +95,9 @@ def _with(params, source, prefix):
 def test_sequential_blocks_see_the_quantized_prefix():
   model, params, tokens = _setup(TWO_BLOCKS)
   fast = calibration.calibrate(model, params, tokens)
+  compiled = calibration._sums._cache_size()
   got, seq = methods.quantize_sequential(model, params, SPEC, "gptq", tokens)
+  assert calibration._sums._cache_size() == compiled     # every stage reuses the fast pass
   # Each kernel is GPTQ of its float weights with the statistics its stage recorded.
   _equal_trees(got, methods.quantize_params(params, SPEC, "gptq", seq))
   h = lambda calib, *n: np.asarray(calib.kernels[n].h_KxK)

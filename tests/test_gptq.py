@@ -42,9 +42,9 @@ def _weights(seed, shape=(K, N)):
   return jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
-# Outlier rows in some cases only: each (layout, outliers or not) is one more RTN compile.
-@pytest.mark.parametrize("blocksize, with_outliers", [(64, False), (64, True), (0, False),
-                                                      (-1, True)])
+# Outlier rows in some cases only (each is one more RTN compile): with B = 0 the kernel is
+# transposed before blocking, with B = -1 not.
+@pytest.mark.parametrize("blocksize, with_outliers", [(64, False), (0, True), (-1, True)])
 @hypothesis.settings(max_examples=3, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**16), c=st.floats(1e-3, 1e3), act_order=st.booleans())
 def test_identity_hessian_equals_rtn_exactly(blocksize, with_outliers, seed, c, act_order):
@@ -152,6 +152,15 @@ def test_lazy_batch_size_does_not_change_the_result():
                                base, rtol=0, atol=1e-5, err_msg=str(columns))
 
 
+def test_one_compile_per_layout_serves_every_type_and_k():
+  w, h = _weights(7, (40, 8)), jnp.eye(40)     # a shape no other test uses
+  before = gptq._gptq._cache_size()
+  for dtype, k in (("int", 2), ("float", 3), ("dynamic", 4), ("nf", 8), ("quantile", 3),
+                   ("quantile", 5)):
+    gptq.quantize_kernel(w, h, QuantSpec(bits=k, dtype=dtype), act_order=k == 3)
+  assert gptq._gptq._cache_size() - before == 1
+
+
 @pytest.mark.parametrize("percdamp", [0, 0.0, -0.01, True, "0.01"])
 def test_bad_percdamp_names_the_key(percdamp):
   with pytest.raises(ValueError, match="percdamp"):
@@ -194,10 +203,20 @@ def _identity_calibration(params):
   return calibration.Calibration(kernels, sequences=1, tokens=8, mode="fast")
 
 
+def _sharded(params):
+  """Leaves whose first axis splits over the 8 devices sharded along it, others replicated."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("x",))
+  place = lambda x: jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("x" if x.shape and x.shape[0] % 8 == 0 else None)))
+  return jax.tree.map(place, params)
+
+
 def test_tree_with_identity_hessians_equals_rtn_and_keeps_the_rest():
   _, params = _model()
+  params = _sharded(params)
   calib = _identity_calibration(params)
-  spec = QuantSpec(bits=3, dtype="int", targets="attn,mlp,head", outlier_share=0.1)
+  # attn and head: two kernel shapes, two compiles of GPTQ for 8 devices.
+  spec = QuantSpec(bits=3, dtype="int", targets="attn,head", outlier_share=0.1)
   got = methods.quantize_params(params, spec, "gptq", calib)
   want = methods.quantize_params(params, spec, "rtn")
   assert jax.tree.structure(got) == jax.tree.structure(params)

@@ -31,7 +31,9 @@ scales everywhere:
 The cost: updated weights beyond their block's original absmax are clipped to the
 codebook's end codes. Stored, the result is exactly RTN's layout (uint8 codes into the
 same codebook, the same constants), so `bits.py` accounting is unchanged; with H a
-positive multiple of I (no error feedback) it equals RTN bit for bit.
+positive multiple of I (no error feedback) it equals RTN bit for bit: RTN as grid.py runs
+it, jitted. (Eager `reference.fake_quant_tensor` can differ from the jitted one by a
+float32 ulp for int_centered and quantile: under jit XLA fuses code * scale + mean.)
 
 Outlier rows (`outliers.py`, input features kept in 16 bits) are features whose
 quantizer is the identity: they take no error and absorb the error of earlier features.
@@ -40,8 +42,8 @@ quantizer is the identity: they take no error and absorb the error of earlier fe
 Hessian, percdamp and act-order as array arguments: one compile serves every k and data
 type of a layout and shape; quantile's codebook is estimated beforehand by a small
 function compiled per k (`data_codebook`).
-Matmuls and the Cholesky factorisations run in float32 at HIGHEST precision (TPU and GPU
-would otherwise use bfloat16 / TF32 passes; the reference turns TF32 off).
+Everything is float32, the lazy-batch matmul at HIGHEST precision (TPU and GPU would
+otherwise use bfloat16 / TF32 passes; the reference turns TF32 off).
 """
 from __future__ import annotations
 
@@ -223,16 +225,17 @@ def quantize_kernel(w_KxN: jax.Array, h_KxK: jax.Array, spec: QuantSpec,
   if not isinstance(block_columns, int) or block_columns < 1:
     raise ValueError(f"gptq block_columns={block_columns!r} is not allowed; allowed: an "
                      f"int >= 1 (reference: {BLOCK_COLUMNS})")
-  if keep_K is None:
-    keep_K = jnp.zeros(w_KxN.shape[:1], bool)
+  keep_K = jnp.zeros(w_KxN.shape[:1], bool) if keep_K is None else jnp.asarray(keep_K)
   layout, codebook_C = reference.layout_spec(spec), reference.spec_codebook(spec)
   if spec.data_dependent:
     # The codebook is estimated first and passed in: GPTQ itself then compiles once per
     # block layout for every k and type (quantile has no centering or double quant).
     codebook_C = data_codebook(dead_zeroed(w_KxN, h_KxK), spec, keep_K)
     layout = reference.layout_spec(dataclasses.replace(spec, dtype="int"))
-  q_KxN, ok = _gptq(w_KxN, h_KxK, codebook_C, keep_K, jnp.float32(percdamp),
-                    jnp.bool_(act_order), spec=layout, block_columns=block_columns)
+  # Device arrays throughout: a numpy argument in place of a jax one recompiles.
+  q_KxN, ok = _gptq(w_KxN, jnp.asarray(h_KxK), jnp.asarray(codebook_C), keep_K,
+                    jnp.float32(percdamp), jnp.bool_(act_order), spec=layout,
+                    block_columns=block_columns)
   if not bool(ok):
     raise ValueError(f"GPTQ: the Hessian of {name} is not positive definite after "
                      f"dampening (percdamp={percdamp}); its calibration statistics are "

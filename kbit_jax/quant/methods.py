@@ -76,9 +76,13 @@ def _check_calibration(params: Any, calib: calibration.Calibration | None,
 
 
 def _like(old: Any, new: jax.Array) -> jax.Array:
-  """`new` with the dtype and (for a jax array) the sharding of `old`."""
+  """`new` with the dtype and (for a jax array) the sharding of `old`. Moved only if the
+  sharding differs: device_put also commits an array, and a committed argument in place
+  of an uncommitted one recompiles whatever takes the tree next."""
   new = new.astype(old.dtype)
-  return jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
+  if isinstance(old, jax.Array) and new.sharding != old.sharding:
+    return jax.device_put(new, old.sharding)
+  return new
 
 
 def _quantize_stage(params: Any, spec: QuantSpec, method: str,
