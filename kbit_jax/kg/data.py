@@ -48,9 +48,11 @@ def read_triples(path: str | pathlib.Path) -> list[Triple]:
     line = raw[:e.start].count(b"\n") + 1
     raise TriplesFormatError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})"
                              ) from None
+  lines = text.split("\n")
+  if lines[-1] == "":   # the newline ending the last line (or an empty file)
+    lines.pop()
   triples = []
-  for number, line in enumerate(text.split("\n")[:-1] if text.endswith("\n")
-                                else text.split("\n"), start=1):
+  for number, line in enumerate(lines, start=1):
     fields = line.removesuffix("\r").split("\t")
     if len(fields) != 3 or not all(fields):
       raise TriplesFormatError(
