@@ -90,6 +90,13 @@ def test_subsample_is_nested_and_independent_of_file_order():
     data.subsample_train(g, 0)
 
 
+def test_reverse_in_train_marks_the_leaked_symmetric_twins():
+  train = [("a", "sim", "b"), ("b", "hyp", "c"), ("c", "sim", "d")]
+  test = [("b", "sim", "a"), ("c", "hyp", "a"), ("d", "sim", "c"), ("a", "sim", "c")]
+  g = data.from_triples(train, [], test)
+  np.testing.assert_array_equal(data.reverse_in_train(g), [True, False, True, False])
+
+
 SHIPPED = ("train.tsv.xz", "valid.tsv.xz", "test.tsv.xz", "LICENSE")
 
 

@@ -173,3 +173,11 @@ def unseen_entities(graph: Graph, split: str = "test") -> int:
   seen[graph.train_Nx3[:, 0]] = seen[graph.train_Nx3[:, 2]] = True
   queried = np.unique(graph.split(split)[:, [0, 2]])
   return int((~seen[queried]).sum())
+
+
+def reverse_in_train(graph: Graph, split: str = "test") -> np.ndarray:
+  """Per triple (h, r, t) of `split`: whether (t, r, h) is a training triple. For the
+  symmetric relations of WN18RR-style graphs that answers the query outright (the
+  split's "leaked" share); the other triples measure generalization."""
+  train = set(map(tuple, graph.train_Nx3.tolist()))
+  return np.asarray([(t, r, h) in train for h, r, t in graph.split(split).tolist()], bool)

@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
       graph="",               # the graph's name, set from the Graph trained on
       num_train=0))           # training triples kept (data.subsample_train); 0 = all
   c.train = ml_collections.ConfigDict(dict(
-      steps=2000, batch_size=512, negatives=64, lr=3e-3,
+      steps=1000, batch_size=512, negatives=64, lr=1e-2,
       margin=2.0,                       # TransE's margin ranking loss
       adversarial_temperature=0.5,      # RotatE's self-adversarial alpha
       seed=0, checkpoint_every=1000, keep_checkpoints=2, log_every=100))
