@@ -8,6 +8,18 @@ from jax.sharding import Mesh, PartitionSpec as P
 from kbit_jax import checkpoint, sharding
 from kbit_jax.kg import data, ranking, train
 
+COMPILES = [0]   # executables built or loaded from the cache, in this process
+
+
+def _count(event, *_, **__):
+  if event in ("/jax/core/compile/backend_compile_duration",
+               "/jax/compilation_cache/cache_hits"):
+    COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count)
+jax.monitoring.register_event_listener(_count)
+
 PARENTS = [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 2), (7, 2), (8, 3), (9, 3), (10, 4),
            (11, 4)]
 LIKES = [(5, 6), (7, 8), (9, 10), (11, 1)]
@@ -86,20 +98,28 @@ def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path):
     train.train(other, g, workdir=str(tmp_path), log=lambda _: None)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(batch_size=16), r"train.batch_size=16 is not allowed; allowed: 1\.\.15"),
-    (dict(negatives=0), r"train.negatives=0 is not allowed; allowed: a positive int"),
-    (dict(lr=0.0), r"train.lr=0.0 is not allowed; allowed: a value > 0"),
+def test_the_compile_counter_sees_a_compile():
+  before = COMPILES[0]
+  jax.jit(lambda x: x * 3 + 1)(np.float32(2))   # a new function: built or loaded once
+  assert COMPILES[0] > before
+
+
+@pytest.mark.parametrize("section, overrides, message", [
+    ("train", dict(batch_size=16), r"train.batch_size=16 is not allowed; allowed: 1\.\.15"),
+    ("train", dict(negatives=0), r"train.negatives=0 is not allowed; allowed: a positive int"),
+    ("train", dict(lr=0.0), r"train.lr=0.0 is not allowed; allowed: a value > 0"),
+    ("model", dict(name="complex"), r"model.name='complex' is unknown; allowed: "
+                                    r"\['transe', 'rotate'\]"),
+    ("model", dict(name="rotate", dim=15), r"model.dim=15 is odd"),
+    ("data", dict(num_train=99), r"data.num_train=99 is not allowed; allowed: 1\.\.15"),
 ])
-def test_bad_train_config_raises_before_anything_is_written(tmp_path, overrides, message):
+def test_bad_config_raises_before_any_compile_or_write(tmp_path, section, overrides, message):
+  config = tiny_config("transe", 10)
+  config[section].update(overrides)
+  graph, before = tiny_graph(), COMPILES[0]
   with pytest.raises(ValueError, match=message):
-    train.train(tiny_config("transe", 10, **overrides), tiny_graph(),
-                workdir=str(tmp_path / "w"))
-  assert not (tmp_path / "w").exists()
-  c = tiny_config("rotate", 10)
-  c.model.dim = 15
-  with pytest.raises(ValueError, match=r"model.dim=15 is odd"):
-    train.train(c, tiny_graph(), workdir=str(tmp_path / "w"))
+    train.train(config, graph, workdir=str(tmp_path / "w"))
+  assert COMPILES[0] == before
   assert not (tmp_path / "w").exists()
 
 

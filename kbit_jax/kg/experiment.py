@@ -75,7 +75,7 @@ def run_cell(config: ml_collections.ConfigDict, specs: Sequence[QuantSpec],
       num_entities=graph.num_entities, num_relations=graph.num_relations,
       unseen_test_entities=data.unseen_entities(result.graph, split),
       train_batch_size=t.batch_size, train_negatives=t.negatives, train_lr=t.lr,
-      train_loss=result.losses[max(result.losses)], **(
+      train_loss=result.losses[max(result.losses)] if result.losses else None, **(
           dict(train_margin=t.margin) if m.name == "transe"
           else dict(train_adversarial_temperature=t.adversarial_temperature)))
   records = []

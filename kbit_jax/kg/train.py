@@ -159,7 +159,7 @@ class TrainResult:
   graph: data.Graph               # the subsample trained on
   losses: dict[int, float]        # step -> loss, every log_every steps and the last
   train_s: float                  # wall time of this run's steps (compile included)
-  resumed_from: int               # 0 when started from scratch
+  resumed_from: int               # 0 when started from scratch (== steps: nothing left)
 
 
 def _check_resumable(ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict):
@@ -191,6 +191,10 @@ def train(config: ml_collections.ConfigDict, graph: data.Graph, workdir: str | N
                             norm=m.norm, gamma=m.gamma)
   tx = optax.adam(tc.lr)
   mesh = mesh or single_device_mesh()
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if tc.batch_size % batch_shards:
+    raise ValueError(f"train.batch_size={tc.batch_size} is not allowed on mesh "
+                     f"{dict(mesh.shape)}; allowed: a multiple of data x fsdp = {batch_shards}")
 
   def init_fn(key):
     ones = jnp.zeros((1,), jnp.int32)
@@ -219,25 +223,27 @@ def train(config: ml_collections.ConfigDict, graph: data.Graph, workdir: str | N
 
   positives = Positives(graph.train_Nx3, tc.batch_size, tc.seed)
   losses, pending, t0 = {}, None, time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(models.RULES):
-    for step in range(start, tc.steps):
-      batch = sharding.global_batch({"pos": positives(step)}, mesh)["pos"]
-      state, step_metrics = step_fn(state, batch, base_key)
-      if pending is not None:   # step - 1 has finished (or nearly): fetch its loss only now
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(models.RULES):
+      for step in range(start, tc.steps):
+        batch = sharding.global_batch({"pos": positives(step)}, mesh)["pos"]
+        state, step_metrics = step_fn(state, batch, base_key)
+        if pending is not None:   # step - 1 has finished (or nearly): fetch its loss now
+          _record(losses, *pending, tc, log)
+        pending = (step + 1, step_metrics)
+        if ckpt is not None and ((step + 1) % tc.checkpoint_every == 0
+                                 or step + 1 == tc.steps):
+          _record(losses, *pending, tc, log)   # a NaN must not overwrite a good checkpoint
+          pending = None
+          ckpt.save(step + 1, state, {"step": step + 1}, config)
+      if pending is not None:
         _record(losses, *pending, tc, log)
-      pending = (step + 1, step_metrics)
-      if ckpt is not None and ((step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps):
-        _record(losses, *pending, tc, log)   # a NaN must not overwrite a good checkpoint
-        pending = None
-        ckpt.save(step + 1, state, {"step": step + 1}, config)
-    if pending is not None:
-      _record(losses, *pending, tc, log)
-  params = jax.block_until_ready(state.params)
-  train_s = time.perf_counter() - t0
-  if ckpt is not None:
-    ckpt.wait()
-    ckpt.close()
-  return TrainResult(params, model, graph, losses, train_s, start)
+    params = jax.block_until_ready(state.params)
+  finally:   # also on a NaN: finish the saves under way, keep the good checkpoints
+    if ckpt is not None:
+      ckpt.wait()
+      ckpt.close()
+  return TrainResult(params, model, graph, losses, time.perf_counter() - t0, start)
 
 
 def _record(losses: dict[int, float], step: int, step_metrics: dict, tc, log) -> None:
