@@ -23,6 +23,7 @@ import json
 import time
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 
 from kbit_jax.kg import data, quantize, ranking, train
@@ -81,7 +82,7 @@ def run_cell(config: ml_collections.ConfigDict, specs: Sequence[QuantSpec],
   records = []
   for spec in specs:
     t0 = time.perf_counter()
-    params = quantize.quantize_tables(result.params, spec, tables)
+    params = jax.block_until_ready(quantize.quantize_tables(result.params, spec, tables))
     t1 = time.perf_counter()
     tail_Q, head_Q = evaluator.ranks(params)
     metrics = ranking.metrics_from_ranks(tail_Q, head_Q)

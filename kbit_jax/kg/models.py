@@ -116,8 +116,9 @@ class RotatE(nn.Module):
     phase = self.relation[r] * (math.pi / self.embedding_range)
     return jnp.cos(phase), jnp.sin(phase)
 
-  def _parts(self, e: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = self.entity[e]
+  def _parts(self, e: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(real, imaginary) parts of entities `e`, or of the whole table (E x K each)."""
+    x = self.entity if e is None else self.entity[e]
     return x[..., :self.dim // 2], x[..., self.dim // 2:]
 
   def _score(self, re_xK: jax.Array, im_xK: jax.Array) -> jax.Array:
@@ -132,7 +133,7 @@ class RotatE(nn.Module):
     """scores_BxE: (h, r, e) for every entity e; h o r once, then against every e."""
     (re_h, im_h), (cos, sin) = self._parts(h_B), self.rotation(r_B)
     re_q, im_q = re_h * cos - im_h * sin, re_h * sin + im_h * cos
-    re_e, im_e = self._parts(jnp.arange(self.num_entities))
+    re_e, im_e = self._parts()
     return self._score(re_q[:, None] - re_e[None], im_q[:, None] - im_e[None])
 
   def head_scores(self, r_B: jax.Array, t_B: jax.Array) -> jax.Array:
@@ -140,7 +141,7 @@ class RotatE(nn.Module):
     |r_i| = 1), so the rotation is applied once per query rather than once per entity."""
     (re_t, im_t), (cos, sin) = self._parts(t_B), self.rotation(r_B)
     re_q, im_q = re_t * cos + im_t * sin, im_t * cos - re_t * sin
-    re_e, im_e = self._parts(jnp.arange(self.num_entities))
+    re_e, im_e = self._parts()
     return self._score(re_e[None] - re_q[:, None], im_e[None] - im_q[:, None])
 
 
