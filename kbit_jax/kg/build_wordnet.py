@@ -11,13 +11,13 @@ What it does, and why:
   WN18RR's 11 (Dettmers et al. 2018), read from the data files' pointers with the head
   the synset holding the pointer and the tail its target. Lexical pointers (between two
   words) become links between the words' synsets, as in WN18. Of every inverse pair only
-  WN18RR's direction is kept (`DROPPED_INVERSES`), so no triple can be read off the
-  reversed copy of another; the four symmetric relations keep both directions (WordNet
-  lists both).
+  WN18RR's direction is kept (`DROPPED_INVERSES`), so no hypernym can be read off its
+  hyponym link and so on; the four symmetric relations keep both directions (WordNet
+  lists both; see the split below).
 - The subset: synsets with at least one sense tagged in WordNet's semantic concordance
   (for some lemma, among the first `tagsense_cnt` offsets of its index.pos line), i.e.
   the concepts seen in running text, and the triples between two of them. That keeps the
-  graph CPU sized (~23k entities) without biasing it towards one relation, as a k-core
+  graph CPU sized (22k entities) without biasing it towards one relation, as a k-core
   would (derivationally related forms dominate the dense core).
 - Split by a hash of each triple's text (3% valid, 3% test), as WN18RR's random split:
   the two directions of a symmetric relation are split independently, so a test triple's

@@ -12,9 +12,9 @@ A record has `key` (the cell's identity: graph, model, dim, training triples, st
 seed and the quantization), `model` (parameter counts and the training setup), `bits`
 (quantize.bits_report), `metrics` (ranking.metrics_from_ranks: mrr, hits@k, each with
 its standard error, over all queries; `metrics/unleaked` the same over the triples whose
-reversed twin is not in train, i.e. without WN18RR's symmetric leakage) and `time`. The data axis is `data.num_train` (a nested,
-deterministic subsample of the training triples); every size is evaluated on the same
-queries, filtered against the full graph.
+reversed twin is not in train, i.e. without WN18RR's symmetric leakage) and `time`.
+The data axis is `data.num_train` (a nested, deterministic subsample of the training
+triples); every size is evaluated on the same queries, filtered against the full graph.
 """
 from __future__ import annotations
 
