@@ -2,13 +2,14 @@
 
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
 import pytest
 
 from kbit_jax.config import files
-from kbit_jax.model import presets, transformer
+from kbit_jax.model import flops, presets, transformer
 from kbit_jax.quant import reference
 from kbit_jax.quant.spec import QuantSpec
 from kbit_jax.train import checkpoint, data, loop, sharding
@@ -117,17 +118,38 @@ def test_relative_workdir(tmp_path, monkeypatch):
   assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  # AdamW moves every weight by ~lr per step, so lr=1e30 overflows the logits at step 2.
+def test_nan_guard_saves_only_parameters_whose_loss_is_finite(tmp_path):
+  """lr 1e6 (warmup 5): the update of step 2 leaves parameters of ~2e5 whose loss is
+  finite, step 3's leave ~8e9, whose loss is nan; step 4's loss is nan. A step's loss is
+  that of the parameters before its update, so checking it saved step 3's parameters and
+  named them the last good checkpoint; the guard checks the parameters it saves, so step
+  2 is the last checkpoint and the one named, and every saved step has a finite loss."""
+  config = tiny_config(lr=1e6, checkpoint_every=1)
+  with pytest.raises(FloatingPointError, match=r"last good checkpoint is step (\d+)") as e:
+    loop.train_and_evaluate(config, str(tmp_path))
+  named = int(re.search(r"last good checkpoint is step (\d+)", str(e.value)).group(1))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), 3)
+  trainer = loop.Trainer(config, sharding.make_mesh(config.mesh))
+  batch = first_batches(config, 1)[0]
+  for step in ckpt.steps():
+    params = ckpt.restore_params(trainer.abstract_state().params, step=step)
+    assert np.isfinite(trainer.evaluate(params, [batch])), f"checkpoint {step} is not good"
+  assert ckpt.steps() == [1, 2] and named == 2
+  assert "the parameters after step 3 give loss nan" in str(e.value)
+  ckpt.close()
+
+
+def test_nan_before_any_checkpoint_names_none(tmp_path):
+  # AdamW moves every weight by ~lr per step: lr=1e30 overflows at the first update.
   config = tiny_config(lr=1e30, warmup_steps=0, checkpoint_every=1)
   with pytest.raises(
-    FloatingPointError, match="loss is .* at step 2.*last good checkpoint is step 1"
+    FloatingPointError, match=r"the parameters after step 1 give loss nan.*No checkpoint was saved"
   ):
     loop.train_and_evaluate(config, str(tmp_path))
-  assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == [1]
+  assert checkpoint.Checkpointer(str(tmp_path), 3).steps() == []
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
+def test_corrupt_latest_checkpoint_is_moved_aside(tmp_path, capsys):
   config = tiny_config()
   loop.train_and_evaluate(config, str(tmp_path))
   ckpt_dir = tmp_path / "checkpoints" / "20" / "state"
@@ -135,11 +157,16 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
     if f.is_file():
       f.write_bytes(b"garbage")
   trainer = loop.Trainer(config, sharding.make_mesh(config.mesh))
-  step, _, data_state = checkpoint.Checkpointer(str(tmp_path), 3).restore_latest(
-    trainer.abstract_state()
-  )
+  ckpt = checkpoint.Checkpointer(str(tmp_path), 3)
+  step, _, data_state = ckpt.restore_latest(trainer.abstract_state())
   assert step == 10 and data_state["index"] == 10 * config.train.batch_size
-  assert "checkpoint step 20 unreadable" in capsys.readouterr().out
+  assert ckpt.steps() == [10]
+  ckpt.close()
+  (aside,) = (tmp_path / "checkpoints").glob("unreadable-20-*")
+  assert (aside / "state").is_dir()
+  out = capsys.readouterr().out
+  assert f"checkpoint step 20 in {tmp_path}/checkpoints is unreadable" in out
+  assert f"moved to {aside.name}/" in out
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
@@ -180,3 +207,56 @@ def test_qat_uses_the_quantized_forward():
   np.testing.assert_allclose(qat_losses[0], float(want), rtol=1e-5)
   assert all(np.isfinite(qat_losses))
   assert "aqt" not in state.params
+
+
+def test_mfu_never_exceeds_one_on_a_loaded_machine(tmp_path, monkeypatch, capsys):
+  """The issue: `mfu=105.1%` when the one start-up measurement of the matmul peak came
+  out too low. Here the measurement is made absurdly low (1 FLOP/s): MFU stays <= 1, the
+  peak is raised to what the run achieved, and that is said once."""
+  monkeypatch.setattr(flops, "measure_matmul_peak", lambda *a, **k: 1.0)
+  loop.train_and_evaluate(tiny_config(), str(tmp_path))
+  mfu = [r["train/mfu"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/mfu" in r]
+  assert len(mfu) == 4 and all(0 < m <= 1 for m in mfu) and mfu[0] == 1.0
+  assert capsys.readouterr().out.count("the peak is raised to it") == 1
+
+
+def test_known_accelerators_have_a_fixed_peak():
+  assert flops.known_peak("TPU v5 lite") == 197e12
+  assert flops.known_peak("TPU v5") == 459e12 and flops.known_peak("TPU v6 lite") == 918e12
+  assert flops.known_peak("NVIDIA H100 80GB HBM3") == 989e12
+  assert flops.known_peak("NVIDIA H100 PCIe") == 756e12
+  assert flops.known_peak("cpu") is None
+
+
+def _tensorboard_events(logdir):
+  """Every Event of the TFRecord files in `logdir` (tensorboardX's protos)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  events = []
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    raw, i = path.read_bytes(), 0
+    while i < len(raw):
+      (n,) = struct.unpack("<Q", raw[i : i + 8])
+      events.append(event_pb2.Event.FromString(raw[i + 12 : i + 12 + n]))
+      i += 12 + n + 4
+  return events
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  """The issue: metrics.jsonl and TensorBoard repeated the steps replayed after a resume.
+  Step 20's checkpoint gone (as after a kill between 10 and 20 that left metrics up to 20),
+  the rerun replays 11-20: metrics.jsonl holds each step once, and TensorBoard is told to
+  purge the replayed steps (a SessionLog START at step 11)."""
+  config = tiny_config()
+  loop.train_and_evaluate(config, str(tmp_path))
+  import shutil
+
+  shutil.rmtree(tmp_path / "checkpoints" / "20")
+  loop.train_and_evaluate(config, str(tmp_path))
+  rows = read_jsonl(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in rows if "train/loss" in r] == [5, 10, 15, 20]
+  assert [r["step"] for r in rows if "val/loss" in r] == [10, 20]
+  starts = [e.step for e in _tensorboard_events(tmp_path / "tensorboard") if e.session_log.status]
+  assert 11 in starts

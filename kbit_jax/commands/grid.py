@@ -31,7 +31,12 @@ DRY_RUN = flags.DEFINE_bool(
 )
 CACHE, RETAIN = host_setup.define_flags(FLAGS)
 REQUIRED = ("config", "workdir")
-ERRORS = ((checkpoint.WorkdirError, "invalid workdir"), (ValueError, "invalid config"))
+ERRORS = (
+  (checkpoint.WorkdirError, "invalid workdir"),
+  (checkpoint.CheckpointWriteError, "cannot write the workdir"),
+  (FloatingPointError, "training diverged"),
+  (ValueError, "invalid config"),
+)
 
 
 def main() -> None:

@@ -26,7 +26,12 @@ WORKDIR = flags.DEFINE_string(
 )
 CACHE, RETAIN = host_setup.define_flags(FLAGS)
 REQUIRED = ("config", "workdir")
-ERRORS = ((checkpoint.WorkdirError, "invalid workdir"), (ValueError, "invalid config"))
+ERRORS = (
+  (checkpoint.WorkdirError, "invalid workdir"),
+  (checkpoint.CheckpointWriteError, "cannot write the workdir"),
+  (FloatingPointError, "training diverged"),
+  (ValueError, "invalid config"),
+)
 
 
 def main() -> None:

@@ -1,4 +1,10 @@
-"""Model FLOPs per token and this machine's measured matmul peak (for MFU)."""
+"""Model FLOPs per token and the matmul peak MFU is measured against.
+
+`peak_flops(dtype)`: for a 16-bit run on an accelerator in KNOWN_PEAKS, its published
+dense bf16 peak per chip (a constant: MFU comparable between runs and machines);
+otherwise the best of several matmul timings on this device (train/metrics.py raises it
+if a run achieves more, so MFU stays <= 1).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,36 @@ def flops_per_token(
   attention = p.num_layers * 2 * seq_len * p.d_model / (2 if causal_half else 1)
   forward = 2 * (weights + attention)
   return 3 * forward if training else forward
+
+
+# Dense bf16 matmul FLOP/s per chip, by the start of jax's `device_kind` (vendor figures;
+# the longest matching prefix wins).
+KNOWN_PEAKS = {
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,  # v5e
+  "TPU v5": 459e12,  # v5p
+  "TPU v6 lite": 918e12,  # v6e (Trillium)
+  "NVIDIA A100": 312e12,
+  "NVIDIA H100 PCIe": 756e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+}
+
+
+def known_peak(device_kind: str) -> float | None:
+  """The KNOWN_PEAKS entry whose name is the longest prefix of `device_kind`, or None."""
+  names = [n for n in KNOWN_PEAKS if device_kind.startswith(n)]
+  return KNOWN_PEAKS[max(names, key=len)] if names else None
+
+
+def peak_flops(dtype: str = "float32", repeats: int = 8) -> float:
+  """FLOP/s per device to measure MFU against (see the module docstring)."""
+  device = jax.devices()[0]
+  if dtype in ("bfloat16", "float16") and device.platform != "cpu":
+    known = known_peak(device.device_kind)
+    if known:
+      return known
+  return measure_matmul_peak(jnp.dtype(dtype), repeats=repeats)
 
 
 def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:

@@ -2,31 +2,83 @@
 
 One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N.
 Saves are asynchronous; Orbax writes each step to a temporary directory and renames it
-when complete, so a `kill -9` mid-save leaves the previous steps intact. A step that is
-complete on disk but unreadable (a corrupt file) is skipped on restore with a warning,
-falling back to the next older one.
+when complete, so a `kill -9` mid-save leaves the previous steps intact (and the writer,
+which holds the workdir's lock, removes such temporary directories when it starts). A
+step that is complete on disk but unreadable (a corrupt or missing file) is moved aside
+on restore, to `checkpoints/unreadable-<step>-<time>/`, named in one line, and the next
+older one is tried: Orbax never saves a step at or below the newest one it lists, so an
+unreadable step left in place would be retrained and never replaced. With every step
+unreadable, training starts from scratch and says so. On several processes every
+process tries the same step and they agree: a step unreadable on any process is moved
+aside (by process 0) for all.
+
+A workdir's checkpoints belong to one model: `check_workdir` refuses a config whose
+training identity (train/identity.py: preset, data, schedule, batch, steps, seed, ...)
+differs from the saved one, naming the keys, before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-# The config keys that decide the saved state's tree. A checkpoint saved with other
-# values cannot be restored: resuming would skip it as unreadable, train from scratch and
-# let keep-N delete it, so check_workdir refuses first.
-TREE_KEYS = ("model.preset", "model.scan_layers")
+from kbit_jax.train import identity
+from kbit_jax.train.workdir_lock import WorkdirError
+
+__all__ = [
+  "CheckpointWriteError",
+  "Checkpointer",
+  "UnreadableCheckpointError",
+  "WorkdirError",
+  "check_workdir",
+]
+UNREADABLE_PREFIX = "unreadable-"
 
 
-class WorkdirError(ValueError):
-  """The workdir holds checkpoints this config cannot resume (check_workdir)."""
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a lost permission, ...)."""
+
+
+class UnreadableCheckpointError(FileNotFoundError):
+  """A checkpoint step could not be read (`step`: the first step tried)."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+def _one_line(e: BaseException, head: int = 120, tail: int = 240) -> str:
+  """An exception as one short line (Orbax and TensorStore errors span many, with the
+  cause, e.g. "No space left on device", at the end)."""
+  text = " ".join(str(e).split())
+  if len(text) > head + tail + 5:
+    text = f"{text[:head]} ... {text[-tail:]}"
+  return f"{type(e).__name__}: {text}"
+
+
+def _all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (a collective with several processes)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def checkpoints_dir(workdir: str) -> epath.Path:
@@ -58,30 +110,51 @@ def read_only(workdir: str, keep: int):
     ckpt.close()
 
 
+def move_aside(directory: epath.Path, step: int, error: BaseException) -> epath.Path:
+  """Moves unreadable `step` of the checkpoints `directory` to
+  `unreadable-<step>-<time>/` beside it (process 0; every process calls this), so that
+  Orbax lists it no more and the step can be saved again; says so in one line and
+  returns the new path."""
+  stamp = time.strftime("%Y%m%dT%H%M%S")
+  target = directory / f"{UNREADABLE_PREFIX}{step}-{stamp}"
+  if jax.process_index() == 0:
+    n = 1
+    while target.exists():
+      n, target = n + 1, directory / f"{UNREADABLE_PREFIX}{step}-{stamp}-{n}"
+    (directory / str(step)).rename(target)
+    logging.info("checkpoint step %d unreadable (%s); moved to %s", step, error, target)
+    print(
+      f"WARNING: checkpoint step {step} in {directory} is unreadable "
+      f"({_one_line(error)}); moved to {target.name}/",
+      flush=True,
+    )
+  _sync(f"kbit-move-aside-{step}")
+  return target
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The config saved with the newest checkpoint of `workdir` whose config is readable."""
+  if not checkpoints_dir(workdir).exists():
+    return None
+  with read_only(workdir, 1) as ckpt:
+    return ckpt.saved_config()
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises WorkdirError, naming the keys, if `workdir` holds checkpoints of another model
-  (TREE_KEYS differ from the newest readable saved config); nothing is written."""
-  directory = checkpoints_dir(workdir)
-  if not directory.exists():
-    return
-  with read_only(workdir, 1) as ckpt:
-    saved = ckpt.saved_config()
+  (a training identity, train/identity.py, that differs from the newest readable saved
+  config's); nothing is written."""
+  saved = saved_config(workdir)
   if saved is None:
     return
   from kbit_jax.config import defaults
 
-  base = defaults.base_config()  # for keys that older checkpoints lack
-  diffs = []
-  for key in TREE_KEYS:
-    section, name = key.split(".")
-    was, now = saved.get(section, {}).get(name, base[section][name]), config[section][name]
-    if was != now:
-      diffs.append(f"{key}={now!r} but the saved model has {was!r}")
+  diffs = identity.differences(saved, config, defaults.base_config().to_dict())
   if diffs:
     raise WorkdirError(
-      f"{directory} holds checkpoints of another model: "
-      f"{'; '.join(diffs)}. Resuming cannot restore them; use another "
-      "workdir, or the saved values to resume"
+      f"{checkpoints_dir(workdir)} holds checkpoints of another model: "
+      f"{'; '.join(diffs)}. Resuming would train another model than the one saved; use "
+      "another workdir, or the saved values to resume"
     )
 
 
@@ -91,20 +164,37 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only
+        max_to_keep=keep,
+        create=not read_only,
+        read_only=read_only,
+        # Temporary directories of saves a kill interrupted: the writer holds the
+        # workdir's lock (workdir_lock.py), so no other save can be in flight.
+        cleanup_tmp_directories=not read_only,
       ),
       item_names=("state", "data", "config"),
     )
 
+  @contextlib.contextmanager
+  def _writing(self, what: str):
+    """Orbax's write errors (raised here or, for an asynchronous save, at the next save or
+    wait) as one CheckpointWriteError naming the directory."""
+    try:
+      yield
+    except (KeyboardInterrupt, CheckpointWriteError):
+      raise
+    except Exception as e:  # noqa: BLE001 (TensorStore reports I/O errors as ValueError)
+      raise CheckpointWriteError(f"{what} in {self.directory} failed: {_one_line(e)}") from e
+
   def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict):
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config.to_dict()),
-      ),
-    )
+    with self._writing(f"saving checkpoint step {step}"):
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(config.to_dict()),
+        ),
+      )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -120,13 +210,23 @@ class Checkpointer:
         continue
     return None
 
+  def move_aside(self, step: int, error: BaseException) -> epath.Path:
+    """`move_aside(directory, step, error)`, then Orbax's list of steps is reread."""
+    target = move_aside(self.directory, step, error)
+    self.manager.reload()
+    return target
+
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-    """Newest readable (step, state, data_state), each array in `abstract_state`'s sharding.
+    """Newest readable (step, state, data_state), each array in `abstract_state`'s sharding;
+    unreadable newer steps are moved aside (`move_aside`). None: nothing to resume from
+    (said in one line when there were only unreadable steps).
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with shardings: restoring onto
     a different mesh than the one that saved works, Orbax reshards while reading.
     """
+    unreadable = 0
     for step in reversed(self.steps()):
+      restored, error = None, None
       try:
         restored = self.manager.restore(
           step,
@@ -134,25 +234,22 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
           ),
         )
+      except Exception as e:  # noqa: BLE001 (a corrupt step raises many kinds)
+        error = e
+      if _all_processes(error is None):
         return step, restored.state, dict(restored.data)
-      except Exception as e:
-        logging.warning(
-          "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one",
-          step,
-          self.directory,
-          type(e).__name__,
-          e,
-        )
-        print(
-          f"WARNING: checkpoint step {step} unreadable ({type(e).__name__}); "
-          "falling back to the previous one",
-          flush=True,
-        )
+      unreadable += 1
+      self.move_aside(step, error or RuntimeError("unreadable on another process"))
+    if unreadable and jax.process_index() == 0:
+      print(f"no readable checkpoint in {self.directory}: training from scratch", flush=True)
     return None
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
-    """Only the model parameters (for evaluation), from `step` or the newest readable."""
+    """Only the model parameters (for evaluation), from `step` or the newest readable.
+    An unreadable `step` raises UnreadableCheckpointError (the caller decides whether to
+    move it aside: `move_aside`)."""
     steps = [step] if step is not None else list(reversed(self.steps()))
+    error: BaseException | None = None
     for s in steps:
       try:
         restored = self.manager.restore(
@@ -168,12 +265,20 @@ class Checkpointer:
           ),
         )
         return restored.state["params"]
-      except Exception as e:
-        logging.warning("params at step %d unreadable (%s); trying older", s, e)
-    raise FileNotFoundError(f"no readable checkpoint with params in {self.directory}")
+      except Exception as e:  # noqa: BLE001
+        error = e
+        logging.info("params at step %d unreadable (%s); trying older", s, e)
+    where = f"step {step}" if step is not None else "any step"
+    raise UnreadableCheckpointError(
+      f"no readable checkpoint with params at {where} in {self.directory}"
+      + (f" ({_one_line(error)})" if error else ""),
+      steps[0] if steps else -1,
+    )
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing("writing a checkpoint"):
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.close()
+    with self._writing("writing a checkpoint"):
+      self.manager.close()

@@ -25,7 +25,7 @@ from absl import logging
 
 from kbit_jax.config import checks
 from kbit_jax.model import flops, presets, transformer
-from kbit_jax.train import checkpoint, data, metrics, sharding
+from kbit_jax.train import checkpoint, data, metrics, sharding, workdir_lock
 
 
 @flax.struct.dataclass
@@ -209,14 +209,40 @@ class _Profiler:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
+  """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics.
+
+  The workdir is locked for the run (workdir_lock.py: a second run on it is refused), and
+  a workdir holding another model's checkpoints is refused (checkpoint.check_workdir),
+  both before anything is compiled or written.
+  """
   checks.validate(config)
   if config.mesh.distributed and not jax.distributed.is_initialized():
     sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   checks.validate_for_devices(config, mesh)
+  with workdir_lock.hold(workdir, "kbit train"):
+    checkpoint.check_workdir(config, workdir)
+    return _train(config, workdir, mesh)
+
+
+class _Guard:
+  """The NaN guard: what the FloatingPointError names is a checkpoint that exists and
+  whose parameters were checked (their loss finite) before they were saved."""
+
+  def __init__(self, directory, start: int):
+    self.directory, self.good = directory, start  # a resumed step was checked when saved
+
+  def stop(self, what: str):
+    where = (
+      f"The last good checkpoint is step {self.good} in {self.directory}"
+      if self.good
+      else f"No checkpoint was saved in {self.directory}; nothing to resume from"
+    )
+    raise FloatingPointError(f"{what}; stopping. {where}")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, float]:
   tc = config.train
-  checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
   train_iter = data.make_train_iterator(
@@ -234,12 +260,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start, state, data_state = restored
     train_iter.set_state(data_state)
     print(f"resumed from step {start} in {ckpt.directory}", flush=True)
+  if start >= tc.steps:
+    print(
+      f"already trained: step {start} of train.steps={tc.steps} is saved in "
+      f"{ckpt.directory}; nothing to do",
+      flush=True,
+    )
+    ckpt.close()
+    return {}
 
   p = presets.get_preset(config.model.preset)
   tokens_per_step = tc.batch_size * config.data.seq_len
   flops_per_step = flops.flops_per_token(p, config.data.seq_len) * tokens_per_step
-  peak = flops.measure_matmul_peak() * jax.device_count()
-  logger = metrics.MetricsLogger(workdir, tc.steps)
+  mfu = metrics.MfuMeter(flops.peak_flops(config.model.dtype) * jax.device_count())
+  logger = metrics.MetricsLogger(workdir, tc.steps, start)
   print(
     f"model {config.model.preset}: {presets.param_counts(p)['total']:,} params; "
     f"mesh {dict(mesh.shape)}; logs: {logger.logdir}  metrics: {logger.jsonl_path}  "
@@ -248,50 +282,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
 
   pending, last = None, {}
-  last_good_step, t_last = start, time.perf_counter()
+  guard, t_last = _Guard(ckpt.directory, start), time.perf_counter()
   profile = _Profiler(workdir, first_step=start + 3, num_steps=tc.profile_steps)
-  for step in range(start + 1, tc.steps + 2):
-    if step <= tc.steps:
-      profile.before(step)
-      state, step_metrics = trainer.step(state, next(train_iter))
-      profile.after(step, state)
-    # Step `step - 1` has finished by now (or soon): fetch its metrics, never this step's.
-    if pending is not None:
-      done_step, done = pending[0], jax.device_get(pending[1])
-      if not np.isfinite(done["loss"]):
-        ckpt.wait()
-        logger.close()
-        raise FloatingPointError(
-          f"loss is {done['loss']} at step {done_step}; stopping. The last good "
-          f"checkpoint is step {last_good_step} in {ckpt.directory}"
-        )
-      if done_step % tc.log_every == 0 or done_step == tc.steps:
-        now = time.perf_counter()
-        steps_done = done_step - (last.get("step", start))
-        seconds = now - t_last
-        done["tokens_per_s"] = steps_done * tokens_per_step / seconds
-        done["mfu"] = steps_done * flops_per_step / seconds / peak
-        done["perplexity"] = float(np.exp(done["loss"]))
-        logger.write(done_step, done)
-        logger.progress(done_step, done)
-        last.update(step=done_step, **done)
-        t_last = now
-    if step > tc.steps:
-      break
-    pending = (step, step_metrics)
-    if step % tc.eval_every == 0 or step == tc.steps:
-      val_loss = trainer.evaluate(state.params, val_batches)
-      logger.write(step, {"loss": val_loss, "perplexity": float(np.exp(val_loss))}, "val")
-      logger.progress(step, {"val_loss": val_loss})
-      last["val_loss"] = val_loss
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
-      # A NaN at this step must not overwrite good checkpoints: check the loss first.
-      if not np.isfinite(float(step_metrics["loss"])):
-        continue
-      ckpt.save(step, state, train_iter.get_state(), config)
-      last_good_step = step
-  ckpt.wait()
-  ckpt.close()
-  logger.close()
+  try:
+    for step in range(start + 1, tc.steps + 2):
+      if step <= tc.steps:
+        profile.before(step)
+        batch = next(train_iter)
+        state, step_metrics = trainer.step(state, batch)
+        profile.after(step, state)
+      # Step `step - 1` has finished by now (or soon): fetch its metrics, never this step's.
+      if pending is not None:
+        done_step, done = pending[0], jax.device_get(pending[1])
+        if not np.isfinite(done["loss"]):
+          ckpt.wait()
+          guard.stop(f"loss is {done['loss']} at step {done_step}")
+        if done_step % tc.log_every == 0 or done_step == tc.steps:
+          now = time.perf_counter()
+          steps_done = done_step - (last.get("step", start))
+          seconds = now - t_last
+          done["tokens_per_s"] = steps_done * tokens_per_step / seconds
+          done["mfu"] = mfu(steps_done * flops_per_step / seconds)
+          done["perplexity"] = float(np.exp(done["loss"]))
+          logger.write(done_step, done)
+          logger.progress(done_step, done)
+          last.update(step=done_step, **done)
+          t_last = now
+      if step > tc.steps:
+        break
+      pending = (step, step_metrics)
+      checked = None  # the loss of state.params, the parameters a save would write
+      if step % tc.eval_every == 0 or step == tc.steps:
+        val_loss = checked = trainer.evaluate(state.params, val_batches or [batch])
+        logger.write(step, {"loss": val_loss, "perplexity": float(np.exp(val_loss))}, "val")
+        logger.progress(step, {"val_loss": val_loss})
+        last["val_loss"] = val_loss
+      if step % tc.checkpoint_every == 0 or step == tc.steps:
+        # The step's loss is that of the parameters before its update: the ones a save
+        # writes are checked on this step's batch first, so a blow-up is never saved.
+        if checked is None:
+          checked = trainer.evaluate(state.params, [batch])
+        if not np.isfinite(checked):
+          ckpt.wait()
+          guard.stop(
+            f"the parameters after step {step} give loss {checked} on step {step}'s "
+            "batch; not saving them"
+          )
+        ckpt.save(step, state, train_iter.get_state(), config)
+        guard.good = step
+    ckpt.wait()
+  finally:
+    ckpt.close()
+    logger.close()
   logging.info("finished %d steps", tc.steps)
   return last
