@@ -19,13 +19,13 @@ from kbit_jax.analysis import results
 from kbit_jax.config import files
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import cost as grid_cost
-from kbit_jax.grid import describe, driver
+from kbit_jax.grid import describe, driver, models
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant import reference
 from kbit_jax.quant.spec import QuantSpec
-from kbit_jax.train import checkpoint, loop, sharding
+from kbit_jax.train import checkpoint, data, loop, sharding
 
 grid_config = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "grid.py")
 
@@ -310,7 +310,7 @@ def test_16_bit_cell_equals_the_float_models_own_evaluation(tiny_run):
     ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
   )
   abstract = loop.Trainer(run.config, mesh).abstract_state().params
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "models", run.name), 1)
+  ckpt = checkpoint.Checkpointer(str(models.model_dir(workdir, run)), 1)
   params = ckpt.restore_params(abstract)
   ckpt.close()
   cfg = ml_collections.ConfigDict(
@@ -404,7 +404,7 @@ def test_act_bits_cells_run_with_one_evaluation_net_per_act_bits(axes_run):
   records = _records(workdir)
   assert summary["evaluated"] == len(plan.cells) == 8
   for i, m in enumerate(plan.models):
-    assert os.path.isdir(os.path.join(workdir, "models", m.name))
+    assert os.path.isdir(models.model_dir(workdir, m))
     a8_k16, a8_k4, a16_k16, a16_k4 = [records[c.id]["compiles"]["cell"] for c in m.cells]
     assert a8_k4 <= 1 and a16_k4 == 0  # the k4 quantizer; the a's net reused
     if i == 0:
@@ -475,7 +475,7 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   mesh = sharding.make_mesh(
     ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
   )
-  ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "models", run.name), 1)
+  ckpt = checkpoint.Checkpointer(str(models.model_dir(str(tmp_path), run)), 1)
   stacked = ckpt.restore_params(loop.Trainer(run.config, mesh).abstract_state().params)
   ckpt.close()
   assert "layers" in stacked and "layer_0" not in stacked
@@ -489,13 +489,159 @@ def test_grid_evaluates_a_scan_layers_model_unrolled(tmp_path):
   for task in want:
     for metric, value in want[task].items():
       np.testing.assert_allclose(got[task][metric], value, rtol=1e-6, err_msg=f"{task}/{metric}")
-  # The same workdir with the layers unrolled again: refused before any work, since its
-  # checkpoint could not be restored (checkpoint.check_workdir).
+  # The layers unrolled again: another training identity, so another model directory
+  # and other cell keys. A directory holding a model of another identity than its name
+  # says (here the scanned model, renamed) is refused before any work, naming the key.
   config.base.model.scan_layers = False
+  unrolled = grid_plan.make_plan(config)
+  assert unrolled.models[0].dir_name != run.dir_name
+  assert not {c.id for c in unrolled.cells} & {c.id for c in plan.cells}
+  os.rename(
+    models.model_dir(str(tmp_path), run), models.model_dir(str(tmp_path), unrolled.models[0])
+  )
   with pytest.raises(
     ValueError,
     match=r"grid size s0-seed0: .* holds checkpoints of another "
     r"model: model.scan_layers=False but the saved model "
     r"has True",
   ):
-    driver.run(grid_plan.make_plan(config), str(tmp_path))
+    driver.run(unrolled, str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_a_models_identity_is_its_whole_training_config():
+  """Everything that changes the trained weights changes the model's directory and every
+  cell id (the key's train_id); logging, eval and checkpoint cadence and the mesh do not,
+  and names stay readable."""
+  base = grid_plan.make_plan(_config("runlocal"))
+  (run,) = base.models
+  assert re.fullmatch(r"s0-seed0-[0-9a-f]{8}", run.dir_name) and run.name == "s0-seed0"
+  assert [c.name for c in run.cells][:2] == ["s0-seed0 k16", "s0-seed0 k3 int B64 p0"]
+  assert all(c.key_dict["train_id"] == run.train_id for c in run.cells)
+  changed = {
+    "per_size.s0.train.lr": 0.03,
+    "base.data.seq_len": 64,
+    "per_size.s0.train.batch_size": 16,
+    "per_size.s0.train.warmup_steps": 2,
+    "base.train.weight_decay": 0.0,
+    "base.model.dtype": "bfloat16",
+    "base.data.tokenizer": str(data.TOKENIZER_FILE),
+  }
+  same = {
+    "per_size.s0.train.log_every": 3,
+    "per_size.s0.train.checkpoint_every": 5,
+    "per_size.s0.train.eval_every": 5,
+    "base.train.keep_checkpoints": 2,
+    "base.mesh.fsdp": 2,
+    "base.model.remat": True,
+  }
+  for overrides, equal in ((changed, False), (same, True)):
+    for path, value in overrides.items():
+      c = _config("runlocal")
+      *sections, key = path.split(".")
+      node = c
+      for s in sections:
+        node = node[s]
+      node[key] = value
+      other = grid_plan.make_plan(c)
+      assert (other.models[0].dir_name == run.dir_name) is equal, path
+      assert ([x.id for x in other.cells] == [x.id for x in base.cells]) is equal, path
+      assert [x.name for x in other.cells] == [x.name for x in base.cells]
+
+
+def _one_cell(**train):
+  c = _config("runlocal", bits=(16,), dtypes=(), blocksizes=())
+  c.per_size.s0.train.update(train)
+  return grid_plan.make_plan(c)
+
+
+def test_a_changed_training_config_trains_a_new_model_and_labels_it_truly(tmp_path, capsys):
+  """The issue's runs: the same grid with another lr, then another seq_len. Each trains
+  its own model (before: "already finished" with the old results, or "reusing the
+  trained model" of seq_len 32 for records claiming seq_len 64), and every record's
+  training fields are those its model's checkpoint saved."""
+  from kbit_jax.train import identity
+
+  workdir = str(tmp_path)
+  plans = [_one_cell(), _one_cell(lr=0.03)]
+  c = _config("runlocal", bits=(16,), dtypes=(), blocksizes=())
+  c.base.data.seq_len = 64
+  plans.append(grid_plan.make_plan(c))
+  for plan in plans:
+    assert driver.run(plan, workdir)["evaluated"] == 1
+    assert "training" in capsys.readouterr().out
+  records = _records(workdir)
+  assert len(records) == 3 and len(os.listdir(tmp_path / "models")) == 3
+  for plan in plans:
+    (run,) = plan.models
+    record = records[run.cells[0].id]
+    saved = checkpoint.saved_config(str(models.model_dir(workdir, run)))
+    assert record["key"]["train_id"] == identity.train_id(saved) == run.train_id
+    assert record["model"]["train_lr"] == saved["train"]["lr"]
+    assert record["model"]["seq_len"] == saved["data"]["seq_len"]
+    t = saved["train"]
+    assert record["key"]["train_tokens"] == t["steps"] * t["batch_size"] * saved["data"]["seq_len"]
+  # A model directory holding another identity than its name says is refused, naming it.
+  first, second = plans[0].models[0], plans[1].models[0]
+  shutil.rmtree(models.model_dir(workdir, second))
+  shutil.copytree(models.model_dir(workdir, first), models.model_dir(workdir, second))
+  with pytest.raises(
+    checkpoint.WorkdirError, match=r"train\.lr=0\.03 but the saved model has 0\.003"
+  ):
+    driver.run(plans[1], workdir)
+
+
+def test_a_workdir_of_before_train_id_is_adopted_or_left(tmp_path, capsys):
+  """Old workdirs: models/<name>/ and records whose keys lack train_id. A model directory
+  whose saved identity is the run's is renamed and reused (no training); its old records
+  go to results/legacy/ and the cells are redone; a directory of another identity stays
+  where it is and the model is trained anew."""
+  workdir, plan = str(tmp_path), _one_cell()
+  (run,) = plan.models
+  driver.run(plan, workdir)
+  capsys.readouterr()
+  results_dir = tmp_path / "results"
+  (record,) = results.load_records(results_dir)
+  os.remove(results_dir / f"{record['id']}.json")
+  old = dict(record, key=grid_plan.legacy_key(record["key"]))
+  old.pop("id")
+  old_path = results.write(results_dir, old)
+  os.rename(models.model_dir(workdir, run), models.legacy_model_dir(workdir, run))
+  summary = driver.run(plan, workdir)
+  out = capsys.readouterr().out
+  assert "is this model; renamed to" in out and "reusing the trained model" in out
+  assert "grid: s0-seed0: training" not in out
+  assert summary["evaluated"] == 1 and not old_path.exists()
+  assert [p.name.split("-")[0] for p in (results_dir / "legacy").iterdir()] == [old_path.stem]
+  assert [r["id"] for r in results.load_records(results_dir)] == [run.cells[0].id]
+  # A legacy directory of another model (lr 0.003 there, 0.03 wanted) is left as it is
+  # and the model is trained anew in its own directory.
+  other = _one_cell(lr=0.03)
+  legacy = models.legacy_model_dir(workdir, run)
+  os.rename(models.model_dir(workdir, run), legacy)
+  assert driver.run(other, workdir)["evaluated"] == 1
+  out = capsys.readouterr().out
+  assert (
+    f"{legacy} holds another model (train.lr=0.03 but the saved model has 0.003); left as "
+    f"it is, this model is trained in {other.models[0].dir_name}/"
+  ) in out
+  assert legacy.is_dir() and models.model_dir(workdir, other.models[0]).is_dir()
+
+
+def test_a_corrupt_record_is_moved_aside_and_its_cell_redone(tmp_path, capsys):
+  """The issue: a truncated results/*.json counted as finished: the grid skipped the
+  cell, did all other work, then died at the final table."""
+  plan = grid_plan.make_plan(_config("runlocal", bits=(4, 16), dtypes=("int",)))
+  driver.run(plan, str(tmp_path))
+  results_dir = tmp_path / "results"
+  record = results_dir / f"{plan.cells[1].id}.json"
+  record.write_text(record.read_text()[:50])
+  (results_dir / "stray.json").write_text("[]")
+  capsys.readouterr()
+  assert driver.run(plan, str(tmp_path))["evaluated"] == 1
+  out = capsys.readouterr().out
+  assert out.count("its cell is redone") == 2 and "mean/acc at B=64" in out
+  assert set(results.finished_ids(results_dir)) == {c.id for c in plan.cells}
+  assert len(list((results_dir / "unreadable").iterdir())) == 2

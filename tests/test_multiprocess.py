@@ -17,6 +17,7 @@ unless an item sits on a near-tie. Total bits come from the shapes alone and mus
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -135,14 +136,14 @@ def test_two_processes_run_the_grid_like_one(tmp_path):
   for name, record in expected.items():
     _assert_same_metrics(got[name], record, name)
   assert sorted(r["process"] for r in got.values()) == [0, 1], "each process took a cell"
-  model = two / "models" / "s0-seed0"
-  assert [p.name for p in (two / "models").iterdir()] == ["s0-seed0"]
+  (model,) = (two / "models").iterdir()  # s0-seed0-<train_id>: one directory, written once
+  assert re.fullmatch(r"s0-seed0-[0-9a-f]{8}", model.name), model.name
   assert sorted(p.name for p in (model / "checkpoints").iterdir() if p.is_dir()) == ["20"], (
     "one finished checkpoint (keep_checkpoints=1), written once"
   )
   losses = _losses(model)
   assert sorted(losses) == [10, 20], "process 0 logs each step once; process 1 never"
-  for step, loss in _losses(tmp_path / "one" / "models" / "s0-seed0").items():
+  for step, loss in _losses(tmp_path / "one" / "models" / model.name).items():
     assert losses[step] == pytest.approx(loss, rel=1e-6), step
 
   # Rerun with one record gone: a round of one cell for two processes; process 1 has

@@ -130,3 +130,40 @@ def test_pivot_puts_sizes_in_rows_and_k_in_columns(tmp_path):
   with pytest.raises(ValueError, match="no column 'nope'"):
     results.pivot(df, "nope")
   assert isinstance(df, pd.DataFrame)
+
+
+def test_invalid_records_do_not_count_and_the_grid_moves_them_aside(tmp_path, capsys):
+  """The issue: finished_ids went by file name, so a truncated, empty or stray
+  results/*.json counted as a finished cell. Now each is named, not counted, and with
+  move_bad (the grid) moved to unreadable/ so the grid redoes its cell; load_records (the
+  analysis) refuses it."""
+  good = results.write(tmp_path, _record())
+  truncated = results.write(tmp_path, _record(bits=3))
+  truncated.write_text(truncated.read_text()[:40])
+  empty = tmp_path / f"{results.cell_id(_key(bits=5))}.json"
+  empty.write_text("")
+  stray = tmp_path / "notes.json"
+  stray.write_text(json.dumps({"todo": "rerun s4"}))
+  copied = tmp_path / "0123456789abcdef.json"  # a whole record under another name
+  copied.write_text(good.read_text())
+  with pytest.raises(ValueError, match="is unreadable|has no 'key'|is named"):
+    results.load_records(tmp_path)
+  assert results.finished_ids(tmp_path) == {good.stem}
+  out = capsys.readouterr().out
+  assert out.count("not counted as finished") == 4 and str(truncated) in out
+  assert results.finished_ids(tmp_path, move_bad=True) == {good.stem}
+  assert "its cell is redone" in capsys.readouterr().out
+  assert sorted(p.name for p in tmp_path.glob("*.json")) == [good.name]
+  moved = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "unreadable").iterdir())
+  assert moved == sorted([truncated.stem, empty.stem, "notes", copied.stem])
+  assert len(results.load_records(tmp_path)) == 1
+
+
+def test_closing_tables_follow_the_block_sizes_of_the_cells(tmp_path):
+  """The issue: the tables were hard-wired to B = 64 ("Empty DataFrame" otherwise)."""
+  for bits, dtype, blocksize in ((16, "none", None), (4, "int", 256), (4, "int", 0)):
+    results.write(tmp_path, _record(bits=bits, dtype=dtype, blocksize=blocksize))
+  text = results.format_tables(results.load(tmp_path))
+  assert "mean/acc at B=256" in text and "mean/acc at B=0" in text
+  assert "B=64" not in text and "Empty DataFrame" not in text
+  assert text.index("B=256") < text.index("B=0")

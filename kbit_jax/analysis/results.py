@@ -11,6 +11,12 @@ temporary file in the same directory that is then renamed: a reader, or a rerun 
 `kill -9`, sees either the whole record or none. Paths go through etils.epath, so
 `results_dir` may be local or `gs://...`.
 
+Listing the finished cells (`finished_ids`) reads every record: one that does not read
+back whole (truncated, empty, not JSON, no key), whose id is not the hash of its key, or
+whose file name is not its id (a stray or copied file) does not count; with
+`move_bad=True` (the grid) it is moved to `unreadable/` with a warning, so the grid redoes
+its cell. `load_records` (the analysis) refuses such a file, naming it.
+
 `load` flattens nested dicts into columns joined by "/": the fields of the groups
 `key`, `model`, `bits` and `metrics` become bare columns (`preset`, `bits`, `dtype`,
 `params`, `total_bits`, `mean/acc`, `lambada/acc_stderr`, `ppl/validation/perplexity`,
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import uuid
 from typing import Any
 
@@ -30,6 +37,8 @@ from etils import epath
 
 SUFFIX = ".json"
 TMP_PREFIX = ".tmp-"
+UNREADABLE_DIR = "unreadable"  # records that did not read back, moved aside
+LEGACY_DIR = "legacy"  # grid records of keys without train_id (grid/driver.py)
 BARE_GROUPS = ("key", "model", "bits", "metrics")  # flattened without a prefix in `load`
 
 
@@ -43,16 +52,51 @@ def record_path(results_dir: str | epath.Path, key: dict[str, Any]) -> epath.Pat
   return epath.Path(results_dir) / f"{cell_id(key)}{SUFFIX}"
 
 
-def finished_ids(results_dir: str | epath.Path) -> set[str]:
-  """Ids of the cells with a record (temporary files of unfinished writes excluded)."""
+def _record_files(directory: epath.Path) -> list[epath.Path]:
+  """The record files of `directory` (temporary files of unfinished writes excluded)."""
+  return sorted(
+    (
+      p
+      for p in directory.iterdir()
+      if p.name.endswith(SUFFIX) and not p.name.startswith(TMP_PREFIX) and p.is_file()
+    ),
+    key=lambda p: p.name,
+  )
+
+
+def move_aside(results_dir: str | epath.Path, name: str, where: str = UNREADABLE_DIR):
+  """Moves record file `<name>.json` to `<where>/<name>-<time>.json`; returns the path."""
+  directory = epath.Path(results_dir)
+  (directory / where).mkdir(parents=True, exist_ok=True)
+  target = directory / where / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
+  n = 1
+  while target.exists():
+    n += 1
+    target = directory / where / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{n}{SUFFIX}"
+  (directory / f"{name}{SUFFIX}").replace(target)
+  return target
+
+
+def finished_ids(results_dir: str | epath.Path, move_bad: bool = False) -> set[str]:
+  """Ids of the cells with a valid record (`read` succeeds). Each invalid one is named in
+  a warning and does not count; `move_bad`: it is moved to `unreadable/` as well."""
   directory = epath.Path(results_dir)
   if not directory.exists():
     return set()
-  return {
-    p.name[: -len(SUFFIX)]
-    for p in directory.iterdir()
-    if p.name.endswith(SUFFIX) and not p.name.startswith(TMP_PREFIX)
-  }
+  ids = set()
+  for path in _record_files(directory):
+    name = path.name[: -len(SUFFIX)]
+    try:
+      read(path)
+    except ValueError as e:
+      if move_bad:
+        target = move_aside(directory, name)
+        print(f"WARNING: {e}; moved to {target}, its cell is redone", flush=True)
+      else:
+        print(f"WARNING: {e}; not counted as finished", flush=True)
+      continue
+    ids.add(name)
+  return ids
 
 
 def write(results_dir: str | epath.Path, record: dict[str, Any]) -> epath.Path:
@@ -71,31 +115,35 @@ def write(results_dir: str | epath.Path, record: dict[str, Any]) -> epath.Path:
 def read(path: str | epath.Path) -> dict[str, Any]:
   """One record; an unreadable or malformed file raises ValueError naming it."""
   path = epath.Path(path)
+  redo = "rerun the grid to move it aside and redo that cell"
   try:
     record = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(
-      f"results record {path} is unreadable ({type(e).__name__}: {e}); "
-      "delete it to have the grid redo that cell"
+      f"results record {path} is unreadable ({type(e).__name__}: {e}); {redo}"
     ) from None
   if not isinstance(record, dict) or not isinstance(record.get("key"), dict):
-    raise ValueError(
-      f"results record {path} has no 'key' dict; delete it to have the grid redo that cell"
-    )
+    raise ValueError(f"results record {path} has no 'key' dict; {redo}")
   if record.get("id") != cell_id(record["key"]):
     raise ValueError(
       f"results record {path}: its id {record.get('id')!r} is not the hash "
       f"of its key ({cell_id(record['key'])}); the file was edited or renamed"
     )
+  if path.name != f"{record['id']}{SUFFIX}":
+    raise ValueError(
+      f"results record {path} is named {path.name} but its cell id is "
+      f"{record['id']}; a copied or renamed file ({redo})"
+    )
   return record
 
 
 def load_records(results_dir: str | epath.Path) -> list[dict[str, Any]]:
-  """Every record in `results_dir`, in file-name order."""
+  """Every record in `results_dir`, in file-name order; an invalid one raises ValueError
+  naming it (`read`)."""
   directory = epath.Path(results_dir)
   if not directory.is_dir():
     raise FileNotFoundError(f"results directory {directory} does not exist")
-  return [read(directory / f"{i}{SUFFIX}") for i in sorted(finished_ids(directory))]
+  return [read(p) for p in _record_files(directory)]
 
 
 def flatten(record: dict[str, Any]) -> dict[str, Any]:
@@ -142,20 +190,36 @@ def pivot(df: pd.DataFrame, value: str, blocksize: int = 64) -> pd.DataFrame:
   return table.droplevel("params")
 
 
+def blocksizes(df: pd.DataFrame) -> list:
+  """The block sizes of the weights-only quantized cells: 64, 256, ... then per tensor (0)
+  and per channel (-1)."""
+  if "blocksize" not in df or "bits" not in df:
+    return []
+  if "act_bits" in df:
+    df = df[df["act_bits"].isna() | (df["act_bits"] == 16)]
+  present = df.loc[df["bits"] != 16, "blocksize"].dropna().unique()
+  return sorted((int(b) for b in present), key=lambda b: (b <= 0, -b if b <= 0 else b))
+
+
 def format_tables(
   df: pd.DataFrame,
-  blocksize: int = 64,
+  blocksize: int | None = None,
   values: tuple[tuple[str, str], ...] = (
     ("mean/acc", "{:.3f}"),
     ("ppl/validation/perplexity", "{:.1f}"),
   ),
 ) -> str:
-  """Text tables of `values` at block size B: rows (size, dtype), columns k."""
+  """Text tables of `values`, one per block size B (`blocksize`, or each one the cells
+  have: `blocksizes`): rows (size, dtype), columns k."""
   out = []
-  for value, fmt in values:
-    if value in df and (df["bits"] != 16).any():
-      text = pivot(df, value, blocksize).to_string(
-        float_format=lambda x, fmt=fmt: "nan" if math.isnan(x) else fmt.format(x)
-      )
-      out.append(f"{value} at B={blocksize} (columns: k)\n{text}")
+  for b in [blocksize] if blocksize is not None else blocksizes(df):
+    for value, fmt in values:
+      if value in df and (df["bits"] != 16).any():
+        table = pivot(df, value, b)
+        if table.empty:
+          continue
+        text = table.to_string(
+          float_format=lambda x, fmt=fmt: "nan" if math.isnan(x) else fmt.format(x)
+        )
+        out.append(f"{value} at B={b} (columns: k)\n{text}")
   return "\n\n".join(out)

@@ -3,7 +3,9 @@ cell of it and store one record per cell.
 
     kbit grid --config configs/grid.py --workdir W [--dry_run]   # -> plan_and_run
 
-    W/models/<model>/          each model's training run (models.py)
+    W/kbit.lock                held while the grid runs: a second grid (or `kbit train`)
+                               on W is refused (train/workdir_lock.py)
+    W/models/<model>-<train_id>/   each model's training run (models.py)
     W/results/<cell id>.json   one record per finished cell (analysis/results.py)
 
 The recipe, per model with unfinished cells: train or reuse it (models.py), restore its
@@ -11,7 +13,11 @@ float parameters onto the evaluation mesh, then for each cell quantize and evalu
 (evaluator.py: compiles per block layout, not per cell) and write the record. Evaluation
 runs on the first fsdp x tensor devices (the data axis would only replicate the same
 work). A cell's record is written atomically after the cell and finished cells are
-skipped on a rerun, so a `kill -9` loses at most the cell in flight. On several processes
+skipped on a rerun, so a `kill -9` loses at most the cell in flight. Only records that
+read back whole and match their file name count as finished: an unreadable one is moved
+to W/results/unreadable/ with a warning and its cell redone (results.finished_ids), and
+records of this grid's cells written before cell keys carried `train_id` are moved to
+W/results/legacy/ (they cannot be tied to a model) and redone. On several processes
 the cells are shared out and process 0 writes (multihost.py). Compiles are counted per
 cell (record `compiles/cell`; `compiles/run`: all of this run so far, training included)
 and per grid (the last log line; compiles.py).
@@ -30,6 +36,7 @@ from kbit_jax.analysis import results
 from kbit_jax.grid import compiles, describe, evaluator, models, multihost, tpu_cost
 from kbit_jax.grid import cost as grid_cost
 from kbit_jax.grid import plan as grid_plan
+from kbit_jax.train import checkpoint, workdir_lock
 
 
 class Progress:
@@ -58,16 +65,66 @@ class Progress:
     )
 
 
+def _finished(plan: grid_plan.Plan, results_dir: epath.Path, dry_run: bool) -> set[str]:
+  """Process 0's finished cells, agreed by all processes. Unless `dry_run`, process 0
+  first moves unreadable records aside and this grid's legacy records to results/legacy/
+  (see the module docstring); a dry run only reports them."""
+  finished = set()
+  if multihost.is_writer():
+    move = not dry_run
+    finished = results.finished_ids(results_dir, move_bad=move)
+    legacy = {
+      results.cell_id(old): c.name
+      for c in plan.cells
+      if (old := grid_plan.legacy_key(c.key_dict)) is not None
+    }
+    found = [i for i in legacy if (results_dir / f"{i}{results.SUFFIX}").exists()]
+    if found:
+      if move:
+        for i in found:
+          results.move_aside(results_dir, i, results.LEGACY_DIR)
+      print(
+        f"grid: {len(found)} records of this grid's cells (e.g. {legacy[found[0]]}) were "
+        "written before cell keys carried the model's training identity (train_id) and "
+        f"cannot be tied to a model; {'moved to' if move else 'a run moves them to'} "
+        f"{results_dir / results.LEGACY_DIR}/ and their cells are redone",
+        flush=True,
+      )
+      finished -= set(found)
+  return multihost.agreed_finished(finished)
+
+
 def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, Any]:
   """Prints the plan; unless `dry_run`, trains and evaluates every unfinished cell.
 
   Every process of a multi-process run calls this with the same plan: all of them train
   and evaluate, process 0 alone prints and writes `results/` (see the module docstring).
+  The workdir is locked for the run (not for a dry run, which writes nothing).
   """
+  if dry_run:
+    return _run(plan, workdir, dry_run)
+  with workdir_lock.hold(workdir, "kbit grid"):
+    return _run(plan, workdir, dry_run)
+
+
+def _trained_params(m: grid_plan.ModelRun, workdir: str) -> tuple[Any, float]:
+  """(float params on the evaluation mesh, training seconds): trains `m` if needed; a
+  final checkpoint that cannot be read is moved aside and the model retrained."""
+  train_s = models.ensure_trained(m, workdir)
+  try:
+    return models.restore_params(m, workdir), train_s
+  except checkpoint.UnreadableCheckpointError as e:
+    models.move_aside_final_step(m, workdir, e)
+    multihost.say(f"grid: {m.name}: its final checkpoint is unreadable; retraining")
+  train_s += models.ensure_trained(m, workdir)
+  return models.restore_params(m, workdir), train_s
+
+
+def _run(plan: grid_plan.Plan, workdir: str, dry_run: bool) -> dict[str, Any]:
   compiles.start()
   results_dir = epath.Path(workdir) / "results"
-  models.check_workdirs(plan, workdir)
-  finished = multihost.agreed_finished(results.finished_ids(results_dir))
+  models.check_workdirs(plan, workdir, adopt=not dry_run)
+  finished = _finished(plan, results_dir, dry_run)
   cost = grid_cost.estimate(plan)
   multihost.say(describe.format_plan(plan, cost, finished))
   multihost.say(f"results: {results_dir}")
@@ -96,9 +153,8 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
   for m in plan.models:
     if not todo[m.name]:
       continue
-    train_s = models.ensure_trained(m, workdir)
+    params, train_s = _trained_params(m, workdir)
     progress.work(train_est[m.name])
-    params = models.restore_params(m, workdir)
     cells = evaluator.CellEvaluator(m, params, plan.config.eval)
     dealers = jax.process_count() if multihost.deals_cells(params) else 1
     for start in range(0, len(todo[m.name]), dealers):
@@ -140,7 +196,8 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
   )
   if multihost.is_writer():
     df = results.load(results_dir)
-    print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
+    if "id" in df:
+      print(results.format_tables(df[df["id"].isin({c.id for c in plan.cells})]), flush=True)
   return dict(
     cells=len(plan.cells),
     evaluated=remaining,

@@ -35,7 +35,7 @@ from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
-from kbit_jax.train import loop
+from kbit_jax.train import identity, loop
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,7 +167,12 @@ def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
     s = run.pretrained
     return dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
   t = run.config.train
-  return dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
+  return dict(
+    train_steps=t.steps,
+    train_batch_size=t.batch_size,
+    train_lr=t.lr,
+    train_config=identity.identity(run.config),  # its hash is the key's train_id
+  )
 
 
 def headline(metrics: dict[str, Any]) -> str:

@@ -1,8 +1,18 @@
 """The grid's models: train (or resume, or reuse) each one, and restore its float
 parameters onto the evaluation mesh.
 
-    W/models/<size>-seed<s>/   the training run (train/loop.py; a finished run is reused);
-                               <size>-seed<s>-D<tokens>/ per budget of a grid.tokens axis
+    W/models/<size>-seed<s>-<train_id>/   the training run (train/loop.py; a finished run
+                                          is reused); <size>-seed<s>-D<tokens>-<train_id>/
+                                          per budget of a grid.tokens axis
+
+`train_id` is a hash of the run's whole training identity (train/identity.py), so a
+model trained with another config (lr, seq_len, data, steps, ...) lives in another
+directory and is never reused for this one; a directory whose checkpoints have another
+identity than its name says is refused, naming the keys (`check_workdirs`). A model's
+final checkpoint that cannot be read is moved aside and the model retrained
+(driver.py). Workdirs of grids before `train_id`: a `W/models/<size>-seed<s>/` whose
+saved config has this run's identity is this model and is renamed to its new name; one
+with another identity is left as it is and named (the model is trained anew).
 
 A pretrained grid's model (configs/grid_pretrained.py) is never trained and W/models/
 stays empty: its float parameters come from `convert.importer.load_imported(import dir)`.
@@ -21,10 +31,15 @@ from kbit_jax.convert import importer
 from kbit_jax.grid import multihost
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import transformer
-from kbit_jax.train import checkpoint, loop, sharding
+from kbit_jax.train import checkpoint, identity, loop, sharding
 
 
 def model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
+  return epath.Path(workdir) / "models" / run.dir_name
+
+
+def legacy_model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
+  """Where grids before `train_id` trained `run` (W/models/<name>/)."""
   return epath.Path(workdir) / "models" / run.name
 
 
@@ -81,22 +96,74 @@ def restore_imported(run: grid_plan.ModelRun) -> Any:
 
 
 def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
-  """The final float parameters of `run` (trained or imported), on the evaluation mesh."""
+  """The final float parameters of `run` (trained or imported), on the evaluation mesh.
+  A trained run's final step that cannot be read raises checkpoint.UnreadableCheckpointError
+  on every process (they agree; driver.py moves it aside and retrains)."""
   if run.pretrained:
     return restore_imported(run)
   trainer = loop.Trainer(run.config, multihost.eval_mesh(run.config.mesh))
+  params, error = None, None
   with checkpoint.read_only(
     str(model_dir(workdir, run)), run.config.train.keep_checkpoints
   ) as ckpt:
-    params = ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
-  return transformer.unstack_layers(params)  # trained with model.scan_layers: unroll
+    try:
+      params = ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+    except checkpoint.UnreadableCheckpointError as e:
+      error = e
+  if multihost.agreed_all(error is None):
+    return transformer.unstack_layers(params)  # trained with model.scan_layers: unroll
+  raise error or checkpoint.UnreadableCheckpointError(
+    f"the final checkpoint of {run.name} is unreadable on another process", run.config.train.steps
+  )
 
 
-def check_workdirs(plan: grid_plan.Plan, workdir: str) -> None:
-  """WorkdirError if a model directory holds another model's checkpoints (e.g. the grid's
-  base.model.scan_layers changed): checkpoint.check_workdir, for every trained model."""
+def move_aside_final_step(run: grid_plan.ModelRun, workdir: str, error: Exception) -> None:
+  """Moves `run`'s unreadable final step aside (checkpoint.move_aside), so that training
+  resumes from the step before it (or from scratch) and saves it again."""
+  directory = checkpoint.checkpoints_dir(str(model_dir(workdir, run)))
+  checkpoint.move_aside(directory, run.config.train.steps, error)
+
+
+def _adopt_legacy_dir(run: grid_plan.ModelRun, workdir: str) -> None:
+  """A `W/models/<name>/` of a grid before `train_id` (see the module docstring): renamed
+  to `model_dir` if its saved identity is `run`'s, else left and named. Process 0 looks
+  and renames; every process calls this (a collective with several)."""
+  old, new = legacy_model_dir(workdir, run), model_dir(workdir, run)
+  if not multihost.agreed_flag(old.exists() and not new.exists()):
+    return
+  if multihost.is_writer():
+    saved = checkpoint.saved_config(str(old))
+    from kbit_jax.config import defaults
+
+    diffs = (
+      identity.differences(saved, run.config, defaults.base_config().to_dict())
+      if saved is not None
+      else ["no readable checkpoint"]
+    )
+    if not diffs:
+      old.rename(new)
+      print(
+        f"grid: {run.name}: {old} (trained before model directories carried the training "
+        f"identity's hash) is this model; renamed to {new.name}/",
+        flush=True,
+      )
+    else:
+      print(
+        f"grid: {run.name}: {old} holds another model ({'; '.join(diffs[:3])}); left as "
+        f"it is, this model is trained in {new.name}/",
+        flush=True,
+      )
+  multihost.barrier(f"kbit-adopt-{run.dir_name}")
+
+
+def check_workdirs(plan: grid_plan.Plan, workdir: str, adopt: bool = True) -> None:
+  """For every trained model: adopts a legacy directory of it (`_adopt_legacy_dir`; not
+  with `adopt=False`, a dry run), then WorkdirError if its directory holds another model's
+  checkpoints (another training identity: checkpoint.check_workdir), naming the keys."""
   for m in plan.models:
     if not m.pretrained:
+      if adopt:
+        _adopt_legacy_dir(m, workdir)
       try:
         checkpoint.check_workdir(m.config, str(model_dir(workdir, m)))
       except checkpoint.WorkdirError as e:

@@ -90,6 +90,19 @@ def agreed_flag(flag: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
+def agreed_all(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def barrier(name: str) -> None:
+  """Every process waits for the others here (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def agreed_finished(finished: set[str]) -> set[str]:
   """Process 0's finished cell ids, on every process (a collective: all must call it)."""
   if jax.process_count() == 1:

@@ -13,9 +13,12 @@ and adds nothing to cell keys). Every cell's `QuantSpec` is built here and its t
 checked against the model's parameter shapes, so a bad cell is reported with its name
 and the bad key before anything is trained.
 
-A cell's key (analysis/results.py) names the model (preset, seed, training tokens), the
-resolved quantization (float exponent bits included) and a fingerprint of the eval
-section, so rerunning a grid finds its finished cells and a changed evaluation does not.
+A cell's key (analysis/results.py) names the model (preset, seed, training tokens and
+`train_id`, a hash of the whole training identity: train/identity.py), the resolved
+quantization (float exponent bits included) and a fingerprint of the eval section, so
+rerunning a grid finds its finished cells, and a changed evaluation, or a model trained
+with another config (another lr, seq_len, data, ...), does not. The model's directory is
+`W/models/<name>-<train_id>/` (models.py); names stay readable (`s1-seed0 k4 int B64 p0`).
 
 A pretrained grid's model (pretrained.py) is named by its size (no seed, no token budget;
 cell keys add `hub_id` and have train_tokens 0), has the architecture its import saved and
@@ -44,7 +47,7 @@ from kbit_jax.grid.pretrained import (
 from kbit_jax.model import presets
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
-from kbit_jax.train import sharding
+from kbit_jax.train import identity, sharding
 
 AXES = ("sizes", "seeds", "bits", "dtypes", "blocksizes", "outlier_shares")
 QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit cell
@@ -111,6 +114,16 @@ class ModelRun:
       return self.preset
     d = f"-D{self.train_tokens}" if self.tokens_axis else ""
     return f"{self.preset}-seed{self.seed}{d}"
+
+  @property
+  def train_id(self) -> str:
+    """8 hex digits of the training identity (train/identity.py); "" for an import."""
+    return "" if self.pretrained else identity.train_id(self.config)
+
+  @property
+  def dir_name(self) -> str:
+    """The model's directory under W/models/: `<name>-<train_id>` (trained runs only)."""
+    return f"{self.name}-{self.train_id}"
 
   @property
   def train_tokens(self) -> int:
@@ -203,12 +216,14 @@ def eval_id(config: ml_collections.ConfigDict) -> str:
 
 
 def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
-  """The cell's identity; act_bits only when < 16 and hub_id only for imported models,
-  so weights-only keys of trained models are as before."""
+  """The cell's identity; act_bits only when < 16, hub_id only for imported models and
+  train_id only for trained ones (`legacy_key`: the key without it)."""
   q = spec.quantized
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
   if run.pretrained:
     extra["hub_id"] = run.pretrained.hub_id
+  else:
+    extra["train_id"] = run.train_id
   return tuple(
     dict(
       preset=run.preset,
@@ -225,6 +240,14 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
       **extra,
     ).items()
   )
+
+
+def legacy_key(key: dict[str, Any]) -> dict[str, Any] | None:
+  """A trained cell's key as grids wrote it before keys carried `train_id` (None for an
+  imported model's cell, whose key is unchanged)."""
+  if "train_id" not in key:
+    return None
+  return {k: v for k, v in key.items() if k != "train_id"}
 
 
 def _specs(grid: dict[str, tuple], targets: str) -> Iterable[tuple[str, dict[str, Any]]]:
