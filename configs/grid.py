@@ -62,6 +62,7 @@ def _eval_section(runlocal: bool) -> ml_collections.ConfigDict:
       probe_items=64,  # cells' eval fingerprint unchanged (evaluate.py)
       probe_file="",
       probe_threshold=0.5,
+      bos="tokenizer",  # BOS as the tokenizer sets it; "none": lm-eval <= 0.4.9 (eval_section.py)
     )
   )
 

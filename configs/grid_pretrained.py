@@ -144,6 +144,7 @@ def get_config(arg=None):
       ppl_split="validation",
       ppl_max_batches=0 if not a.runlocal else 4,
       text_file="",
+      bos="tokenizer",  # BOS as each tokenizer sets it (OPT: yes); "none": lm-eval <= 0.4.9
     )
   )
   c.pretrained = ml_collections.ConfigDict(

@@ -283,6 +283,139 @@ def test_import_writes_checkpoint_architecture_and_tokenizer(hf_root, tmp_path):
   assert data.load_tokenizer(str(out)).encode(TEXT) == tok.encode(TEXT)
 
 
+OPT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as the facebook/opt-* vocab
+OPT_SPECIAL_TOKENS = dict(bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>")
+PAIRS = [  # (context, continuation), lm-eval style: the continuation starts with a space
+  ("In the beginning God created the heaven", " and the earth."),
+  ("And the earth was without form, and", " void;"),
+  ("darkness was upon the face of the ", "deep."),  # a trailing space moves over
+]
+
+
+def _hub_opt_dir(out, bpe):
+  """A tiny OPT saved as the facebook/opt-* repos ship it: vocab.json + merges.txt and
+  tokenizer_config.json with `add_bos_token: true` (BOS = EOS = UNK = </s>, id 2)."""
+  m = _randomize(
+    transformers.OPTForCausalLM(
+      transformers.OPTConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+        vocab_size=MODEL_VOCAB,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+      )
+    )
+  )
+  m.save_pretrained(out)
+  bpe.save_model(str(out))
+  (out / "special_tokens_map.json").write_text(json.dumps(OPT_SPECIAL_TOKENS))
+  (out / "tokenizer_config.json").write_text(
+    json.dumps(
+      dict(
+        OPT_SPECIAL_TOKENS,
+        add_bos_token=True,
+        add_prefix_space=False,
+        errors="replace",
+        tokenizer_class="GPT2Tokenizer",
+        model_max_length=TOKENIZER_INFINITY,
+      )
+    )
+  )
+  return m
+
+
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+
+
+def _reference_loglikelihoods(model, hf_tok, pairs, add_special_tokens):
+  """transformers' scoring of each pair as lm-eval's `_encode_pair` +
+  `_loglikelihood_tokens` encode it: the tokenizer's own encoding (its BOS with
+  `add_special_tokens=True`), the continuation's ids after the context's."""
+  out = []
+  for context, continuation in pairs:
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+      context, continuation = context[:-spaces], context[-spaces:] + continuation
+    ctx = hf_tok(context, add_special_tokens=add_special_tokens)["input_ids"]
+    whole = hf_tok(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+    cont = whole[len(ctx) :]
+    tokens = torch.tensor([ctx + cont])
+    with torch.no_grad():
+      logp = torch.log_softmax(model(tokens[:, :-1]).logits.double(), -1)[0]
+    targets = tokens[0, 1:]
+    picked = logp[torch.arange(len(targets)), targets][-len(cont) :]
+    out.append(float(picked.sum()))
+  return out
+
+
+def test_bos_follows_the_tokenizer_as_lm_eval_scores_it(tmp_path):
+  """The issue: with the OPT tokenizer as the hub repos save it (`add_bos_token: true`),
+  lm-evaluation-harness (>= its PR #3347) scores every context after `</s>`; kbit
+  encoded without special tokens and never did. Now BOS follows the tokenizer's own
+  setting: our log-likelihoods equal transformers' BOS-prefixed scoring (the harness's
+  reference), and `eval.bos="none"` (harness <= 0.4.9) equals its scoring without."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(
+    [data.corpus_text("validation")[:50_000]],
+    vocab_size=VOCAB,
+    special_tokens=OPT_SPECIALS,
+    show_progress=False,
+  )
+  hub = tmp_path / "opt-hub"
+  model = _hub_opt_dir(hub, bpe)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(hub))
+  assert hf_tok("Hello")["input_ids"][0] == 2, "the hub-style tokenizer adds </s> first"
+
+  importer.import_hf(hub, tmp_path / "imported", verbose=False)
+  tok = tokenizer.load_hf_tokenizer(str(tmp_path / "imported"))
+  p, params = importer.load_imported(
+    tmp_path / "imported", *importer.import_mesh(presets.PRESETS["s0"], jax.devices()[:1])
+  )
+  net = transformer.Transformer(p)
+
+  from kbit_jax.evals import scoring
+
+  # The default: as the tokenizer sets it, i.e. BOS-prefixed, as the harness scores it.
+  default = scoring.loglikelihoods(params, net, scoring.encode_requests(tok, PAIRS), 4)
+  want = _reference_loglikelihoods(model, hf_tok, PAIRS, add_special_tokens=True)
+  np.testing.assert_allclose([ll for ll, _ in default], want, atol=TOL, rtol=0)
+  assert tok.add_bos and tok.bos_id == 2 and tok.encode("Hello")[0] != 2
+  saved = json.loads((tmp_path / "imported" / "architecture.json").read_text())
+  assert saved["tokenizer_add_bos"] is True  # recorded with the import
+  for mode, special in (("tokenizer", True), ("none", False)):
+    requests = scoring.encode_requests(tok, PAIRS, scoring.prepends_bos(tok, mode))
+    assert all((r[0][0] == 2) is special for r in requests), mode
+    ours = [ll for ll, _ in scoring.loglikelihoods(params, net, requests, batch_size=4)]
+    want = _reference_loglikelihoods(model, hf_tok, PAIRS, add_special_tokens=special)
+    np.testing.assert_allclose(ours, want, atol=TOL, rtol=0, err_msg=mode)
+  with_bos = _reference_loglikelihoods(model, hf_tok, PAIRS, add_special_tokens=True)
+  without = _reference_loglikelihoods(model, hf_tok, PAIRS, add_special_tokens=False)
+  assert max(abs(a - b) for a, b in zip(with_bos, without)) > 100 * TOL, "BOS matters here"
+
+  # Tokenizers that add no BOS keep scoring as before: GPT-2-style vocab + merges without
+  # tokenizer_config.json, and a tokenizer.json whose post-processor adds none.
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  bpe.save(str(plain / "tokenizer.json"))
+  (plain / "special_tokens_map.json").write_text(json.dumps(dict(eos_token="</s>")))
+  assert not tokenizer.load_hf_tokenizer(str(plain)).add_bos
+  assert not data.load_tokenizer().add_bos  # the embedded SentencePiece: never
+  # A tokenizer.json whose post-processor puts BOS first (no tokenizer_config.json).
+  templated = tmp_path / "templated"
+  templated.mkdir()
+  bpe._tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+    single="</s> $A", special_tokens=[("</s>", 2)]
+  )
+  bpe.save(str(templated / "tokenizer.json"))
+  (templated / "special_tokens_map.json").write_text(json.dumps(OPT_SPECIAL_TOKENS))
+  assert tokenizer.load_hf_tokenizer(str(templated)).add_bos
+
+
 def test_bfloat16_checkpoints_safetensors_and_bin(hf_root, tmp_path):
   """BLOOM and most hub checkpoints store bf16, which numpy has no type for."""
   m = copy.deepcopy(hf_root[1]["bloom"]).to(torch.bfloat16)

@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.probe_items = 64  # items per built-in probe (a multiple of 2^k balances)
   c.eval.probe_file = ""  # JSONL {"context", "options": [>= 2], "label"} probe
   c.eval.probe_threshold = 0.5  # probe/summary/max_k: largest k with acc above this
+  # BOS before each scored context: "tokenizer" (as the tokenizer's own setting says:
+  # lm-evaluation-harness since its PR #3347) | "none" (harness <= 0.4.9, the study's era)
+  c.eval.bos = "tokenizer"
 
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16  # weight bits k: 2..8, or 16 for the float baseline

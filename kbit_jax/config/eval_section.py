@@ -4,6 +4,12 @@ evaluation in a grid cell's key.
 Keys added after grids had stored results have defaults (EVAL_DEFAULTS): a section without
 one reads the default, and `fingerprint_dict` leaves a key at its default out of the
 fingerprint, so adding them changed no existing cell key.
+
+`eval.bos` ("tokenizer": BOS before each context when the tokenizer's own setting says
+so, as lm-evaluation-harness since its PR #3347; "none": never, as harness <= 0.4.9) is
+never in the fingerprint: what it does to a cell is in the cell's key instead (`bos`:
+true when a BOS was prepended, grid/plan.py), so models whose tokenizers add none (the
+trained models, GPT-2, Pythia, BLOOM) keep their keys under either value.
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ EVAL_KEYS = (
   "probe_items",
   "probe_file",
   "probe_threshold",
+  "bos",
 )
 
 
 # Keys added after grids had stored results: a section without one reads this default,
 # and `fingerprint_dict` leaves a key at its default out of the cells' eval fingerprint,
 # so adding them changed no existing cell key.
-EVAL_DEFAULTS = {"probes": "", "probe_items": 64, "probe_file": "", "probe_threshold": 0.5}
+EVAL_DEFAULTS = {
+  "probes": "",
+  "probe_items": 64,
+  "probe_file": "",
+  "probe_threshold": 0.5,
+  "bos": "tokenizer",
+}
+NOT_FINGERPRINTED = ("bos",)  # in the cell key instead (module docstring)
 
 
 def _int_at_least(eval_cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
@@ -60,7 +74,7 @@ def fingerprint_dict(eval_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return {
     k: v
     for k, v in eval_cfg.to_dict().items()
-    if not (k in EVAL_DEFAULTS and v == EVAL_DEFAULTS[k])
+    if not (k in EVAL_DEFAULTS and v == EVAL_DEFAULTS[k]) and k not in NOT_FINGERPRINTED
   }
 
 
@@ -121,6 +135,12 @@ def validate(
   if eval_cfg.text_file and not epath.Path(eval_cfg.text_file).exists():
     raise ValueError(f"eval.text_file={eval_cfg.text_file!r} does not exist")
   _validate_probes(with_defaults(eval_cfg))
+  bos = with_defaults(eval_cfg).bos
+  if bos not in ("tokenizer", "none"):
+    raise ValueError(
+      f"eval.bos={bos!r} is unknown; allowed: 'tokenizer' (BOS as the tokenizer "
+      "sets it, lm-evaluation-harness since its PR #3347) or 'none' (harness <= 0.4.9)"
+    )
   if data_cfg is not None and data_cfg.source == "embedded" and eval_cfg.ppl_split:
     if eval_cfg.ppl_split not in data.SPLITS:
       raise ValueError(

@@ -262,6 +262,16 @@ def _check_empty(workdir: pathlib.Path) -> None:
     )
 
 
+def _tokenizer_add_bos(hf_dir: pathlib.Path) -> bool | None:
+  """The source tokenizer's own BOS setting (convert/tokenizer.py), None without one."""
+  from kbit_jax.convert import tokenizer
+
+  try:
+    return tokenizer.load_hf_tokenizer(str(hf_dir)).add_bos
+  except (FileNotFoundError, ValueError):
+    return None
+
+
 def architecture_record(plan: ImportPlan) -> dict[str, Any]:
   return dict(
     preset=plan.name,
@@ -271,6 +281,9 @@ def architecture_record(plan: ImportPlan) -> dict[str, Any]:
     params=presets.param_counts(plan.preset),
     source_dtypes=sorted({plan.checkpoint.info[n].dtype for n, _ in plan.tensors}),
     tokenizer_files=[f for f in TOKENIZER_FILES if (plan.hf_dir / f).exists()],
+    # Whether the tokenizer puts BOS first (tokenizer_config.json add_bos_token, or its
+    # post-processor): scoring then prepends it (evals/scoring.py prepends_bos, eval.bos).
+    tokenizer_add_bos=_tokenizer_add_bos(plan.hf_dir),
   )
 
 

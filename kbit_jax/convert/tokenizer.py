@@ -6,9 +6,17 @@
 Reads `tokenizer.json` with the `tokenizers` library, else a GPT-2 style byte-level BPE
 from `vocab.json` + `merges.txt` (OPT's hub directories have only these). Special tokens
 come from `special_tokens_map.json` / `tokenizer_config.json`, else from config.json's
-`*_token_id`. `encode` adds no special tokens (no BOS), as lm-evaluation-harness scores
-causal models; `decode` drops special tokens, as SentencePiece drops control pieces, so
+`*_token_id`. `decode` drops special tokens, as SentencePiece drops control pieces, so
 `evals/perplexity.py` counts the same bytes and words for either tokenizer.
+
+BOS: `encode` returns the text's own tokens, no special tokens; `add_bos` is the
+tokenizer's own setting, whether its encoding starts with BOS: tokenizer_config.json's
+`add_bos_token` where it is a bool (the `facebook/opt-*` repos: true, OPT was trained
+with `</s>` first), else whether tokenizer.json's post-processor puts BOS first (encoding
+a probe with and without special tokens), else False. Scoring prepends BOS when the
+setting says so (evals/scoring.py `prepends_bos`, `eval.bos`), as lm-evaluation-harness
+does since its PR #3347 (BOS follows the tokenizer; 0.4.13 is what issue 16 compared);
+its releases up to 0.4.9 never prepended one (`eval.bos="none"`).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ def _token_text(value: Any) -> str | None:
 class HFTokenizer:
   """A `tokenizers.Tokenizer` with the special ids the packer and evaluation need."""
 
-  def __init__(self, tokenizer: Any, name: str, special_ids: dict[str, int]):
+  def __init__(self, tokenizer: Any, name: str, special_ids: dict[str, int], add_bos: bool = False):
     self._tok = tokenizer
     self.name = name
     self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -43,6 +51,8 @@ class HFTokenizer:
     self.unk_id: int = special_ids.get("unk", -1)
     self.bos_id: int = special_ids.get("bos", -1)
     self.eos_id: int = special_ids.get("eos", -1)
+    # The tokenizer's own setting (module docstring); `encode` never adds it itself.
+    self.add_bos: bool = add_bos and self.bos_id >= 0
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -54,7 +64,7 @@ class HFTokenizer:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
   def __repr__(self) -> str:
-    return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size})"
+    return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size}, add_bos={self.add_bos})"
 
 
 def _byte_level_bpe(vocab: pathlib.Path, merges: pathlib.Path):
@@ -70,6 +80,18 @@ def tokenizer_dir(path: str | pathlib.Path) -> pathlib.Path:
   """A Hugging Face directory as is; an imported workdir's `tokenizer/` copy."""
   path = pathlib.Path(path).expanduser()
   return path / "tokenizer" if (path / "architecture.json").exists() else path
+
+
+def _adds_bos(tok: Any, config: dict[str, Any], from_json: bool, bos_id: int | None) -> bool:
+  """The tokenizer's own BOS setting (see the module docstring)."""
+  if isinstance(config.get("add_bos_token"), bool):
+    return config["add_bos_token"]
+  if not from_json or bos_id is None:
+    return False
+  probe = "Hello world"
+  with_special = tok.encode(probe, add_special_tokens=True).ids
+  plain = tok.encode(probe, add_special_tokens=False).ids
+  return with_special[:1] == [bos_id] and with_special[1 : 1 + len(plain)] == plain
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,4 +127,10 @@ def load_hf_tokenizer(path: str) -> HFTokenizer:
       ".json, tokenizer_config.json or config.json eos_token_id); packing "
       "documents needs one"
     )
-  return HFTokenizer(tok, str(path), ids)
+  add_bos = _adds_bos(
+    tok,
+    _read_json(directory / "tokenizer_config.json"),
+    (directory / "tokenizer.json").exists(),
+    ids.get("bos"),
+  )
+  return HFTokenizer(tok, str(path), ids, add_bos)

@@ -55,9 +55,14 @@ def evaluate_tasks(
     )
   items = load_items(eval_cfg)
   pairs = [pair for name in items for item in items[name] for pair in item.requests]
+  add_bos = scoring.prepends_bos(tokenizer, eval_section.with_defaults(eval_cfg).bos)
   results = iter(
     scoring.loglikelihoods(
-      params, net, scoring.encode_requests(tokenizer, pairs), eval_cfg.batch_size, eval_cfg.max_len
+      params,
+      net,
+      scoring.encode_requests(tokenizer, pairs, add_bos),
+      eval_cfg.batch_size,
+      eval_cfg.max_len,
     )
   )
   out = {}

@@ -59,13 +59,35 @@ def bucket_lengths(cap: int) -> tuple[int, ...]:
   return tuple(out) + (cap,)
 
 
-def encode_requests(tokenizer: data.Tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Request]:
+BOS_MODES = ("tokenizer", "none")  # eval.bos
+
+
+def prepends_bos(tokenizer: data.Tokenizer, bos: str = "tokenizer") -> bool:
+  """Whether scoring puts BOS before each context: `bos="tokenizer"` (the default)
+  follows the tokenizer's own setting (`tokenizer.add_bos`: True for the hub's OPT
+  tokenizers, False for GPT-2, Pythia, BLOOM and the embedded SentencePiece), as
+  lm-evaluation-harness does since its PR #3347; `"none"`: never, as harness <= 0.4.9
+  scored causal models (the k-bit study's era)."""
+  if bos not in BOS_MODES:
+    raise ValueError(f"eval.bos={bos!r} is unknown; allowed: {list(BOS_MODES)}")
+  return bos == "tokenizer" and bool(getattr(tokenizer, "add_bos", False))
+
+
+def encode_requests(
+  tokenizer: data.Tokenizer, pairs: Sequence[tuple[str, str]], add_bos: bool | None = None
+) -> list[Request]:
   """(context, continuation) strings -> token ids, as lm-eval's `_encode_pair`.
 
   Trailing spaces of the context move to the continuation; the continuation's ids are
   those of context + continuation after the context's own ids; an empty context becomes
-  [eos] (the document boundary the models are trained on).
+  [eos] (the document boundary the models are trained on). `add_bos` (None: the
+  tokenizer's own setting, `prepends_bos`): every context starts with BOS, as the
+  harness's encoding of context and context + continuation does (so the continuation's
+  ids are the same), and an empty context is [bos].
   """
+  if add_bos is None:
+    add_bos = prepends_bos(tokenizer)
+  prefix = [tokenizer.bos_id] if add_bos else []
   contexts, wholes = [], []
   for context, continuation in pairs:
     spaces = len(context) - len(context.rstrip())
@@ -80,7 +102,11 @@ def encode_requests(tokenizer: data.Tokenizer, pairs: Sequence[tuple[str, str]])
     cont_ids = whole_ids[len(ctx_ids) :]
     if not cont_ids:
       raise ValueError(f"the continuation of {whole!r} after {context!r} encodes to no tokens")
-    requests.append((ctx_ids if context else [tokenizer.eos_id], cont_ids))
+    if not context:
+      ctx_ids = prefix or [tokenizer.eos_id]
+    else:
+      ctx_ids = prefix + list(ctx_ids)
+    requests.append((ctx_ids, cont_ids))
   return requests
 
 

@@ -35,7 +35,7 @@ from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
-from kbit_jax.train import identity, loop
+from kbit_jax.train import data, identity, loop
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,6 +143,7 @@ def make_record(
       non_embedding_params=counts["non_embedding"],
       embedding_params=counts["embedding"],
       seq_len=run.config.data.seq_len,
+      tokenizer_add_bos=bool(data.load_tokenizer(run.config.data.tokenizer).add_bos),
       **_model_source(run),
     ),
     bits=dict(

@@ -38,6 +38,7 @@ import ml_collections
 
 from kbit_jax.analysis import results
 from kbit_jax.config import checks, eval_section
+from kbit_jax.evals import scoring
 from kbit_jax.grid.pretrained import (
   Pretrained,
   missing_imports_message,
@@ -47,7 +48,7 @@ from kbit_jax.grid.pretrained import (
 from kbit_jax.model import presets
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
-from kbit_jax.train import identity, sharding
+from kbit_jax.train import data, identity, sharding
 
 AXES = ("sizes", "seeds", "bits", "dtypes", "blocksizes", "outlier_shares")
 QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit cell
@@ -102,6 +103,7 @@ class ModelRun:
   tokens_axis: bool = False  # trained for a grid.tokens budget: "-D<tokens>"
   pretrained: Pretrained | None = None  # evaluated from this import, never trained
   arch: presets.Preset | None = None  # the import's architecture (None: missing)
+  bos: bool = False  # scoring prepends BOS (evals/scoring.py prepends_bos, eval.bos)
 
   @property
   def architecture(self) -> presets.Preset:
@@ -216,10 +218,13 @@ def eval_id(config: ml_collections.ConfigDict) -> str:
 
 
 def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
-  """The cell's identity; act_bits only when < 16, hub_id only for imported models and
-  train_id only for trained ones (`legacy_key`: the key without it)."""
+  """The cell's identity; act_bits only when < 16, hub_id only for imported models,
+  train_id only for trained ones (`legacy_key`: the key without it) and bos only when
+  scoring prepends one (a hub OPT tokenizer under eval.bos="tokenizer")."""
   q = spec.quantized
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
+  if run.bos:
+    extra["bos"] = True
   if run.pretrained:
     extra["hub_id"] = run.pretrained.hub_id
   else:
@@ -332,6 +337,9 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
     shapes = None
     for seed, tokens in itertools.product(grid["seeds"], grid["tokens"] or (0,)):
       run = _model_run(config, size, seed, tokens, sources.get(size))
+      run.bos = scoring.prepends_bos(
+        data.load_tokenizer(run.config.data.tokenizer), eval_section.with_defaults(config.eval).bos
+      )
       if shapes is None:  # one architecture per size: its seeds and budgets share it
         shapes = quant_bits.preset_shapes(run.architecture)
       for label, kwargs in _specs(grid, config.grid.targets):

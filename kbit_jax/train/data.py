@@ -80,7 +80,14 @@ def corpus_text(split: str) -> str:
 
 
 class Tokenizer:
-  """A SentencePiece model with the special ids the packer needs."""
+  """A SentencePiece model with the special ids the packer needs.
+
+  `add_bos` is False: the packed training streams put eos between documents and no bos
+  (the embedded tokenizer's bos piece is never used), so scoring adds none either
+  (evals/scoring.py `prepends_bos`; convert/tokenizer.py has Hugging Face's setting).
+  """
+
+  add_bos = False
 
   def __init__(self, model_proto: bytes, name: str):
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
