@@ -10,7 +10,8 @@ every quantization cell of it is evaluated (zero-shot tasks + perplexity).
 Arguments: `runlocal` (one size, 20 steps, 7 cells: a smoke run), `tokens`
 (training tokens per size), `seeds` (number of training seeds).
 
-Optional axes (defaults leave the grid as it is): `grid.act_bits` (activation bits a, e.g.
+Optional axes (defaults leave the grid as it is; settable on the command line, e.g.
+`--config.grid.tokens="(250000,1000000)"`): `grid.act_bits` (activation bits a, e.g.
 (8, 16): AQT input quantization of the attn/mlp matmuls, one evaluation net per a),
 `grid.tokens` (training-token budgets per size, e.g. (250_000, 1_000_000): one run per
 budget in W/models/<size>-seed<s>-D<tokens>/). k-bit probes: `eval.probes="1,2,3,4"`
@@ -79,6 +80,11 @@ def get_config(arg=None):
       blocksizes=(64, 256, 0),
       outlier_shares=(0.0,),
       targets="attn,mlp,embed",
+      # The optional axes at their defaults add nothing to cell keys, names or model
+      # directories (grid/plan.py OPTIONAL_AXES); here so that the command line can set
+      # them: --config.grid.act_bits="(8,16)" --config.grid.tokens="(250000,1000000)".
+      act_bits=(16,),
+      tokens=(),
     )
   )
 

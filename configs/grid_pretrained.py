@@ -124,6 +124,7 @@ def get_config(arg=None):
       blocksizes=(64, 256, 0),
       outlier_shares=(0.0,),
       targets="attn,mlp",
+      act_bits=(16,),  # the optional axis at its default (configs/grid.py)
     )
   )
   base = defaults.base_config()

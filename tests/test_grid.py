@@ -645,3 +645,31 @@ def test_a_corrupt_record_is_moved_aside_and_its_cell_redone(tmp_path, capsys):
   assert out.count("its cell is redone") == 2 and "mean/acc at B=64" in out
   assert set(results.finished_ids(results_dir)) == {c.id for c in plan.cells}
   assert len(list((results_dir / "unreadable").iterdir())) == 2
+
+
+def test_every_documented_axis_is_settable_from_the_command_line(tmp_path):
+  """configs/grid.py names all of plan.GRID_KEYS (before: grid.tokens and grid.act_bits
+  were documented but unknown keys), at defaults that leave every cell key as it was."""
+  c = _config()
+  assert set(c.grid.keys()) == set(grid_plan.GRID_KEYS)
+  without = _config()
+  for axis in grid_plan.OPTIONAL_AXES:
+    del without.grid[axis]
+  assert [x.id for x in grid_plan.make_plan(c).cells] == [
+    x.id for x in grid_plan.make_plan(without).cells
+  ]
+  out = subprocess.run(
+    [
+      *_grid_command(str(tmp_path)),
+      "--config.grid.tokens=(2560,5120)",
+      "--config.grid.act_bits=(8,16)",
+      "--config.eval.bos=none",
+      "--dry_run",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "grid plan: 2 models, 28 cells" in out.stdout
+  assert "act_bits=8,16 tokens=2560,5120" in out.stdout
