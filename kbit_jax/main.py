@@ -104,8 +104,67 @@ def command_help(name: str, module) -> str:
 
 
 def _fail(name: str, message: str, code: int = 1):
+  message = " ".join(str(message).split())  # one line, whatever the exception said
   print(f"kbit{' ' + name if name else ''}: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
+
+
+def _config_file_error(args: list[str]) -> str | None:
+  """What is wrong with the --config file itself (missing, unreadable, not Python), as
+  one line; None if it compiles. ml_collections' own report spans several lines."""
+  value = None
+  for i, a in enumerate(args):
+    if a.startswith("--config="):
+      value = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(args):
+      value = args[i + 1]
+  if value is None:
+    return None
+  path = value.split(":", 1)[0]
+  if not os.path.isfile(path):
+    return f"--config: config file {path!r} does not exist (as {value!r})"
+  try:
+    with open(path, encoding="utf-8") as f:
+      compile(f.read(), path, "exec")
+  except (OSError, UnicodeDecodeError) as e:
+    return f"--config: config file {path!r} is unreadable ({type(e).__name__}: {e})"
+  except SyntaxError as e:
+    return f"--config: config file {path!r} line {e.lineno}: {e.msg}"
+  return None
+
+
+class _Quiet:
+  """Background noise off, so a failure ends in the one line of `run`: tracebacks of
+  other threads (Orbax's writers; the main thread gets their error), of objects torn
+  down at exit ("Event loop is closed") and of logged exceptions (Orbax logs every
+  exception it passes on, a Ctrl-C included) are kept, not printed. The first background
+  failure is named in one line if the command itself succeeds. KBIT_TRACEBACK=1: all."""
+
+  def __init__(self):
+    self.background: BaseException | None = None
+
+  def install(self) -> None:
+    import logging as py_logging
+    import threading
+
+    def thread_hook(hook_args):
+      if self.background is None and not isinstance(hook_args.exc_value, SystemExit):
+        self.background = hook_args.exc_value
+
+    threading.excepthook = thread_hook
+    sys.unraisablehook = lambda _: None
+
+    class DropTracebacks(py_logging.Filter):
+      def filter(self, record):
+        return not record.exc_info
+
+    root = py_logging.getLogger()
+    if not root.handlers:  # else basicConfig would add one without the filter
+      handler = py_logging.StreamHandler()
+      handler.setFormatter(py_logging.Formatter(py_logging.BASIC_FORMAT))
+      root.addHandler(handler)
+    for handler in root.handlers:
+      handler.addFilter(DropTracebacks())
 
 
 def _flag_names(args: list[str]) -> list[str]:
@@ -136,15 +195,24 @@ def _parse(name: str, module, args: list[str]) -> None:
   _check_names(name, module, args)
   argv = [f"kbit {name}", *args]
   sys.argv = argv  # ml_collections' config flag reads its --config.* overrides from here
+  if "config" in module.FLAGS and (problem := _config_file_error(args)):
+    _fail(name, problem, 2)
   try:
     rest = module.FLAGS(argv, known_only=True)
     flags.FLAGS(rest)
   except flags.Error as e:
-    _fail(name, f"{e} (kbit {name} --help)", 2)
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # get_config raised: its last line
+      text = "--config: " + [line for line in text.splitlines() if line.strip()][-1].strip()
+    _fail(name, f"{text} (kbit {name} --help)", 2)
   except (AttributeError, KeyError) as e:  # a --config.<key> override the config lacks
     from kbit_jax.config import files
 
     _fail(name, files.override_error(args, e), 2)
+  except Exception as e:  # the config file's get_config raised: its own message
+    if os.environ.get("KBIT_TRACEBACK"):
+      raise
+    _fail(name, f"--config: {type(e).__name__}: {e}", 2)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -163,8 +231,19 @@ def run(argv: list[str] | None = None) -> None:
   _parse(name, module, args)
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
     logging.set_verbosity(logging.WARNING)
+  quiet = _Quiet()
+  if not os.environ.get("KBIT_TRACEBACK"):
+    quiet.install()
   try:
     module.main()
+    if quiet.background is not None:
+      e = quiet.background
+      print(
+        f"kbit {name}: warning: a background thread failed ({type(e).__name__}: "
+        f"{' '.join(str(e).split())[:300]})",
+        file=sys.stderr,
+        flush=True,
+      )
   except KeyboardInterrupt:
     _fail(name, "interrupted", 130)
   except BrokenPipeError:  # `kbit ... | head`

@@ -644,6 +644,22 @@ def test_bad_input_is_refused_and_nothing_written(hf_root, tmp_path, case):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_a_truncated_safetensors_file_is_named_before_any_tensor_is_read(hf_root, tmp_path):
+  """The issue: `kbit import` of a download cut short said only "mmap length is greater
+  than file size"; now the file, its size and the size its header describes."""
+  src = _copy_with(hf_root[0] / "bloom", tmp_path / "src")
+  weights = src / "model.safetensors"
+  full = weights.read_bytes()
+  weights.write_bytes(full[: len(full) - 1000])
+  with pytest.raises(
+    ValueError,
+    match=rf"{weights} is truncated: {len(full) - 1000:,} bytes, but its header "
+    rf"describes {len(full):,} \(tensor '.+' ends there\); download it again",
+  ):
+    importer.import_hf(src, tmp_path / "out", verbose=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_existing_workdir_and_missing_files_are_refused(hf_root, tmp_path):
   out = tmp_path / "out"
   out.mkdir()

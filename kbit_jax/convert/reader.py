@@ -72,6 +72,17 @@ class _SafetensorsFile:
     header.pop("__metadata__", None)
     self.start = 8 + size
     self.entries = header
+    # A download cut short: found here, before any tensor is read (a memory map of it
+    # would fail with "mmap length is greater than file size").
+    ends = {n: e["data_offsets"][1] for n, e in header.items() if isinstance(e, dict)}
+    if ends:
+      last = max(ends, key=ends.get)
+      needed, actual = self.start + ends[last], path.stat().st_size
+      if actual < needed:
+        raise ValueError(
+          f"{path} is truncated: {actual:,} bytes, but its header describes {needed:,} "
+          f"(tensor {last!r} ends there); download it again"
+        )
 
   def info(self, name: str) -> TensorInfo:
     entry = self.entries[name]
