@@ -2,11 +2,14 @@
 # Run one kbit command on every worker of a Cloud TPU VM or pod slice.
 #
 #   bash launch/tpu_vm.sh --name kbit-v5e --zone us-west4-a --type v5litepod-16 \
-#       [--project P] [--spot | --queued] [--runtime v2-alpha-tpuv5-lite] [--dry_run] \
-#       -- kbit grid --config configs/grid.py --workdir gs://BUCKET/kbit/grid
+#       [--project P] [--spot | --queued] [--runtime v2-alpha-tpuv5-lite] [--python 3.11] \
+#       [--dry_run] -- kbit grid --config configs/grid.py --workdir gs://BUCKET/kbit/grid
 #
 # 1. creates the VM (or a queued resource with --queued) unless it exists;
-# 2. copies this checkout to every worker and installs it with jax[tpu];
+# 2. copies this checkout to every worker, installs Python --python (default 3.11, what
+#    setup.cfg and jax need: the TPU runtime images are Ubuntu 22.04, whose python3 is
+#    3.10, and python3-venv is not always there) from the deadsnakes PPA unless the
+#    worker has it with venv, then the checkout with jax[tpu] in a venv of that Python;
 # 3. runs the command on all workers at once with --config.mesh.distributed=True
 #    (--config.base.mesh.distributed=True for `kbit grid`; jax.distributed.initialize()
 #    finds the other workers by itself on TPU VMs);
@@ -17,6 +20,7 @@
 set -euo pipefail
 
 name="" zone="" type="" project="" runtime="" spot=0 queued=0 dry_run=0 max_retries=20
+python_version=3.11
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name="$2"; shift 2 ;;
@@ -24,6 +28,7 @@ while [ $# -gt 0 ]; do
     --type) type="$2"; shift 2 ;;
     --project) project="$2"; shift 2 ;;
     --runtime) runtime="$2"; shift 2 ;;
+    --python) python_version="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --queued) queued=1; shift ;;
     --max_retries) max_retries="$2"; shift 2 ;;
@@ -41,6 +46,11 @@ done
 if [ ${#cmd[@]} -eq 0 ] || [ "${cmd[0]}" != "kbit" ]; then
   echo "tpu_vm.sh: give the kbit command after --, e.g. -- kbit grid --config ..." >&2; exit 2
 fi
+case "$python_version" in
+  3.1[1-9]) ;;
+  *) echo "tpu_vm.sh: --python $python_version: kbit-jax needs Python >= 3.11 (e.g. 3.11, 3.12)" >&2
+     exit 2 ;;
+esac
 case "$type" in
   v5litepod-*|v5e-*) runtime="${runtime:-v2-alpha-tpuv5-lite}" ;;
   v5p-*) runtime="${runtime:-v2-alpha-tpuv5}" ;;
@@ -96,12 +106,22 @@ ensure_vm() {
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="/tmp/kbit-jax-$$.tar.gz"
+python="python$python_version"
+# On every worker: that Python with its venv module, from deadsnakes unless already there.
+install_python="if ! $python -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+sudo DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q software-properties-common && \
+sudo add-apt-repository -y ppa:deadsnakes/ppa && \
+sudo DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $python $python-venv; fi && \
+$python -c 'import sys; assert sys.version_info >= (3, 11), sys.version'"
 install_repo() {
   run tar -czf "$bundle" -C "$repo" --exclude=.git --exclude=.venv --exclude=workdirs .
   run "${gcloud_tpu[@]}" tpu-vm scp "$bundle" "$name:kbit-jax.tar.gz" --worker=all "${where[@]}"
+  run "${gcloud_tpu[@]}" tpu-vm ssh "$name" --worker=all "${where[@]}" --command "$install_python"
   run "${gcloud_tpu[@]}" tpu-vm ssh "$name" --worker=all "${where[@]}" --command \
     "mkdir -p kbit-jax && tar -xzf kbit-jax.tar.gz -C kbit-jax && cd kbit-jax && \
-python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
+$python -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
 }
 
 # Grid configs keep the training config, and so its mesh, under `base` (configs/grid.py).
