@@ -517,9 +517,6 @@ def test_a_models_identity_is_its_whole_training_config():
   and names stay readable."""
   base = grid_plan.make_plan(_config("runlocal"))
   (run,) = base.models
-  assert re.fullmatch(r"s0-seed0-[0-9a-f]{8}", run.dir_name) and run.name == "s0-seed0"
-  assert [c.name for c in run.cells][:2] == ["s0-seed0 k16", "s0-seed0 k3 int B64 p0"]
-  assert all(c.key_dict["train_id"] == run.train_id for c in run.cells)
   changed = {
     "per_size.s0.train.lr": 0.03,
     "base.data.seq_len": 64,
@@ -546,9 +543,12 @@ def test_a_models_identity_is_its_whole_training_config():
         node = node[s]
       node[key] = value
       other = grid_plan.make_plan(c)
-      assert (other.models[0].dir_name == run.dir_name) is equal, path
       assert ([x.id for x in other.cells] == [x.id for x in base.cells]) is equal, path
+      assert (other.models[0].dir_name == run.dir_name) is equal, path
       assert [x.name for x in other.cells] == [x.name for x in base.cells]
+  assert re.fullmatch(r"s0-seed0-[0-9a-f]{8}", run.dir_name) and run.name == "s0-seed0"
+  assert [c.name for c in run.cells][:2] == ["s0-seed0 k16", "s0-seed0 k3 int B64 p0"]
+  assert all(c.key_dict["train_id"] == run.train_id for c in run.cells)
 
 
 def _one_cell(**train):
@@ -562,8 +562,6 @@ def test_a_changed_training_config_trains_a_new_model_and_labels_it_truly(tmp_pa
   its own model (before: "already finished" with the old results, or "reusing the
   trained model" of seq_len 32 for records claiming seq_len 64), and every record's
   training fields are those its model's checkpoint saved."""
-  from kbit_jax.train import identity
-
   workdir = str(tmp_path)
   plans = [_one_cell(), _one_cell(lr=0.03)]
   c = _config("runlocal", bits=(16,), dtypes=(), blocksizes=())
@@ -574,6 +572,8 @@ def test_a_changed_training_config_trains_a_new_model_and_labels_it_truly(tmp_pa
     assert "training" in capsys.readouterr().out
   records = _records(workdir)
   assert len(records) == 3 and len(os.listdir(tmp_path / "models")) == 3
+  from kbit_jax.train import identity
+
   for plan in plans:
     (run,) = plan.models
     record = records[run.cells[0].id]
