@@ -218,7 +218,7 @@ PRESETS.update(
 )
 
 # The modern pretrained families as their Hugging Face config.json files describe them
-# (hub ids in configs/grid_pretrained.py; totals checked in tests/test_families_presets.py
+# (hub ids in configs/grid_pretrained.py; totals checked in tests/test_presets.py
 # against the published counts). Fields that change no shape (max_len, rotary_base,
 # norm_eps, rope scaling) follow the configs too, so that an import names its preset.
 _llama = dict(_llama_tiny, norm_eps=1e-5)
