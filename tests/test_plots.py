@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots, report, scaling, scaling_synthetic, stage
+from kbit_jax.analysis import plots, report, scaling, stage, synthetic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
@@ -23,9 +23,7 @@ ALL_FIGURES = {
 def _analysis(records, n_boot=8):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", scaling.ScalingWarning)
-    cells, issues = scaling.check_cells(
-      scaling.cells_from_store(scaling_synthetic.flat_frame(records))
-    )
+    cells, issues = scaling.check_cells(scaling.cells_from_store(synthetic.flat_frame(records)))
   return scaling.analyse(cells, issues, n_boot=n_boot)
 
 
@@ -33,10 +31,10 @@ def _analysis(records, n_boot=8):
 def full():
   """4 sizes x 2 seeds; int / nf at B in {64, per tensor}; float with 2% outliers."""
   sizes = ("s1", "s2", "s3", "s4")
-  records = scaling_synthetic.synthetic_records(
+  records = synthetic.synthetic_records(
     sizes=sizes, bits=(3, 4, 8, 16), dtypes=("int", "nf"), blocksizes=(64, 0), seeds=(0, 1)
   )
-  records += scaling_synthetic.synthetic_records(
+  records += synthetic.synthetic_records(
     sizes=sizes, bits=(3, 4), dtypes=("nf",), outlier_shares=(0.02,), seeds=(0, 1), seed=1
   )
   return _analysis(records)
@@ -74,8 +72,7 @@ def test_missing_data_is_skipped_with_a_note(tmp_path):
   """One seed, one training setup, no outliers, one block size: those figures are
   skipped and named; the others still render."""
   a = _analysis(
-    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
-    n_boot=4,
+    synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)), n_boot=4
   )
   figures, notes = plots.make_figures(a, str(tmp_path))
   skipped = {n.split()[1] for n in notes}
@@ -104,7 +101,7 @@ def test_report_renders_markdown_and_html(full, rendered):
 
 def test_report_renders_with_missing_pieces(tmp_path):
   """Two sizes: no fit is possible; the report says why and still shows the data."""
-  a = _analysis(scaling_synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("nf",)))
+  a = _analysis(synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("nf",)))
   md = report.render(a, str(tmp_path))["md"].read_text()
   assert "## Skipped fits" in md and "needs >= 3" in md
   assert "figure fits skipped" in md and "acc_vs_bits.png" in md
@@ -118,9 +115,8 @@ def test_stage_report_without_records(tmp_path):
 
 def test_stage_report_end_to_end(tmp_path):
   results_dir = str(tmp_path / "results")
-  scaling_synthetic.write_store(
-    results_dir,
-    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
+  synthetic.write_store(
+    results_dir, synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",))
   )
   paths = stage.report(results_dir, str(tmp_path / "report"), n_boot=4)
   assert paths["md"].exists() and (tmp_path / "report" / "fits.json").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, scaling_synthetic, stage
+from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, stage, synthetic
 from kbit_jax.analysis.scaling_fit import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,9 +25,7 @@ def _power_curve(rng, a=60.0, alpha=0.2, e=2.0, seeds=3, noise=0.01, sizes=SIZES
 
 
 def _cells(records):
-  cells, issues = scaling.check_cells(
-    scaling.cells_from_store(scaling_synthetic.flat_frame(records))
-  )
+  cells, issues = scaling.check_cells(scaling.cells_from_store(synthetic.flat_frame(records)))
   return cells, issues
 
 
@@ -76,7 +74,7 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
 def test_ptq_law_recovered_from_synthetic_store():
   """The store generator follows the ptq law; the joint fit gets its exponents back."""
   cells, _ = _cells(
-    scaling_synthetic.synthetic_records(
+    synthetic.synthetic_records(
       sizes=("s1", "s2", "s3", "s4", "s5", "s6"), dtypes=("nf",), seeds=(0, 1), seed=3
     )
   )
@@ -84,7 +82,7 @@ def test_ptq_law_recovered_from_synthetic_store():
     cells["n"], cells["tokens"], cells["k"], cells["family"], cells["nll"], cells["unit"]
   )
   fit = scaling_fit.fit_form(scaling_fit.PTQ, data, "ptq", extrapolate=False)
-  law = scaling_synthetic.LAW
+  law = synthetic.LAW
   assert abs(fit.params["alpha"] - law["alpha"]) < 0.04
   assert abs(fit.params["gamma_N"] - law["gamma_N"]) < 0.04
   assert abs(fit.params["gamma_post"] - law["gamma_post"]) < 0.06
@@ -157,7 +155,7 @@ def test_too_few_sizes_is_a_clear_error_and_a_skip():
   two = _power_curve(np.random.default_rng(3), sizes=SIZES[:2])
   with pytest.raises(FitError, match=r"2 distinct model size\(s\).*needs >= 3"):
     scaling_fit.fit_form(scaling_fit.POWER, two, "nll power fit")
-  cells, issues = _cells(scaling_synthetic.synthetic_records(sizes=("s1", "s2")))
+  cells, issues = _cells(synthetic.synthetic_records(sizes=("s1", "s2")))
   a = scaling.analyse(cells, issues, n_boot=5)
   assert not a.curve_fits and not a.joint_fits
   assert any("2 distinct model size(s)" in s and ">= 3" in s for s in a.skipped)
@@ -165,9 +163,7 @@ def test_too_few_sizes_is_a_clear_error_and_a_skip():
 
 
 def test_nan_metrics_dropped_with_a_warning_naming_the_cells():
-  records = scaling_synthetic.synthetic_records(
-    sizes=("s1", "s2", "s3", "s4", "s5"), dtypes=("nf",)
-  )
+  records = synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4", "s5"), dtypes=("nf",))
   bad = [r for r in records if r["key"]["bits"] == 3][:2]
   for r in bad:
     r["metrics"]["ppl/validation"]["nll"] = float("nan")
@@ -186,8 +182,8 @@ def test_nan_metrics_dropped_with_a_warning_naming_the_cells():
 
 
 def test_incompatible_grids_keep_the_largest_consistent_group():
-  main = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
-  other = scaling_synthetic.synthetic_records(
+  main = synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
+  other = synthetic.synthetic_records(
     sizes=("s1",), dtypes=("nf",), bits=(4, 16), eval_id="other-eval"
   )
   with pytest.warns(scaling.ScalingWarning, match="incompatible grids.*eval_id"):
@@ -197,8 +193,8 @@ def test_incompatible_grids_keep_the_largest_consistent_group():
 
 
 def test_token_counts_within_a_preset_split_training_families():
-  short = scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
-  long = scaling_synthetic.synthetic_records(
+  short = synthetic.synthetic_records(sizes=("s1", "s2", "s3"), dtypes=("nf",))
+  long = synthetic.synthetic_records(
     sizes=("s1", "s2", "s3"), dtypes=("nf",), tokens=4_000_000, seed=1
   )
   cells, issues = _cells(short + long)
@@ -211,17 +207,17 @@ def test_token_counts_within_a_preset_split_training_families():
 
 
 def test_adapter_reads_a_written_store(tmp_path):
-  records = scaling_synthetic.synthetic_records(
+  records = synthetic.synthetic_records(
     sizes=("s1", "s2"), dtypes=("int",), blocksizes=(64, 0), bits=(4, 16)
   )
-  scaling_synthetic.write_store(str(tmp_path), records)
+  synthetic.write_store(str(tmp_path), records)
   cells, _ = scaling.load_cells(str(tmp_path))
   assert len(cells) == len(records) == 2 * 3
   assert set(cells["method"]) == {"16-bit", "int B64", "int Btensor"}
   assert cells.attrs["ppl_split"] == "validation"
   assert np.allclose(cells["ppl"], np.exp(cells["nll"]))
   assert cells["chance"].iloc[0] == pytest.approx((0 + 0.25 + 0.5 + 0.5) / 4)
-  flat = scaling_synthetic.flat_frame(records)
+  flat = synthetic.flat_frame(records)
   bare = flat.rename(columns=lambda c: c.removeprefix("metrics/"))  # older layout
   assert np.allclose(scaling.cells_from_store(bare)["acc"], scaling.cells_from_store(flat)["acc"])
   with pytest.raises(ValueError, match="total_bits"):
@@ -229,11 +225,9 @@ def test_adapter_reads_a_written_store(tmp_path):
 
 
 def test_stage_fit_writes_tables(tmp_path):
-  scaling_synthetic.write_store(
+  synthetic.write_store(
     str(tmp_path / "results"),
-    scaling_synthetic.synthetic_records(
-      sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)
-    ),
+    synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)),
   )
   a = stage.fit(str(tmp_path / "results"), str(tmp_path / "fit"), n_boot=5)
   for name in ("fits.json", "params.csv", "extrapolation.csv", "bit_optimal.csv"):

@@ -1,4 +1,4 @@
-"""Figures of the grid's extra axes (scaling_axes.py): probes, activation bits, tokens.
+"""Figures of the grid's extra axes (extra_axes.py): probes, activation bits, tokens.
 
     figures, notes = plots_axes.make_figures(cells, out_dir)   # cells: load_all_cells
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import plots, scaling, scaling_axes
+from kbit_jax.analysis import extra_axes, plots, scaling
 from kbit_jax.analysis.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
 
 STYLES = ("-", "--", ":", "-.")
@@ -26,12 +26,12 @@ MARKERS = ("o", "s", "^", "D", "v")
 
 
 def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  table = scaling_axes.probe_table(cells)
+  table = extra_axes.probe_table(cells)
   if table.empty or "bits total" not in table:
     raise SkipFigure("no cell has k-bit probe metrics (eval.probes)")
   budgets = sorted(table.index.get_level_values("tokens").unique())
   fig, axes = _grid(len(budgets), width=5.0, height=3.8)
-  offered = float(sum(int(c.rsplit("k", 1)[1]) for c in scaling_axes.probe_columns(cells)))
+  offered = float(sum(int(c.rsplit("k", 1)[1]) for c in extra_axes.probe_columns(cells)))
   for ax, tokens in zip(axes, budgets):
     part = table.xs(tokens, level="tokens").reset_index()
     for k in sorted(part["k"].unique()):
@@ -55,7 +55,7 @@ def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
 
 
 def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  tables = scaling_axes.act_tables(cells, "nll")
+  tables = extra_axes.act_tables(cells, "nll")
   if not tables:
     raise SkipFigure("no cell has activation bits < 16 (grid.act_bits)")
   fig, axes = _grid(len(tables), width=3.6, height=3.0)
@@ -80,7 +80,7 @@ def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
 
 
 def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  penalty = scaling_axes.ptq_penalty(cells)
+  penalty = extra_axes.ptq_penalty(cells)
   if penalty.empty or penalty["tokens"].nunique() < 2:
     raise SkipFigure(
       "needs quantized and 16-bit cells at >= 2 training-token budgets (grid.tokens)"

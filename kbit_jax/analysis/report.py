@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import plots, plots_axes, scaling, scaling_axes
+from kbit_jax.analysis import extra_axes, plots, plots_axes, scaling
 from kbit_jax.analysis.scaling import BASELINE_METHOD
 
 MAX_LIST = 30  # longest list of skipped fits / issues shown in full
@@ -373,30 +373,30 @@ def _frame_table(table, digits: int = 3) -> Block:
 def axes_blocks(
   cells, figures: Sequence[plots.Figure], notes: Sequence[str], out_dir: epath.Path
 ) -> list[Block]:
-  """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (scaling_axes)."""
+  """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (extra_axes)."""
   if cells is None or cells.empty:
     return []
   blocks: list[Block] = [("h", 2, "Probes, activation bits and training tokens")]
   blocks += figure_blocks(figures, notes, out_dir)[1:]
-  probe = scaling_axes.probe_table(cells)
+  probe = extra_axes.probe_table(cells)
   if not probe.empty:
     blocks += [
       ("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
       _frame_table(probe),
     ]
-    probe_fits = scaling_axes.probe_fits(cells)
+    probe_fits = extra_axes.probe_fits(cells)
     if not probe_fits.empty:
       blocks += [
         ("h", 3, "Recovered bits = a + b ln x, least squares over sizes"),
         _frame_table(probe_fits.set_index(["tokens", "k", "x"])),
       ]
   for metric, what, digits in (("nll", "ln perplexity", 5), ("acc", "mean zero-shot accuracy", 3)):
-    for name, table in scaling_axes.act_tables(cells, metric).items():
+    for name, table in extra_axes.act_tables(cells, metric).items():
       blocks += [
         ("h", 3, f"{name}: {what}, weight bits (rows) x activation bits"),
         _frame_table(table, digits),
       ]
-  fits = scaling_axes.nd_fits(cells)
+  fits = extra_axes.nd_fits(cells)
   if fits:
     blocks += [
       ("h", 3, "Performance = a N^b D^c (16-bit cells, log-linear least squares)"),
@@ -409,7 +409,7 @@ def axes_blocks(
         ],
       ),
     ]
-  penalty = scaling_axes.penalty_table(scaling_axes.ptq_penalty(cells))
+  penalty = extra_axes.penalty_table(extra_axes.ptq_penalty(cells))
   if not penalty.empty and penalty.shape[1] > 2:
     blocks += [
       ("h", 3, "PTQ penalty nll(k) - nll(16) [nats] per training tokens D"),
@@ -523,7 +523,7 @@ def render(
   all_cells=None,
 ) -> dict[str, epath.Path]:
   """Writes report.md and report.html (and the figures, unless given) to `out_dir`;
-  `all_cells` (scaling_axes.load_all_cells) adds the probes / act bits / tokens section."""
+  `all_cells` (extra_axes.load_all_cells) adds the probes / act bits / tokens section."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   if figures is None:

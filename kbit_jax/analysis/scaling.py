@@ -278,7 +278,7 @@ def check_cells(
     issues.append(
       f"{len(act)} cell(s) with activation bits < 16 are left out of the fits "
       "(weights-only, as in the study) and shown in the weight x activation "
-      "bits tables (scaling_axes.py)"
+      "bits tables (extra_axes.py)"
     )
     cells = cells.drop(index=act.index)
   bad_bits = cells[~(cells["total_bits"] > 0)]

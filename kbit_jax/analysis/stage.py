@@ -4,7 +4,7 @@
     stage.report(results_dir, out_dir)    # the same, plus figures and report.md / .html
 
 Both read the store once, analyse the weights-only cells (scaling.analyse) and the extra
-axes (probes, activation bits, training tokens: scaling_axes), and write the tables.
+axes (probes, activation bits, training tokens: extra_axes), and write the tables.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from typing import Any
 
 from etils import epath
 
+from kbit_jax.analysis import extra_axes, scaling
 from kbit_jax.analysis import report as report_lib
-from kbit_jax.analysis import scaling, scaling_axes
 
 
 def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
   cells, issues = scaling.load_cells(results_dir)
   a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  return a, scaling_axes.load_all_cells(results_dir)
+  return a, extra_axes.load_all_cells(results_dir)
 
 
 def _write_tables(a: scaling.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
-  return {**scaling.write_tables(a, out_dir), **scaling_axes.write_tables(all_cells, out_dir)}
+  return {**scaling.write_tables(a, out_dir), **extra_axes.write_tables(all_cells, out_dir)}
 
 
 def fit(
@@ -35,7 +35,7 @@ def fit(
   a, all_cells = _analyse(results_dir, n_boot, level, seed)
   paths = _write_tables(a, all_cells, out_dir)
   print(scaling.summary(a))
-  print(scaling_axes.summary(all_cells))
+  print(extra_axes.summary(all_cells))
   print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
   return a
 

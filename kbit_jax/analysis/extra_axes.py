@@ -1,10 +1,10 @@
 """The grid's extra axes, analysed: k-bit probes, activation bits, training tokens.
 
-    cells = scaling_axes.load_all_cells(results_dir)   # every cell, activation bits included
-    probe = scaling_axes.probe_table(cells)            # recovered bits per size x weight k
-    acts = scaling_axes.act_tables(cells, "nll")       # {preset: weight k x activation a}
-    fits = scaling_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
-    pen = scaling_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
+    cells = extra_axes.load_all_cells(results_dir)   # every cell, activation bits included
+    probe = extra_axes.probe_table(cells)            # recovered bits per size x weight k
+    acts = extra_axes.act_tables(cells, "nll")       # {preset: weight k x activation a}
+    fits = extra_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
+    pen = extra_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
 
 Cells come from `scaling.cells_from_store` (the column adapter) with the eval-settings
 check of `scaling.check_cells`, but without its removal of activation-quantized cells.
