@@ -5,7 +5,9 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots, report, scaling, stage, synthetic
+from kbit_jax.analysis import plots, report, stage, synthetic
+from kbit_jax.analysis.analyse import analyse
+from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
@@ -22,9 +24,9 @@ ALL_FIGURES = {
 
 def _analysis(records, n_boot=8):
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", scaling.ScalingWarning)
-    cells, issues = scaling.check_cells(scaling.cells_from_store(synthetic.flat_frame(records)))
-  return scaling.analyse(cells, issues, n_boot=n_boot)
+    warnings.simplefilter("ignore", ScalingWarning)
+    cells, issues = check_cells(cells_from_store(synthetic.flat_frame(records)))
+  return analyse(cells, issues, n_boot=n_boot)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal, scaling, scaling_fit, stage, synthetic
+from kbit_jax.analysis import bitoptimal, scaling_fit, stage, synthetic
+from kbit_jax.analysis.analyse import analyse
+from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells, load_cells
 from kbit_jax.analysis.scaling_fit import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +27,7 @@ def _power_curve(rng, a=60.0, alpha=0.2, e=2.0, seeds=3, noise=0.01, sizes=SIZES
 
 
 def _cells(records):
-  cells, issues = scaling.check_cells(scaling.cells_from_store(synthetic.flat_frame(records)))
+  cells, issues = check_cells(cells_from_store(synthetic.flat_frame(records)))
   return cells, issues
 
 
@@ -156,7 +158,7 @@ def test_too_few_sizes_is_a_clear_error_and_a_skip():
   with pytest.raises(FitError, match=r"2 distinct model size\(s\).*needs >= 3"):
     scaling_fit.fit_form(scaling_fit.POWER, two, "nll power fit")
   cells, issues = _cells(synthetic.synthetic_records(sizes=("s1", "s2")))
-  a = scaling.analyse(cells, issues, n_boot=5)
+  a = analyse(cells, issues, n_boot=5)
   assert not a.curve_fits and not a.joint_fits
   assert any("2 distinct model size(s)" in s and ">= 3" in s for s in a.skipped)
   assert a.bit_optimal  # interpolation needs no fit
@@ -169,14 +171,14 @@ def test_nan_metrics_dropped_with_a_warning_naming_the_cells():
     r["metrics"]["ppl/validation"]["nll"] = float("nan")
     r["metrics"]["ppl/validation"]["perplexity"] = float("nan")
   del records[-1]["metrics"]["mean"]  # a cell without accuracy
-  with pytest.warns(scaling.ScalingWarning) as caught:
+  with pytest.warns(ScalingWarning) as caught:
     cells, issues = _cells(records)
   assert any(bad[0]["name"] in str(w.message) for w in caught)
   assert any("nll" in i and bad[1]["name"] in i for i in issues)
   assert any("acc" in i and records[-1]["name"] in i for i in issues)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    a = scaling.analyse(cells, issues, n_boot=3)
+    a = analyse(cells, issues, n_boot=3)
   fit = a.curve_fits[(cells["family"].iloc[0], "nf B64", "k3", "nll")]
   assert fit.n_cells == 3  # 5 sizes minus the 2 NaN
 
@@ -186,7 +188,7 @@ def test_incompatible_grids_keep_the_largest_consistent_group():
   other = synthetic.synthetic_records(
     sizes=("s1",), dtypes=("nf",), bits=(4, 16), eval_id="other-eval"
   )
-  with pytest.warns(scaling.ScalingWarning, match="incompatible grids.*eval_id"):
+  with pytest.warns(ScalingWarning, match="incompatible grids.*eval_id"):
     cells, issues = _cells(main + other)
   assert set(cells["eval_id"]) == {"synthetic"} and len(cells) == len(main)
   assert "s1-seed0 k4 nf B64 p0" in issues[0]
@@ -211,7 +213,7 @@ def test_adapter_reads_a_written_store(tmp_path):
     sizes=("s1", "s2"), dtypes=("int",), blocksizes=(64, 0), bits=(4, 16)
   )
   synthetic.write_store(str(tmp_path), records)
-  cells, _ = scaling.load_cells(str(tmp_path))
+  cells, _ = load_cells(str(tmp_path))
   assert len(cells) == len(records) == 2 * 3
   assert set(cells["method"]) == {"16-bit", "int B64", "int Btensor"}
   assert cells.attrs["ppl_split"] == "validation"
@@ -219,9 +221,9 @@ def test_adapter_reads_a_written_store(tmp_path):
   assert cells["chance"].iloc[0] == pytest.approx((0 + 0.25 + 0.5 + 0.5) / 4)
   flat = synthetic.flat_frame(records)
   bare = flat.rename(columns=lambda c: c.removeprefix("metrics/"))  # older layout
-  assert np.allclose(scaling.cells_from_store(bare)["acc"], scaling.cells_from_store(flat)["acc"])
+  assert np.allclose(cells_from_store(bare)["acc"], cells_from_store(flat)["acc"])
   with pytest.raises(ValueError, match="total_bits"):
-    scaling.cells_from_store(flat.drop(columns=["total_bits"]))
+    cells_from_store(flat.drop(columns=["total_bits"]))
 
 
 def test_stage_fit_writes_tables(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import extra_axes, plots_axes, report, scaling
+from kbit_jax.analysis import extra_axes, plots_axes, report
+from kbit_jax.analysis.cells import cells_from_store, check_cells
 
 SIZES = {"s1": 25_000, "s2": 100_000, "s3": 400_000}
 
@@ -59,11 +60,11 @@ def _store():
 
 @pytest.fixture(scope="module")
 def cells():
-  return scaling.cells_from_store(_store())
+  return cells_from_store(_store())
 
 
 def test_main_analysis_leaves_activation_cells_out(cells):
-  checked, issues = scaling.check_cells(cells)
+  checked, issues = check_cells(cells)
   assert (checked["act_bits"] == 16).all() and len(checked) == len(cells) // 2
   assert any("activation bits < 16" in i for i in issues)
 

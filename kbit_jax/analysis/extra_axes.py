@@ -29,16 +29,22 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis.scaling import BASELINE_BITS, MAIN_DTYPES
+from kbit_jax.analysis.cells import (
+  BASELINE_BITS,
+  MAIN_DTYPES,
+  METRICS,
+  cells_from_store,
+  keep_largest,
+  tokens_label,
+)
 
 
 def load_all_cells(results_dir: str) -> pd.DataFrame:
   """Every record of the store as cells (act_bits < 16 included), one eval_id."""
   from kbit_jax.analysis import results
 
-  cells = scaling.cells_from_store(results.load(results_dir))
-  return scaling.keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
+  cells = cells_from_store(results.load(results_dir))
+  return keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
 
 
 def main_method_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +126,7 @@ def act_tables(cells: pd.DataFrame, metric: str = "nll") -> dict[str, pd.DataFra
   for (_, preset, tokens), group in main.groupby(["n", "preset", "tokens"], sort=True):
     if (group["act_bits"] != BASELINE_BITS).any():
       table = group.pivot_table(index="k", columns="act_bits", values=metric, aggfunc="mean")
-      out[f"{preset} {scaling.tokens_label(tokens)}"] = table
+      out[f"{preset} {tokens_label(tokens)}"] = table
   return out
 
 
@@ -154,7 +160,7 @@ def nd_fit(cells: pd.DataFrame, metric: str) -> dict[str, Any] | None:
 
 def nd_fits(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
   """{metric: fit} for nll (loss) and acc where identifiable."""
-  return {m: f for m in scaling.METRICS if (f := nd_fit(cells, m)) is not None}
+  return {m: f for m in METRICS if (f := nd_fit(cells, m)) is not None}
 
 
 # ----------------------------------------------------------------------------- PTQ vs D

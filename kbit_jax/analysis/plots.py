@@ -1,4 +1,4 @@
-"""Paper-style figures of the k-bit study from a `scaling.Analysis` (PNG + PDF, Agg).
+"""Paper-style figures of the k-bit study from a `Analysis` (PNG + PDF, Agg).
 
     figures, notes = plots.make_figures(analysis, out_dir)
 
@@ -31,8 +31,16 @@ import pandas as pd
 from etils import epath
 from matplotlib import ticker
 
-from kbit_jax.analysis import bitoptimal, scaling
-from kbit_jax.analysis.scaling import BASELINE_BITS, curve_k
+from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis.analyse import Analysis
+from kbit_jax.analysis.cells import (
+  BASELINE_BITS,
+  MAIN_DTYPES,
+  METRICS,
+  blocksize_label,
+  blocksize_order,
+  curve_k,
+)
 
 K_COLORS = {
   2: "#8c564b",
@@ -56,7 +64,6 @@ OTHER_COLORS = (
   "#bcbd22",
   "#17becf",
 )
-MAIN_DTYPES = scaling.MAIN_DTYPES
 BITS_LABEL = "total model bits (log scale)"
 METRIC_LABEL = {"acc": "mean zero-shot accuracy", "nll": "perplexity (validation, log scale)"}
 DPI = 130
@@ -156,7 +163,7 @@ def _has(cells: pd.DataFrame, metric: str) -> bool:
   return bool(len(cells)) and bool(np.isfinite(cells[metric].to_numpy(float)).any())
 
 
-def main_blocksize(a: scaling.Analysis):
+def main_blocksize(a: Analysis):
   q = a.cells[(a.cells["k"] != BASELINE_BITS) & (a.cells["outlier_share"] == 0)]
   if q.empty:
     return None
@@ -164,14 +171,14 @@ def main_blocksize(a: scaling.Analysis):
   return 64 if (sizes == 64).any() else (sizes.mode().iloc[0] if len(sizes) else None)
 
 
-def _plain(a: scaling.Analysis, blocksize=None) -> pd.DataFrame:
+def _plain(a: Analysis, blocksize=None) -> pd.DataFrame:
   """Quantized cells without outliers (at `blocksize` if given)."""
   c = a.cells
   q = c[(c["k"] != BASELINE_BITS) & (c["outlier_share"] == 0)]
   return q if blocksize is None else q[q["blocksize"] == blocksize]
 
 
-def main_method(a: scaling.Analysis) -> tuple[str, str] | None:
+def main_method(a: Analysis) -> tuple[str, str] | None:
   """(method label, dtype) of the main method, or None without plain quantized cells."""
   q = _plain(a, main_blocksize(a))
   if q.empty:
@@ -181,13 +188,13 @@ def main_method(a: scaling.Analysis) -> tuple[str, str] | None:
   return q.loc[q["dtype"] == dtype, "method"].value_counts().index[0], dtype
 
 
-def _main_family(a: scaling.Analysis) -> str:
+def _main_family(a: Analysis) -> str:
   return a.families()[0]
 
 
-def _method_title(a: scaling.Analysis, method: str, family: str | None = None) -> str:
+def _method_title(a: Analysis, method: str, family: str | None = None) -> str:
   c = a.cells[a.cells["method"] == method].iloc[0]
-  b = scaling.blocksize_label(c["blocksize"])
+  b = blocksize_label(c["blocksize"])
   title = f"data type {c['dtype']}{'+dq' if c['double_quant'] else ''}, block size {b}"
   title += f", outliers p={c['outlier_share']:g}" if c["outlier_share"] else ""
   return title + (f" ({family})" if family and len(a.families()) > 1 else "")
@@ -196,7 +203,7 @@ def _method_title(a: scaling.Analysis, method: str, family: str | None = None) -
 # ----------------------------------------------------------------------------- figures
 
 
-def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -> Figure:
+def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure:
   if not _has(a.cells, metric):
     raise SkipFigure(f"no cell has a finite {metric}")
   b = main_blocksize(a)
@@ -230,7 +237,7 @@ def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -
   return Figure(
     name,
     f"{what.capitalize()} vs total model bits",
-    f"One panel per data type at block size {scaling.blocksize_label(b)}, no "
+    f"One panel per data type at block size {blocksize_label(b)}, no "
     f"outliers ({family}); points are model sizes (mean over seeds).",
     _save(fig, out, name),
   )
@@ -244,7 +251,7 @@ def fig_ppl_vs_bits(a, out):
   return _bits_panels(a, "nll", out, "ppl_vs_bits")
 
 
-def fig_by_setup(a: scaling.Analysis, out: epath.Path) -> Figure:
+def fig_by_setup(a: Analysis, out: epath.Path) -> Figure:
   main = main_method(a)
   if main is None or not _has(a.cells, "acc"):
     raise SkipFigure("no quantized cells with accuracy")
@@ -284,7 +291,7 @@ def _compare_panel(ax, a, metric, groups: dict[str, pd.DataFrame], title: str):
   _legend(ax)
 
 
-def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Figure:
+def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
   family = _main_family(a)
   q = _plain(a)
   q = q[(q["k"] == k) & (q["family"] == family)]
@@ -297,16 +304,13 @@ def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Fig
     else (dtype_with_most.idxmax() if len(dtype_with_most) else None)
   )
   blocks = dict(tuple(q[q["dtype"] == dtype].groupby("blocksize"))) if dtype else {}
-  by_block = {
-    f"B={scaling.blocksize_label(bs)}": blocks[bs]
-    for bs in sorted(blocks, key=scaling.blocksize_order)
-  }
+  by_block = {f"B={blocksize_label(bs)}": blocks[bs] for bs in sorted(blocks, key=blocksize_order)}
   panels = [
-    (f"{k}-bit data types, block size {scaling.blocksize_label(b)}", by_dtype),
+    (f"{k}-bit data types, block size {blocksize_label(b)}", by_dtype),
     (f"{k}-bit block sizes, data type {dtype}", by_block),
   ]
   panels = [(t, g) for t, g in panels if len(g) >= 2]
-  metrics = [m for m in scaling.METRICS if _has(q, m)]
+  metrics = [m for m in METRICS if _has(q, m)]
   if not panels or not metrics:
     raise SkipFigure(f"fewer than 2 data types and fewer than 2 block sizes at k={k}")
   metrics = sorted(metrics, key=lambda m: m != "acc")
@@ -329,7 +333,7 @@ def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Fig
   )
 
 
-def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
+def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
   c = a.cells[a.cells["family"] == _main_family(a)]
   proxy = c[(c["outlier_share"] > 0) & (c["k"] != BASELINE_BITS)]
   if proxy.empty:
@@ -338,7 +342,7 @@ def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
   plain = c[(c["outlier_share"] == 0) & (c["dtype"] == dtype) & (c["blocksize"] == b)]
   proxy = proxy[(proxy["dtype"] == dtype) & (proxy["blocksize"] == b)]
   ks = sorted(k for k in set(proxy["k"]) if k <= 4) or sorted(set(proxy["k"]))[:2]
-  metrics = sorted([m for m in scaling.METRICS if _has(proxy, m)], key=lambda m: m != "acc")
+  metrics = sorted([m for m in METRICS if _has(proxy, m)], key=lambda m: m != "acc")
   fig, axes = _grid(len(metrics), width=5.2, height=3.8)
   for ax, metric in zip(axes, metrics):
     for k in ks:
@@ -347,9 +351,7 @@ def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
         _line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
     _chance(ax, a, metric)
     _style_axes(
-      ax,
-      metric,
-      f"outlier-dependent vs plain, data type {dtype}, block size {scaling.blocksize_label(b)}",
+      ax, metric, f"outlier-dependent vs plain, data type {dtype}, block size {blocksize_label(b)}"
     )
     _legend(ax)
   return Figure(
@@ -360,16 +362,14 @@ def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
   )
 
 
-def fig_fits(a: scaling.Analysis, out: epath.Path) -> Figure:
+def fig_fits(a: Analysis, out: epath.Path) -> Figure:
   main = main_method(a)
   family = _main_family(a)
   if main is None:
     raise SkipFigure("no quantized cells without outliers")
   method = main[0]
   metrics = [
-    m
-    for m in scaling.METRICS
-    if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))
+    m for m in METRICS if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))
   ]
   if not metrics:
     raise SkipFigure(f"no fitted curve for {method}: " + "; ".join(a.skipped[:2]))
@@ -418,10 +418,10 @@ def _fit_label(fit) -> str:
   return f"(α={p['alpha']:.2f})" if "alpha" in p else f"(hi={p['hi']:.2f})"
 
 
-def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
+def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
   main = main_method(a)
   family = _main_family(a)
-  tables = {m: a.bit_optimal.get((family, main[0], m)) for m in scaling.METRICS} if main else {}
+  tables = {m: a.bit_optimal.get((family, main[0], m)) for m in METRICS} if main else {}
   tables = {m: t for m, t in tables.items() if t is not None}
   if not tables:
     raise SkipFigure("no bit-optimal comparison (needs >= 2 bit widths with data)")
@@ -493,7 +493,7 @@ def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
   )
 
 
-def fig_precision_law(a: scaling.Analysis, out: epath.Path) -> Figure:
+def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
   main = main_method(a)
   if main is None or not any((main[0], f) in a.joint_fits for f in ("ptq", "neff")):
     raise SkipFigure(
@@ -541,7 +541,7 @@ def fig_precision_law(a: scaling.Analysis, out: epath.Path) -> Figure:
   )
 
 
-FIGURES: tuple[Callable[[scaling.Analysis, epath.Path], Figure], ...] = (
+FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
   fig_acc_vs_bits,
   fig_by_setup,
   fig_blocksize_dtype,
@@ -570,6 +570,6 @@ def render(
   return figures, notes
 
 
-def make_figures(a: scaling.Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
+def make_figures(a: Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
   """Every figure the analysis allows; `notes` names the skipped ones and why."""
   return render(FIGURES, a, out_dir)

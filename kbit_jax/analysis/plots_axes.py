@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import extra_axes, plots, scaling
+from kbit_jax.analysis import extra_axes, plots
+from kbit_jax.analysis.cells import tokens_label
 from kbit_jax.analysis.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
 
 STYLES = ("-", "--", ":", "-.")
@@ -41,7 +42,7 @@ def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N (log scale)")
     ax.set_ylabel("recovered bits, summed over probes")
-    ax.set_title(scaling.tokens_label(tokens), fontsize=10)
+    ax.set_title(tokens_label(tokens), fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax)
   return Figure(

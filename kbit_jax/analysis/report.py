@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import extra_axes, plots, plots_axes, scaling
-from kbit_jax.analysis.scaling import BASELINE_METHOD
+from kbit_jax.analysis import extra_axes, plots, plots_axes, tables
+from kbit_jax.analysis.analyse import Analysis
+from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS
 
 MAX_LIST = 30  # longest list of skipped fits / issues shown in full
 # ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", src, alt)
@@ -54,8 +55,8 @@ def _share(v: Any) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def provenance_blocks(a: scaling.Analysis) -> list[Block]:
-  p = scaling.provenance(a)
+def provenance_blocks(a: Analysis) -> list[Block]:
+  p = tables.provenance(a)
   rows = [
     ("results", f"`{p['results_dir'] or '(in memory)'}`"),
     ("cells analysed", num(p["cells"])),
@@ -130,7 +131,7 @@ def figure_blocks(
   return blocks
 
 
-def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
+def bit_optimal_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Bit-optimal precision per total-bits budget")]
   if not a.bit_optimal:
     return blocks + [("p", "No comparison could be made (it needs >= 2 bit widths with data).")]
@@ -146,7 +147,7 @@ def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
   )
   main = plots.main_method(a)
   family = a.families()[0]
-  for metric in scaling.METRICS:
+  for metric in METRICS:
     t = a.bit_optimal.get((family, main[0], metric)) if main else None
     if t is None:
       continue
@@ -214,7 +215,7 @@ def _bound(fit) -> str:
 CURVE_PARAMS = {"nll": ("alpha", "E", "a"), "acc": ("hi", "s", "m_bits", "lo")}
 
 
-def fit_blocks(a: scaling.Analysis) -> list[Block]:
+def fit_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Fitted curves per k")]
   if not a.curve_fits:
     return blocks + [("p", "No curve could be fitted; see 'Skipped fits'.")]
@@ -258,7 +259,7 @@ def fit_blocks(a: scaling.Analysis) -> list[Block]:
   return blocks
 
 
-def joint_blocks(a: scaling.Analysis) -> list[Block]:
+def joint_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Precision-aware laws (joint over k, Kumar et al. style)")]
   blocks.append(
     (
@@ -289,9 +290,9 @@ def joint_blocks(a: scaling.Analysis) -> list[Block]:
   ]
 
 
-def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
+def extrapolation_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Extrapolation: leave the largest size out")]
-  t = scaling.extrapolation_table(a)
+  t = tables.extrapolation_table(a)
   if t.empty:
     return blocks + [("p", "No fit to check.")]
   blocks.append(
@@ -419,7 +420,7 @@ def axes_blocks(
 
 
 def report_blocks(
-  a: scaling.Analysis | None,
+  a: Analysis | None,
   figures: Sequence[plots.Figure],
   notes: Sequence[str],
   out_dir: epath.Path,
@@ -515,7 +516,7 @@ def to_html(blocks: Sequence[Block]) -> str:
 
 
 def render(
-  a: scaling.Analysis | None,
+  a: Analysis | None,
   out_dir: str,
   error: str = "",
   figures: Sequence[plots.Figure] | None = None,

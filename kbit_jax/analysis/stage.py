@@ -13,28 +13,29 @@ from typing import Any
 
 from etils import epath
 
-from kbit_jax.analysis import extra_axes, scaling
+from kbit_jax.analysis import analyse, extra_axes, tables
 from kbit_jax.analysis import report as report_lib
+from kbit_jax.analysis.cells import load_cells
 
 
 def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
-  cells, issues = scaling.load_cells(results_dir)
-  a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
+  cells, issues = load_cells(results_dir)
+  a = analyse.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
   return a, extra_axes.load_all_cells(results_dir)
 
 
-def _write_tables(a: scaling.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
-  return {**scaling.write_tables(a, out_dir), **extra_axes.write_tables(all_cells, out_dir)}
+def _write_tables(a: analyse.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
+  return {**tables.write_tables(a, out_dir), **extra_axes.write_tables(all_cells, out_dir)}
 
 
 def fit(
   results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> scaling.Analysis:
+) -> analyse.Analysis:
   """`kbit fit`: fits every form the store allows; writes the tables, and those of the
   probes, activation bits and N-D axes."""
   a, all_cells = _analyse(results_dir, n_boot, level, seed)
   paths = _write_tables(a, all_cells, out_dir)
-  print(scaling.summary(a))
+  print(tables.summary(a))
   print(extra_axes.summary(all_cells))
   print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
   return a
@@ -52,6 +53,6 @@ def report(
     return paths
   _write_tables(a, all_cells, out_dir)
   paths = report_lib.render(a, out_dir, all_cells=all_cells)
-  print(scaling.summary(a))
+  print(tables.summary(a))
   print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths
