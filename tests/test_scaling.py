@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal, scaling_fit, stage, synthetic
+from kbit_jax.analysis import bitoptimal, fitting, forms, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
 from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells, load_cells
-from kbit_jax.analysis.scaling_fit import FitError
+from kbit_jax.analysis.fitting import FitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = np.geomspace(1e5, 3e7, 8)  # parameters of 8 model sizes
@@ -23,7 +23,7 @@ def _power_curve(rng, a=60.0, alpha=0.2, e=2.0, seeds=3, noise=0.01, sizes=SIZES
   log_bits = np.repeat(np.log(sizes * BITS_PER_PARAM), seeds)
   y = (a * np.exp(log_bits) ** -alpha + e) * np.exp(rng.normal(0, noise, len(log_bits)))
   units = np.arange(len(log_bits))
-  return scaling_fit.curve_data(log_bits, y, np.repeat(sizes, seeds), units)
+  return forms.curve_data(log_bits, y, np.repeat(sizes, seeds), units)
 
 
 def _cells(records):
@@ -39,7 +39,7 @@ def test_power_law_recovers_known_parameters():
   (over 40 noise seeds the largest errors were 0.0195, 12% and 19%: E and alpha trade
   off while the curve is still far from its floor)."""
   data = _power_curve(np.random.default_rng(0), noise=0.005)
-  fit = scaling_fit.fit_form(scaling_fit.POWER, data, "test", extrapolate=False)
+  fit = fitting.fit_form(forms.POWER, data, "test", extrapolate=False)
   assert abs(fit.params["alpha"] - 0.2) < 0.025
   assert abs(fit.params["E"] / 2.0 - 1) < 0.15
   assert abs(fit.params["a"] / 60.0 - 1) < 0.3
@@ -51,8 +51,8 @@ def test_sigmoid_recovers_known_parameters():
   log_bits = np.repeat(np.log(SIZES * BITS_PER_PARAM), 3)
   lo = 0.3125
   y = lo + (0.8 - lo) / (1 + np.exp(-(log_bits - np.log(1e7)))) + rng.normal(0, 0.01, len(log_bits))
-  data = scaling_fit.curve_data(log_bits, y, np.repeat(SIZES, 3), np.arange(len(y)), lo=lo)
-  fit = scaling_fit.fit_form(scaling_fit.SIGMOID, data, "test", extrapolate=False)
+  data = forms.curve_data(log_bits, y, np.repeat(SIZES, 3), np.arange(len(y)), lo=lo)
+  fit = fitting.fit_form(forms.SIGMOID, data, "test", extrapolate=False)
   assert abs(fit.params["hi"] - 0.8) < 0.03
   assert abs(fit.params["s"] - 1.0) < 0.15
   assert abs(np.log(fit.params["m_bits"] / 1e7)) < 0.2
@@ -66,8 +66,8 @@ def test_bootstrap_interval_covers_truth_in_most_repetitions():
   covered = 0
   for rep in range(30):
     data = _power_curve(np.random.default_rng(100 + rep))
-    draws = scaling_fit.bootstrap_draws(data.units, 60, seed=rep)
-    fit = scaling_fit.fit_form(scaling_fit.POWER, data, "test", draws, level=0.9, extrapolate=False)
+    draws = fitting.bootstrap_draws(data.units, 60, seed=rep)
+    fit = fitting.fit_form(forms.POWER, data, "test", draws, level=0.9, extrapolate=False)
     lo, hi = fit.ci["alpha"]
     covered += lo <= 0.2 <= hi
   assert covered >= 24, f"alpha covered in {covered}/30"
@@ -80,26 +80,26 @@ def test_ptq_law_recovered_from_synthetic_store():
       sizes=("s1", "s2", "s3", "s4", "s5", "s6"), dtypes=("nf",), seeds=(0, 1), seed=3
     )
   )
-  data = scaling_fit.joint_data(
+  data = forms.joint_data(
     cells["n"], cells["tokens"], cells["k"], cells["family"], cells["nll"], cells["unit"]
   )
-  fit = scaling_fit.fit_form(scaling_fit.PTQ, data, "ptq", extrapolate=False)
+  fit = fitting.fit_form(forms.PTQ, data, "ptq", extrapolate=False)
   law = synthetic.LAW
   assert abs(fit.params["alpha"] - law["alpha"]) < 0.04
   assert abs(fit.params["gamma_N"] - law["gamma_N"]) < 0.04
   assert abs(fit.params["gamma_post"] - law["gamma_post"]) < 0.06
   assert "gamma_D" not in fit.params  # one token count: absorbed into C
-  neff = scaling_fit.fit_form(scaling_fit.NEFF, data, "neff", extrapolate=False)
+  neff = fitting.fit_form(forms.NEFF, data, "neff", extrapolate=False)
   assert 0 < neff.params["gamma"] < 16
 
 
 def test_extrapolation_error_reported_or_explained():
-  fit = scaling_fit.fit_form(scaling_fit.POWER, _power_curve(np.random.default_rng(2)), "t")
+  fit = fitting.fit_form(forms.POWER, _power_curve(np.random.default_rng(2)), "t")
   e = fit.extrapolation
   assert e["heldout_size"] == int(SIZES.max()) and e["cells"] == 3
   assert e["ppl_rel_error"] < 0.05
   three = _power_curve(np.random.default_rng(2), sizes=SIZES[:3])
-  fit = scaling_fit.fit_form(scaling_fit.POWER, three, "t")
+  fit = fitting.fit_form(forms.POWER, three, "t")
   assert fit.extrapolation is None
   assert "without its largest size: 2 distinct model size(s)" in fit.extrapolation_note
 
@@ -127,12 +127,12 @@ def test_bit_optimal_picks_the_known_best_k(metric):
   it reaches, by interpolation (and by fit, for nll) in >= 90% of bootstrap replicates."""
   rng = np.random.default_rng(5)
   curves = _offset_curves(rng, {3: 0.3, 4: 0.0, 5: 0.05, 8: 0.1, 16: 0.2})
-  draws = scaling_fit.bootstrap_draws(np.array([f"m{i}" for i in range(6)]), 40, seed=0)
+  draws = fitting.bootstrap_draws(np.array([f"m{i}" for i in range(6)]), 40, seed=0)
   fits = {}
   if metric == "nll":  # the nll curves are exact power laws in bits: fit them too
     for label, c in curves.items():
-      data = scaling_fit.curve_data(np.log(c["total_bits"]), c["nll"], c["params"], c["unit"])
-      fits[label] = scaling_fit.fit_form(scaling_fit.POWER, data, label, draws)
+      data = forms.curve_data(np.log(c["total_bits"]), c["nll"], c["params"], c["unit"])
+      fits[label] = fitting.fit_form(forms.POWER, data, label, draws)
   table = bitoptimal.bit_optimal(curves, fits, metric, draws, num_budgets=15)
   reach = bitoptimal.curve_points(curves["k4"], metric)[0]
   inside = (np.log(table["budget_bits"]) >= reach[0]) & (np.log(table["budget_bits"]) <= reach[-1])
@@ -156,7 +156,7 @@ def test_winners_need_two_curves():
 def test_too_few_sizes_is_a_clear_error_and_a_skip():
   two = _power_curve(np.random.default_rng(3), sizes=SIZES[:2])
   with pytest.raises(FitError, match=r"2 distinct model size\(s\).*needs >= 3"):
-    scaling_fit.fit_form(scaling_fit.POWER, two, "nll power fit")
+    fitting.fit_form(forms.POWER, two, "nll power fit")
   cells, issues = _cells(synthetic.synthetic_records(sizes=("s1", "s2")))
   a = analyse(cells, issues, n_boot=5)
   assert not a.curve_fits and not a.joint_fits
@@ -202,7 +202,7 @@ def test_token_counts_within_a_preset_split_training_families():
   cells, issues = _cells(short + long)
   assert sorted(cells["family"].unique()) == ["D=1M", "D=4M"]
   assert any("training tokens differ within presets" in i for i in issues)
-  data = scaling_fit.joint_data(
+  data = forms.joint_data(
     cells["n"], cells["tokens"], cells["k"], cells["family"], cells["nll"], cells["unit"]
   )
   assert data.ctx["fit_gamma_d"] and data.ctx["num_families"] == 2

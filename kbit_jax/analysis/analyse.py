@@ -3,7 +3,7 @@
     analysis = analyse.analyse(cells, issues, n_boot=200)   # cells from cells.load_cells
 
 Per family x curve: `power` (nll) and `sigmoid` (mean zero-shot accuracy) fits against
-total model bits (scaling_fit); per family x method: the bit-optimal k per budget
+total model bits (forms, fitting); per family x method: the bit-optimal k per budget
 (bitoptimal); per method, jointly over k and families: the precision-aware `neff` and
 `ptq` laws. Every fit reports its leave-largest-size-out extrapolation error; fits the
 data cannot identify are listed in `Analysis.skipped` with the reason.
@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kbit_jax.analysis import bitoptimal, scaling_fit
+from kbit_jax.analysis import bitoptimal, fitting, forms
 from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, curve_k
-from kbit_jax.analysis.scaling_fit import FitError, FitResult
+from kbit_jax.analysis.fitting import FitError, FitResult
 
 
 @dataclasses.dataclass
@@ -63,14 +63,14 @@ def _finite(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float) -> FitResult:
   c = _finite(cells, metric)
-  data = scaling_fit.curve_data(
+  data = forms.curve_data(
     np.log(c["total_bits"].to_numpy(float)),
     c[metric].to_numpy(),
     c["params"].to_numpy(),
     c["unit"].to_numpy(),
     lo=float(c["chance"].mean()) if len(c) else 0.0,
   )
-  return scaling_fit.fit_form(scaling_fit.CURVE_FORMS[metric], data, what, draws, level)
+  return fitting.fit_form(forms.CURVE_FORMS[metric], data, what, draws, level)
 
 
 def analyse(
@@ -85,13 +85,13 @@ def analyse(
   a = Analysis(cells, list(issues), {}, {}, {}, [], level, n_boot)
   for family in a.families():
     fam = cells[cells["family"] == family]
-    draws = scaling_fit.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
+    draws = fitting.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
     for method in [BASELINE_METHOD] + [m for m in a.methods() if m in set(fam["method"])]:
       for curve, c in a.curves(family, method).items():
         if method != BASELINE_METHOD and curve_k(curve) == BASELINE_BITS:
           continue
         for metric in METRICS:
-          what = f"{metric} {scaling_fit.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
+          what = f"{metric} {forms.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
           try:
             a.curve_fits[(family, method, curve, metric)] = _curve_fit(
               c, metric, what, draws, level
@@ -123,7 +123,7 @@ def analyse(
     if rows["tokens"].isna().any():
       a.skipped.append(f"precision laws, {method}: training tokens unknown for some cells")
       continue
-    data = scaling_fit.joint_data(
+    data = forms.joint_data(
       rows["n"].to_numpy(),
       rows["tokens"].to_numpy(),
       rows["k"].to_numpy(),
@@ -131,10 +131,10 @@ def analyse(
       rows["nll"].to_numpy(),
       rows["unit"].to_numpy(),
     )
-    draws = scaling_fit.bootstrap_draws(rows["unit"].to_numpy(), n_boot, seed + 1)
-    for name, form in scaling_fit.JOINT_FORMS.items():
+    draws = fitting.bootstrap_draws(rows["unit"].to_numpy(), n_boot, seed + 1)
+    for name, form in forms.JOINT_FORMS.items():
       try:
-        a.joint_fits[(method, name)] = scaling_fit.fit_form(
+        a.joint_fits[(method, name)] = fitting.fit_form(
           form, data, f"{name} precision law, {method}", draws, level
         )
       except FitError as e:

@@ -5,7 +5,7 @@
 
 Each record has the shape grid.make_record writes (key / model / bits / metrics groups),
 so a synthetic store exercises the same column adapter as a real one. The loss follows
-the `ptq` precision law of scaling_fit with N = non-embedding parameters:
+the `ptq` precision law of forms.py with N = non-embedding parameters:
 
   nll = A N^-alpha + E + [k < 16] C m(dtype, B, p, k) N^-gamma_N e^(-k / gamma_post)
 

@@ -16,7 +16,7 @@ from etils import epath
 
 from kbit_jax.analysis.analyse import Analysis
 from kbit_jax.analysis.cells import BASELINE_BITS, blocksize_label, blocksize_order
-from kbit_jax.analysis.scaling_fit import FitResult
+from kbit_jax.analysis.fitting import FitResult
 
 
 def _fit_rows(key: dict[str, Any], fit: FitResult) -> list[dict[str, Any]]:
