@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots, report, stage, synthetic
+from kbit_jax.analysis import plot_style, plots, report, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
 from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells
 
@@ -67,7 +67,7 @@ def test_every_figure_renders_to_png_and_pdf(rendered):
 def test_main_method_prefers_small_blocks_and_study_dtypes(full):
   assert plots.main_blocksize(full) == 64
   assert plots.main_method(full) == ("nf B64", "nf")
-  assert plots.k_color(4) == plots.K_COLORS[4] != plots.k_color(3)
+  assert plot_style.k_color(4) == plot_style.K_COLORS[4] != plot_style.k_color(3)
 
 
 def test_missing_data_is_skipped_with_a_note(tmp_path):
@@ -85,7 +85,7 @@ def test_missing_data_is_skipped_with_a_note(tmp_path):
 
 def test_report_renders_markdown_and_html(full, rendered):
   out, figures, notes = rendered
-  paths = report.render(full, str(out), figures=figures, notes=notes)
+  paths = report.write(full, str(out), figures=figures, notes=notes)
   md, page = paths["md"].read_text(), paths["html"].read_text()
   for heading in (
     "## Figures",
@@ -104,7 +104,7 @@ def test_report_renders_markdown_and_html(full, rendered):
 def test_report_renders_with_missing_pieces(tmp_path):
   """Two sizes: no fit is possible; the report says why and still shows the data."""
   a = _analysis(synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("nf",)))
-  md = report.render(a, str(tmp_path))["md"].read_text()
+  md = report.write(a, str(tmp_path))["md"].read_text()
   assert "## Skipped fits" in md and "needs >= 3" in md
   assert "figure fits skipped" in md and "acc_vs_bits.png" in md
 

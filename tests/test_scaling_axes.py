@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import extra_axes, plots_axes, report
+from kbit_jax.analysis import extra_axes, plots_axes, render, report
 from kbit_jax.analysis.cells import cells_from_store, check_cells
 
 SIZES = {"s1": 25_000, "s2": 100_000, "s3": 400_000}
@@ -108,7 +108,7 @@ def test_figures_and_report_section(cells, tmp_path):
   assert [f.name for f in figures] == ["probe_bits", "act_bits", "ptq_penalty"] and not notes
   assert all(p.exists() for f in figures for p in f.paths)
   blocks = report.axes_blocks(cells, figures, notes, tmp_path)
-  text = report.to_markdown(blocks)
+  text = render.to_markdown(blocks)
   assert "weight bits (rows) x activation bits" in text and "a N^b D^c" in text
   assert "PTQ penalty" in text and "recovered bits" in text
 

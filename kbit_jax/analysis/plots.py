@@ -1,4 +1,4 @@
-"""Paper-style figures of the k-bit study from a `Analysis` (PNG + PDF, Agg).
+"""Paper-style figures of the k-bit study from an `Analysis` (PNG + PDF, Agg).
 
     figures, notes = plots.make_figures(analysis, out_dir)
 
@@ -15,23 +15,16 @@ A figure whose data is missing is skipped and named in `notes`, never an error.
 The *main* method: block size 64 if present (else the most common), no outliers, and the
 first of MAIN_DTYPES present (the study's recommended types first).
 """
-# ruff: noqa: E402 (pyplot is imported after choosing its backend)
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from etils import epath
-from matplotlib import ticker
 
-from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis import plot_style
 from kbit_jax.analysis.analyse import Analysis
 from kbit_jax.analysis.cells import (
   BASELINE_BITS,
@@ -41,119 +34,28 @@ from kbit_jax.analysis.cells import (
   blocksize_order,
   curve_k,
 )
-
-K_COLORS = {
-  2: "#8c564b",
-  3: "#d62728",
-  4: "#ff7f0e",
-  5: "#bcbd22",
-  6: "#2ca02c",
-  7: "#17becf",
-  8: "#1f77b4",
-  16: "#000000",
-}
-OTHER_COLORS = (
-  "#1f77b4",
-  "#d62728",
-  "#2ca02c",
-  "#9467bd",
-  "#ff7f0e",
-  "#8c564b",
-  "#e377c2",
-  "#7f7f7f",
-  "#bcbd22",
-  "#17becf",
+from kbit_jax.analysis.plot_style import (
+  BITS_LABEL,
+  METRIC_LABEL,
+  OTHER_COLORS,
+  Figure,
+  SkipFigure,
+  bits_axes,
+  k_color,
+  legend,
+  line,
+  log_perplexity_axis,
+  mean_points,
+  panel_grid,
+  plotted,
+  save,
+  subplots,
 )
-BITS_LABEL = "total model bits (log scale)"
-METRIC_LABEL = {"acc": "mean zero-shot accuracy", "nll": "perplexity (validation, log scale)"}
-DPI = 130
-
-
-class SkipFigure(Exception):
-  """This figure's data is missing (the message says what)."""
-
-
-@dataclasses.dataclass
-class Figure:
-  name: str
-  title: str
-  caption: str
-  paths: list[epath.Path]
-
-  @property
-  def png(self) -> epath.Path:
-    return next(p for p in self.paths if p.suffix == ".png")
-
-
-def k_color(k: int) -> str:
-  return K_COLORS.get(int(k), "#7f7f7f")
-
-
-def _y(metric: str, values):
-  """Plotted value: perplexity for nll, accuracy as is."""
-  return np.exp(values) if metric == "nll" else values
-
-
-def _style_axes(ax, metric: str, title: str):
-  ax.set_xscale("log")
-  if metric == "nll":
-    _log_perplexity_axis(ax)
-  ax.set_xlabel(BITS_LABEL)
-  ax.set_ylabel(METRIC_LABEL[metric])
-  ax.set_title(title, fontsize=10)
-  ax.grid(True, which="both", alpha=0.25)
-
-
-def _log_perplexity_axis(ax):
-  """Log y with plain numbers at 1-2-5 steps (perplexity spans one to three decades)."""
-  ax.set_yscale("log")
-  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def _points(cells: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
-  """(total bits, plotted metric) per size: mean over seeds, sorted by bits."""
-  lb, y = bitoptimal.curve_points(cells[np.isfinite(cells[metric].to_numpy(float))], metric)
-  return np.exp(lb), _y(metric, y)
-
-
-def _line(ax, cells, metric, label, color, style="-", marker="o"):
-  x, y = _points(cells, metric)
-  if len(x):
-    ax.plot(x, y, style, marker=marker, color=color, label=label, lw=1.6, ms=4)
 
 
 def _chance(ax, a, metric):
   if metric == "acc" and len(a.cells):
     ax.axhline(a.cells["chance"].mean(), color="#999999", ls=":", lw=1, label="chance")
-
-
-def _legend(ax):
-  handles, labels = ax.get_legend_handles_labels()
-  if handles:
-    ax.legend(fontsize=8, loc="best", framealpha=0.8)
-
-
-def _save(fig, out_dir: epath.Path, name: str) -> list[epath.Path]:
-  paths = []
-  for ext in ("png", "pdf"):
-    path = out_dir / f"{name}.{ext}"
-    fig.savefig(str(path), dpi=DPI)
-    paths.append(path)
-  plt.close(fig)
-  return paths
-
-
-def _grid(n: int, width: float = 4.6, height: float = 3.6):
-  cols = min(n, 3)
-  rows = -(-n // cols)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
-  )
-  for ax in axes.flat[n:]:
-    ax.set_visible(False)
-  return fig, list(axes.flat[:n])
 
 
 # ----------------------------------------------------------------------------- choices
@@ -217,11 +119,11 @@ def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure
   if not methods:
     raise SkipFigure("no quantized cells without outliers")
   family = _main_family(a)
-  fig, axes = _grid(len(methods))
+  fig, axes = panel_grid(len(methods))
   for ax, method in zip(axes, methods):
     for curve, cells in a.curves(family, method).items():
       k = curve_k(curve)
-      _line(
+      line(
         ax,
         cells,
         metric,
@@ -230,8 +132,8 @@ def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure
         "--" if k == BASELINE_BITS else "-",
       )
     _chance(ax, a, metric)
-    _style_axes(ax, metric, _method_title(a, method, family))
-    _legend(ax)
+    bits_axes(ax, metric, _method_title(a, method, family))
+    legend(ax)
   what = METRIC_LABEL[metric].split(" (")[0]
   fig.suptitle(f"{what} vs total model bits, one curve per k")
   return Figure(
@@ -239,7 +141,7 @@ def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure
     f"{what.capitalize()} vs total model bits",
     f"One panel per data type at block size {blocksize_label(b)}, no "
     f"outliers ({family}); points are model sizes (mean over seeds).",
-    _save(fig, out, name),
+    save(fig, out, name),
   )
 
 
@@ -263,32 +165,32 @@ def fig_by_setup(a: Analysis, out: epath.Path) -> Figure:
     panels = [(f"training seed {s}", families[0], s) for s in seeds]
   else:
     raise SkipFigure("one training setup and one seed: nothing to compare")
-  fig, axes = _grid(len(panels))
+  fig, axes = panel_grid(len(panels))
   for ax, (title, family, seed) in zip(axes, panels):
     for curve, cells in a.curves(family, method).items():
       k = curve_k(curve)
       cells = cells if seed is None else cells[cells["seed"] == seed]
-      _line(ax, cells, "acc", f"{k}-bit", k_color(k), "--" if k == BASELINE_BITS else "-")
+      line(ax, cells, "acc", f"{k}-bit", k_color(k), "--" if k == BASELINE_BITS else "-")
     _chance(ax, a, "acc")
-    _style_axes(ax, "acc", f"{title}\n{_method_title(a, method)}")
-    _legend(ax)
+    bits_axes(ax, "acc", f"{title}\n{_method_title(a, method)}")
+    legend(ax)
   return Figure(
     "acc_vs_bits_by_setup",
     "Accuracy vs total bits per training setup",
     f"The main method ({method}) for each "
     f"{'training family' if len(families) > 1 else 'training seed'}.",
-    _save(fig, out, "acc_vs_bits_by_setup"),
+    save(fig, out, "acc_vs_bits_by_setup"),
   )
 
 
 def _compare_panel(ax, a, metric, groups: dict[str, pd.DataFrame], title: str):
   for i, (label, cells) in enumerate(groups.items()):
-    _line(ax, cells, metric, label, OTHER_COLORS[i % len(OTHER_COLORS)])
+    line(ax, cells, metric, label, OTHER_COLORS[i % len(OTHER_COLORS)])
   base = a.cells[(a.cells["k"] == BASELINE_BITS) & (a.cells["family"] == _main_family(a))]
-  _line(ax, base, metric, "16-bit (float)", k_color(BASELINE_BITS), "--")
+  line(ax, base, metric, "16-bit (float)", k_color(BASELINE_BITS), "--")
   _chance(ax, a, metric)
-  _style_axes(ax, metric, title)
-  _legend(ax)
+  bits_axes(ax, metric, title)
+  legend(ax)
 
 
 def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
@@ -314,13 +216,7 @@ def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
   if not panels or not metrics:
     raise SkipFigure(f"fewer than 2 data types and fewer than 2 block sizes at k={k}")
   metrics = sorted(metrics, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(
-    len(metrics),
-    len(panels),
-    figsize=(5.2 * len(panels), 3.8 * len(metrics)),
-    squeeze=False,
-    layout="constrained",
-  )
+  fig, axes = subplots(len(metrics), len(panels), width=5.2, height=3.8)
   for row, metric in enumerate(metrics):
     for col, (title, groups) in enumerate(panels):
       _compare_panel(axes[row][col], a, metric, groups, title)
@@ -329,7 +225,7 @@ def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
     f"Block size and data type at {k} bits",
     "Left: data types at one block size; right: block sizes of one data type. "
     "16-bit baseline dashed.",
-    _save(fig, out, "blocksize_dtype_4bit"),
+    save(fig, out, "blocksize_dtype_4bit"),
   )
 
 
@@ -343,22 +239,22 @@ def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
   proxy = proxy[(proxy["dtype"] == dtype) & (proxy["blocksize"] == b)]
   ks = sorted(k for k in set(proxy["k"]) if k <= 4) or sorted(set(proxy["k"]))[:2]
   metrics = sorted([m for m in METRICS if _has(proxy, m)], key=lambda m: m != "acc")
-  fig, axes = _grid(len(metrics), width=5.2, height=3.8)
+  fig, axes = panel_grid(len(metrics), width=5.2, height=3.8)
   for ax, metric in zip(axes, metrics):
     for k in ks:
-      _line(ax, plain[plain["k"] == k], metric, f"{k}-bit plain", k_color(k))
+      line(ax, plain[plain["k"] == k], metric, f"{k}-bit plain", k_color(k))
       for p, cells in proxy[proxy["k"] == k].groupby("outlier_share"):
-        _line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
+        line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
     _chance(ax, a, metric)
-    _style_axes(
+    bits_axes(
       ax, metric, f"outlier-dependent vs plain, data type {dtype}, block size {blocksize_label(b)}"
     )
-    _legend(ax)
+    legend(ax)
   return Figure(
     "outliers",
     "Outlier-dependent quantization vs plain",
     "Solid: plain; dashed: the p share of hidden units kept in 16 bits.",
-    _save(fig, out, "outliers"),
+    save(fig, out, "outliers"),
   )
 
 
@@ -374,11 +270,11 @@ def fig_fits(a: Analysis, out: epath.Path) -> Figure:
   if not metrics:
     raise SkipFigure(f"no fitted curve for {method}: " + "; ".join(a.skipped[:2]))
   metrics = sorted(metrics, key=lambda m: m != "acc")
-  fig, axes = _grid(len(metrics), width=5.6, height=4.2)
+  fig, axes = panel_grid(len(metrics), width=5.6, height=4.2)
   for ax, metric in zip(axes, metrics):
     for curve, cells in a.curves(family, method).items():
       k, fit = curve_k(curve), a.curve_fit(family, method, curve, metric)
-      x, y = _points(cells, metric)
+      x, y = mean_points(cells, metric)
       ax.plot(x, y, "o", color=k_color(k), ms=4)
       if fit is None:
         continue
@@ -387,7 +283,7 @@ def fig_fits(a: Analysis, out: epath.Path) -> Figure:
       point, low, high = fit.predict_band((grid - fit.data.ctx["x0"])[:, None])
       ax.plot(
         np.exp(grid),
-        _y(metric, point),
+        plotted(metric, point),
         "-" if k != BASELINE_BITS else "--",
         color=k_color(k),
         lw=1.5,
@@ -395,21 +291,26 @@ def fig_fits(a: Analysis, out: epath.Path) -> Figure:
       )
       if np.isfinite(low).all():
         ax.fill_between(
-          np.exp(grid), _y(metric, low), _y(metric, high), color=k_color(k), alpha=0.15, lw=0
+          np.exp(grid),
+          plotted(metric, low),
+          plotted(metric, high),
+          color=k_color(k),
+          alpha=0.15,
+          lw=0,
         )
     _chance(ax, a, metric)
-    _style_axes(
+    bits_axes(
       ax,
       metric,
       f"{'power law' if metric == 'nll' else 'sigmoid'} fits, {_method_title(a, method)}",
     )
-    _legend(ax)
+    legend(ax)
   return Figure(
     "fits",
     "Fitted curves with bootstrap bands",
     f"Lines: robust fits per k; bands: {a.level:.0%} bootstrap bands "
     f"({a.n_boot} replicates); points: measured (mean over seeds).",
-    _save(fig, out, "fits"),
+    save(fig, out, "fits"),
   )
 
 
@@ -426,14 +327,8 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
   if not tables:
     raise SkipFigure("no bit-optimal comparison (needs >= 2 bit widths with data)")
   metrics = sorted(tables, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(
-    2,
-    len(metrics),
-    figsize=(5.4 * len(metrics), 6.2),
-    squeeze=False,
-    sharex="col",
-    gridspec_kw={"height_ratios": [2, 1]},
-    layout="constrained",
+  fig, axes = subplots(
+    2, len(metrics), width=5.4, height=3.1, sharex="col", gridspec_kw={"height_ratios": [2, 1]}
   )
   ks = sorted(
     {curve_k(c) for t in tables.values() for c in t["best_interp"].dropna()}
@@ -478,7 +373,7 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
       fontsize=10,
     )
     top.grid(True, which="both", alpha=0.25)
-    _legend(top)
+    legend(top)
     bottom.set_xscale("log")
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel("bootstrap share\nwinning")
@@ -489,7 +384,7 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
     "Bit-optimal precision per budget",
     "Top: the k with the best metric at each total-bits budget (marker colour = k); "
     "bottom: share of bootstrap replicates in which that k wins.",
-    _save(fig, out, "bit_optimal"),
+    save(fig, out, "bit_optimal"),
   )
 
 
@@ -502,7 +397,7 @@ def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
     )
   method = main[0]
   forms = [f for f in ("ptq", "neff") if (method, f) in a.joint_fits]
-  fig, axes = _grid(len(forms), width=5.6, height=4.2)
+  fig, axes = panel_grid(len(forms), width=5.6, height=4.2)
   for ax, form in zip(axes, forms):
     fit = a.joint_fits[(method, form)]
     x, ctx = fit.data.x, fit.data.ctx
@@ -524,7 +419,7 @@ def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
         label=f"{k}-bit",
       )
     ax.set_xscale("log")
-    _log_perplexity_axis(ax)
+    log_perplexity_axis(ax)
     ax.set_xlabel("non-embedding parameters N (log scale)")
     ax.set_ylabel(METRIC_LABEL["nll"])
     shown = ", ".join(
@@ -532,12 +427,12 @@ def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
     )
     ax.set_title(f"{form} law ({shown})\n{_method_title(a, method)}", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
-    _legend(ax)
+    legend(ax)
   return Figure(
     "precision_law",
     "Precision-aware laws (joint over k)",
     "Points: measured; lines: one joint fit over all k (first training family).",
-    _save(fig, out, "precision_law"),
+    save(fig, out, "precision_law"),
   )
 
 
@@ -553,23 +448,6 @@ FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
 )
 
 
-def render(
-  makers: Sequence[Callable[[Any, epath.Path], Figure]], data: Any, out_dir: str
-) -> tuple[list[Figure], list[str]]:
-  """Runs each `fig_*` maker on `data`; `notes` names the skipped figures and why."""
-  out = epath.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  figures, notes = [], []
-  for make in makers:
-    try:
-      figures.append(make(data, out))
-    except SkipFigure as e:
-      notes.append(f"figure {make.__name__.removeprefix('fig_')} skipped: {e}")
-    finally:
-      plt.close("all")
-  return figures, notes
-
-
 def make_figures(a: Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
   """Every figure the analysis allows; `notes` names the skipped ones and why."""
-  return render(FIGURES, a, out_dir)
+  return plot_style.render(FIGURES, a, out_dir)

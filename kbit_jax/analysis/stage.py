@@ -48,11 +48,11 @@ def report(
   try:
     a, all_cells = _analyse(results_dir, n_boot, level, seed)
   except (ValueError, FileNotFoundError) as e:
-    paths = report_lib.render(None, out_dir, error=str(e))
+    paths = report_lib.write(None, out_dir, error=str(e))
     print(f"report: no analysis ({e}); wrote {paths['md']}")
     return paths
   _write_tables(a, all_cells, out_dir)
-  paths = report_lib.render(a, out_dir, all_cells=all_cells)
+  paths = report_lib.write(a, out_dir, all_cells=all_cells)
   print(tables.summary(a))
   print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths
