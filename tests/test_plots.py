@@ -7,7 +7,13 @@ import pytest
 
 from kbit_jax.analysis import plot_style, plots, report, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
-from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells
+from kbit_jax.analysis.cells import (
+  MainMethod,
+  ScalingWarning,
+  cells_from_store,
+  check_cells,
+  main_method,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
@@ -65,8 +71,7 @@ def test_every_figure_renders_to_png_and_pdf(rendered):
 
 
 def test_main_method_prefers_small_blocks_and_study_dtypes(full):
-  assert plots.main_blocksize(full) == 64
-  assert plots.main_method(full) == ("nf B64", "nf")
+  assert main_method(full.cells) == MainMethod("nf B64", "nf", 64.0)
   assert plot_style.k_color(4) == plot_style.K_COLORS[4] != plot_style.k_color(3)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kbit_jax.analysis import bitoptimal, fitting, forms
-from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, curve_k
+from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, by_count, curve_k
 from kbit_jax.analysis.fitting import FitError, FitResult
 
 
@@ -42,19 +42,14 @@ class Analysis:
 
   def methods(self) -> list[str]:
     """Quantization methods by number of cells (most first, then by name)."""
-    return _by_count(self.cells.loc[self.cells["k"] != BASELINE_BITS, "method"])
+    return by_count(self.cells.loc[self.cells["k"] != BASELINE_BITS, "method"])
 
   def families(self) -> list[str]:
-    return _by_count(self.cells["family"])
+    return by_count(self.cells["family"])
 
   def curve_fit(self, family: str, method: str, curve: str, metric: str) -> FitResult | None:
     m = BASELINE_METHOD if curve_k(curve) == BASELINE_BITS else method
     return self.curve_fits.get((family, m, curve, metric))
-
-
-def _by_count(values: pd.Series) -> list[str]:
-  counts = values.value_counts()
-  return sorted(counts.index, key=lambda v: (-counts[v], str(v)))
 
 
 def _finite(cells: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 training families and the main method.
 
     cells, issues = cells.load_cells(results_dir)    # results.load + adapter + checks
+    main = cells.main_method(cells)                  # what the figures and tables show
 
 Vocabulary. A *cell* is one evaluated (model, quantization). A *checkpoint* (bootstrap
 unit) is one trained model: preset x seed x training tokens. A *method* is a quantization
@@ -22,6 +23,7 @@ out of that metric's fits).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -32,7 +34,7 @@ import pandas as pd
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
 METRICS = ("nll", "acc")  # nll = ln(perplexity), nats per token
-# The figures' *main* data type: the first present (the study's recommended types first).
+# The main method's data type: the first present (the study's recommended types first).
 MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
 # Chance accuracy of each zero-shot task (lambada is greedy generation: 0); the mean
 # accuracy's floor `lo` is the mean over the tasks a cell was scored on.
@@ -220,6 +222,43 @@ def method_label(dtype: str, blocksize: Any, outlier_share: float, double_quant:
 def curve_k(curve: str) -> int:
   """'k4' or 'k4 e2' -> 4."""
   return int(curve.split()[0][1:])
+
+
+def by_count(values: pd.Series) -> list[Any]:
+  """The distinct values, most frequent first, then by name."""
+  counts = values.value_counts()
+  return sorted(counts.index, key=lambda v: (-counts[v], str(v)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MainMethod:
+  """The one quantization method the figures, the extra axes' tables and the report show."""
+
+  label: str  # the cells' `method`, e.g. "nf B64"
+  dtype: str
+  blocksize: float
+
+
+def main_method(cells: pd.DataFrame) -> MainMethod | None:
+  """The main method of `cells`, from its weights-only quantized cells without outliers:
+  block size 64 if present, else the most common; then the first of MAIN_DTYPES present
+  (else the first data type by name); then, of that type's methods at that block size
+  (with and without double quantization), the one with the most cells. None without
+  such cells. Checked cells (the figures, the report) and all cells (the extra axes)
+  of one store give the same answer: activation-quantized cells do not count."""
+  q = cells[
+    (cells["k"] != BASELINE_BITS)
+    & (cells["outlier_share"] == 0)
+    & (cells["act_bits"] == BASELINE_BITS)
+  ]
+  blocks = q["blocksize"].dropna()
+  if blocks.empty:
+    return None
+  blocksize = 64.0 if (blocks == 64).any() else float(blocks.mode().iloc[0])
+  q = q[q["blocksize"] == blocksize]
+  dtypes = set(q["dtype"])
+  dtype = next((d for d in MAIN_DTYPES if d in dtypes), min(dtypes))
+  return MainMethod(by_count(q.loc[q["dtype"] == dtype, "method"])[0], dtype, blocksize)
 
 
 # ----------------------------------------------------------------------------- checks

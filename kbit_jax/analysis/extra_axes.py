@@ -6,10 +6,10 @@
     fits = extra_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
     pen = extra_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
 
-Cells come from `scaling.cells_from_store` (the column adapter) with the eval-settings
-check of `scaling.check_cells`, but without its removal of activation-quantized cells.
-Weight-only tables and fits use act_bits = 16 cells, one method: the *main* one (block
-size 64 if present, no outliers, the first of plots.MAIN_DTYPES), as the figures do.
+Cells come from `cells.cells_from_store` (the column adapter) with the eval-settings
+check of `cells.check_cells`, but without its removal of activation-quantized cells.
+Weight-only tables and fits use act_bits = 16 cells, one method: the *main* one
+(cells.main_method), the one the figures and the report show.
 
 N-D fit: on the 16-bit (weights and activations) cells, ln y = ln a + b ln N + c ln D by
 least squares, y = nll (ln perplexity: "loss") and y = mean zero-shot accuracy, N the
@@ -31,10 +31,10 @@ from etils import epath
 
 from kbit_jax.analysis.cells import (
   BASELINE_BITS,
-  MAIN_DTYPES,
   METRICS,
   cells_from_store,
   keep_largest,
+  main_method,
   tokens_label,
 )
 
@@ -48,17 +48,11 @@ def load_all_cells(results_dir: str) -> pd.DataFrame:
 
 
 def main_method_cells(cells: pd.DataFrame) -> pd.DataFrame:
-  """The 16-bit cells and the cells of the main quantization method."""
-  quantized = cells[(cells["k"] != BASELINE_BITS) & (cells["outlier_share"] == 0)]
-  if quantized.empty:
-    return cells[cells["k"] == BASELINE_BITS]
-  blocks = quantized["blocksize"]
-  block = 64 if (blocks == 64).any() else blocks.mode().iloc[0]
-  quantized = quantized[quantized["blocksize"] == block]
-  dtype = next(
-    (d for d in MAIN_DTYPES if (quantized["dtype"] == d).any()), quantized["dtype"].iloc[0]
-  )
-  return pd.concat([cells[cells["k"] == BASELINE_BITS], quantized[quantized["dtype"] == dtype]])
+  """The 16-bit cells and the cells of the main method (cells.main_method), at every
+  activation precision."""
+  base = cells[cells["k"] == BASELINE_BITS]
+  main = main_method(cells)
+  return base if main is None else pd.concat([base, cells[cells["method"] == main.label]])
 
 
 def _weights_only(cells: pd.DataFrame) -> pd.DataFrame:

@@ -12,8 +12,7 @@ Figures (x = total model bits, log scale; one colour per k, fixed in K_COLORS):
   bit_optimal           best k per total-bits budget, and the bootstrap share it wins
   precision_law         the joint ptq / neff laws against parameters, one curve per k
 A figure whose data is missing is skipped and named in `notes`, never an error.
-The *main* method: block size 64 if present (else the most common), no outliers, and the
-first of MAIN_DTYPES present (the study's recommended types first).
+The *main* method is cells.main_method's, as in the extra axes' tables and the report.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from kbit_jax.analysis.cells import (
   blocksize_label,
   blocksize_order,
   curve_k,
+  main_method,
 )
 from kbit_jax.analysis.plot_style import (
   BITS_LABEL,
@@ -65,29 +65,11 @@ def _has(cells: pd.DataFrame, metric: str) -> bool:
   return bool(len(cells)) and bool(np.isfinite(cells[metric].to_numpy(float)).any())
 
 
-def main_blocksize(a: Analysis):
-  q = a.cells[(a.cells["k"] != BASELINE_BITS) & (a.cells["outlier_share"] == 0)]
-  if q.empty:
-    return None
-  sizes = q["blocksize"].dropna()
-  return 64 if (sizes == 64).any() else (sizes.mode().iloc[0] if len(sizes) else None)
-
-
 def _plain(a: Analysis, blocksize=None) -> pd.DataFrame:
   """Quantized cells without outliers (at `blocksize` if given)."""
   c = a.cells
   q = c[(c["k"] != BASELINE_BITS) & (c["outlier_share"] == 0)]
   return q if blocksize is None else q[q["blocksize"] == blocksize]
-
-
-def main_method(a: Analysis) -> tuple[str, str] | None:
-  """(method label, dtype) of the main method, or None without plain quantized cells."""
-  q = _plain(a, main_blocksize(a))
-  if q.empty:
-    return None
-  dtypes = list(q["dtype"].unique())
-  dtype = next((d for d in MAIN_DTYPES if d in dtypes), sorted(dtypes)[0])
-  return q.loc[q["dtype"] == dtype, "method"].value_counts().index[0], dtype
 
 
 def _main_family(a: Analysis) -> str:
@@ -108,7 +90,8 @@ def _method_title(a: Analysis, method: str, family: str | None = None) -> str:
 def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure:
   if not _has(a.cells, metric):
     raise SkipFigure(f"no cell has a finite {metric}")
-  b = main_blocksize(a)
+  main = main_method(a.cells)
+  b = main.blocksize if main else None
   methods = list(
     dict.fromkeys(
       _plain(a, b).sort_values(
@@ -154,10 +137,10 @@ def fig_ppl_vs_bits(a, out):
 
 
 def fig_by_setup(a: Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
+  main = main_method(a.cells)
   if main is None or not _has(a.cells, "acc"):
     raise SkipFigure("no quantized cells with accuracy")
-  method = main[0]
+  method = main.label
   families, seeds = a.families(), sorted(a.cells["seed"].unique())
   if len(families) > 1:
     panels = [(f"training setup {f}", f, None) for f in families]
@@ -197,12 +180,13 @@ def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
   family = _main_family(a)
   q = _plain(a)
   q = q[(q["k"] == k) & (q["family"] == family)]
-  b, main = main_blocksize(a), main_method(a)
+  main = main_method(a.cells)
+  b = main.blocksize if main else None
   by_dtype = {d: c for d, c in q[q["blocksize"] == b].groupby("dtype")}
   dtype_with_most = q.groupby("dtype")["blocksize"].nunique()
   dtype = (
-    main[1]
-    if main and dtype_with_most.get(main[1], 0) > 1
+    main.dtype
+    if main and dtype_with_most.get(main.dtype, 0) > 1
     else (dtype_with_most.idxmax() if len(dtype_with_most) else None)
   )
   blocks = dict(tuple(q[q["dtype"] == dtype].groupby("blocksize"))) if dtype else {}
@@ -259,11 +243,11 @@ def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
 
 
 def fig_fits(a: Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
+  main = main_method(a.cells)
   family = _main_family(a)
   if main is None:
     raise SkipFigure("no quantized cells without outliers")
-  method = main[0]
+  method = main.label
   metrics = [
     m for m in METRICS if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))
   ]
@@ -320,9 +304,9 @@ def _fit_label(fit) -> str:
 
 
 def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
+  main = main_method(a.cells)
   family = _main_family(a)
-  tables = {m: a.bit_optimal.get((family, main[0], m)) for m in METRICS} if main else {}
+  tables = {m: a.bit_optimal.get((family, main.label, m)) for m in METRICS} if main else {}
   tables = {m: t for m, t in tables.items() if t is not None}
   if not tables:
     raise SkipFigure("no bit-optimal comparison (needs >= 2 bit widths with data)")
@@ -369,7 +353,7 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
     top.set_xscale("log")
     top.set_ylabel("bit-optimal k")
     top.set_title(
-      f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n{_method_title(a, main[0])}",
+      f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n{_method_title(a, main.label)}",
       fontsize=10,
     )
     top.grid(True, which="both", alpha=0.25)
@@ -389,13 +373,13 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
 
 
 def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
-  if main is None or not any((main[0], f) in a.joint_fits for f in ("ptq", "neff")):
+  main = main_method(a.cells)
+  if main is None or not any((main.label, f) in a.joint_fits for f in ("ptq", "neff")):
     raise SkipFigure(
       "no precision-law fit for the main method: "
       + "; ".join(s for s in a.skipped if "precision law" in s)[:300]
     )
-  method = main[0]
+  method = main.label
   forms = [f for f in ("ptq", "neff") if (method, f) in a.joint_fits]
   fig, axes = panel_grid(len(forms), width=5.6, height=4.2)
   for ax, form in zip(axes, forms):

@@ -18,7 +18,7 @@ from etils import epath
 
 from kbit_jax.analysis import plots, plots_axes, report_axes, tables
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS
+from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, main_method
 from kbit_jax.analysis.plot_style import Figure
 from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown, with_ci
 
@@ -116,10 +116,10 @@ def bit_optimal_blocks(a: Analysis) -> list[Block]:
       "k wins again.",
     )
   )
-  main = plots.main_method(a)
+  main = main_method(a.cells)
   family = a.families()[0]
   for metric in METRICS:
-    t = a.bit_optimal.get((family, main[0], metric)) if main else None
+    t = a.bit_optimal.get((family, main.label, metric)) if main else None
     if t is None:
       continue
     rows = [
@@ -135,7 +135,7 @@ def bit_optimal_blocks(a: Analysis) -> list[Block]:
       for r in t.itertuples()
     ]
     blocks += [
-      ("h", 3, f"{main[0]}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
+      ("h", 3, f"{main.label}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
       (
         "table",
         [
@@ -292,9 +292,10 @@ def extrapolation_blocks(a: Analysis) -> list[Block]:
         ],
       )
     )
-    main = plots.main_method(a)
+    main = main_method(a.cells)
     shown = done[
-      done["method"].isin([main[0] if main else "", BASELINE_METHOD]) | (done["curve"] == "all k")
+      done["method"].isin([main.label if main else "", BASELINE_METHOD])
+      | (done["curve"] == "all k")
     ]
     blocks.append(
       (
