@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import bitoptimal, fitting, forms, stage, synthetic
+from kbit_jax.analysis import bitoptimal, fitting, forms, results, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
 from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells, load_cells
 from kbit_jax.analysis.fitting import FitError
@@ -226,7 +226,10 @@ def test_adapter_reads_a_written_store(tmp_path):
     cells_from_store(flat.drop(columns=["total_bits"]))
 
 
-def test_stage_fit_writes_tables(tmp_path):
+def test_stage_fit_writes_tables(tmp_path, monkeypatch):
+  loads = []
+  read = results.load
+  monkeypatch.setattr(results, "load", lambda d: loads.append(d) or read(d))
   synthetic.write_store(
     str(tmp_path / "results"),
     synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",), bits=(3, 4, 8, 16)),
@@ -237,6 +240,7 @@ def test_stage_fit_writes_tables(tmp_path):
   params = pd.read_csv(tmp_path / "fit" / "params.csv")
   assert {"alpha", "gamma_post", "hi"} <= set(params["param"])
   assert len(a.joint_fits) == 2
+  assert loads == [str(tmp_path / "results")]  # the store is read once
 
 
 @pytest.mark.parametrize("name", ["bitwidth_sweep", "blocksize_dtype", "outliers"])

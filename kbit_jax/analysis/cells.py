@@ -1,8 +1,9 @@
 """The results store as cells: the column adapter, labels, the compatibility checks, the
 training families and the main method.
 
-    cells, issues = cells.load_cells(results_dir)    # results.load + adapter + checks
-    main = cells.main_method(cells)                  # what the figures and tables show
+    store = cells.load_store(results_dir)            # results.load + the adapter
+    checked, issues = cells.check_cells(store)       # the compatibility checks
+    main = cells.main_method(checked)                # what the figures and tables show
 
 Vocabulary. A *cell* is one evaluated (model, quantization). A *checkpoint* (bootstrap
 unit) is one trained model: preset x seed x training tokens. A *method* is a quantization
@@ -30,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from kbit_jax.analysis import results
 
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
@@ -300,6 +303,7 @@ def check_cells(
 ) -> tuple[pd.DataFrame, list[str]]:
   """Drops what cannot be analysed (warning for each) and assigns training families."""
   issues = [] if issues is None else issues
+  attrs = dict(cells.attrs)
   act = cells[cells["act_bits"] != BASELINE_BITS]
   if len(act):
     issues.append(
@@ -340,7 +344,9 @@ def check_cells(
       _warn(issues, f"no cell has a finite {metric}: no {metric} fits or figures")
   cells = cells.copy()
   cells["family"] = assign_families(cells, issues)
-  return cells.reset_index(drop=True), issues
+  checked = cells.reset_index(drop=True)
+  checked.attrs = attrs  # the store's, whatever pandas carries through the steps above
+  return checked, issues
 
 
 def tokens_label(t: float) -> str:
@@ -377,14 +383,17 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   return labels
 
 
-def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
-  """results.load(results_dir) through the adapter and the checks."""
-  from kbit_jax.analysis import results
-
+def load_store(results_dir: str) -> pd.DataFrame:
+  """Every record of `results_dir` through the adapter, unchecked; its attrs name the
+  store (results_dir, ppl_split, tasks). A store without records is a ValueError."""
   df = results.load(results_dir)
   if df.empty:
     raise ValueError(f"results directory {results_dir} holds no records")
   cells = cells_from_store(df)
-  checked, issues = check_cells(cells)
-  checked.attrs.update(cells.attrs, results_dir=str(results_dir))
-  return checked, issues
+  cells.attrs["results_dir"] = str(results_dir)
+  return cells
+
+
+def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
+  """load_store(results_dir) through the checks."""
+  return check_cells(load_store(results_dir))

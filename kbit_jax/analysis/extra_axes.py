@@ -1,6 +1,6 @@
 """The grid's extra axes, analysed: k-bit probes, activation bits, training tokens.
 
-    cells = extra_axes.load_all_cells(results_dir)   # every cell, activation bits included
+    cells = extra_axes.axes_cells(store)             # store: cells.load_store(results_dir)
     probe = extra_axes.probe_table(cells)            # recovered bits per size x weight k
     acts = extra_axes.act_tables(cells, "nll")       # {preset: weight k x activation a}
     fits = extra_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
@@ -29,21 +29,12 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis.cells import (
-  BASELINE_BITS,
-  METRICS,
-  cells_from_store,
-  keep_largest,
-  main_method,
-  tokens_label,
-)
+from kbit_jax.analysis.cells import BASELINE_BITS, METRICS, keep_largest, main_method, tokens_label
 
 
-def load_all_cells(results_dir: str) -> pd.DataFrame:
-  """Every record of the store as cells (act_bits < 16 included), one eval_id."""
-  from kbit_jax.analysis import results
-
-  cells = cells_from_store(results.load(results_dir))
+def axes_cells(cells: pd.DataFrame) -> pd.DataFrame:
+  """The cells the extra axes are analysed on: those of a store (cells.load_store), act_bits
+  < 16 included, of its most common eval_id."""
   return keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
 
 

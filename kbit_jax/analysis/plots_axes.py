@@ -1,6 +1,6 @@
 """Figures of the grid's extra axes (extra_axes.py): probes, activation bits, tokens.
 
-    figures, notes = plots_axes.make_figures(cells, out_dir)   # cells: load_all_cells
+    figures, notes = plots_axes.make_figures(cells, out_dir)   # cells: extra_axes.axes_cells
 
   probe_bits    bits recovered by the k-bit probes (summed over k) against non-embedding
                 parameters, one curve per weight precision, one panel per training budget

@@ -381,7 +381,7 @@ def write(
   all_cells=None,
 ) -> dict[str, epath.Path]:
   """Writes report.md and report.html (and the figures, unless given) to `out_dir`;
-  `all_cells` (extra_axes.load_all_cells) adds the probes / act bits / tokens section."""
+  `all_cells` (extra_axes.axes_cells) adds the probes / act bits / tokens section."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   if figures is None:

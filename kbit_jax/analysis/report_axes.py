@@ -11,7 +11,7 @@ from kbit_jax.analysis.render import Block, frame_table, num
 
 
 def table_blocks(cells: pd.DataFrame) -> list[Block]:
-  """The tables the cells (extra_axes.load_all_cells) allow; [] without any."""
+  """The tables the cells (extra_axes.axes_cells) allow; [] without any."""
   blocks: list[Block] = []
   probe = extra_axes.probe_table(cells)
   if not probe.empty:

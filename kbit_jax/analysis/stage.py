@@ -3,8 +3,9 @@
     stage.fit(results_dir, out_dir)       # fits and tables (fits.json, *.csv)
     stage.report(results_dir, out_dir)    # the same, plus figures and report.md / .html
 
-Both read the store once, analyse the weights-only cells (scaling.analyse) and the extra
-axes (probes, activation bits, training tokens: extra_axes), and write the tables.
+Both read the store once (cells.load_store), analyse its weights-only cells
+(cells.check_cells, analyse.analyse) and its extra axes (probes, activation bits, training
+tokens: extra_axes), and write the tables.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from etils import epath
 
 from kbit_jax.analysis import analyse, extra_axes, tables
 from kbit_jax.analysis import report as report_lib
-from kbit_jax.analysis.cells import load_cells
+from kbit_jax.analysis.cells import check_cells, load_store
 
 
 def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
-  cells, issues = load_cells(results_dir)
-  a = analyse.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  return a, extra_axes.load_all_cells(results_dir)
+  store = load_store(results_dir)
+  checked, issues = check_cells(store)
+  a = analyse.analyse(checked, issues, n_boot=n_boot, level=level, seed=seed)
+  return a, extra_axes.axes_cells(store)
 
 
 def _write_tables(a: analyse.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
