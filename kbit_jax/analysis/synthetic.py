@@ -1,7 +1,7 @@
 """Synthetic results stores from a known law, for tests and demos of the fit stage.
 
     records = synthetic_records(sizes=("s1", "s2", "s3", "s4", "s5"), seeds=(0, 1))
-    write_store(results_dir, records)          # then scaling.load_cells(results_dir)
+    write_store(results_dir, records)          # then cells.load_cells(results_dir)
 
 Each record has the shape grid.make_record writes (key / model / bits / metrics groups),
 so a synthetic store exercises the same column adapter as a real one. The loss follows
@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
+from kbit_jax.analysis import results
 from kbit_jax.model import presets
 
 LAW = dict(A=60.0, alpha=0.3, E=2.5, C=3000.0, gamma_N=0.25, gamma_post=0.5)
@@ -183,16 +185,10 @@ def synthetic_records(
 
 
 def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
-  from kbit_jax.analysis import results
-
   for record in records:
     results.write(results_dir, record)
 
 
-def flat_frame(records: Sequence[dict[str, Any]]):
+def flat_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
   """The DataFrame results.load would return for `records`, without the disk."""
-  import pandas as pd
-
-  from kbit_jax.analysis import results
-
   return pd.DataFrame([results.flatten(r) for r in records])
