@@ -1,7 +1,9 @@
 """Fitting a form (forms.py): robust least squares, bootstrap intervals, hold-out error.
 
 Every fit is scipy's `least_squares` run twice: a plain fit whose residuals set the
-robust scale (f_scale = 1.5 x 1.4826 x MAD), then `loss='soft_l1'` from that solution.
+robust scale (f_scale = 1.5 sigma, sigma = the residuals' MAD / 0.6745, a normal's
+standard deviation: scipy.stats.median_abs_deviation(scale="normal")), then
+`loss='soft_l1'` from that solution.
 Bootstrap: resample checkpoints (preset x seed x family) with replacement, refit, take
 percentile intervals; replicates with too few distinct sizes are skipped and counted.
 """
@@ -12,7 +14,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 from kbit_jax.analysis.forms import JOINT_FORMS, QUANTIZED_MAX_BITS, FitData, Form
 
@@ -49,9 +51,8 @@ def robust_fit(
   fun = _residual_fn(form, x, y, ctx)
   if f_scale is None:
     plain = optimize.least_squares(fun, theta, bounds=(low, high), method="trf")
-    r = plain.fun
-    mad = 1.4826 * np.median(np.abs(r - np.median(r)))
-    f_scale, theta = max(1.5 * mad, form.scale_floor), plain.x
+    sigma = stats.median_abs_deviation(plain.fun, scale="normal")  # a robust std
+    f_scale, theta = max(1.5 * sigma, form.scale_floor), plain.x
   fit = optimize.least_squares(
     fun, theta, bounds=(low, high), method="trf", loss=ROBUST_LOSS, f_scale=f_scale
   )
