@@ -6,7 +6,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import stage, synthetic
+from kbit_jax.analysis import results, stage, synthetic
 from kbit_jax.analysis.cells import (
   MainMethod,
   ScalingWarning,
@@ -46,7 +46,7 @@ def _records():
 
 def test_cells_pick_the_method_with_most_cells_among_ties_of_dtype_and_block():
   _, _, records = _records()
-  cells = cells_from_store(synthetic.flat_frame(records))
+  cells = cells_from_store(results.frame(records))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ScalingWarning)
     checked, _ = check_cells(cells)

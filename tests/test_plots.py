@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plot_style, plots, report, stage, synthetic
+from kbit_jax.analysis import plot_style, plots, report, results, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
 from kbit_jax.analysis.cells import (
   MainMethod,
@@ -31,7 +31,7 @@ ALL_FIGURES = {
 def _analysis(records, n_boot=8):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ScalingWarning)
-    cells, issues = check_cells(cells_from_store(synthetic.flat_frame(records)))
+    cells, issues = check_cells(cells_from_store(results.frame(records)))
   return analyse(cells, issues, n_boot=n_boot)
 
 

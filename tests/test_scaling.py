@@ -27,7 +27,7 @@ def _power_curve(rng, a=60.0, alpha=0.2, e=2.0, seeds=3, noise=0.01, sizes=SIZES
 
 
 def _cells(records):
-  cells, issues = check_cells(cells_from_store(synthetic.flat_frame(records)))
+  cells, issues = check_cells(cells_from_store(results.frame(records)))
   return cells, issues
 
 
@@ -219,7 +219,7 @@ def test_adapter_reads_a_written_store(tmp_path):
   assert cells.attrs["ppl_split"] == "validation"
   assert np.allclose(cells["ppl"], np.exp(cells["nll"]))
   assert cells["chance"].iloc[0] == pytest.approx((0 + 0.25 + 0.5 + 0.5) / 4)
-  flat = synthetic.flat_frame(records)
+  flat = results.frame(records)
   bare = flat.rename(columns=lambda c: c.removeprefix("metrics/"))  # older layout
   assert np.allclose(cells_from_store(bare)["acc"], cells_from_store(flat)["acc"])
   with pytest.raises(ValueError, match="total_bits"):

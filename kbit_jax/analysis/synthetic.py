@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from kbit_jax.analysis import results
 from kbit_jax.model import presets
@@ -187,8 +186,3 @@ def synthetic_records(
 def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
   for record in records:
     results.write(results_dir, record)
-
-
-def flat_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-  """The DataFrame results.load would return for `records`, without the disk."""
-  return pd.DataFrame([results.flatten(r) for r in records])
