@@ -174,7 +174,7 @@ def fit_form(
   result = FitResult(form, theta, form.report(theta, data.ctx), {}, boot, data, f_scale, level)
   span = high - low
   on_bound = (theta - low < 1e-6 * span) | (high - theta < 1e-6 * span)
-  result.at_bound = [label for label, b in zip(form.theta_labels(data.ctx), on_bound) if b]
+  result.at_bound = [label for label, b in zip(form.labels(data.ctx), on_bound) if b]
   ok = boot[~np.isnan(boot[:, 0])]
   if len(ok) >= 2:
     reported = np.array([list(form.report(th, data.ctx).values()) for th in ok])

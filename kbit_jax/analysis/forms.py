@@ -41,15 +41,19 @@ class Form:
   (chance accuracy for `sigmoid`, unused otherwise)."""
 
   name: str
-  metric: str  # which metric it fits: nll | acc
   param_names: tuple[str, ...]  # the reported parameters (joint forms: + one E per family)
-  min_sizes: int
   predict: Callable[[np.ndarray, np.ndarray, dict], np.ndarray]
   start: Callable[[np.ndarray, np.ndarray, dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
-  log_residuals: bool  # residuals in ln(metric) (nll) or metric units (acc)
-  scale_floor: float  # smallest robust scale, in residual units
   report: Callable[[np.ndarray, dict], dict[str, float]]  # theta -> reported parameters
-  theta_labels: Callable[[dict], list[str]]  # what each theta entry is
+  metric: str = "nll"  # which metric it fits: nll | acc
+  min_sizes: int = 3
+  log_residuals: bool = True  # residuals in ln(metric) (nll) or metric units (acc)
+  scale_floor: float = 1e-4  # smallest robust scale, in residual units
+  theta_labels: Callable[[dict], list[str]] | None = None  # None: theta is param_names
+
+  def labels(self, ctx: dict) -> list[str]:
+    """What each theta entry is."""
+    return list(self.param_names) if self.theta_labels is None else self.theta_labels(ctx)
 
 
 # ----------------------------------------------------------------------------- forms
@@ -108,37 +112,16 @@ def _sigmoid_report(th, ctx):
   }
 
 
-def _power_labels(ctx):
-  return ["a", "alpha", "E"]
-
-
-def _sigmoid_labels(ctx):
-  return ["hi", "s", "m_bits"]
-
-
-POWER = Form(
-  "power",
-  "nll",
-  ("a", "alpha", "E"),
-  3,
-  _power_predict,
-  _power_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_power_report,
-  theta_labels=_power_labels,
-)
+POWER = Form("power", ("a", "alpha", "E"), _power_predict, _power_start, _power_report)
 SIGMOID = Form(
   "sigmoid",
-  "acc",
   ("hi", "s", "m_bits"),
-  3,
   _sigmoid_predict,
   _sigmoid_start,
+  _sigmoid_report,
+  metric="acc",
   log_residuals=False,
   scale_floor=1e-3,
-  report=_sigmoid_report,
-  theta_labels=_sigmoid_labels,
 )
 CURVE_FORMS = {"nll": POWER, "acc": SIGMOID}
 
@@ -253,26 +236,18 @@ def _ptq_labels(ctx):
 
 NEFF = Form(
   "neff",
-  "nll",
   ("A", "alpha", "gamma", "E"),
-  3,
   _neff_predict,
   _neff_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_neff_report,
+  _neff_report,
   theta_labels=_neff_labels,
 )
 PTQ = Form(
   "ptq",
-  "nll",
   ("A", "alpha", "E", "C", "gamma_N", "gamma_post"),
-  3,
   _ptq_predict,
   _ptq_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_ptq_report,
+  _ptq_report,
   theta_labels=_ptq_labels,
 )
 JOINT_FORMS = {"neff": NEFF, "ptq": PTQ}

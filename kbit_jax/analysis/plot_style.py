@@ -77,14 +77,30 @@ def plotted(metric: str, values):
   return np.exp(values) if metric == "nll" else values
 
 
-def bits_axes(ax, metric: str, title: str):
+def log_x_axes(
+  ax,
+  xlabel: str,
+  ylabel: str,
+  title: str = "",
+  title_size: float = 10,
+  log_perplexity: bool = False,
+):
+  """Every figure's axes: log x, labels, a title if given, the grid; log_perplexity: a log
+  perplexity y axis too."""
   ax.set_xscale("log")
-  if metric == "nll":
+  if log_perplexity:
     log_perplexity_axis(ax)
-  ax.set_xlabel(BITS_LABEL)
-  ax.set_ylabel(METRIC_LABEL[metric])
-  ax.set_title(title, fontsize=10)
+  if xlabel:
+    ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=title_size)
   ax.grid(True, which="both", alpha=0.25)
+
+
+def bits_axes(ax, metric: str, title: str):
+  """Total model bits against `metric`."""
+  log_x_axes(ax, BITS_LABEL, METRIC_LABEL[metric], title, log_perplexity=metric == "nll")
 
 
 def log_perplexity_axis(ax):

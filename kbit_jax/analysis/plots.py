@@ -44,7 +44,7 @@ from kbit_jax.analysis.plot_style import (
   k_color,
   legend,
   line,
-  log_perplexity_axis,
+  log_x_axes,
   mean_points,
   panel_grid,
   plotted,
@@ -350,19 +350,13 @@ def fig_bit_optimal(a: Analysis, out: epath.Path) -> Figure:
       )
     top.set_ylim(-0.5, len(ks) - 0.5)
     top.set_yticks(range(len(ks)), [f"{k}-bit" for k in ks])
-    top.set_xscale("log")
-    top.set_ylabel("bit-optimal k")
-    top.set_title(
-      f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n{_method_title(a, main.label)}",
-      fontsize=10,
+    what = METRIC_LABEL[metric].split(" (")[0]
+    log_x_axes(
+      top, "", "bit-optimal k", f"best k per budget by {what}\n{_method_title(a, main.label)}"
     )
-    top.grid(True, which="both", alpha=0.25)
     legend(top)
-    bottom.set_xscale("log")
+    log_x_axes(bottom, BITS_LABEL, "bootstrap share\nwinning")
     bottom.set_ylim(0, 1.05)
-    bottom.set_ylabel("bootstrap share\nwinning")
-    bottom.set_xlabel(BITS_LABEL)
-    bottom.grid(True, which="both", alpha=0.25)
   return Figure(
     "bit_optimal",
     "Bit-optimal precision per budget",
@@ -402,15 +396,17 @@ def fig_precision_law(a: Analysis, out: epath.Path) -> Figure:
         color=k_color(k),
         label=f"{k}-bit",
       )
-    ax.set_xscale("log")
-    log_perplexity_axis(ax)
-    ax.set_xlabel("non-embedding parameters N (log scale)")
-    ax.set_ylabel(METRIC_LABEL["nll"])
     shown = ", ".join(
       f"{p}={v:.3g}" for p, v in fit.params.items() if p.startswith(("alpha", "gamma"))
     )
-    ax.set_title(f"{form} law ({shown})\n{_method_title(a, method)}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.25)
+    log_x_axes(
+      ax,
+      "non-embedding parameters N (log scale)",
+      METRIC_LABEL["nll"],
+      f"{form} law ({shown})\n{_method_title(a, method)}",
+      title_size=9,
+      log_perplexity=True,
+    )
     legend(ax)
   return Figure(
     "precision_law",

@@ -20,7 +20,15 @@ from etils import epath
 
 from kbit_jax.analysis import extra_axes, plot_style
 from kbit_jax.analysis.cells import tokens_label
-from kbit_jax.analysis.plot_style import Figure, SkipFigure, k_color, legend, panel_grid, save
+from kbit_jax.analysis.plot_style import (
+  Figure,
+  SkipFigure,
+  k_color,
+  legend,
+  log_x_axes,
+  panel_grid,
+  save,
+)
 
 STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")
@@ -39,11 +47,12 @@ def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
       rows = part[part["k"] == k].sort_values("n")
       ax.plot(rows["n"], rows["bits total"], "-o", color=k_color(k), label=f"{k}-bit", ms=4)
     ax.axhline(offered, color="#999999", ls=":", lw=1, label=f"offered ({offered:g} bits)")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N (log scale)")
-    ax.set_ylabel("recovered bits, summed over probes")
-    ax.set_title(tokens_label(tokens), fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
+    log_x_axes(
+      ax,
+      "non-embedding parameters N (log scale)",
+      "recovered bits, summed over probes",
+      tokens_label(tokens),
+    )
     legend(ax)
   return Figure(
     "probe_bits",
@@ -103,10 +112,11 @@ def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
         label=f"{k}-bit {preset}",
       )
   ax.axhline(0, color="#999999", lw=0.8)
-  ax.set_xscale("log")
-  ax.set_xlabel("training tokens per non-embedding parameter D/N (log scale)")
-  ax.set_ylabel("PTQ penalty: nll(k-bit) - nll(16-bit) [nats]")
-  ax.grid(True, which="both", alpha=0.25)
+  log_x_axes(
+    ax,
+    "training tokens per non-embedding parameter D/N (log scale)",
+    "PTQ penalty: nll(k-bit) - nll(16-bit) [nats]",
+  )
   legend(ax)
   return Figure(
     "ptq_penalty",
