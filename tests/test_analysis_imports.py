@@ -43,6 +43,13 @@ def test_no_import_cycle_and_no_kbit_jax_module_outside_analysis_but_presets():
   assert outside == {"kbit_jax.model.presets"}  # synthetic.py's model sizes: jax-free
 
 
+def test_the_package_docstring_names_every_module():
+  import kbit_jax.analysis
+
+  listed = [line.split()[0] for line in kbit_jax.analysis.__doc__.splitlines()[2:] if line]
+  assert sorted(listed) == [f"{m}.py" for m in MODULES]
+
+
 BLOCKED = """
 import importlib, sys
 

@@ -23,9 +23,9 @@ DQ = MainMethod("nf+dq B64", "nf", 64.0)
 
 def _records():
   """nf at B64 twice: plain at k 3, 4 and with double quantization at k 3, 4, 8 (more
-  cells), every cell also at 8-bit activations. The choices the figures, the extra axes
-  and the report used to make apart differ here: the figures took the method with the
-  most cells (nf+dq), the extra axes every nf cell at B64 (both methods, averaged)."""
+  cells), every cell also at 8-bit activations. Choices made apart differ on it: the
+  method of nf at B64 with the most cells is nf+dq, while every nf cell at B64 mixes both
+  methods, and counting the activation-quantized cells counts them twice."""
   plain = synthetic.synthetic_records(sizes=SIZES, bits=(3, 4, 16), dtypes=("nf",), seeds=SEEDS)
   dq = synthetic.synthetic_records(
     sizes=SIZES, bits=(3, 4, 8), dtypes=("nf",), seeds=SEEDS, seed=1, noise=0.0

@@ -6,10 +6,10 @@
     fits = extra_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
     pen = extra_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
 
-Cells come from `cells.cells_from_store` (the column adapter) with the eval-settings
-check of `cells.check_cells`, but without its removal of activation-quantized cells.
-Weight-only tables and fits use act_bits = 16 cells, one method: the *main* one
-(cells.main_method), the one the figures and the report show.
+The cells are a store's (cells.load_store) of its most common eval_id, activation-
+quantized ones included: none of check_cells' other checks apply here. Weight-only tables
+and fits use act_bits = 16 cells, one method: the *main* one (cells.main_method), the
+one the figures and the report show.
 
 N-D fit: on the 16-bit (weights and activations) cells, ln y = ln a + b ln N + c ln D by
 least squares, y = nll (ln perplexity: "loss") and y = mean zero-shot accuracy, N the

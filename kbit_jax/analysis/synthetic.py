@@ -3,7 +3,7 @@
     records = synthetic_records(sizes=("s1", "s2", "s3", "s4", "s5"), seeds=(0, 1))
     write_store(results_dir, records)          # then cells.load_cells(results_dir)
 
-Each record has the shape grid.make_record writes (key / model / bits / metrics groups),
+Each record has the shape the grid writes (key / model / bits / metrics groups: grid/driver.py),
 so a synthetic store exercises the same column adapter as a real one. The loss follows
 a precision law of forms.py (`form`), N = non-embedding parameters:
 
