@@ -9,7 +9,8 @@ analyse.py      every fit a set of cells allows (Analysis)
 tables.py       parameter / extrapolation / bit-optimal tables, provenance, fits.json
 extra_axes.py   probes, activation bits, N x D fits, the PTQ penalty against tokens
 plot_style.py   what the figures share: colours, panels, axes, saving
-plots.py        the figures of an Analysis
+plots.py        the figures of an Analysis: its measurements, then plots_fits.py's
+plots_fits.py   the figures of its fits: curves, bit-optimal k, precision laws
 plots_axes.py   the figures of the extra axes
 render.py       report blocks -> Markdown / HTML, number formats
 report_axes.py  the extra axes' tables as report blocks

@@ -1,4 +1,6 @@
-"""What every figure shares: colours, labels, panel grids, saving, and running the makers.
+"""What every figure shares: colours, labels, panel grids, axes, saving, the pieces of an
+Analysis every figure of it draws (chance line, method titles, main family), and
+running the makers.
 
     fig, axes = plot_style.panel_grid(3)                # up to 3 panels a row
     figure = Figure(name, title, caption, plot_style.save(fig, out, name))
@@ -24,6 +26,8 @@ from etils import epath
 from matplotlib import ticker
 
 from kbit_jax.analysis import bitoptimal
+from kbit_jax.analysis.analyse import Analysis
+from kbit_jax.analysis.cells import blocksize_label
 
 K_COLORS = {
   2: "#8c564b",
@@ -153,6 +157,35 @@ def panel_grid(n: int, width: float = 4.6, height: float = 3.6):
   for ax in axes.flat[n:]:
     ax.set_visible(False)
   return fig, list(axes.flat[:n])
+
+
+# ----------------------------------------------------------------------------- analysis panels
+
+
+def chance_line(ax, a: Analysis, metric: str):
+  """The chance accuracy of the tasks, dotted, on an accuracy panel."""
+  if metric == "acc" and len(a.cells):
+    ax.axhline(a.cells["chance"].mean(), color="#999999", ls=":", lw=1, label="chance")
+
+
+def has_metric(cells: pd.DataFrame, metric: str) -> bool:
+  """Whether any cell has a finite `metric`."""
+  return bool(len(cells)) and bool(np.isfinite(cells[metric].to_numpy(float)).any())
+
+
+def main_family(a: Analysis) -> str:
+  """The training family with the most cells: the one the figures draw."""
+  return a.families()[0]
+
+
+def method_title(a: Analysis, method: str, family: str | None = None) -> str:
+  """e.g. 'data type nf+dq, block size 64, outliers p=0.02 (D=1M)' (the family only when
+  there are several)."""
+  c = a.cells[a.cells["method"] == method].iloc[0]
+  b = blocksize_label(c["blocksize"])
+  title = f"data type {c['dtype']}{'+dq' if c['double_quant'] else ''}, block size {b}"
+  title += f", outliers p={c['outlier_share']:g}" if c["outlier_share"] else ""
+  return title + (f" ({family})" if family and len(a.families()) > 1 else "")
 
 
 def render(
