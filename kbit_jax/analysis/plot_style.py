@@ -1,6 +1,6 @@
 """What every figure shares: colours, labels, panel grids, axes, saving, the pieces of an
-Analysis every figure of it draws (chance line, method titles, main family), and
-running the makers.
+Analysis its figures draw (bits panels, method titles, main family), and running the
+makers.
 
     fig, axes = plot_style.panel_grid(3)                # up to 3 panels a row
     figure = Figure(name, title, caption, plot_style.save(fig, out, name))
@@ -102,11 +102,6 @@ def log_x_axes(
   ax.grid(True, which="both", alpha=0.25)
 
 
-def bits_axes(ax, metric: str, title: str):
-  """Total model bits against `metric`."""
-  log_x_axes(ax, BITS_LABEL, METRIC_LABEL[metric], title, log_perplexity=metric == "nll")
-
-
 def log_perplexity_axis(ax):
   """Log y with plain numbers at 1-2-5 steps (perplexity spans one to three decades)."""
   ax.set_yscale("log")
@@ -162,10 +157,13 @@ def panel_grid(n: int, width: float = 4.6, height: float = 3.6):
 # ----------------------------------------------------------------------------- analysis panels
 
 
-def chance_line(ax, a: Analysis, metric: str):
-  """The chance accuracy of the tasks, dotted, on an accuracy panel."""
+def finish_bits_panel(ax, a: Analysis, metric: str, title: str):
+  """A panel of total bits against `metric`: the tasks' chance accuracy dotted (acc),
+  its axes, its legend."""
   if metric == "acc" and len(a.cells):
     ax.axhline(a.cells["chance"].mean(), color="#999999", ls=":", lw=1, label="chance")
+  log_x_axes(ax, BITS_LABEL, METRIC_LABEL[metric], title, log_perplexity=metric == "nll")
+  legend(ax)
 
 
 def has_metric(cells: pd.DataFrame, metric: str) -> bool:

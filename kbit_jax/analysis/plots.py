@@ -37,11 +37,9 @@ from kbit_jax.analysis.plot_style import (
   OTHER_COLORS,
   Figure,
   SkipFigure,
-  bits_axes,
-  chance_line,
+  finish_bits_panel,
   has_metric,
   k_color,
-  legend,
   line,
   main_family,
   method_title,
@@ -89,9 +87,7 @@ def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure
         k_color(k),
         "--" if k == BASELINE_BITS else "-",
       )
-    chance_line(ax, a, metric)
-    bits_axes(ax, metric, method_title(a, method, family))
-    legend(ax)
+    finish_bits_panel(ax, a, metric, method_title(a, method, family))
   what = METRIC_LABEL[metric].split(" (")[0]
   fig.suptitle(f"{what} vs total model bits, one curve per k")
   return Figure(
@@ -129,9 +125,7 @@ def fig_by_setup(a: Analysis, out: epath.Path) -> Figure:
       k = curve_k(curve)
       cells = cells if seed is None else cells[cells["seed"] == seed]
       line(ax, cells, "acc", f"{k}-bit", k_color(k), "--" if k == BASELINE_BITS else "-")
-    chance_line(ax, a, "acc")
-    bits_axes(ax, "acc", f"{title}\n{method_title(a, method)}")
-    legend(ax)
+    finish_bits_panel(ax, a, "acc", f"{title}\n{method_title(a, method)}")
   return Figure(
     "acc_vs_bits_by_setup",
     "Accuracy vs total bits per training setup",
@@ -146,9 +140,7 @@ def _compare_panel(ax, a, metric, groups: dict[str, pd.DataFrame], title: str):
     line(ax, cells, metric, label, OTHER_COLORS[i % len(OTHER_COLORS)])
   base = a.cells[(a.cells["k"] == BASELINE_BITS) & (a.cells["family"] == main_family(a))]
   line(ax, base, metric, "16-bit (float)", k_color(BASELINE_BITS), "--")
-  chance_line(ax, a, metric)
-  bits_axes(ax, metric, title)
-  legend(ax)
+  finish_bits_panel(ax, a, metric, title)
 
 
 def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
@@ -204,11 +196,12 @@ def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
       line(ax, plain[plain["k"] == k], metric, f"{k}-bit plain", k_color(k))
       for p, cells in proxy[proxy["k"] == k].groupby("outlier_share"):
         line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
-    chance_line(ax, a, metric)
-    bits_axes(
-      ax, metric, f"outlier-dependent vs plain, data type {dtype}, block size {blocksize_label(b)}"
+    finish_bits_panel(
+      ax,
+      a,
+      metric,
+      f"outlier-dependent vs plain, data type {dtype}, block size {blocksize_label(b)}",
     )
-    legend(ax)
   return Figure(
     "outliers",
     "Outlier-dependent quantization vs plain",

@@ -19,8 +19,7 @@ from kbit_jax.analysis.plot_style import (
   METRIC_LABEL,
   Figure,
   SkipFigure,
-  bits_axes,
-  chance_line,
+  finish_bits_panel,
   k_color,
   legend,
   log_x_axes,
@@ -74,11 +73,12 @@ def fig_fits(a: Analysis, out: epath.Path) -> Figure:
           alpha=0.15,
           lw=0,
         )
-    chance_line(ax, a, metric)
-    bits_axes(
-      ax, metric, f"{'power law' if metric == 'nll' else 'sigmoid'} fits, {method_title(a, method)}"
+    finish_bits_panel(
+      ax,
+      a,
+      metric,
+      f"{'power law' if metric == 'nll' else 'sigmoid'} fits, {method_title(a, method)}",
     )
-    legend(ax)
   return Figure(
     "fits",
     "Fitted curves with bootstrap bands",
