@@ -247,8 +247,9 @@ def main_method(cells: pd.DataFrame) -> MainMethod | None:
   block size 64 if present, else the most common; then the first of MAIN_DTYPES present
   (else the first data type by name); then, of that type's methods at that block size
   (with and without double quantization), the one with the most cells. None without
-  such cells. Checked cells (the figures, the report) and all cells (the extra axes)
-  of one store give the same answer: activation-quantized cells do not count."""
+  such cells. Activation-quantized cells do not count, so a store's checked cells (the
+  figures, the report) and its extra axes' cells agree unless check_cells leaves out
+  quantized cells of other targets or parameter counts."""
   q = cells[
     (cells["k"] != BASELINE_BITS)
     & (cells["outlier_share"] == 0)
