@@ -35,7 +35,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 from test_import_hf import MODEL_VOCAB, TEXT, TOL, VOCAB, _randomize, _torch_logits
 
 from kbit_jax.convert import importer, tokenizer
-from kbit_jax.evals import evaluate
+from kbit_jax.evals import perplexity
 from kbit_jax.model import transformer
 from kbit_jax.quant import aqt, reference
 from kbit_jax.quant.spec import QuantSpec
@@ -190,7 +190,7 @@ def test_logits_and_perplexity_equal_transformers(hf_families, name):
 
   tok = tokenizer.load_hf_tokenizer(str(root / name))
   stream_T = np.array(tok.encode(TEXT)[:33], np.int32)
-  ppl = evaluate.stream_perplexity(params, net, stream_T, tok, seq_len=32, batch_size=1)
+  ppl = perplexity.stream_perplexity(params, net, stream_T, tok, seq_len=32, batch_size=1)
   with torch.no_grad():
     ids = torch.tensor(stream_T[None].astype(np.int64))
     ref_ppl = float(torch.exp(models[name](ids, labels=ids).loss))
