@@ -14,7 +14,6 @@ import json
 import time
 
 import jax
-import tensorboardX
 from etils import epath
 
 
@@ -27,6 +26,8 @@ class MetricsLogger:
     self._t0 = time.time()
     self._first_step = None
     if self.active:
+      import tensorboardX  # here: it imports torch when torch is installed (the harness extra)
+
       self.writer = tensorboardX.SummaryWriter(str(self.logdir))
       self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
       self._jsonl = self.jsonl_path.open("a")
