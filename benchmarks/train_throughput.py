@@ -13,7 +13,7 @@ Rounds alternate ours, plain, peer, ours, ... (warmup and compile excluded) beca
 machine is shared and noisy; the table shows medians over rounds, and each ratio is the
 median of the per-round ratios. MFU = flops_per_token(training) x tokens/s / peak, with
 the peak measured at the start of each round (same contention as that round's timings).
-Like `kbit train`, the process first sets kbit_jax/host_memory.py's allocator options
+Like `kbit train`, the process first sets kbit_jax/train/host_memory.py's allocator options
 (all three sides share them; `--no_retain_host_memory` keeps glibc's defaults).
 
   python benchmarks/train_throughput.py                      # s7, batch 32 x 128
@@ -180,7 +180,7 @@ def main():
     "--no_retain_host_memory",
     action="store_true",
     help="keep glibc malloc's defaults instead of what `kbit train` sets "
-    "(kbit_jax/host_memory.py), to measure what that gains",
+    "(kbit_jax/train/host_memory.py), to measure what that gains",
   )
   args = parser.parse_args()
   # As `kbit train` does, before jax starts its backend; the whole process (all three

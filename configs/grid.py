@@ -14,12 +14,12 @@ Optional axes (defaults leave the grid as it is): `grid.act_bits` (activation bi
 (8, 16): AQT input quantization of the attn/mlp matmuls, one evaluation net per a),
 `grid.tokens` (training-token budgets per size, e.g. (250_000, 1_000_000): one run per
 budget in W/models/<size>-seed<s>-D<tokens>/). k-bit probes: `eval.probes="1,2,3,4"`
-(kbit_jax/probes.py). experiments/kbit_probes/ uses all three.
+(kbit_jax/evals/probes.py). experiments/kbit_probes/ uses all three.
 
 Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `base` (the
 training config every size starts from, kbit_jax/config/defaults.py), `per_size` (overrides of
 `base` for one preset: its steps, batch, lr; sizes without an entry train with `base`),
-`eval` (kbit_jax/evaluate.py: tasks, items per task, perplexity batches).
+`eval` (kbit_jax/config/eval_section.py: tasks, items per task, perplexity batches).
 
 The default CPU grid: 4 sizes (s1..s4, 25k..793k non-embedding parameters) trained on
 ~1M tokens each, k in {3, 4, 5, 6, 8, 16}, data types int / float / quantile / nf, block

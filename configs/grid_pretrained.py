@@ -11,18 +11,17 @@ post-training and evaluated. The checkpoints are downloaded beforehand and impor
     python configs/grid_pretrained.py fsdp=8,tensor=1            # memory per device table
     python configs/grid_pretrained.py fsdp=8,families=opt,max_params=7e9,device_gib=80
 
-Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command
-line, where "," separates arguments: families=opt+pythia), `max_params` (sizes up
-to this many parameters; 0 = all), `runlocal` (the smallest model of each
-family, cheap evaluation: a CPU run), `fsdp`,
-`tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark what fits),
-`hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's deduped
-runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see evaluate.py;
-'' = the built-in tasks made from the embedded corpus).
+Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command line,
+where "," separates arguments: families=opt+pythia), `max_params` (sizes up to this many
+parameters; 0 = all), `runlocal` (the smallest model of each family, cheap evaluation: a CPU
+run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark
+what fits), `hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's
+deduped runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see
+kbit_jax/evals/tasks.py; '' = the built-in tasks made from the embedded corpus).
 
 Sections follow configs/grid.py (`grid`, `base`, `per_size`, `eval`), so
 `grid_plan.make_plan` expands and validates the cells; the sizes are the pretrained
-presets of kbit_jax/presets.py. `pretrained` says where each size's checkpoint comes
+presets of kbit_jax/model/presets.py. `pretrained` says where each size's checkpoint comes
 from: `repos` ((size, hub id) pairs), downloaded to `hf_root/<size>`, imported to
 `import_root/<size>`. With it `kbit grid` trains nothing (`per_size` and the `train`
 keys of `base` are unused; W/models/ stays empty): each size is restored from
@@ -33,7 +32,7 @@ tokenizer (`data.tokenizer` = the import dir, for perplexity and the tasks). Rec
 name the hub id (key `hub_id`) and the import dir; cells are named by size ("opt-125m
 k4 int B64 p0"). `--dry_run` lists missing imports with the commands that create them;
 without it a missing import stops the grid before any work, naming the size, the path
-and the `kbit import` command (grid_plan.py).
+and the `kbit import` command (kbit_jax/grid/plan.py).
 
 quant.targets "attn,mlp": every linear layer of the blocks, as the study; the token
 embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head stay
@@ -193,39 +192,32 @@ def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
 
 
 def format_memory_table(config: ml_collections.ConfigDict, rows: list[dict]) -> str:
-  g, limit = config.grid, config.pretrained.device_gib
+  import pandas as pd
+
+  g, limit, mesh = config.grid, config.pretrained.device_gib, config.base.mesh
   ks = [k for k in g.bits if k < 16]
-  header = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks], "grid eval"] + (
-    [f"fits {limit:g}"] if limit else []
-  )
-  lines = []
-  for r in rows:
-    # grid.py evaluates by fake quantization: the float32 params and a float32 copy
-    evaluation = 2 * r["f32"]
-    cells = [
-      r["size"],
-      f"{r['params']:,}",
-      f"{r['f32']:.2f}",
-      f"{r['b16']:.2f}",
-      *[f"{r[f'k{k}']:.2f}" for k in ks],
-      f"{evaluation:.2f}",
+  table = pd.DataFrame(rows).drop(columns="devices")
+  table.columns = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks]]
+  # The grid evaluates by fake quantization: the float32 params and a float32 copy.
+  table["grid eval"] = 2 * table["f32 GiB"]
+  if limit:
+    table[f"fits {limit:g}"] = [
+      "yes" if e <= limit else "16-bit" if b <= limit else "no"
+      for e, b in zip(table["grid eval"], table["16-bit"])
     ]
-    if limit:
-      cells.append("yes" if evaluation <= limit else "16-bit" if r["b16"] <= limit else "no")
-    lines.append(cells)
-  widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-
-  def fmt(cells):
-    return "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-
-  mesh = config.base.mesh
   title = (
     f"# GiB of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
     f"{mesh.fsdp * mesh.tensor} devices; k-bit: dtype={g.dtypes[0]}, "
     f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; grid eval = "
     "float32 params + float32 fake-quantized copy (activations not included)"
   )
-  return "\n".join([title, fmt(header), "-" * len(fmt(header))] + [fmt(c) for c in lines])
+  return (
+    title
+    + "\n"
+    + table.to_string(
+      index=False, float_format="{:.2f}".format, formatters={"params": "{:,}".format}
+    )
+  )
 
 
 def print_memory_table(arg: str | None = None) -> str:

@@ -1,5 +1,5 @@
 """Eight fake CPU devices for every test (set before jax is imported anywhere), and one
-persistent compilation cache for the session (kbit_jax/compile_cache.py): tests and the
+persistent compilation cache for the session (kbit_jax/train/compile_cache.py): tests and the
 `kbit` processes they start share compiles of equal programs, and ~/.cache stays clean."""
 
 import atexit

@@ -18,6 +18,7 @@ import pytest
 
 from kbit_jax.config import defaults, eval_section
 from kbit_jax.evals import evaluate, perplexity, scoring, tasks
+from kbit_jax.grid import compiles
 from kbit_jax.model import presets, transformer
 from kbit_jax.train import data, loop
 
@@ -29,6 +30,12 @@ class Bigram:
 
   def apply(self, variables, tokens_BxL):
     return variables["params"]["table"][tokens_BxL]
+
+
+def _compiled(name: str) -> int:
+  """Executables jax built for the jitted function `name` in this process (compiles.py)."""
+  compiles.start()
+  return compiles.by_function()[f"jit({name})"]
 
 
 def _bigram(vocab=16, max_len=64, tag="", seed=0):
@@ -56,7 +63,7 @@ def _bigram_ll(table, context, continuation):
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
-  """The default `eval` section (configs/common.py), smaller for tests."""
+  """The default `eval` section (config/defaults.py), smaller for tests."""
   cfg = defaults.base_config().eval
   cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg
@@ -116,12 +123,12 @@ def test_one_compile_per_bucket_and_new_params_reuse_it():
   net, params = _bigram(max_len=64, tag="compiles")
   rng = np.random.default_rng(2)
   requests = [([1] * int(n), [2, 3]) for n in rng.integers(1, 80, size=40)]
-  before = scoring.score_rows._cache_size()
+  before = _compiled("_score_rows")
   scoring.loglikelihoods(params, net, requests, batch_size=4)
-  assert scoring.score_rows._cache_size() - before == len(scoring.bucket_lengths(64)) == 3
+  assert _compiled("_score_rows") - before == len(scoring.bucket_lengths(64)) == 3
   _, other_params = _bigram(max_len=64, seed=5)  # a "quantized variant": same shapes
   scoring.loglikelihoods(other_params, net, requests, batch_size=4)
-  assert scoring.score_rows._cache_size() - before == 3
+  assert _compiled("_score_rows") - before == 3
 
 
 def test_batched_scoring_equals_one_by_one_on_a_transformer():
@@ -219,9 +226,9 @@ def test_builtin_tasks_run_with_bounded_compiles():
   net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   cfg = _eval_cfg(items_per_task=8, max_len=128, batch_size=16)
-  before = scoring.score_rows._cache_size()
+  before = _compiled("_score_rows")
   out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
-  assert scoring.score_rows._cache_size() - before <= len(scoring.bucket_lengths(128))
+  assert _compiled("_score_rows") - before <= len(scoring.bucket_lengths(128))
   assert set(out) == set(tasks.TASKS) | {"mean"}
   for task in tasks.TASKS:
     assert out[task]["n"] == 8 and 0 <= out[task]["acc"] <= 1
@@ -255,11 +262,15 @@ def test_split_perplexity_matches_the_training_eval_loss():
   cfg.seq_len = 32
   net = transformer.Transformer(presets.get_preset("s0"))
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  perplexity.nll_sums.clear_cache()  # so that this test's compiles are counted exactly
+  before = _compiled("_nll_sums")
   got = perplexity.perplexity(params, net, cfg, "validation", batch_size=8, max_batches=2)
   losses = [loop.eval_step(params, b, net=net) for b in data.eval_batches(cfg, "validation", 8, 2)]
   assert got["tokens"] == 2 * 8 * 32
   assert got["nll"] == pytest.approx(float(np.mean(losses)), abs=1e-5)
-  assert perplexity.nll_sums._cache_size() >= 1
+  other = jax.tree.map(lambda x: 2 * x, params)  # new parameters, same shapes
+  perplexity.perplexity(other, net, cfg, "validation", batch_size=8, max_batches=2)
+  assert _compiled("_nll_sums") - before == 1  # both batches, both parameter sets
 
 
 def test_text_file_perplexity(tmp_path):
@@ -319,9 +330,9 @@ def test_probes_end_to_end_with_tasks_and_bounded_compiles(tmp_path):
   net, params = _bigram(vocab=4096, max_len=128)
   cfg = _eval_cfg(tasks="piqa", items_per_task=4, batch_size=16, max_len=128)
   cfg.update(dict(probes="1,2", probe_items=8, probe_file=str(probe_file), probe_threshold=0.5))
-  before = scoring.score_rows._cache_size()
+  before = _compiled("_score_rows")
   out = evaluate.evaluate_tasks(params, net, data.load_tokenizer(), cfg)
-  assert scoring.score_rows._cache_size() - before <= len(scoring.bucket_lengths(128))
+  assert _compiled("_score_rows") - before <= len(scoring.bucket_lengths(128))
   assert set(out) == {"piqa", "mean", "probe/k1", "probe/k2", "probe/file", "probe/summary"}
   assert out["mean"]["tasks"] == 1
   assert (out["probe/k2"]["n"], out["probe/k2"]["k"], out["probe/file"]["k"]) == (8, 2, 2)

@@ -36,7 +36,8 @@ from kbit_jax.analysis import results
 from kbit_jax.config import files
 from kbit_jax.convert import importer
 from kbit_jax.evals import perplexity
-from kbit_jax.grid import driver
+from kbit_jax.grid import cost as grid_cost
+from kbit_jax.grid import describe, driver, multihost
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import reference
@@ -110,7 +111,7 @@ def _save_tiny_models(hf_root):
 def _grid_config(hf_root, import_root):
   """configs/grid_pretrained.py for the tiny models, with 2 cells each (k4, k16)."""
   c = grid_pretrained.get_config(
-    f"families=gpt2+pythia+opt+bloom,cpu,hf_root={hf_root},import_root={import_root}"
+    f"families=gpt2+pythia+opt+bloom,runlocal,hf_root={hf_root},import_root={import_root}"
   )
   assert c.grid.sizes == tuple(MODELS)
   c.pretrained.repos = tuple((size, hub_id) for size, (_, hub_id) in MODELS.items())
@@ -155,7 +156,7 @@ def _torch_perplexity(m, run, eval_cfg):
 
 def _direct_ppl(run, spec, eval_cfg):
   """Perplexity of the import fake-quantized to `spec`, without the grid."""
-  mesh = driver.eval_mesh(run.config.mesh)
+  mesh = multihost.eval_mesh(run.config.mesh)
   _, params = importer.load_imported(
     run.pretrained.import_dir, mesh, sharding.logical_rules(run.config.mesh)
   )
@@ -180,9 +181,9 @@ def test_plan_uses_the_imported_architecture_and_tokenizer(grid_run):
     assert run.config.data.tokenizer == run.pretrained.import_dir
     assert run.train_tokens == 0 and len(run.cells) == 2
     assert {c.key_dict["hub_id"] for c in run.cells} == {MODELS[run.preset][1]}
-  cost = grid_plan.estimate(plan, peak_flops=1e11)
+  cost = grid_cost.estimate(plan, peak_flops=1e11)
   assert cost["train_s"] == 0 and all(m["train_flops"] == 0 for m in cost["per_model"].values())
-  text = grid_plan.format_plan(plan, cost)
+  text = describe.format_plan(plan, cost)
   assert "imported" in text and "test/tiny-neox" in text and "MISSING" not in text
 
 
@@ -301,7 +302,7 @@ def test_cli_refuses_a_missing_import_before_any_work(tmp_path):
       "kbit_jax.main",
       "grid",
       "--config",
-      f"configs/grid_pretrained.py:families=gpt2,cpu,import_root={tmp_path / 'none'}",
+      f"configs/grid_pretrained.py:families=gpt2,runlocal,import_root={tmp_path / 'none'}",
       "--workdir",
       str(workdir),
     ],

@@ -1,4 +1,4 @@
-"""TPU chip-hours and dollars of a grid from its dry run's FLOPs (kbit_jax/tpu_cost.py)."""
+"""TPU chip-hours and dollars of a grid from its dry run's FLOPs (kbit_jax/grid/tpu_cost.py)."""
 
 import pathlib
 import types
@@ -53,8 +53,8 @@ def test_table_text():
   lines = text.splitlines()
   assert "at 40% MFU" in lines[0] and "2026-11" in lines[0]
   assert lines[1].split() == ["TPU", "peak", "TFLOP/s/chip", "$/chip-hour", "chip-hours", "$"]
-  assert lines[3].split() == ["v5e", "197", "1.20", "1", "1.2"]
-  assert [line.split()[0] for line in lines[3:]] == ["v5e", "v5p", "v6e"]
+  assert lines[2].split() == ["v5e", "197", "1.20", "1", "1.2"]
+  assert [line.split()[0] for line in lines[2:]] == ["v5e", "v5p", "v6e"]
 
 
 def test_dry_run_prints_the_table(tmp_path, capsys):

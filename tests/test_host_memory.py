@@ -49,6 +49,7 @@ def _faults_per_call(mode: str) -> float:
   return statistics.median(float(n) for n in out.stdout.split())
 
 
+@pytest.mark.machine
 @glibc_only
 def test_retained_memory_stops_page_faults():
   default, retained = _faults_per_call("default"), _faults_per_call("retain")

@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 from kbit_jax.convert import families, importer, tokenizer
 from kbit_jax.evals import perplexity
 from kbit_jax.model import presets, transformer
-from kbit_jax.quant import aqt, reference
+from kbit_jax.quant import aqt, blockwise, reference
 from kbit_jax.quant.spec import QuantSpec
 from kbit_jax.train import checkpoint, data, sharding
 
@@ -180,6 +181,29 @@ def _torch_logits(m, tokens_BxL):
     return m(torch.tensor(np.asarray(tokens_BxL))).logits.float().numpy()
 
 
+def _torch_fake_quant(model, spec: QuantSpec):
+  """A copy of the torch model whose block matmul weights (the `attn` and `mlp` targets)
+  are fake-quantized in torch's own layout: a Linear weight is (out, in), and the row-major
+  blocks of B values of its rows are those our (in, out) kernels quantize along the input
+  axis (reference.fake_quant_tensor(kernel=True)); GPT-2's Conv1D stores (in, out) and is
+  transposed around it. Fused q/k/v rows are permuted per head, which changes no block
+  here: with d_model 32, head_dim 8 and B 64 a block is two consecutive rows of one part."""
+  from transformers.pytorch_utils import Conv1D
+
+  quantized = copy.deepcopy(model)
+  codebook = reference.spec_codebook(spec)
+  for module_name, module in quantized.named_modules():
+    if not re.search(r"(^|\.)(h|layers)\.\d+\.", module_name):
+      continue
+    if not isinstance(module, (torch.nn.Linear, Conv1D)):
+      continue
+    w = module.weight.detach().numpy()
+    w = w.T if isinstance(module, Conv1D) else w
+    w = np.asarray(blockwise.fake_quant(jnp.asarray(w), codebook, spec.blocksize))
+    module.weight.data = torch.from_numpy(np.array(w.T if isinstance(module, Conv1D) else w))
+  return quantized
+
+
 AQT_CHECKED = ("bloom", "opt_post_ln_proj")  # the switches with new Dense layers / scores
 
 
@@ -204,14 +228,18 @@ def test_logits_and_perplexity_equal_transformers(hf_root, name):
   np.testing.assert_allclose(ppl["perplexity"], ref_ppl, rtol=TOL)
   assert ppl["tokens"] == 32 and ppl["bytes"] > 0
 
-  # k-bit: the reference fake quantization evaluates; the injected AQT dot_general agrees
-  # with it on the new architecture switches (every attn/mlp matmul takes dot_general_cls)
+  # k-bit: our quantized import scores what transformers scores with the same weights
+  # quantized in its own layout (_torch_fake_quant); the injected AQT dot_general agrees
+  # with the reference on the new architecture switches (every attn/mlp matmul takes it)
   spec = QuantSpec(bits=4, dtype="nf", blocksize=64)
   quantized = jax.jit(reference.fake_quant_params, static_argnums=1)(params, spec)
   q_ppl = perplexity.stream_perplexity(quantized, net, stream_T, tok, seq_len=32, batch_size=1)[
     "perplexity"
   ]
-  assert np.isfinite(q_ppl) and q_ppl != ppl["perplexity"]
+  with torch.no_grad():
+    ref_q_ppl = float(torch.exp(_torch_fake_quant(models[name], spec)(ids, labels=ids).loss))
+  np.testing.assert_allclose(q_ppl, ref_q_ppl, rtol=TOL)
+  assert abs(q_ppl / ppl["perplexity"] - 1) > 10 * TOL  # 4 bits moved it beyond the tolerance
   if name not in AQT_CHECKED:
     return
   aqt_net = transformer.Transformer(p, dot_general_cls=aqt.make_dot_general_cls(spec))

@@ -12,7 +12,7 @@ from kbit_jax.evals import builtin_tasks, evaluate, tasks
 
 
 def _eval_cfg(**overrides) -> ml_collections.ConfigDict:
-  """The default `eval` section (configs/common.py), smaller for tests."""
+  """The default `eval` section (config/defaults.py), smaller for tests."""
   cfg = defaults.base_config().eval
   cfg.update({"items_per_task": 40, "batch_size": 8, **overrides})
   return cfg

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from kbit_jax.config import files
+from kbit_jax.model import presets, transformer
+from kbit_jax.quant import reference
+from kbit_jax.quant.spec import QuantSpec
 from kbit_jax.train import checkpoint, data, loop, sharding
 
 lm = files.load_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm.py")
@@ -157,14 +160,23 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 
 def test_qat_uses_the_quantized_forward():
-  """quant.mode=qat: 2-bit weights change the very first loss; training stays finite."""
+  """quant.mode=qat: the first loss is the float net's loss on the weights the reference
+  fake-quantizes (AQT's TRAIN forward quantizes the same blocks of the same initial
+  weights); training stays finite and keeps float master weights only."""
   config = tiny_config()
   config.model.preset = "s1"
   batches = first_batches(config, 3)
   mesh = sharding.make_mesh(config.mesh)
-  float_losses, _ = run_steps(config, mesh, batches)
+  params0 = loop.Trainer(config, mesh).init().params  # QAT initialises the same weights
   config.quant.mode, config.quant.bits, config.quant.blocksize = "qat", 2, 32
   qat_losses, state = run_steps(config, mesh, batches)
+  spec = QuantSpec.from_config(config.quant)
+  net = transformer.Transformer(presets.get_preset("s1"))
+  want = loop.mean_nll(
+    net.apply({"params": reference.fake_quant_params(params0, spec)}, batches[0]["inputs"]),
+    batches[0]["targets"],
+  )
+  # 1e-5 relative: the step's loss is reduced over 8 devices, `want` on one.
+  np.testing.assert_allclose(qat_losses[0], float(want), rtol=1e-5)
   assert all(np.isfinite(qat_losses))
-  assert abs(qat_losses[0] - float_losses[0]) > 1e-4
-  assert "aqt" not in state.params  # QAT keeps float master weights only
+  assert "aqt" not in state.params

@@ -38,7 +38,7 @@ def _model(
   config: ml_collections.ConfigDict, arch: presets.Preset | None
 ) -> tuple[presets.Preset, str]:
   """The architecture the checks apply to, and how errors name it: model.preset's table
-  entry, or `arch`, the architecture an imported model brought (grid_plan)."""
+  entry, or `arch`, the architecture an imported model brought (grid/plan.py)."""
   if arch is not None:
     return arch, "the imported model"
   return presets.get_preset(config.model.preset), f"model.preset={config.model.preset!r}"

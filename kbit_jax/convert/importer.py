@@ -163,9 +163,9 @@ def plan_import(hf_dir: str | pathlib.Path) -> ImportPlan:
   tensors = check_tensors(family, p, ckpt)
   targets = {path for _, rule in tensors for path, _ in rule.targets}
   ours = set(traverse_util.flatten_dict(abstract_params(p)))
-  if targets != ours:  # a family's rules out of step with model.py: a bug, not bad input
+  if targets != ours:  # a family's rules out of step with transformer.py: a bug, not bad input
     raise RuntimeError(
-      f"{family.name} rules and model.py disagree: rules only "
+      f"{family.name} rules and transformer.py disagree: rules only "
       f"{sorted(targets - ours)}, model only {sorted(ours - targets)}"
     )
   return ImportPlan(hf_dir, family, p, preset_name(p), ckpt, tensors)

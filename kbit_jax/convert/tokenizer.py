@@ -8,7 +8,7 @@ from `vocab.json` + `merges.txt` (OPT's hub directories have only these). Specia
 come from `special_tokens_map.json` / `tokenizer_config.json`, else from config.json's
 `*_token_id`. `encode` adds no special tokens (no BOS), as lm-evaluation-harness scores
 causal models; `decode` drops special tokens, as SentencePiece drops control pieces, so
-`evaluate.py` counts the same bytes and words for either tokenizer.
+`evals/perplexity.py` counts the same bytes and words for either tokenizer.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     kbit grid --config configs/grid.py --workdir W --dry_run     # prints the table last
 
 chip-hours = FLOPs / (peak bf16 FLOP/s per chip x MFU) / 3600 and dollars = chip-hours x
-the on-demand price per chip-hour, per TPU type. FLOPs are grid_plan.estimate's: matmul
+the on-demand price per chip-hour, per TPU type. FLOPs are cost.estimate's: matmul
 FLOPs of training (6 per parameter per token, flops.py) and of evaluation (2 per
 parameter per scored token, padding excluded) of every cell. The models of a pretrained
 grid (configs/grid_pretrained.py) are imported, not trained: no training FLOPs.
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from kbit_jax.model import flops
 
 # type: (peak dense bf16 FLOP/s per chip, US on-demand $ per chip-hour at PRICES_AS_OF)
@@ -29,7 +31,7 @@ MFU = 0.4
 
 def grid_flops(plan: Any, cost: dict[str, Any]) -> dict[str, float]:
   """Training and evaluation FLOPs of every model of `plan` (a grid_plan.Plan; `cost`
-  its grid_plan.estimate): {"train": ..., "eval": ...}. Evaluation: forward FLOPs per
+  its cost.estimate): {"train": ..., "eval": ...}. Evaluation: forward FLOPs per
   token of the model's architecture x the tokens each cell scores x its cells."""
   train = evaluation = 0.0
   for run in plan.models:
@@ -62,20 +64,22 @@ def format_costs(grid: dict[str, float], mfu: float = MFU) -> str:
     f"US on-demand list prices of {PRICES_AS_OF} (a lower bound: compiles, host work "
     "and I/O not included)"
   )
-  rows = [
-    (
-      r["type"],
-      f"{r['peak'] / 1e12:g}",
-      f"{r['price']:.2f}",
-      f"{r['chip_hours']:.3g}",
-      f"{r['dollars']:.3g}",
-    )
-    for r in tpu_costs(total, mfu=mfu)
-  ]
-  header = ("TPU", "peak TFLOP/s/chip", "$/chip-hour", "chip-hours", "$")
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-
-  def line(r):
-    return "  ".join(v.rjust(w) for v, w in zip(r, widths))
-
-  return "\n".join([head, line(header), "-" * len(line(header))] + [line(r) for r in rows])
+  rows = pd.DataFrame(tpu_costs(total, mfu=mfu)).rename(
+    columns={
+      "type": "TPU",
+      "peak": "peak TFLOP/s/chip",
+      "price": "$/chip-hour",
+      "chip_hours": "chip-hours",
+      "dollars": "$",
+    }
+  )
+  table = rows.to_string(
+    index=False,
+    formatters={
+      "peak TFLOP/s/chip": lambda v: f"{v / 1e12:g}",
+      "$/chip-hour": "{:.2f}".format,
+      "chip-hours": "{:.3g}".format,
+      "$": "{:.3g}".format,
+    },
+  )
+  return head + "\n" + table

@@ -16,7 +16,7 @@ def flops_per_token(
   """Matmul FLOPs per token: 2 per multiply-add forward, x3 with the backward pass.
 
   Counts the weight matmuls (including the output head) and the two attention matmuls
-  (QK^T and PV) over the full LxL square, as model.py's "einsum" attention computes them;
+  (QK^T and PV) over the full LxL square, as transformer.py's "einsum" attention computes them;
   `causal_half` counts only the lower triangle (what a causal flash kernel computes, the
   stricter MFU for attention="cudnn"). Ignores norms/softmax.
   """

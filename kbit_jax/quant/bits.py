@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
+import pandas as pd
 
 from kbit_jax.model.presets import PRESETS, Preset
 from kbit_jax.quant import blockwise, outliers
@@ -149,17 +150,26 @@ def bits_table(
 
 
 def format_bits_table(table: list[dict[str, Any]]) -> str:
-  header = (
-    f"{'preset':>12} {'k':>3} {'params':>14} {'quantized':>14} {'total bits':>16} "
-    f"{'GiB':>8} {'bits/param':>10} {'quant b/p':>9}"
+  frame = pd.DataFrame(table)
+  frame.insert(5, "GiB", frame["total_bits"] / 8 / 2**30)
+  frame = frame.rename(
+    columns={
+      "bits": "k",
+      "quantized_params": "quantized",
+      "total_bits": "total bits",
+      "bits_per_param": "bits/param",
+      "quantized_bits_per_param": "quant b/p",
+    }
   )
-  lines = [header, "-" * len(header)]
-  for r in table:
-    q = r["quantized_bits_per_param"]
-    lines.append(
-      f"{r['preset']:>12} {r['bits']:>3} {r['params']:>14,} "
-      f"{r['quantized_params']:>14,} {r['total_bits']:>16,} "
-      f"{r['total_bits'] / 8 / 2**30:>8.3f} {r['bits_per_param']:>10.4f} "
-      f"{'-' if math.isnan(q) else f'{q:.4f}':>9}"
-    )
-  return "\n".join(lines)
+  return frame.to_string(
+    index=False,
+    na_rep="-",
+    formatters={
+      "params": "{:,}".format,
+      "quantized": "{:,}".format,
+      "total bits": "{:,}".format,
+      "GiB": "{:.3f}".format,
+      "bits/param": "{:.4f}".format,
+      "quant b/p": "{:.4f}".format,
+    },
+  )

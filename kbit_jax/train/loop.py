@@ -75,7 +75,8 @@ def make_model(
   scan_layers: bool | None = None,
 ) -> transformer.Transformer:
   """The net of `config.model`; `preset` overrides the table entry `model.preset` names
-  (an imported model's saved architecture, grid.py), `scan_layers` model.scan_layers."""
+  (an imported model's saved architecture, grid/evaluator.py), `scan_layers` overrides
+  model.scan_layers."""
   return transformer.Transformer(
     preset or presets.get_preset(config.model.preset),
     dtype=jnp.dtype(config.model.dtype),
@@ -90,13 +91,9 @@ def init_state_fn(net: transformer.Transformer, tx: optax.GradientTransformation
   """Returns init(key) building the boxed TrainState (for eval_shape / jit).
 
   The key is an argument, not a constant inside: a program without inputs is one constant
-  expression, which an XLA compiler may evaluate at compile time with its interpreter
-  (seen for operand-less RNG fusions on GPU in jax-ml/jax#16647). On an H100 with jax
-  0.11.2 (2026-11-26), compiling the zero-argument init of a 355M model (24 layers) had
-  not finished after 6 minutes while a 1.4M model's (4 layers) compiled at once: size or
-  depth, not told apart. Not yet re-measured on a GPU with the key as an argument. On
-  CPU the 24-layer init compiles in ~8 s at width 1024 or 64 alike, and in 0.8 s with
-  model.scan_layers (one block's body).
+  expression, which an XLA compiler may try to evaluate while compiling (operand-less RNG
+  fusions on GPU, jax-ml/jax#16647). The GPU measurements behind this choice are in
+  benchmarks/README.md.
   """
 
   def init(key: jax.Array):

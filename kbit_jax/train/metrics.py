@@ -5,7 +5,7 @@ after dispatching step t, so the host never waits on the device just to log.
 
 TensorBoard events are written by tensorboardX, whose writer queues events for a
 background thread. (clu's `metric_writers` package imports TensorFlow at import time, a
-~600 MB dependency that nothing else here needs; clu is used for the parameter overview.)
+~600 MB dependency that nothing else here needs.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,102 @@
+"""What a planned grid costs: FLOPs, scored tokens and an estimate of its time here.
+
+    cost = cost.estimate(plan)    # per model and in total; tpu_cost.py prices the FLOPs
+
+The time model: FLOPs at an assumed share of this machine's measured matmul peak, plus
+fixed costs (Python, host-side task scoring, compiles), calibrated with the default CPU grid
+on 2 shared CPU cores (load ~6; f32, tiny presets, where the fixed costs dominate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from kbit_jax.evals import evaluate, scoring
+from kbit_jax.grid.plan import Plan
+from kbit_jax.model import flops, presets
+from kbit_jax.train import data
+
+TRAIN_MFU = 0.3
+EVAL_MFU = 0.4
+MODEL_OVERHEAD_S = 10.0  # compile the train step, restore, evaluation compiles
+STEP_OVERHEAD_S = 0.15
+CELL_OVERHEAD_S = 1.0
+QUANTILE_COMPILE_S = 1.5  # `quantile` compiles its quantizer once per (layout, k)
+
+
+def _request_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(context, continuation) of each log-likelihood request of the eval tasks."""
+  return [
+    pair
+    for items in evaluate.load_items(config.eval).values()
+    for item in items
+    for pair in item.requests
+  ]
+
+
+def _request_lengths(pairs: list[tuple[str, str]], tokenizer: str) -> list[int]:
+  """Tokens of each request (context + continuation) under `tokenizer` (data.tokenizer)."""
+  tok = data.load_tokenizer(tokenizer)
+  return [len(c) + len(x) for c, x in scoring.encode_requests(tok, pairs)]
+
+
+def _ppl_tokens(config: ml_collections.ConfigDict, run_cfg: ml_collections.ConfigDict) -> int:
+  ec = config.eval
+  if not ec.ppl_split:
+    return 0
+  stream = len(data.token_stream(run_cfg.data, ec.ppl_split)) - 1
+  cap = ec.ppl_max_batches * ec.batch_size * run_cfg.data.seq_len
+  return min(stream, cap) if cap else stream
+
+
+def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
+  """FLOPs, tokens and seconds per model and in total, from `flops` and the time model
+  above; `peak_flops` defaults to this machine's measured f32 matmul peak."""
+  if peak_flops is None:
+    peak_flops = flops.measure_matmul_peak(n=1024, repeats=3) * jax.device_count()
+  pairs = _request_pairs(plan.config)
+  lengths: dict[str, list[int]] = {}  # per tokenizer: imported models bring their own
+  per_model = {}
+  for run in plan.models:
+    p, seq_len = run.architecture, run.config.data.seq_len
+    cap = plan.config.eval.max_len or p.max_len
+    tokenizer = run.config.data.tokenizer
+    if tokenizer not in lengths:
+      lengths[tokenizer] = _request_lengths(pairs, tokenizer)
+    task_tokens = sum(min(n - 1, cap) for n in lengths[tokenizer])
+    ppl_tokens = _ppl_tokens(plan.config, run.config)
+    train_flops = flops.flops_per_token(p, seq_len) * run.train_tokens
+    eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
+    quantile_cells = sum(c.spec.data_dependent for c in run.cells)
+    per_model[run.name] = dict(
+      params=presets.param_counts(p),
+      train_tokens=run.train_tokens,
+      train_flops=train_flops,
+      train_s=0.0
+      if run.pretrained
+      else (
+        train_flops / (peak_flops * TRAIN_MFU)
+        + run.config.train.steps * STEP_OVERHEAD_S
+        + MODEL_OVERHEAD_S
+      ),
+      eval_tokens_per_cell=task_tokens + ppl_tokens,
+      task_tokens=task_tokens,
+      ppl_tokens=ppl_tokens,
+      cells=len(run.cells),
+      cell_s=eval_flops / (peak_flops * EVAL_MFU)
+      + CELL_OVERHEAD_S
+      + QUANTILE_COMPILE_S * quantile_cells / len(run.cells),
+    )
+  train_s = sum(m["train_s"] for m in per_model.values())
+  eval_s = sum(m["cell_s"] * m["cells"] for m in per_model.values())
+  return dict(
+    peak_flops=peak_flops,
+    requests=len(pairs),
+    per_model=per_model,
+    train_s=train_s,
+    eval_s=eval_s,
+    total_s=train_s + eval_s,
+  )

@@ -1,0 +1,180 @@
+"""Quantize and evaluate the cells of one model, and make each cell's record.
+
+Compiles do not grow with the number of cells. A model's float parameters are restored
+once; each cell's quantized copy comes from one jitted `reference.fake_quant_params` whose
+static spec is reduced to the cell's layout (block size, outlier share, centering, double
+quantization, targets) while the codebook, padded to 256 codes, is an array argument: one
+compile per layout serves every data-free (k, dtype). The data-dependent `quantile` type
+estimates its 2^k codes from the weights inside the function, so it compiles once per
+(layout, k). The quantized copy keeps the float parameters' shapes, dtypes and
+shardings, and the evaluation takes parameters as jit arguments, so every cell of a model
+reuses the same evaluation executables.
+
+Activation quantization (grid.act_bits a < 16): the weights are fake-quantized as above
+and the net is built with AQT's dot_general quantizing the inputs of the attn and mlp
+matmuls to a bits (`act_quant_net`); one net per a, so compiles grow with the number of
+act_bits values, not cells.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import pathlib
+import subprocess
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from kbit_jax.evals import evaluate
+from kbit_jax.grid import compiles
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import presets, transformer
+from kbit_jax.quant import aqt, reference
+from kbit_jax.quant import bits as quant_bits
+from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
+from kbit_jax.train import loop
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+  try:
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+      cwd=pathlib.Path(__file__).parent,
+    )
+    return out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
+  """The float net, or for act_bits < 16 the net whose targeted matmuls (attn, mlp: the
+  nn.Dense layers) quantize their inputs with AQT's per-token absmax int quantizer to
+  act_bits (aqt.make_dot_general_cls); the weights reach it already fake-quantized."""
+  if act_bits == UNQUANTIZED_BITS:
+    return _net(run)
+  targets = tuple(t for t in run.cells[0].spec.targets if t != "embed") or ("attn", "mlp")
+  return _net(run, _act_dot_general_cls(act_bits, targets))
+
+
+def _net(run: grid_plan.ModelRun, dot_general_cls=None) -> transformer.Transformer:
+  """loop.make_model's net, with the architecture an import saved for imported runs;
+  always unrolled (restore_params unstacks a scan_layers model), so quantization and bit
+  accounting see one tree per layer."""
+  return loop.make_model(run.config, dot_general_cls, run.architecture, scan_layers=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _act_dot_general_cls(act_bits: int, targets: tuple[str, ...]):
+  """One factory per (a, targets): equal nets, so models of one preset share executables."""
+  spec = QuantSpec(bits=UNQUANTIZED_BITS, act_bits=act_bits, targets=targets)
+  return aqt.make_dot_general_cls(spec)
+
+
+class CellEvaluator:
+  """Quantizes and evaluates the cells of one model; compiles once per layout, and the
+  evaluation once per activation bit width (one net per act_bits)."""
+
+  def __init__(self, run: grid_plan.ModelRun, params: Any, eval_cfg: ml_collections.ConfigDict):
+    self.run = run
+    self.params = params
+    self.nets: dict[int, Any] = {}
+    self.config = ml_collections.ConfigDict(
+      {"data": run.config.data.to_dict(), "eval": eval_cfg.to_dict()}
+    )
+    self._quantize = jax.jit(
+      reference.fake_quant_params,
+      static_argnums=1,
+      out_shardings=jax.tree.map(lambda x: x.sharding, params),
+    )
+
+  def quantized(self, spec: QuantSpec) -> Any:
+    if not spec.quantized:
+      return self.params
+    return jax.block_until_ready(
+      self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
+    )
+
+  def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
+    if act_bits not in self.nets:
+      self.nets[act_bits] = act_quant_net(self.run, act_bits)
+    return evaluate.evaluate(params, self.nets[act_bits], self.config)
+
+
+def evaluate_cell(
+  run: grid_plan.ModelRun,
+  cell: grid_plan.Cell,
+  evaluator: CellEvaluator,
+  train_s: float,
+  compiles_start: int,
+) -> dict[str, Any]:
+  """Quantizes and evaluates one cell; returns its record."""
+  t0, c0 = time.perf_counter(), compiles.compile_count()
+  params = evaluator.quantized(cell.spec)
+  t1 = time.perf_counter()
+  metrics = evaluator.evaluate(params, cell.spec.act_bits)
+  t2 = time.perf_counter()
+  count = dict(cell=compiles.compile_count() - c0, run=compiles.compile_count() - compiles_start)
+  timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
+  return make_record(run, cell, metrics, evaluator.params, timing, count)
+
+
+def make_record(
+  run: grid_plan.ModelRun,
+  cell: grid_plan.Cell,
+  metrics: dict[str, Any],
+  params: Any,
+  timing: dict[str, float],
+  compiles: dict[str, int],
+) -> dict[str, Any]:
+  counts = presets.param_counts(run.architecture)
+  report = quant_bits.bits_report(params, cell.spec)
+  return dict(
+    key=cell.key_dict,
+    model=dict(
+      params=counts["total"],
+      non_embedding_params=counts["non_embedding"],
+      embedding_params=counts["embedding"],
+      seq_len=run.config.data.seq_len,
+      **_model_source(run),
+    ),
+    bits=dict(
+      total_bits=report["total_bits"],
+      bits_per_param=report["bits_per_param"],
+      quantized_params=report["quantized_params"],
+      quantized_bits_per_param=report["quantized_bits_per_param"],
+    ),
+    metrics=metrics,
+    time=timing,
+    compiles=compiles,
+    name=cell.name,
+    process=jax.process_index(),
+    git_commit=git_commit(),
+    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  )
+
+
+def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
+  """A record's training setup, or for an imported model where it came from."""
+  if run.pretrained:
+    s = run.pretrained
+    return dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+  t = run.config.train
+  return dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
+
+
+def headline(metrics: dict[str, Any]) -> str:
+  parts = []
+  if "mean" in metrics:
+    parts.append(f"acc {metrics['mean']['acc']:.3f}")
+  if "probe/summary" in metrics:
+    parts.append(f"probe bits {metrics['probe/summary']['bits']:.2f}")
+  parts += [f"ppl {v['perplexity']:.2f}" for k, v in metrics.items() if k.startswith("ppl/")]
+  return " ".join(parts)

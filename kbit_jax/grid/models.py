@@ -1,0 +1,113 @@
+"""The grid's models: train (or resume, or reuse) each one, and restore its float
+parameters onto the evaluation mesh.
+
+    W/models/<size>-seed<s>/   the training run (train/loop.py; a finished run is reused);
+                               <size>-seed<s>-D<tokens>/ per budget of a grid.tokens axis
+
+A pretrained grid's model (configs/grid_pretrained.py) is never trained and W/models/
+stays empty: its float parameters come from `convert.importer.load_imported(import dir)`.
+A model trained with `model.scan_layers` is restored stacked and returned unrolled
+(`transformer.unstack_layers`): quantization and bit accounting see one tree per layer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from etils import epath
+
+from kbit_jax.convert import importer
+from kbit_jax.grid import multihost
+from kbit_jax.grid import plan as grid_plan
+from kbit_jax.model import transformer
+from kbit_jax.train import checkpoint, loop, sharding
+
+
+def model_dir(workdir: str, run: grid_plan.ModelRun) -> epath.Path:
+  return epath.Path(workdir) / "models" / run.name
+
+
+def _checkpoint_steps(directory: epath.Path, keep: int) -> list[int]:
+  """Finished training steps in `directory`. A collective with several processes: they
+  all take process 0's answer to whether checkpoints exist (a process that looked after
+  process 0 had started training would otherwise open Orbax's manager, whose
+  cross-process syncs would then pair with training's)."""
+  if not multihost.agreed_flag((directory / "checkpoints").exists()):
+    return []
+  with checkpoint.read_only(str(directory), keep) as ckpt:
+    return ckpt.steps()
+
+
+def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
+  """Trains (or resumes) `run` unless its final checkpoint exists; returns seconds spent.
+  An imported model is never trained (its import dir must exist)."""
+  if run.pretrained:
+    run.check_import()
+    print(
+      f"grid: {run.name}: {run.pretrained.hub_id} imported in "
+      f"{run.pretrained.import_dir}; no training",
+      flush=True,
+    )
+    return 0.0
+  directory, steps = model_dir(workdir, run), run.config.train.steps
+  done = _checkpoint_steps(directory, run.config.train.keep_checkpoints)
+  if done and done[-1] > steps:
+    raise ValueError(
+      f"{directory} holds a training run of {done[-1]} steps but the grid "
+      f"asks for train.steps={steps}; use another --workdir"
+    )
+  if steps in done:
+    print(f"grid: {run.name}: reusing the trained model in {directory}", flush=True)
+    return 0.0
+  print(f"grid: {run.name}: training {run.train_tokens:,} tokens in {directory}", flush=True)
+  t0 = time.perf_counter()
+  loop.train_and_evaluate(run.config, str(directory))
+  return time.perf_counter() - t0
+
+
+def restore_imported(run: grid_plan.ModelRun) -> Any:
+  """The float parameters of an imported model, on the evaluation mesh."""
+  run.check_import()
+  mesh, rules = multihost.eval_mesh(run.config.mesh), sharding.logical_rules(run.config.mesh)
+  with checkpoint.quiet_orbax():
+    arch, params = importer.load_imported(run.pretrained.import_dir, mesh, rules)
+  if arch != run.architecture:
+    raise ValueError(
+      f"{run.pretrained.import_dir} holds another architecture than when "
+      f"the grid was planned ({arch} != {run.architecture}); rerun the grid"
+    )
+  return params
+
+
+def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
+  """The final float parameters of `run` (trained or imported), on the evaluation mesh."""
+  if run.pretrained:
+    return restore_imported(run)
+  trainer = loop.Trainer(run.config, multihost.eval_mesh(run.config.mesh))
+  with checkpoint.read_only(
+    str(model_dir(workdir, run)), run.config.train.keep_checkpoints
+  ) as ckpt:
+    params = ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+  return transformer.unstack_layers(params)  # trained with model.scan_layers: unroll
+
+
+def check_workdirs(plan: grid_plan.Plan, workdir: str) -> None:
+  """WorkdirError if a model directory holds another model's checkpoints (e.g. the grid's
+  base.model.scan_layers changed): checkpoint.check_workdir, for every trained model."""
+  for m in plan.models:
+    if not m.pretrained:
+      try:
+        checkpoint.check_workdir(m.config, str(model_dir(workdir, m)))
+      except checkpoint.WorkdirError as e:
+        raise checkpoint.WorkdirError(f"grid size {m.name}: {e}") from None
+
+
+def is_trained(run: grid_plan.ModelRun, workdir: str) -> bool:
+  """Whether `run` needs no training; raises for an imported model whose import dir is
+  missing (run() asks this of every model with work, before any of it)."""
+  if run.pretrained:
+    run.check_import()
+    return True
+  steps = _checkpoint_steps(model_dir(workdir, run), run.config.train.keep_checkpoints)
+  return run.config.train.steps in steps
