@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.probe_items = 64  # items per built-in probe (a multiple of 2^k balances)
   c.eval.probe_file = ""  # JSONL {"context", "options": [>= 2], "label"} probe
   c.eval.probe_threshold = 0.5  # probe/summary/max_k: largest k with acc above this
+  # lm-evaluation-harness tasks (names or YAML paths, comma-separated) evaluated per grid
+  # cell through the bridge (evals/harness, needs kbit-jax[harness]); "" = none. Their
+  # metrics are the record's "harness/<task>"; the four study tasks above stay built in.
+  c.eval.harness_tasks = ""
+  c.eval.harness_include_path = ""  # task YAML folders, comma-separated (offline.py's)
 
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16  # weight bits k: 2..8, or 16 for the float baseline

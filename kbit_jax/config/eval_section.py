@@ -30,13 +30,33 @@ EVAL_KEYS = (
   "probe_items",
   "probe_file",
   "probe_threshold",
+  "harness_tasks",
+  "harness_include_path",
 )
 
 
 # Keys added after grids had stored results: a section without one reads this default,
 # and `fingerprint_dict` leaves a key at its default out of the cells' eval fingerprint,
 # so adding them changed no existing cell key.
-EVAL_DEFAULTS = {"probes": "", "probe_items": 64, "probe_file": "", "probe_threshold": 0.5}
+EVAL_DEFAULTS = {
+  "probes": "",
+  "probe_items": 64,
+  "probe_file": "",
+  "probe_threshold": 0.5,
+  "harness_tasks": "",
+  "harness_include_path": "",
+}
+
+
+def harness_tasks(eval_cfg: ml_collections.ConfigDict) -> list[str]:
+  """eval.harness_tasks as a list (lm-evaluation-harness task names or YAML paths)."""
+  return [t.strip() for t in with_defaults(eval_cfg).harness_tasks.split(",") if t.strip()]
+
+
+def harness_include_path(eval_cfg: ml_collections.ConfigDict) -> list[str]:
+  """eval.harness_include_path as a list of task YAML folders."""
+  value = with_defaults(eval_cfg).harness_include_path
+  return [p.strip() for p in value.split(",") if p.strip()]
 
 
 def _int_at_least(eval_cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
@@ -62,6 +82,24 @@ def fingerprint_dict(eval_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     for k, v in eval_cfg.to_dict().items()
     if not (k in EVAL_DEFAULTS and v == EVAL_DEFAULTS[k])
   }
+
+
+def _validate_harness(eval_cfg: ml_collections.ConfigDict) -> None:
+  """eval.harness_tasks / harness_include_path: strings, folders that exist. The task
+  names are checked against lm_eval's index by the grid's plan (evals/harness/cells.py),
+  which needs lm_eval; this module must not import it."""
+  for key in ("harness_tasks", "harness_include_path"):
+    if not isinstance(eval_cfg[key], str):
+      raise ValueError(f"eval.{key}={eval_cfg[key]!r} must be a comma-separated string")
+  names = harness_tasks(eval_cfg)
+  if len(set(names)) != len(names):
+    raise ValueError(f"eval.harness_tasks={eval_cfg.harness_tasks!r} names a task twice")
+  for path in harness_include_path(eval_cfg):
+    if not epath.Path(path).is_dir():
+      raise ValueError(
+        f"eval.harness_include_path: {path!r} is not a directory; allowed: folders of "
+        "task YAMLs (e.g. written by python -m kbit_jax.evals.harness.offline)"
+      )
 
 
 def _validate_probes(eval_cfg: ml_collections.ConfigDict) -> None:
@@ -121,6 +159,7 @@ def validate(
   if eval_cfg.text_file and not epath.Path(eval_cfg.text_file).exists():
     raise ValueError(f"eval.text_file={eval_cfg.text_file!r} does not exist")
   _validate_probes(with_defaults(eval_cfg))
+  _validate_harness(with_defaults(eval_cfg))
   if data_cfg is not None and data_cfg.source == "embedded" and eval_cfg.ppl_split:
     if eval_cfg.ppl_split not in data.SPLITS:
       raise ValueError(

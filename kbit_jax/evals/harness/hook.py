@@ -5,10 +5,11 @@ classes whose module was imported; it has no entry point for third-party models
 (EleutherAI/lm-evaluation-harness#1621, #3282). So kbit-jax installs `kbit_jax_harness.pth`
 (setup.py), whose one line imports this module at interpreter start. It imports nothing
 else: it puts a finder on `sys.meta_path` that waits for `lm_eval.api.registry` and, right
-after that module runs, registers "kbit" as a lazy placeholder, "module:class" of
-`KbitLM`. Nothing of kbit-jax, jax or torch is imported until lm_eval asks for the model;
-then lm_eval imports `kbit_jax.evals.harness.lm`, whose `@register_model("kbit")`
-replaces the placeholder with the class (the registry allows exactly that upgrade).
+after that module runs, registers lm_eval's own model table and then "kbit" as a lazy
+placeholder, "module:class" of `KbitLM`. Nothing of kbit-jax, jax or torch is imported
+until lm_eval asks for the model; then lm_eval imports `kbit_jax.evals.harness.lm`, whose
+`@register_model("kbit")` replaces the placeholder with the class (the registry allows
+exactly that upgrade).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ REGISTRY_MODULE = "lm_eval.api.registry"
 
 
 def register(registry_module) -> None:
-  """Adds the placeholder to lm_eval's model registry (idempotent)."""
+  """Adds the placeholder to lm_eval's model registry (idempotent). lm_eval's own table
+  (lm_eval.models: lazy "module:class" strings, no torch) goes in first: `get_model`
+  imports it only while the registry is empty, so registering `kbit` alone would hide
+  `hf` and every other built-in model."""
+  import lm_eval.models  # noqa: F401
+
   models = registry_module.model_registry
   if MODEL_NAME not in models:
     models.register(MODEL_NAME, target=TARGET)

@@ -217,7 +217,9 @@ class KbitLM(TemplateLM):
       self.max_length + 1,
     )
     m = self.model
-    results = scoring.loglikelihoods(m.params, m.net, token_pairs, self.batch_size, self.max_length)
+    results = scoring.loglikelihoods(
+      m.params, m.net, token_pairs, self.batch_size, self.max_length, self.args.bucket_step
+    )
     for (request, _, _), answer in zip(requests, results):
       if request is not None:
         self.cache_hook.add_partial("loglikelihood", request, answer)

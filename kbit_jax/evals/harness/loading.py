@@ -62,6 +62,10 @@ class ModelArgs:
   add_bos_token: bool | None = None  # None: as the tokenizer's config says
   prefix_token_id: int | None = None  # None: bos if the tokenizer has one, else eos
   max_gen_toks: int = 256
+  # scoring batches: lengths a multiple of this (scoring.pack_requests); 0 = powers of two
+  bucket_step: int = 32
+  compile_cache: str | None = None  # None: kbit's default (~/.cache/kbit_jax/xla); "" off
+  retain_host_memory: bool = True  # CPU: keep freed host memory (train/host_memory.py)
 
   @classmethod
   def from_kwargs(cls, kwargs: dict[str, Any]) -> "ModelArgs":
@@ -128,6 +132,7 @@ def check_args(args: ModelArgs) -> QuantSpec:
     _int_at_least(args, key, low)
   _int_at_least(args, "step", -1)
   _int_at_least(args, "max_gen_toks", 1)
+  _int_at_least(args, "bucket_step", 0)
   if args.add_bos_token not in (None, True, False):
     raise ValueError(
       f"kbit model_args: add_bos_token={args.add_bos_token!r}; allowed: True, False or "
@@ -236,9 +241,30 @@ def quantize(params: Any, spec: QuantSpec) -> Any:
   )
 
 
+def prepare_host(args: ModelArgs) -> None:
+  """What `kbit train` and `kbit grid` set up first (commands/host_setup.py), when jax's
+  backend has not started yet (the `lm_eval` and `kbit harness` processes): on CPU keep
+  freed host memory (XLA:CPU's temporaries, e.g. a batch's logits, stop page-faulting),
+  and the persistent compilation cache, so a rerun loads its executables."""
+  try:
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+      return
+  except (ImportError, AttributeError):  # a jax without it: leave the process as it is
+    return
+  from kbit_jax.train import compile_cache, host_memory
+
+  if args.retain_host_memory and not host_memory.accelerator_installed():
+    host_memory.retain_freed_memory()
+  cache = compile_cache.DEFAULT_DIR if args.compile_cache is None else args.compile_cache
+  compile_cache.enable(cache)
+
+
 def load(args: ModelArgs) -> LoadedModel:
   """Checks everything (arguments, directory, targets, mesh) before reading a tensor."""
   spec = check_args(args)
+  prepare_host(args)
   kind = model_kind(args.model_dir)
   config, source = None, {}
   if kind == "imported":
