@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,7 @@ def lm_eval(
     "--include_path", str(yaml_dir), "--batch_size", str(batch_size), "--device", "cpu",
     "--output_path", str(out),
   ]  # fmt: skip
+  shutil.rmtree(out, ignore_errors=True)
   t0 = time.perf_counter()
   proc = subprocess.run(command, capture_output=True, text=True)
   seconds = time.perf_counter() - t0
