@@ -19,6 +19,12 @@ Like `kbit train`, the process first sets kbit_jax/train/host_memory.py's alloca
   python benchmarks/train_throughput.py                      # s7, batch 32 x 128
   python benchmarks/train_throughput.py --preset s6 --batch 16 --seq_len 256 --rounds 7
   python benchmarks/train_throughput.py --dims 3,512,8,2048    # a wider ~10M shape
+  python benchmarks/train_throughput.py --preset s4 --second l4 --no_peers   # GPT vs Llama
+
+`--second PRESET` times our step for a second preset in the same rounds (after the first
+preset's sides), with its own FLOPs per token, and prints its row and the ratio of the two
+(tok/s and MFU; medians of the per-round ratios), e.g. a Llama-style `l*` preset against
+the GPT-style `s*` of the same total parameters. `--no_peers` leaves out plain and peer.
 
 Default 32 x 128 = 4096 tokens a step is configs/lm.py's default shape: every weight matmul
 has 4096 rows (near the matmul peak on its own), attention's L x L work stays a small share
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import statistics
@@ -166,6 +173,14 @@ def main():
     help="LAYERS,D_MODEL,HEADS,D_FF: time this shape (a tiny preset with "
     "these dims, registered for this run only) instead of --preset",
   )
+  parser.add_argument(
+    "--second",
+    default="",
+    help="a second preset whose step is timed in the same rounds (its row and the ratio)",
+  )
+  parser.add_argument(
+    "--no_peers", action="store_true", help="time ours only: no plain Flax GPT, no HF GPT-2"
+  )
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
@@ -204,6 +219,7 @@ def main():
       presets.get_preset("s7"), num_layers=layers, d_model=d_model, num_heads=heads, d_ff=d_ff
     )
   p = presets.get_preset(args.preset)
+  second = presets.get_preset(args.second) if args.second else None
   tokens_per_step = args.batch * args.seq_len
   flops_per_token = flops.flops_per_token(p, args.seq_len, training=True)
 
@@ -211,13 +227,21 @@ def main():
   ours, batches = our_runner(args.preset, args.batch, args.seq_len)
   ours(1)
   compile_s = time.perf_counter() - t0
-  plain = plain_gpt.runner(p, batches, presets.param_counts(p)["total"])
-  peer = peer_runner(p, batches)
+  if args.no_peers:
+    plain = peer = None
+  else:
+    plain = plain_gpt.runner(p, batches, presets.param_counts(p)["total"])
+    peer = peer_runner(p, batches)
+  ours2 = None
+  if second is not None:
+    ours2, _ = our_runner(args.second, args.batch, args.seq_len)
+    ours2(1)
+  sides = [run for run in (ours, plain, peer, ours2) if run is not None]
   # Untimed rounds, run as the timed ones: the retained heap grows to its high-water mark
   # in them (measured: ours faulted 0.9M then 0.4M pages in the first two, ~0 after).
   for _ in range(args.warmup):
     flops.measure_matmul_peak()
-    for run in (ours, plain, peer):
+    for run in sides:
       run(args.steps)
   print(
     f"{args.preset}: {presets.param_counts(p)['total']:,} params, "
@@ -228,20 +252,28 @@ def main():
     flush=True,
   )
 
-  rows = []
+  rows, second_tps = [], []
   for r in range(args.rounds):
     peak = flops.measure_matmul_peak()
     ours_tps, ours_cores = timed(ours, args.steps, tokens_per_step)
-    plain_tps, plain_cores = timed(plain, args.steps, tokens_per_step)
-    peer_tps, peer_cores = timed(peer, args.steps, tokens_per_step)
+    line = f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; tok/s (cores): "
+    line += f"ours {ours_tps:.0f} ({ours_cores:.1f})"
+    if args.no_peers:
+      plain_tps = peer_tps = float("nan")
+    else:
+      plain_tps, plain_cores = timed(plain, args.steps, tokens_per_step)
+      peer_tps, peer_cores = timed(peer, args.steps, tokens_per_step)
+      line += (
+        f", plain {plain_tps:.0f} ({plain_cores:.1f}), peer {peer_tps:.0f} "
+        f"({peer_cores:.1f}); ours/peer {ours_tps / peer_tps:.2f}, "
+        f"ours/plain {ours_tps / plain_tps:.2f}"
+      )
+    if ours2 is not None:
+      tps2, cores2 = timed(ours2, args.steps, tokens_per_step)
+      second_tps.append(tps2)
+      line += f"; {args.second} {tps2:.0f} ({cores2:.1f}), {args.second}/ours {tps2 / ours_tps:.2f}"
     rows.append((peak, ours_tps, peer_tps, plain_tps))
-    print(
-      f"  round {r + 1}/{args.rounds}: peak {peak / 1e9:.0f} GFLOP/s; tok/s (cores): "
-      f"ours {ours_tps:.0f} ({ours_cores:.1f}), plain {plain_tps:.0f} ({plain_cores:.1f}), "
-      f"peer {peer_tps:.0f} ({peer_cores:.1f}); ours/peer {ours_tps / peer_tps:.2f}, "
-      f"ours/plain {ours_tps / plain_tps:.2f}",
-      flush=True,
-    )
+    print(line, flush=True)
 
   med = statistics.median
   peak = med([r[0] for r in rows])
@@ -261,22 +293,50 @@ def main():
     "MFU peer",
     "peak GFLOP/s",
   )
+
+  def fmt(x: float, spec: str) -> str:
+    return "-" if math.isnan(x) else format(x, spec)  # nan: --no_peers
+
   values = (
     args.preset,
     f"{presets.param_counts(p)['total'] / 1e6:.1f}M",
     f"{args.batch} x {args.seq_len}",
     f"{med([r[1] for r in rows]):.0f}",
-    f"{med([r[2] for r in rows]):.0f}",
-    f"{med([r[1] / r[2] for r in rows]):.2f}",
-    f"{med([r[1] / r[3] for r in rows]):.2f}",
+    fmt(med([r[2] for r in rows]), ".0f"),
+    fmt(med([r[1] / r[2] for r in rows]), ".2f"),
+    fmt(med([r[1] / r[3] for r in rows]), ".2f"),
     f"{mfu_ours:.2f}",
-    f"{mfu_plain:.2f}",
-    f"{mfu_peer:.2f}",
+    fmt(mfu_plain, ".2f"),
+    fmt(mfu_peer, ".2f"),
     f"{peak / 1e9:.0f}",
   )
-  widths = [max(len(h), len(v)) for h, v in zip(header, values)]
-  for line in (header, values):
+  lines = [header, values]
+  if second is not None:
+    flops2 = flops.flops_per_token(second, args.seq_len, training=True)
+    mfu2 = med([t * flops2 / r[0] for t, r in zip(second_tps, rows)])
+    lines.append(
+      (
+        args.second,
+        f"{presets.param_counts(second)['total'] / 1e6:.1f}M",
+        values[2],
+        f"{med(second_tps):.0f}",
+        *["-"] * 3,
+        f"{mfu2:.2f}",
+        *["-"] * 2,
+        values[-1],
+      )
+    )
+  widths = [max(len(s) for s in col) for col in zip(*lines)]
+  for line in lines:
     print("  ".join(s.rjust(w) for s, w in zip(line, widths)))
+  if second is not None:
+    tok_ratio = med([t / r[1] for t, r in zip(second_tps, rows)])
+    mfu_ratio = med([t * flops2 / (r[1] * flops_per_token) for t, r in zip(second_tps, rows)])
+    print(
+      f"{args.second}/{args.preset} in one run: tok/s ratio {tok_ratio:.2f}, MFU ratio "
+      f"{mfu_ratio:.2f} ({flops2 / 1e6:.2f} vs {flops_per_token / 1e6:.2f} MFLOP/token; "
+      f"medians of {args.rounds} per-round ratios)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The k-bit study's grid on pretrained models: OPT, Pythia, GPT-2 and BLOOM, quantized
+"""The k-bit study's grid on pretrained models: OPT, Pythia, GPT-2 and BLOOM, and the
+modern families (SmolLM2, Llama 3.x, Mistral, Qwen2.5, Qwen3, Gemma), quantized
 post-training and evaluated. The checkpoints are downloaded beforehand and imported once
 (kbit_jax/convert/README.md has the download and import commands):
 
@@ -11,13 +12,15 @@ post-training and evaluated. The checkpoints are downloaded beforehand and impor
     python configs/grid_pretrained.py fsdp=8,tensor=1            # memory per device table
     python configs/grid_pretrained.py fsdp=8,families=opt,max_params=7e9,device_gib=80
 
-Arguments: `families` (opt, pythia, gpt2, bloom; several joined by "+" on the command line,
-where "," separates arguments: families=opt+pythia), `max_params` (sizes up to this many
-parameters; 0 = all), `runlocal` (the smallest model of each family, cheap evaluation: a CPU
-run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor), `device_gib` (mark
-what fits), `hf_root` (downloads), `import_root` (imported workdirs), `deduped` (Pythia's
-deduped runs), `task_dir` (the released LAMBADA/HellaSwag/PiQA/Winogrande files, see
-kbit_jax/evals/tasks.py; '' = the built-in tasks made from the embedded corpus).
+Arguments: `families` (opt, pythia, gpt2, bloom, the study's and the default; smollm2,
+llama, mistral, qwen2.5, qwen3, gemma; `modern` = all six of these; several joined by "+" on
+the command line, where "," separates arguments: families=opt+llama), `max_params` (sizes up
+to this many parameters; 0 = all), `runlocal` (the smallest model of each family, cheap
+evaluation: a CPU run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor),
+`device_gib` (mark what fits), `hf_root` (downloads), `import_root` (imported workdirs),
+`deduped` (Pythia's deduped runs), `task_dir` (the released
+LAMBADA/HellaSwag/PiQA/Winogrande files, see kbit_jax/evals/tasks.py; '' = the built-in
+tasks made from the embedded corpus).
 
 Sections follow configs/grid.py (`grid`, `base`, `per_size`, `eval`), so
 `grid_plan.make_plan` expands and validates the cells; the sizes are the pretrained
@@ -34,9 +37,15 @@ k4 int B64 p0"). `--dry_run` lists missing imports with the commands that create
 without it a missing import stops the grid before any work, naming the size, the path
 and the `kbit import` command (kbit_jax/grid/plan.py).
 
-quant.targets "attn,mlp": every linear layer of the blocks, as the study; the token
-embedding (also the tied output layer of OPT, GPT-2, BLOOM) and Pythia's head stay
-16-bit; they are 2-40% of these models' parameters. The memory table shows both.
+quant.targets "attn,mlp": every linear layer of the blocks, as the study (a gated MLP's
+gate too); the token embedding (also the tied output layer of OPT, GPT-2, BLOOM, SmolLM2,
+Llama 3.2, Qwen2.5 <= 3B, Qwen3 <= 4B, Gemma) and the untied heads stay 16-bit; they are
+2-40% of these models' parameters (Gemma-2B: 21%; SmolLM2-135M: 21%). The memory table
+shows both. The perplexity rows are min(2048, the shortest context among the sizes)
+tokens long: OPT/Pythia/BLOOM's 2048 for the modern families, whose contexts are longer.
+
+Meta's Llama and Google's Gemma repos are gated: accept their licence on the hub and
+`hf auth login` before `hf download`. The hub ids are the base (pretrained) models.
 """
 
 from __future__ import annotations
@@ -68,7 +77,22 @@ FAMILIES = {
     **{f"bloom-{s}": f"bigscience/bloom-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
     "bloom-176b": "bigscience/bloom",
   },
+  "smollm2": {
+    f"smollm2-{s.lower()}": f"HuggingFaceTB/SmolLM2-{s}" for s in ("135M", "360M", "1.7B")
+  },
+  "llama": {
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+  },
+  "mistral": {"mistral-7b-v0.3": "mistralai/Mistral-7B-v0.3"},
+  "qwen2.5": {f"qwen2.5-{s.lower()}": f"Qwen/Qwen2.5-{s}" for s in ("0.5B", "1.5B", "3B", "7B")},
+  "qwen3": {f"qwen3-{s.lower()}": f"Qwen/Qwen3-{s}-Base" for s in ("0.6B", "1.7B", "4B", "8B")},
+  "gemma": {"gemma-2b": "google/gemma-2b", "gemma-7b": "google/gemma-7b"},
 }
+STUDY = ("opt", "pythia", "gpt2", "bloom")  # the default: the k-bit study's families
+MODERN = ("smollm2", "llama", "mistral", "qwen2.5", "qwen3", "gemma")  # families=modern
+MAX_SEQ_LEN = 2048  # perplexity rows: at most OPT's, Pythia's and BLOOM's context
 
 
 def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
@@ -76,9 +100,12 @@ def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
 
   # "+" joins families on the command line, where "," separates arguments
   names = [f.strip() for f in re.split(r"[,+]", a.families) if f.strip()]
+  names = [m for f in names for m in (MODERN if f == "modern" else (f,))]
   bad = [f for f in names if f not in FAMILIES]
   if bad or not names:
-    raise ValueError(f"families={a.families!r}: allowed a comma list of {list(FAMILIES)}")
+    raise ValueError(
+      f"families={a.families!r}: allowed a comma list of {list(FAMILIES)} or 'modern'"
+    )
   out = {}
   for family in names:
     repos = FAMILIES[family]
@@ -102,7 +129,7 @@ def get_config(arg=None):
 
   a = files.parse_arg(
     arg,
-    families="opt,pythia,gpt2,bloom",
+    families=",".join(STUDY),
     max_params=0.0,
     runlocal=False,
     fsdp=1,
@@ -128,8 +155,9 @@ def get_config(arg=None):
   )
   base = defaults.base_config()
   # One perplexity row length for all (per_size cannot key sizes with dots, like opt-1.3b):
-  # the shortest context among the sizes, GPT-2's 1024 when it is included.
-  base.data.seq_len = 256 if a.runlocal else min(presets.get_preset(size).max_len for size in sizes)
+  # the shortest context among the sizes (GPT-2's 1024 when it is included), at most 2048.
+  contexts = [presets.get_preset(size).max_len for size in sizes]
+  base.data.seq_len = 256 if a.runlocal else min([MAX_SEQ_LEN, *contexts])
   base.mesh.data, base.mesh.fsdp, base.mesh.tensor = -1, a.fsdp, a.tensor
   c.base = base
   c.per_size = ml_collections.ConfigDict()

@@ -1,5 +1,6 @@
 """AWQ: alpha = 0 is RTN exactly, the search never loses to RTN, the scale formula, which
 scales fold (and that a folded model computes what the fake-quantized tree computes)."""
+
 import functools
 
 import jax
@@ -7,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import PRESETS, Preset
+from kbit_jax.model.presets import PRESETS, Preset
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import awq, bits, calibration, codebooks, methods, reference
 from kbit_jax.quant.spec import QuantSpec, named_leaves
 
-K, N = 160, 24     # K % 64 = 32: blocks straddle output units
+K, N = 160, 24  # K % 64 = 32: blocks straddle output units
 BLOCKSIZES = (64, 0, -1)
 
 
@@ -35,8 +36,9 @@ def rtn(w, spec):
 
 
 def _scaled(w, spec, s_K, c_N):
-  return np.asarray(awq._apply(w, reference.layout_spec(spec), s_K, c_N, None,
-                               reference.spec_codebook(spec)))
+  return np.asarray(
+    awq._apply(w, reference.layout_spec(spec), s_K, c_N, None, reference.spec_codebook(spec))
+  )
 
 
 def _weights(seed=0):
@@ -53,13 +55,13 @@ def _inputs(seed=1, tokens=512):
 
 
 def _stats(x):
-  return calibration.KernelStats(jnp.asarray(2 / len(x) * x.T @ x, jnp.float32),
-                                 jnp.asarray(np.abs(x).mean(0), jnp.float32))
+  return calibration.KernelStats(
+    jnp.asarray(2 / len(x) * x.T @ x, jnp.float32), jnp.asarray(np.abs(x).mean(0), jnp.float32)
+  )
 
 
 def _output_error(w, w_hat, x):
-  return float(np.sum(((np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)).T
-                       @ x.T) ** 2))
+  return float(np.sum(((np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)).T @ x.T) ** 2))
 
 
 @pytest.mark.parametrize("blocksize", BLOCKSIZES)
@@ -68,8 +70,9 @@ def test_alpha_zero_is_rtn_exactly(blocksize):
   s_K = awq.candidate_scales(stats.mean_abs_K)[0]
   np.testing.assert_array_equal(np.asarray(s_K), np.ones(K, np.float32))
   for spec in _specs(blocksize):
-    np.testing.assert_array_equal(_scaled(w, spec, s_K, jnp.ones(N)), rtn(w, spec),
-                                  err_msg=str(spec))
+    np.testing.assert_array_equal(
+      _scaled(w, spec, s_K, jnp.ones(N)), rtn(w, spec), err_msg=str(spec)
+    )
 
 
 @pytest.mark.parametrize("blocksize", BLOCKSIZES)
@@ -91,31 +94,41 @@ def test_searched_scales_never_lose_to_rtn(blocksize):
 
 def test_candidate_scales_formula():
   mean_abs = np.asarray(np.abs(_inputs()).mean(0), np.float32)
-  mean_abs[7] = 0.0                                   # a dead channel: clamped at 1e-4
+  mean_abs[7] = 0.0  # a dead channel: clamped at 1e-4
   got = np.asarray(awq.candidate_scales(jnp.asarray(mean_abs), grid=4))
   for j, alpha in enumerate([0, 0.25, 0.5, 0.75]):
     s = np.maximum(mean_abs.astype(np.float64) ** alpha, 1e-4)
     s = (s / np.sqrt(s.max() * s.min())).astype(np.float16)
     # float32 pow on device vs float64 here: at most one float16 step apart.
-    np.testing.assert_allclose(got[j], s.astype(np.float32), rtol=2 ** -10, err_msg=alpha)
+    np.testing.assert_allclose(got[j], s.astype(np.float32), rtol=2**-10, err_msg=alpha)
   assert np.all(got[0] == 1)
 
 
 def _folds(preset):
   groups = awq.scale_groups(preset, named_leaves(bits.preset_shapes(preset))[0])
-  return {g.name: g.fold_into and "/".join(g.fold_into) for g in groups
-          if g.name.startswith("layer_0/") or g.name == "head"}
+  return {
+    g.name: g.fold_into and "/".join(g.fold_into)
+    for g in groups
+    if g.name.startswith("layer_0/") or g.name == "head"
+  }
 
 
 def test_scale_groups_and_where_they_fold():
-  pre_ln = {"layer_0/qkv": "layer_0/ln1", "layer_0/out": "layer_0/attn/value/kernel",
-            "layer_0/wi": "layer_0/ln2", "layer_0/wo": None}
-  assert _folds(PRESETS["s0"]) == pre_ln                         # tied: no head kernel
-  assert _folds(PRESETS["pythia-70m"]) == {**pre_ln, "head": "ln_f"}   # parallel residual
+  pre_ln = {
+    "layer_0/qkv": "layer_0/ln1",
+    "layer_0/out": "layer_0/attn/value/kernel",
+    "layer_0/wi": "layer_0/ln2",
+    "layer_0/wo": None,
+  }
+  assert _folds(PRESETS["s0"]) == pre_ln  # tied: no head kernel
+  assert _folds(PRESETS["pythia-70m"]) == {**pre_ln, "head": "ln_f"}  # parallel residual
   assert _folds(PRESETS["opt-125m"]) == {**pre_ln, "layer_0/wo": "layer_0/mlp/wi/kernel"}
-  assert _folds(PRESETS["opt-350m"]) == {        # post-LN, narrow embedding, relu
-      "layer_0/qkv": None, "layer_0/out": "layer_0/attn/value/kernel", "layer_0/wi": None,
-      "layer_0/wo": "layer_0/mlp/wi/kernel"}
+  assert _folds(PRESETS["opt-350m"]) == {  # post-LN, narrow embedding, relu
+    "layer_0/qkv": None,
+    "layer_0/out": "layer_0/attn/value/kernel",
+    "layer_0/wi": None,
+    "layer_0/wo": "layer_0/mlp/wi/kernel",
+  }
   post_ln_untied = Preset(3, 16, 2, 64, 512, 32, post_norm=True, tie_embeddings=False)
   assert _folds(post_ln_untied)["head"] == "layer_2/ln2"
   q_k_v = awq.scale_groups(PRESETS["s0"], named_leaves(bits.preset_shapes(PRESETS["s0"]))[0])
@@ -124,10 +137,11 @@ def test_scale_groups_and_where_they_fold():
 
 def test_scale_bits_count_the_scales_that_do_not_fold():
   def total(preset, targets, k=4):
-    return awq.scale_bits(bits.preset_shapes(PRESETS[preset]), QuantSpec(bits=k,
-                                                                          targets=targets),
-                          PRESETS[preset])["total_bits"]
-  assert total("s0", "attn,mlp") == 64 * 16                  # wo: d_ff = 64 inputs, gelu
+    return awq.scale_bits(
+      bits.preset_shapes(PRESETS[preset]), QuantSpec(bits=k, targets=targets), PRESETS[preset]
+    )["total_bits"]
+
+  assert total("s0", "attn,mlp") == 64 * 16  # wo: d_ff = 64 inputs, gelu
   assert total("s0", "attn") == 0
   assert total("s0", "attn,mlp", k=16) == 0
   assert total("pythia-70m", "attn,mlp,head") == 6 * 2048 * 16
@@ -147,8 +161,9 @@ def _model_and_calibration(preset=_RELU):
 
 
 def _unbox(params):
-  return jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                      is_leaf=lambda x: hasattr(x, "unbox"))
+  return jax.tree.map(
+    lambda x: x.unbox() if hasattr(x, "unbox") else x, params, is_leaf=lambda x: hasattr(x, "unbox")
+  )
 
 
 def _fold(params, scales, preset):
@@ -182,10 +197,16 @@ def test_folded_model_computes_what_the_awq_tree_computes():
   quantized = methods.quantized_kernels(params, spec)
   done, scales = awq.quantize_kernels(values, calib.kernels, spec, _RELU, {}, quantized)
   assert any(alpha > 0 for alpha, _ in scales.values())
-  tree = lambda d: jax.tree_util.tree_unflatten(treedef, [d.get(n, values[n]) for n in names])
+
+  def tree(d):
+    return jax.tree_util.tree_unflatten(treedef, [d.get(n, values[n]) for n in names])
+
   folded = methods.quantize_params(_fold(params, scales, _RELU), spec, "rtn")
   apply = jax.jit(model.apply)
-  logits = lambda p: np.asarray(apply(_unbox(p), tokens[0]))
+
+  def logits(p):
+    return np.asarray(apply(_unbox(p), tokens[0]))
+
   want = logits(folded)
   # The two compute the same products in another order (s and 1/s on both sides of a
   # LayerNorm or matmul): float32 rounding, relative to the logits' scale.
@@ -216,8 +237,9 @@ def test_bad_awq_arguments():
   names, leaves, _ = named_leaves(params)
   values = {n: leaf.value for n, leaf in zip(names, leaves)}
   with pytest.raises(ValueError, match="layer_0/qkv"):
-    awq.quantize_kernels(values, calib.kernels, spec, _RELU, {},
-                         [("layer_0", "attn", "query", "kernel")])
+    awq.quantize_kernels(
+      values, calib.kernels, spec, _RELU, {}, [("layer_0", "attn", "query", "kernel")]
+    )
 
 
 def test_scaled_dtype_and_kept_rows():
@@ -230,4 +252,3 @@ def test_scaled_dtype_and_kept_rows():
   assert not np.array_equal(np.asarray(got[~keep]), np.asarray(w[~keep]))
   half = awq.fake_quant_scaled(w.astype(jnp.bfloat16), QuantSpec(bits=3), s_K, c_N, keep)
   assert half.dtype == jnp.bfloat16
-

@@ -1,5 +1,6 @@
 """Calibration statistics against numpy on captured inputs, sequential against fast mode,
 and every bad input refused before anything compiles."""
+
 import functools
 
 import flax.linen as nn
@@ -8,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import calibration, methods
 from kbit_jax.quant.spec import QuantSpec, named_leaves, target_of
 
-ONE_BLOCK = Preset(1, 16, 2, 32, 128, 32)                          # tied: no head kernel
+ONE_BLOCK = Preset(1, 16, 2, 32, 128, 32)  # tied: no head kernel
 TWO_BLOCKS = Preset(2, 16, 2, 32, 128, 32, tie_embeddings=False)
 SPEC = QuantSpec(bits=3, dtype="int", targets="attn,mlp,head", outlier_share=0.1)
 
@@ -52,14 +53,18 @@ def test_statistics_equal_numpy_on_captured_inputs():
   for n in kernels:
     x = np.concatenate([np.asarray(b["/".join(n[:-1])], np.float64) for b in batches])
     # float32 sums of 96 products (and another jitted forward pass) against float64.
-    np.testing.assert_allclose(calib.kernels[n].h_KxK, 2 / len(x) * x.T @ x, rtol=1e-5,
-                               atol=1e-6, err_msg=str(n))
-    np.testing.assert_allclose(calib.kernels[n].mean_abs_K, np.abs(x).mean(0), rtol=1e-5,
-                               atol=1e-7, err_msg=str(n))
+    np.testing.assert_allclose(
+      calib.kernels[n].h_KxK, 2 / len(x) * x.T @ x, rtol=1e-5, atol=1e-6, err_msg=str(n)
+    )
+    np.testing.assert_allclose(
+      calib.kernels[n].mean_abs_K, np.abs(x).mean(0), rtol=1e-5, atol=1e-7, err_msg=str(n)
+    )
   # q, k and v read one input.
   layer = ("layer_1", "attn")
-  np.testing.assert_array_equal(calib.kernels[layer + ("query", "kernel")].h_KxK,
-                                calib.kernels[layer + ("value", "kernel")].h_KxK)
+  np.testing.assert_array_equal(
+    calib.kernels[layer + ("query", "kernel")].h_KxK,
+    calib.kernels[layer + ("value", "kernel")].h_KxK,
+  )
 
 
 def _equal_trees(a, b):
@@ -77,7 +82,7 @@ def test_sequential_equals_fast_on_one_block(method):
   fast = calibration.calibrate(model, params, tokens)
   got, seq = methods.quantize_sequential(model, params, SPEC, method, tokens)
   assert seq.kernels.keys() == fast.kernels.keys() and seq.mode == "sequential"
-  for n, stats in fast.kernels.items():   # block 0's inputs do not depend on quantization
+  for n, stats in fast.kernels.items():  # block 0's inputs do not depend on quantization
     np.testing.assert_array_equal(seq.kernels[n].h_KxK, stats.h_KxK, err_msg=str(n))
     np.testing.assert_array_equal(seq.kernels[n].mean_abs_K, stats.mean_abs_K)
   _equal_trees(got, methods.quantize_params(params, SPEC, method, fast, **_options(method)))
@@ -88,8 +93,8 @@ def _with(params, source, prefix):
   names, leaves, treedef = named_leaves(params)
   other = dict(zip(names, named_leaves(source)[1]))
   return jax.tree_util.tree_unflatten(
-      treedef, [other[n] if n[:len(prefix)] == prefix else leaf
-                for n, leaf in zip(names, leaves)])
+    treedef, [other[n] if n[: len(prefix)] == prefix else leaf for n, leaf in zip(names, leaves)]
+  )
 
 
 def test_sequential_blocks_see_the_quantized_prefix():
@@ -97,19 +102,22 @@ def test_sequential_blocks_see_the_quantized_prefix():
   fast = calibration.calibrate(model, params, tokens)
   compiled = calibration._sums._cache_size()
   got, seq = methods.quantize_sequential(model, params, SPEC, "gptq", tokens)
-  assert calibration._sums._cache_size() == compiled     # every stage reuses the fast pass
+  assert calibration._sums._cache_size() == compiled  # every stage reuses the fast pass
   # Each kernel is GPTQ of its float weights with the statistics its stage recorded.
   _equal_trees(got, methods.quantize_params(params, SPEC, "gptq", seq))
-  h = lambda calib, *n: np.asarray(calib.kernels[n].h_KxK)
+
+  def h(calib, *n):
+    return np.asarray(calib.kernels[n].h_KxK)
+
   wi = ("mlp", "wi", "kernel")
   np.testing.assert_array_equal(h(seq, "layer_0", *wi), h(fast, "layer_0", *wi))
   after_0 = calibration.calibrate(model, _with(params, got, ("layer_0",)), tokens)
   np.testing.assert_array_equal(h(seq, "layer_1", *wi), h(after_0, "layer_1", *wi))
   assert not np.array_equal(h(seq, "layer_1", *wi), h(fast, "layer_1", *wi))
   float_head = _with(got, params, ("head",))
-  np.testing.assert_array_equal(h(seq, "head", "kernel"),
-                                h(calibration.calibrate(model, float_head, tokens),
-                                  "head", "kernel"))
+  np.testing.assert_array_equal(
+    h(seq, "head", "kernel"), h(calibration.calibrate(model, float_head, tokens), "head", "kernel")
+  )
 
 
 _COMPILES = [0]
@@ -134,15 +142,31 @@ def test_bad_tokens_and_models_are_refused_before_compiling():
   model, params, _ = _setup(ONE_BLOCK)
   for shape in ((0, 16), (1, 0, 16), (2, 3, 0)):
     _refused("sequences", calibration.calibrate, model, params, np.zeros(shape, np.int32))
-    _refused("sequences", methods.quantize_sequential, model, params, SPEC, "gptq",
-             np.zeros(shape, np.int32))
+    _refused(
+      "sequences",
+      methods.quantize_sequential,
+      model,
+      params,
+      SPEC,
+      "gptq",
+      np.zeros(shape, np.int32),
+    )
   _refused("int tokens", calibration.calibrate, model, params, np.zeros((2, 8), np.float32))
   _refused("int tokens", calibration.calibrate, model, params, np.zeros((2,), np.int32))
-  _refused("scan_layers", calibration.calibrate, model.clone(scan_layers=True), params,
-           np.zeros((2, 8), np.int32))
-  _refused("dot_general_cls", calibration.calibrate,
-           model.clone(dot_general_cls=calibration.RecordingDotGeneral), params,
-           np.zeros((2, 8), np.int32))
+  _refused(
+    "scan_layers",
+    calibration.calibrate,
+    model.clone(scan_layers=True),
+    params,
+    np.zeros((2, 8), np.int32),
+  )
+  _refused(
+    "dot_general_cls",
+    calibration.calibrate,
+    model.clone(dot_general_cls=calibration.RecordingDotGeneral),
+    params,
+    np.zeros((2, 8), np.int32),
+  )
 
 
 def test_bad_method_arguments_are_refused_before_compiling():
@@ -150,21 +174,35 @@ def test_bad_method_arguments_are_refused_before_compiling():
   calib = calibration.calibrate(model, params, tokens)
   empty = calibration.Calibration(calib.kernels, sequences=0, tokens=0, mode="fast")
   partial = calibration.Calibration(
-      {n: s for n, s in calib.kernels.items() if n[2] != "wo"}, 6, 96, "fast")
+    {n: s for n, s in calib.kernels.items() if n[2] != "wo"}, 6, 96, "fast"
+  )
   wi = ("layer_0", "mlp", "wi", "kernel")
-  wrong = calibration.Calibration({**calib.kernels, wi: calib.kernels[
-      ("layer_0", "mlp", "wo", "kernel")]}, 6, 96, "fast")
-  _refused(r"method='hqq' is unknown; allowed: \['rtn', 'gptq', 'awq'\]",
-           methods.quantize_params, params, SPEC, "hqq", calib)
-  _refused("'embed' is a lookup", methods.quantize_params, params,
-           QuantSpec(bits=4, targets="attn,embed"), "gptq", calib)
+  wrong = calibration.Calibration(
+    {**calib.kernels, wi: calib.kernels[("layer_0", "mlp", "wo", "kernel")]}, 6, 96, "fast"
+  )
+  _refused(
+    r"method='hqq' is unknown; allowed: \['rtn', 'gptq', 'awq'\]",
+    methods.quantize_params,
+    params,
+    SPEC,
+    "hqq",
+    calib,
+  )
+  _refused(
+    "'embed' is a lookup",
+    methods.quantize_params,
+    params,
+    QuantSpec(bits=4, targets="attn,embed"),
+    "gptq",
+    calib,
+  )
   for bad in (None, empty):
-    _refused("at least one calibration sequence", methods.quantize_params, params, SPEC,
-             "gptq", bad)
-  _refused("layer_0/mlp/wo/kernel", methods.quantize_params, params, SPEC, "awq", partial,
-           preset=ONE_BLOCK)
-  _refused(r"allowed: \(16, 16\), \(16,\)", methods.quantize_params, params, SPEC, "gptq",
-           wrong)
+    _refused(
+      "at least one calibration sequence", methods.quantize_params, params, SPEC, "gptq", bad
+    )
+  _refused(
+    "layer_0/mlp/wo/kernel", methods.quantize_params, params, SPEC, "awq", partial, preset=ONE_BLOCK
+  )
+  _refused(r"allowed: \(16, 16\), \(16,\)", methods.quantize_params, params, SPEC, "gptq", wrong)
   _refused("percdamp", methods.quantize_params, params, SPEC, "gptq", calib, percdamp=0.0)
-  _refused("takes no calibration", methods.quantize_sequential, model, params, SPEC, "rtn",
-           tokens)
+  _refused("takes no calibration", methods.quantize_sequential, model, params, SPEC, "rtn", tokens)

@@ -1,5 +1,6 @@
 """GPTQ: equal to RTN when H is a multiple of I, better than RTN on correlated inputs, equal
 to a plain numpy Algorithm 1, stored on RTN's grid, and its bad inputs."""
+
 import dataclasses
 import functools
 
@@ -10,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import PRESETS
+from kbit_jax.model.presets import PRESETS
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import blockwise, calibration, codebooks, gptq, methods, reference
 from kbit_jax.quant.spec import QuantSpec, is_quantized, named_leaves, target_of
 
-K, N = 160, 24     # K % 64 = 32: blocks straddle output units; K > 128: two lazy blocks
+K, N = 160, 24  # K % 64 = 32: blocks straddle output units; K > 128: two lazy blocks
 BLOCKSIZES = (64, 0, -1)
 
 
@@ -68,8 +69,7 @@ def _correlated_inputs(seed, tokens=512, k=K):
 
 
 def _output_error(w, w_hat, x):
-  return float(np.sum(((np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)).T
-                       @ x.T) ** 2))
+  return float(np.sum(((np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)).T @ x.T) ** 2))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -91,17 +91,22 @@ def test_gptq_beats_rtn_on_correlated_inputs(blocksize):
       got = gptq.quantize_kernel(w, h, spec, act_order=act_order)
       assert _output_error(w, got, x) < rtn_error, (spec, act_order)
       # Stored as RTN stores it: every value is a code of its block's RTN constants.
-      codebook_C = (gptq.data_codebook(w, spec, jnp.zeros(K, bool)) if spec.data_dependent
-                    else reference.spec_codebook(spec))
-      np.testing.assert_array_equal(_requantized(w, got, reference.layout_spec(spec),
-                                                 codebook_C),
-                                    np.asarray(got), err_msg=str(spec))
+      codebook_C = (
+        gptq.data_codebook(w, spec, jnp.zeros(K, bool))
+        if spec.data_dependent
+        else reference.spec_codebook(spec)
+      )
+      np.testing.assert_array_equal(
+        _requantized(w, got, reference.layout_spec(spec), codebook_C),
+        np.asarray(got),
+        err_msg=str(spec),
+      )
 
 
 def _numpy_algorithm_1(w_KxN, h_KxK, codebook, blocksize, percdamp, act_order):
   """The paper's Algorithm 1 without lazy batches, float64, static int absmax constants in
   the study's layout (blocks of B values of the row-major (out, in) weights)."""
-  w = np.asarray(w_KxN, np.float64).T.copy()          # (out, in), as the paper
+  w = np.asarray(w_KxN, np.float64).T.copy()  # (out, in), as the paper
   h = np.asarray(h_KxK, np.float64).copy()
   dead = np.diag(h) == 0
   h[dead, dead] = 1
@@ -110,15 +115,19 @@ def _numpy_algorithm_1(w_KxN, h_KxK, codebook, blocksize, percdamp, act_order):
   pad = -flat.size % blocksize
   absmax = np.abs(np.pad(flat, (0, pad))).reshape(-1, blocksize).max(1)
   scale = absmax.astype(np.float16)
-  scale = np.where(scale.astype(np.float64) < absmax, np.nextafter(scale, np.float16(np.inf)),
-                   scale).astype(np.float64)
-  scale = np.repeat(scale, blocksize)[:flat.size].reshape(w.shape)
+  scale = np.where(
+    scale.astype(np.float64) < absmax, np.nextafter(scale, np.float16(np.inf)), scale
+  ).astype(np.float64)
+  scale = np.repeat(scale, blocksize)[: flat.size].reshape(w.shape)
   mid = (codebook[:-1] + codebook[1:]) / 2
-  quant = lambda v, s: codebook[np.searchsorted(mid, v / s, side="left")] * s
+
+  def quant(v, s):
+    return codebook[np.searchsorted(mid, v / s, side="left")] * s
+
   order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
   w, scale, h = w[:, order], scale[:, order], h[order][:, order]
   h = h + percdamp * np.mean(np.diag(h)) * np.eye(len(h))
-  u = np.linalg.cholesky(np.linalg.inv(h)).T          # H^-1 = U^T U, U upper
+  u = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, U upper
   q = np.zeros_like(w)
   for j in range(w.shape[1]):
     q[:, j] = quant(w[:, j], scale[:, j])
@@ -130,7 +139,7 @@ def _numpy_algorithm_1(w_KxN, h_KxK, codebook, blocksize, percdamp, act_order):
 @pytest.mark.parametrize("act_order", [False, True])
 def test_equals_numpy_algorithm_1(act_order):
   w, x = _weights(3), _correlated_inputs(4)
-  x[:, 17] = 0                                         # a dead input
+  x[:, 17] = 0  # a dead input
   h = 2 / len(x) * x.T @ x
   spec = QuantSpec(bits=4, dtype="int", blocksize=64)
   want = _numpy_algorithm_1(w, h, spec.codebook().astype(np.float64), 64, 0.01, act_order)
@@ -145,18 +154,28 @@ def test_lazy_batch_size_does_not_change_the_result():
   h = jnp.asarray(2 / len(x) * x.T @ x, jnp.float32)
   spec = QuantSpec(bits=3, dtype="nf", blocksize=-1)
   base = np.asarray(gptq.quantize_kernel(w, h, spec))
-  for columns in (7, 256):    # 23 blocks of 7 (one padding feature), one of 160
+  for columns in (7, 256):  # 23 blocks of 7 (one padding feature), one of 160
     # The same updates summed in another order: float32 rounding only.
-    np.testing.assert_allclose(np.asarray(gptq.quantize_kernel(w, h, spec,
-                                                               block_columns=columns)),
-                               base, rtol=0, atol=1e-5, err_msg=str(columns))
+    np.testing.assert_allclose(
+      np.asarray(gptq.quantize_kernel(w, h, spec, block_columns=columns)),
+      base,
+      rtol=0,
+      atol=1e-5,
+      err_msg=str(columns),
+    )
 
 
 def test_one_compile_per_layout_serves_every_type_and_k():
-  w, h = _weights(7, (40, 8)), jnp.eye(40)     # a shape no other test uses
+  w, h = _weights(7, (40, 8)), jnp.eye(40)  # a shape no other test uses
   before = gptq._gptq._cache_size()
-  for dtype, k in (("int", 2), ("float", 3), ("dynamic", 4), ("nf", 8), ("quantile", 3),
-                   ("quantile", 5)):
+  for dtype, k in (
+    ("int", 2),
+    ("float", 3),
+    ("dynamic", 4),
+    ("nf", 8),
+    ("quantile", 3),
+    ("quantile", 5),
+  ):
     gptq.quantize_kernel(w, h, QuantSpec(bits=k, dtype=dtype), act_order=k == 3)
   assert gptq._gptq._cache_size() - before == 1
 
@@ -170,13 +189,14 @@ def test_bad_percdamp_names_the_key(percdamp):
 @pytest.mark.parametrize("bad", ["indefinite", "nan"])
 def test_hessian_not_positive_definite_names_the_tensor(bad):
   h = np.eye(K, dtype=np.float32)
-  if bad == "indefinite":      # eigenvalue -1 of [[1, 2], [2, 1]]: dampening 0.01 cannot fix it
+  if bad == "indefinite":  # eigenvalue -1 of [[1, 2], [2, 1]]: dampening 0.01 cannot fix it
     h[5, 6] = h[6, 5] = 2.0
   else:
     h[5, 5] = np.nan
   with pytest.raises(ValueError, match="layer_3/mlp/wi/kernel"):
-    gptq.quantize_kernel(_weights(0), jnp.asarray(h), QuantSpec(bits=4),
-                         name="layer_3/mlp/wi/kernel")
+    gptq.quantize_kernel(
+      _weights(0), jnp.asarray(h), QuantSpec(bits=4), name="layer_3/mlp/wi/kernel"
+    )
 
 
 def test_bad_shapes_and_unquantized_spec():
@@ -197,17 +217,26 @@ def _model():
 
 def _identity_calibration(params):
   names, leaves, _ = named_leaves(params)
-  kernels = {n: calibration.KernelStats(2.5 * jnp.eye(leaf.value.shape[0]),
-                                        jnp.ones(leaf.value.shape[0]))
-             for n, leaf in zip(names, leaves) if target_of(n) in calibration.RECORDED}
+  kernels = {
+    n: calibration.KernelStats(2.5 * jnp.eye(leaf.value.shape[0]), jnp.ones(leaf.value.shape[0]))
+    for n, leaf in zip(names, leaves)
+    if target_of(n) in calibration.RECORDED
+  }
   return calibration.Calibration(kernels, sequences=1, tokens=8, mode="fast")
 
 
 def _sharded(params):
   """Leaves whose first axis splits over the 8 devices sharded along it, others replicated."""
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("x",))
-  place = lambda x: jax.device_put(x, jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("x" if x.shape and x.shape[0] % 8 == 0 else None)))
+
+  def place(x):
+    return jax.device_put(
+      x,
+      jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("x" if x.shape and x.shape[0] % 8 == 0 else None)
+      ),
+    )
+
   return jax.tree.map(place, params)
 
 
@@ -222,7 +251,7 @@ def test_tree_with_identity_hessians_equals_rtn_and_keeps_the_rest():
   assert jax.tree.structure(got) == jax.tree.structure(params)
   names, before, _ = named_leaves(params)
   for n, a, b, r in zip(names, before, named_leaves(got)[1], named_leaves(want)[1]):
-    assert type(a) is type(b) and a.names == b.names, n          # flax boxes kept
+    assert type(a) is type(b) and a.names == b.names, n  # flax boxes kept
     a, b, r = a.value, b.value, r.value
     assert b.dtype == a.dtype and b.sharding == a.sharding, n
     np.testing.assert_array_equal(np.asarray(b), np.asarray(r), err_msg=str(n))

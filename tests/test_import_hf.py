@@ -420,10 +420,11 @@ def test_pretrained_grid_config_plans_and_prints_memory_per_device():
   assert "fsdp=4 x tensor=1 = 4 devices" in text and "0.12" in text  # 2 x f32 GiB
   with pytest.raises(
     ValueError,
-    match=r"families='llama': allowed a comma list of "
-    r"\['opt', 'pythia', 'gpt2', 'bloom'\]",
+    match=r"families='mixtral': allowed a comma list of "
+    r"\['opt', 'pythia', 'gpt2', 'bloom', 'smollm2', 'llama', 'mistral', 'qwen2.5', 'qwen3', "
+    r"'gemma'\] or 'modern'",
   ):
-    grid_pretrained.get_config("families=llama")
+    grid_pretrained.get_config("families=mixtral")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -454,10 +455,10 @@ LN = "transformer.h.1.input_layernorm.weight"
 BAD_INPUTS = {
   "unknown_family": (
     None,
-    _set("model_type", "llama"),
+    _set("model_type", "mixtral"),
     ValueError,
-    r"model_type='llama'.*allowed model_type: \['bloom', 'gpt2', "
-    r"'gpt_neox', 'opt'\]",
+    r"model_type='mixtral'.*allowed model_type: \['bloom', 'gemma', 'gpt2', "
+    r"'gpt_neox', 'llama', 'mistral', 'opt', 'qwen2', 'qwen3'\]",
   ),
   "missing": (
     lambda t: t.pop(LN),

@@ -3,8 +3,10 @@
 "einsum" (the default, used on CPU and in every other test) and "xla"
 (`jax.nn.dot_product_attention`'s XLA path, the same code path that selects cuDNN's flash
 kernel on GPU with attention="cudnn") must give the same logits for each position scheme
-the presets use. Tolerance 1e-5 absolute on logits of magnitude ~1 in float32: the two
-differ only in how the scale and mask are applied (measured difference: 0 on this CPU).
+the presets use, and under grouped-query attention (jax groups the query heads in
+transformers' repeat_kv order; the einsum path repeats the key/value heads). Tolerance
+1e-5 absolute on logits of magnitude ~1 in float32: the two differ only in how the scale
+and mask are applied (measured difference: 0 on this CPU).
 "cudnn" needs a GPU; benchmarks/gpu_check.py compares it with "einsum" there.
 """
 
@@ -17,8 +19,17 @@ import pytest
 
 from kbit_jax.model import presets, transformer
 
+# Grouped-query presets at this size: 2 key/value heads for 4 query heads (1: multi-query),
+# and head widths other than d_model / heads where the family has them.
+GQA = {
+  "l1": dict(kv_heads=2),
+  "llama-3.2-1b": dict(kv_heads=2, rope_original_max_len=16),
+  "qwen3-0.6b": dict(kv_heads=2, head_width=24),
+  "gemma-2b": dict(kv_heads=1, head_width=24),
+}
 
-@pytest.mark.parametrize("preset", ["s1", "pythia-70m", "bloom-560m", "opt-350m"])
+
+@pytest.mark.parametrize("preset", ["s1", "pythia-70m", "bloom-560m", "opt-350m", *GQA])
 def test_attention_impls_agree(preset):
   p = dataclasses.replace(
     presets.get_preset(preset),
@@ -28,6 +39,7 @@ def test_attention_impls_agree(preset):
     d_ff=128,
     vocab_size=97,
     embed_dim=32 if preset == "opt-350m" else 0,
+    **GQA.get(preset, {}),
   )
   tokens_BxL = jax.random.randint(jax.random.key(0), (2, 24), 0, p.vocab_size)
   params = transformer.Transformer(p).init(jax.random.key(1), tokens_BxL)

@@ -5,7 +5,15 @@ import warnings
 
 import pytest
 
-from kbit_jax.analysis import plots, report, scaling, scaling_synthetic, stage
+from kbit_jax.analysis import plot_style, plots, report, results, stage, synthetic
+from kbit_jax.analysis.analyse import analyse
+from kbit_jax.analysis.cells import (
+  MainMethod,
+  ScalingWarning,
+  cells_from_store,
+  check_cells,
+  main_method,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
@@ -22,21 +30,19 @@ ALL_FIGURES = {
 
 def _analysis(records, n_boot=8):
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", scaling.ScalingWarning)
-    cells, issues = scaling.check_cells(
-      scaling.cells_from_store(scaling_synthetic.flat_frame(records))
-    )
-  return scaling.analyse(cells, issues, n_boot=n_boot)
+    warnings.simplefilter("ignore", ScalingWarning)
+    cells, issues = check_cells(cells_from_store(results.frame(records)))
+  return analyse(cells, issues, n_boot=n_boot)
 
 
 @pytest.fixture(scope="module")
 def full():
   """4 sizes x 2 seeds; int / nf at B in {64, per tensor}; float with 2% outliers."""
   sizes = ("s1", "s2", "s3", "s4")
-  records = scaling_synthetic.synthetic_records(
+  records = synthetic.synthetic_records(
     sizes=sizes, bits=(3, 4, 8, 16), dtypes=("int", "nf"), blocksizes=(64, 0), seeds=(0, 1)
   )
-  records += scaling_synthetic.synthetic_records(
+  records += synthetic.synthetic_records(
     sizes=sizes, bits=(3, 4), dtypes=("nf",), outlier_shares=(0.02,), seeds=(0, 1), seed=1
   )
   return _analysis(records)
@@ -65,17 +71,15 @@ def test_every_figure_renders_to_png_and_pdf(rendered):
 
 
 def test_main_method_prefers_small_blocks_and_study_dtypes(full):
-  assert plots.main_blocksize(full) == 64
-  assert plots.main_method(full) == ("nf B64", "nf")
-  assert plots.k_color(4) == plots.K_COLORS[4] != plots.k_color(3)
+  assert main_method(full.cells) == MainMethod("nf B64", "nf", 64.0)
+  assert plot_style.k_color(4) == plot_style.K_COLORS[4] != plot_style.k_color(3)
 
 
 def test_missing_data_is_skipped_with_a_note(tmp_path):
   """One seed, one training setup, no outliers, one block size: those figures are
   skipped and named; the others still render."""
   a = _analysis(
-    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
-    n_boot=4,
+    synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)), n_boot=4
   )
   figures, notes = plots.make_figures(a, str(tmp_path))
   skipped = {n.split()[1] for n in notes}
@@ -86,7 +90,7 @@ def test_missing_data_is_skipped_with_a_note(tmp_path):
 
 def test_report_renders_markdown_and_html(full, rendered):
   out, figures, notes = rendered
-  paths = report.render(full, str(out), figures=figures, notes=notes)
+  paths = report.write(full, str(out), figures=figures, notes=notes)
   md, page = paths["md"].read_text(), paths["html"].read_text()
   for heading in (
     "## Figures",
@@ -104,8 +108,8 @@ def test_report_renders_markdown_and_html(full, rendered):
 
 def test_report_renders_with_missing_pieces(tmp_path):
   """Two sizes: no fit is possible; the report says why and still shows the data."""
-  a = _analysis(scaling_synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("nf",)))
-  md = report.render(a, str(tmp_path))["md"].read_text()
+  a = _analysis(synthetic.synthetic_records(sizes=("s1", "s2"), dtypes=("nf",)))
+  md = report.write(a, str(tmp_path))["md"].read_text()
   assert "## Skipped fits" in md and "needs >= 3" in md
   assert "figure fits skipped" in md and "acc_vs_bits.png" in md
 
@@ -118,9 +122,8 @@ def test_stage_report_without_records(tmp_path):
 
 def test_stage_report_end_to_end(tmp_path):
   results_dir = str(tmp_path / "results")
-  scaling_synthetic.write_store(
-    results_dir,
-    scaling_synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",)),
+  synthetic.write_store(
+    results_dir, synthetic.synthetic_records(sizes=("s1", "s2", "s3"), bits=(4, 16), dtypes=("nf",))
   )
   paths = stage.report(results_dir, str(tmp_path / "report"), n_boot=4)
   assert paths["md"].exists() and (tmp_path / "report" / "fits.json").exists()

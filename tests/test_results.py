@@ -53,14 +53,55 @@ def test_write_then_load_flattens_groups(tmp_path):
   path = results.write(tmp_path, _record())
   assert path.name == results.cell_id(_key()) + ".json"
   assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
-  df = results.load(tmp_path)
-  assert len(df) == 1
-  row = df.iloc[0]
-  assert (row["preset"], row["bits"], row["dtype"], row["params"]) == ("s1", 4, "nf", 1000)
-  assert row["mean/acc"] == 0.5 and row["ppl/validation/perplexity"] == 100.0
-  assert np.isnan(row["lambada/acc_stderr"])
-  assert row["time/cell_s"] == 1.0 and row["compiles/cell"] == 0
-  assert row["id"] == results.cell_id(_key())
+  key = {k: [v] for k, v in sorted(_key().items())}  # a record's file keeps its keys sorted
+  expected = pd.DataFrame(
+    {
+      **key,
+      "non_embedding_params": [200],
+      "params": [1000],
+      "bits_per_param": [4.5],
+      "total_bits": [4500],
+      "lambada/acc": [0.5],
+      "lambada/acc_stderr": [float("nan")],
+      "mean/acc": [0.5],
+      "mean/acc_stderr": [0.1],
+      "ppl/validation/perplexity": [100.0],
+      "compiles/cell": [0],
+      "id": [results.cell_id(_key())],
+      "time/cell_s": [1.0],
+    }
+  )
+  pd.testing.assert_frame_equal(results.load(tmp_path), expected)
+
+
+def test_frame_columns_of_records_with_different_fields():
+  """Bare groups (key, model, bits, metrics) lose their name, others keep it; a field one
+  record lacks is NaN there; a field in two bare groups is one column holding the later
+  group's value (metrics over model). Columns go by group, whichever record names them
+  first: act_bits (key) before seq_len (model) though the first record lacks it."""
+  a = dict(key={"preset": "s1"}, model={"seq_len": 64}, metrics={"seq_len": 512}, time={"s": 1})
+  b = dict(
+    key={"preset": "s2", "act_bits": 8},
+    model={"seq_len": 128},
+    metrics={"probe/summary": {"bits": 1.5}},
+    name="b",
+  )
+  c = dict(key={"preset": "s3"}, metrics={"seq_len": 256})
+  df = results.frame([a, b, c])
+  assert list(df.columns) == [
+    "preset",
+    "act_bits",
+    "seq_len",
+    "probe/summary/bits",
+    "name",
+    "time/s",
+  ]
+  assert df["seq_len"].tolist() == [512, 128, 256]
+  assert df["preset"].tolist() == ["s1", "s2", "s3"]
+  np.testing.assert_array_equal(df["act_bits"], [np.nan, 8, np.nan])
+  np.testing.assert_array_equal(df["probe/summary/bits"], [np.nan, 1.5, np.nan])
+  np.testing.assert_array_equal(df["time/s"], [1, np.nan, np.nan])
+  assert df["name"].isna().tolist() == [True, False, True]
 
 
 def test_rewriting_a_cell_replaces_its_record(tmp_path):
@@ -121,12 +162,39 @@ def test_pivot_puts_sizes_in_rows_and_k_in_columns(tmp_path):
       results.write(tmp_path, record)
   df = results.load(tmp_path)
   table = results.pivot(df, "mean/acc", blocksize=64)
-  assert list(table.columns) == [3, 4, 16]
-  assert list(table.index) == [("s1", "int"), ("s1", "nf"), ("s2", "int"), ("s2", "nf")]
-  assert table.loc[("s2", "nf"), 16] == pytest.approx(0.16 + 0.03)
-  assert np.isnan(table.loc[("s1", "int"), 3])
-  text = results.format_tables(df)
-  assert "mean/acc at B=64" in text and "ppl/validation/perplexity at B=64" in text
+  acc = {  # acc = bits / 100 + params / 1e5 as written above; int has no k3, B256 not shown
+    (preset, dtype): [np.nan if dtype == "int" else 3 / 100 + params / 1e5]
+    + [4 / 100 + params / 1e5, 16 / 100 + params / 1e5]
+    for preset, params in (("s1", 1000), ("s2", 3000))
+    for dtype in ("int", "nf")
+  }
+  expected = pd.DataFrame(
+    list(acc.values()),
+    index=pd.MultiIndex.from_tuples(list(acc), names=["preset", "dtype"]),
+    columns=pd.Index([3, 4, 16], name="bits"),
+  )
+  pd.testing.assert_frame_equal(table, expected)
+  assert results.format_tables(df) == FORMATTED
   with pytest.raises(ValueError, match="no column 'nope'"):
     results.pivot(df, "nope")
-  assert isinstance(df, pd.DataFrame)
+
+
+FORMATTED = "\n".join(  # DataFrame.to_string pads the index header with spaces
+  [
+    "mean/acc at B=64 (columns: k)",
+    "bits            3     4     16",
+    "preset dtype                  ",
+    "s1     int     NaN 0.050 0.170",
+    "       nf    0.040 0.050 0.170",
+    "s2     int     NaN 0.070 0.190",
+    "       nf    0.060 0.070 0.190",
+    "",
+    "ppl/validation/perplexity at B=64 (columns: k)",
+    "bits            3     4     16",
+    "preset dtype                  ",
+    "s1     int     NaN 100.0 100.0",
+    "       nf    100.0 100.0 100.0",
+    "s2     int     NaN 100.0 100.0",
+    "       nf    100.0 100.0 100.0",
+  ]
+)

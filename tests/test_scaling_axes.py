@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import plots_axes, report, scaling, scaling_axes
+from kbit_jax.analysis import extra_axes, plots_axes, render, report
+from kbit_jax.analysis.cells import cells_from_store, check_cells
 
 SIZES = {"s1": 25_000, "s2": 100_000, "s3": 400_000}
 
@@ -59,20 +60,20 @@ def _store():
 
 @pytest.fixture(scope="module")
 def cells():
-  return scaling.cells_from_store(_store())
+  return cells_from_store(_store())
 
 
 def test_main_analysis_leaves_activation_cells_out(cells):
-  checked, issues = scaling.check_cells(cells)
+  checked, issues = check_cells(cells)
   assert (checked["act_bits"] == 16).all() and len(checked) == len(cells) // 2
   assert any("activation bits < 16" in i for i in issues)
 
 
 def test_probe_table_and_act_tables(cells):
-  probe = scaling_axes.probe_table(cells)
+  probe = extra_axes.probe_table(cells)
   assert list(probe.columns) == ["k1", "k2", "bits total", "max_k"]
   assert len(probe) == 3 * 2 * 3  # sizes x budgets x weight k (a = 16 only)
-  acts = scaling_axes.act_tables(cells, "nll")
+  acts = extra_axes.act_tables(cells, "nll")
   assert list(acts)[:3] == ["s1 D=250k", "s1 D=1M", "s2 D=250k"] and len(acts) == 6
   assert list(next(iter(acts.values())).columns) == [8, 16]
   table = acts["s1 D=250k"]
@@ -80,25 +81,25 @@ def test_probe_table_and_act_tables(cells):
 
 
 def test_nd_fit_recovers_exponents_of_a_power_law(cells):
-  fit = scaling_axes.nd_fits(cells)["acc"]
+  fit = extra_axes.nd_fits(cells)["acc"]
   assert (fit["b"], fit["c"], fit["a"]) == (
     pytest.approx(0.05),
     pytest.approx(0.02),
     pytest.approx(0.25),
   )
   assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 6
-  nll = scaling_axes.nd_fits(cells)["nll"]
+  nll = extra_axes.nd_fits(cells)["nll"]
   assert (nll["b"], nll["c"]) == (pytest.approx(-0.1), pytest.approx(-0.05))
 
 
 def test_ptq_penalty_grows_with_d_as_built(cells):
-  penalty = scaling_axes.ptq_penalty(cells)
+  penalty = extra_axes.ptq_penalty(cells)
   assert len(penalty) == 3 * 2 * 2
   row = penalty[
     (penalty["preset"] == "s2") & (penalty["k"] == 4) & (penalty["tokens"] == 1_000_000)
   ].iloc[0]
   assert row["penalty"] == pytest.approx(2.0**-4 * 10.0**0.5)
-  table = scaling_axes.penalty_table(penalty)
+  table = extra_axes.penalty_table(penalty)
   assert table["slope ln pen/ln D"].to_numpy() == pytest.approx(np.full(6, 0.5))
 
 
@@ -107,7 +108,7 @@ def test_figures_and_report_section(cells, tmp_path):
   assert [f.name for f in figures] == ["probe_bits", "act_bits", "ptq_penalty"] and not notes
   assert all(p.exists() for f in figures for p in f.paths)
   blocks = report.axes_blocks(cells, figures, notes, tmp_path)
-  text = report.to_markdown(blocks)
+  text = render.to_markdown(blocks)
   assert "weight bits (rows) x activation bits" in text and "a N^b D^c" in text
   assert "PTQ penalty" in text and "recovered bits" in text
 
@@ -117,11 +118,11 @@ def test_stores_without_the_axes_skip_them(cells, tmp_path):
   plain = plain.drop(columns=[c for c in plain.columns if c.startswith("probe_")])
   figures, notes = plots_axes.make_figures(plain, str(tmp_path))
   assert not figures and len(notes) == 3
-  assert scaling_axes.nd_fits(plain) == {} and scaling_axes.act_tables(plain) == {}
+  assert extra_axes.nd_fits(plain) == {} and extra_axes.act_tables(plain) == {}
 
 
 def test_write_tables_and_summary(cells, tmp_path):
-  paths = scaling_axes.write_tables(cells, str(tmp_path))
+  paths = extra_axes.write_tables(cells, str(tmp_path))
   assert set(paths) == {
     "nd_fits",
     "ptq_penalty",
@@ -131,13 +132,13 @@ def test_write_tables_and_summary(cells, tmp_path):
     "act_bits_nll",
   }
   assert all(p.exists() for p in paths.values())
-  text = scaling_axes.summary(cells)
+  text = extra_axes.summary(cells)
   assert "N-D fit nll" in text and "k3 0.50" in text
   assert "probe bits, D=2.5e+05, k3: -2.13 + 0.40 ln N (3 sizes)" in text
 
 
 def test_probe_fits_recover_bits_per_log_n(cells):
-  fits = scaling_axes.probe_fits(cells)
+  fits = extra_axes.probe_fits(cells)
   assert len(fits) == 2 * 3 * 2  # budgets x weight k x (ln N, ln total bits)
   by_n = fits[fits["x"] == "ln N"]
   np.testing.assert_allclose(by_n["slope"], PROBE_B, rtol=1e-9)

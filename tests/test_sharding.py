@@ -1,5 +1,7 @@
 """Sharding: mesh from config, params placed by the logical rules, gradients correct."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import ml_collections
@@ -7,7 +9,33 @@ import numpy as np
 import pytest
 
 from kbit_jax.config import defaults
+from kbit_jax.model import presets
 from kbit_jax.train import loop, sharding
+
+# Grouped-query attention + SwiGLU with every Llama-family switch on the (2, 2, 2) mesh:
+# 1 key/value head for 4 query heads (fewer than the tensor axis's 2: replicated), head
+# width 24 (query 96 wide, d_model 64), q/k/v biases (Qwen2), q/k RMSNorm (Qwen3), Llama
+# 3's rope scaling, Gemma's 1 + w norm and embedding scale. d_ff 256 (l2 has 281, which
+# tensor=2 cannot split).
+GQA = "test-gqa-swiglu"
+GQA_PRESET = dataclasses.replace(
+  presets.PRESETS["l2"],
+  d_ff=256,
+  kv_heads=1,
+  head_width=24,
+  qkv_bias=True,
+  qk_norm=True,
+  rope_type="llama3",
+  rope_factor=8.0,
+  rope_original_max_len=16,
+  norm_plus_one=True,
+  embed_scale=True,
+)
+
+
+@pytest.fixture(autouse=True)
+def _gqa_preset(monkeypatch):
+  monkeypatch.setitem(presets.PRESETS, GQA, GQA_PRESET)
 
 
 def _mesh_cfg(data=-1, fsdp=1, tensor=1, rules="megatron"):
@@ -16,9 +44,9 @@ def _mesh_cfg(data=-1, fsdp=1, tensor=1, rules="megatron"):
   )
 
 
-def _config(rules="megatron", scan_layers=False):
+def _config(rules="megatron", scan_layers=False, preset="s2"):
   c = defaults.base_config()
-  c.model.preset = "s2"
+  c.model.preset = preset
   c.model.scan_layers = scan_layers
   c.mesh.fsdp, c.mesh.tensor, c.mesh.rules = 2, 2, rules
   c.data.seq_len = 16
@@ -68,16 +96,32 @@ def test_scanned_layers_are_sharded_like_unrolled_ones():
   assert "layer_0" not in state.params
 
 
+def test_grouped_query_key_value_are_replicated_over_tensor():
+  """kv_heads (1) < tensor (2): key/value kernels split over fsdp only (sharding.py)."""
+  state = loop.Trainer(_config(preset=GQA), sharding.make_mesh(_config().mesh)).init()
+  attn = state.params["layer_0"]["attn"]
+  assert attn["key"]["kernel"].shape == (64, 24) and attn["query"]["kernel"].shape == (64, 96)
+  assert tuple(attn["key"]["kernel"].sharding.spec) == ("fsdp", None)
+  assert tuple(attn["value"]["bias"].sharding.spec) == (None,)
+  assert tuple(attn["query"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+  assert tuple(attn["out"]["kernel"].sharding.spec) == ("tensor", "fsdp")
+  mlp = state.params["layer_0"]["mlp"]
+  assert tuple(mlp["gate"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+  assert tuple(mlp["wo"]["kernel"].sharding.spec) == ("tensor", "fsdp")
+
+
+@pytest.mark.parametrize("preset", ["s2", GQA])
 @pytest.mark.parametrize("scan_layers", [False, True])
 @pytest.mark.parametrize("rules", sorted(sharding.RULE_SETS))
-def test_sharded_gradients_match_single_device(rules, scan_layers):
+def test_sharded_gradients_match_single_device(rules, scan_layers, preset):
   """The same loss and gradients on a (2, 2, 2) mesh as on one device, with the layers
-  unrolled or scanned (model.scan_layers).
+  unrolled or scanned (model.scan_layers), for the GPT-style s2 and the GQA + SwiGLU
+  model above.
 
   Tolerance 1e-4: f32 sums reordered across shards differ by ~1e-6 relative; the XLA CPU
   bug this guards against gives errors of 60-80%.
   """
-  config = _config(rules, scan_layers)
+  config = _config(rules, scan_layers, preset)
   mesh = sharding.make_mesh(config.mesh)
   trainer = loop.Trainer(config, mesh)
   state = trainer.init()

@@ -46,15 +46,18 @@ def test_golden_first_losses():
   are near zero, so step-1 loss is close to ln(4096) = 8.318; the golden values pin the
   exact init, data order, loss and (step 3) the first two AdamW updates. The warmup starts
   at lr 0, so the first update is a no-op and steps 2-3 see different batches, not lower
-  loss.
+  loss. 1e-5 relative: the float32 reductions of an unchanged program may run in another
+  order on another CPU. Update the goldens only when the init, the data order, the loss or
+  the optimizer changed on purpose, with the values the failure prints.
   """
   config = tiny_config()
   losses, _ = run_steps(config, sharding.make_mesh(config.mesh), first_batches(config, 3))
-  np.testing.assert_allclose(losses[0], GOLDEN_STEP1, rtol=1e-5)
-  np.testing.assert_allclose(losses[2], GOLDEN_STEP3, rtol=1e-5)
+  message = f"golden first losses changed: got step 1 {losses[0]!r}, step 3 {losses[2]!r}"
+  np.testing.assert_allclose(losses[0], GOLDEN_STEP1, rtol=1e-5, err_msg=message)
+  np.testing.assert_allclose(losses[2], GOLDEN_STEP3, rtol=1e-5, err_msg=message)
 
 
-GOLDEN_STEP1 = 8.315696716308594
+GOLDEN_STEP1 = 8.315695762634277
 GOLDEN_STEP3 = 8.32483196258545
 
 

@@ -2,10 +2,10 @@
 
 The study compares curves at equal total model bits by linear interpolation between
 measured points in log bits; a budget outside a curve's measured range has no value for
-that k. The fitted curves (scaling_fit) give a second answer, which may extrapolate up
+that k. The fitted curves (fitting.py) give a second answer, which may extrapolate up
 to a factor FIT_REACH beyond each curve's measured bits.
 Confidence: the share of bootstrap replicates (checkpoints resampled with replacement;
-the same draws for every k, see scaling_fit.bootstrap_draws) in which the winning k of
+the same draws for every k, see fitting.bootstrap_draws) in which the winning k of
 the point estimate wins again, among the replicates in which that k has a value at the
 budget (and >= 2 curves do).
 """
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kbit_jax.analysis import scaling_fit
+from kbit_jax.analysis import fitting
 
 HIGHER_IS_BETTER = {"acc": True, "nll": False}
 # A fitted curve answers for budgets up to this far (in ln bits) outside its measured
@@ -125,15 +125,13 @@ def by_interpolation(
   return out
 
 
-def by_fit(
-  fits: Mapping[str, scaling_fit.FitResult], metric: str, budgets: np.ndarray
-) -> pd.DataFrame:
+def by_fit(fits: Mapping[str, fitting.FitResult], metric: str, budgets: np.ndarray) -> pd.DataFrame:
   """Best curve per budget from the fitted curves (each within FIT_REACH of its measured
   bits), with the share of aligned bootstrap replicates agreeing."""
   higher = HIGHER_IS_BETTER[metric]
   query = np.log(budgets)
 
-  def predict(fit: scaling_fit.FitResult, theta: np.ndarray) -> np.ndarray:
+  def predict(fit: fitting.FitResult, theta: np.ndarray) -> np.ndarray:
     x = query - fit.data.ctx["x0"]
     reach = (x >= fit.data.x[:, 0].min() - FIT_REACH) & (x <= fit.data.x[:, 0].max() + FIT_REACH)
     if np.isnan(theta[0]):
@@ -156,7 +154,7 @@ def by_fit(
 
 def bit_optimal(
   curves: Mapping[str, pd.DataFrame],
-  fits: Mapping[str, scaling_fit.FitResult],
+  fits: Mapping[str, fitting.FitResult],
   metric: str,
   draws: Sequence[np.ndarray],
   num_budgets: int = 12,

@@ -1,4 +1,5 @@
-"""Paper-style figures of the k-bit study from a `scaling.Analysis` (PNG + PDF, Agg).
+"""Paper-style figures of the k-bit study from an `Analysis` (PNG + PDF, Agg): those of
+the measurements here, then those of the fits (plots_fits.py).
 
     figures, notes = plots.make_figures(analysis, out_dir)
 
@@ -8,198 +9,62 @@ Figures (x = total model bits, log scale; one colour per k, fixed in K_COLORS):
   acc_vs_bits_by_setup  the main method per training family, or per training seed
   blocksize_dtype_4bit  4-bit: data types at the main block size; block sizes of the main type
   outliers              outlier-dependent (proxy) quantization against plain, k <= 4
-  fits                  fitted power-law / sigmoid curves with bootstrap bands
-  bit_optimal           best k per total-bits budget, and the bootstrap share it wins
-  precision_law         the joint ptq / neff laws against parameters, one curve per k
+  fits, bit_optimal, precision_law   (plots_fits.py)
 A figure whose data is missing is skipped and named in `notes`, never an error.
-The *main* method: block size 64 if present (else the most common), no outliers, and the
-first of MAIN_DTYPES present (the study's recommended types first).
+The *main* method is cells.main_method's, as in the extra axes' tables and the report.
 """
-# ruff: noqa: E402 (pyplot is imported after choosing its backend)
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from etils import epath
-from matplotlib import ticker
 
-from kbit_jax.analysis import bitoptimal, scaling
-from kbit_jax.analysis.scaling import BASELINE_BITS, curve_k
-
-K_COLORS = {
-  2: "#8c564b",
-  3: "#d62728",
-  4: "#ff7f0e",
-  5: "#bcbd22",
-  6: "#2ca02c",
-  7: "#17becf",
-  8: "#1f77b4",
-  16: "#000000",
-}
-OTHER_COLORS = (
-  "#1f77b4",
-  "#d62728",
-  "#2ca02c",
-  "#9467bd",
-  "#ff7f0e",
-  "#8c564b",
-  "#e377c2",
-  "#7f7f7f",
-  "#bcbd22",
-  "#17becf",
+from kbit_jax.analysis import plot_style
+from kbit_jax.analysis.analyse import Analysis
+from kbit_jax.analysis.cells import (
+  BASELINE_BITS,
+  MAIN_DTYPES,
+  METRICS,
+  blocksize_label,
+  blocksize_order,
+  curve_k,
+  main_method,
 )
-MAIN_DTYPES = scaling.MAIN_DTYPES
-BITS_LABEL = "total model bits (log scale)"
-METRIC_LABEL = {"acc": "mean zero-shot accuracy", "nll": "perplexity (validation, log scale)"}
-DPI = 130
+from kbit_jax.analysis.plot_style import (
+  METRIC_LABEL,
+  OTHER_COLORS,
+  Figure,
+  SkipFigure,
+  finish_bits_panel,
+  has_metric,
+  k_color,
+  line,
+  main_family,
+  method_title,
+  panel_grid,
+  save,
+  subplots,
+)
+from kbit_jax.analysis.plots_fits import fig_bit_optimal, fig_fits, fig_precision_law
 
 
-class SkipFigure(Exception):
-  """This figure's data is missing (the message says what)."""
-
-
-@dataclasses.dataclass
-class Figure:
-  name: str
-  title: str
-  caption: str
-  paths: list[epath.Path]
-
-  @property
-  def png(self) -> epath.Path:
-    return next(p for p in self.paths if p.suffix == ".png")
-
-
-def k_color(k: int) -> str:
-  return K_COLORS.get(int(k), "#7f7f7f")
-
-
-def _y(metric: str, values):
-  """Plotted value: perplexity for nll, accuracy as is."""
-  return np.exp(values) if metric == "nll" else values
-
-
-def _style_axes(ax, metric: str, title: str):
-  ax.set_xscale("log")
-  if metric == "nll":
-    _log_perplexity_axis(ax)
-  ax.set_xlabel(BITS_LABEL)
-  ax.set_ylabel(METRIC_LABEL[metric])
-  ax.set_title(title, fontsize=10)
-  ax.grid(True, which="both", alpha=0.25)
-
-
-def _log_perplexity_axis(ax):
-  """Log y with plain numbers at 1-2-5 steps (perplexity spans one to three decades)."""
-  ax.set_yscale("log")
-  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def _points(cells: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
-  """(total bits, plotted metric) per size: mean over seeds, sorted by bits."""
-  lb, y = bitoptimal.curve_points(cells[np.isfinite(cells[metric].to_numpy(float))], metric)
-  return np.exp(lb), _y(metric, y)
-
-
-def _line(ax, cells, metric, label, color, style="-", marker="o"):
-  x, y = _points(cells, metric)
-  if len(x):
-    ax.plot(x, y, style, marker=marker, color=color, label=label, lw=1.6, ms=4)
-
-
-def _chance(ax, a, metric):
-  if metric == "acc" and len(a.cells):
-    ax.axhline(a.cells["chance"].mean(), color="#999999", ls=":", lw=1, label="chance")
-
-
-def _legend(ax):
-  handles, labels = ax.get_legend_handles_labels()
-  if handles:
-    ax.legend(fontsize=8, loc="best", framealpha=0.8)
-
-
-def _save(fig, out_dir: epath.Path, name: str) -> list[epath.Path]:
-  paths = []
-  for ext in ("png", "pdf"):
-    path = out_dir / f"{name}.{ext}"
-    fig.savefig(str(path), dpi=DPI)
-    paths.append(path)
-  plt.close(fig)
-  return paths
-
-
-def _grid(n: int, width: float = 4.6, height: float = 3.6):
-  cols = min(n, 3)
-  rows = -(-n // cols)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
-  )
-  for ax in axes.flat[n:]:
-    ax.set_visible(False)
-  return fig, list(axes.flat[:n])
-
-
-# ----------------------------------------------------------------------------- choices
-
-
-def _has(cells: pd.DataFrame, metric: str) -> bool:
-  return bool(len(cells)) and bool(np.isfinite(cells[metric].to_numpy(float)).any())
-
-
-def main_blocksize(a: scaling.Analysis):
-  q = a.cells[(a.cells["k"] != BASELINE_BITS) & (a.cells["outlier_share"] == 0)]
-  if q.empty:
-    return None
-  sizes = q["blocksize"].dropna()
-  return 64 if (sizes == 64).any() else (sizes.mode().iloc[0] if len(sizes) else None)
-
-
-def _plain(a: scaling.Analysis, blocksize=None) -> pd.DataFrame:
+def _plain(a: Analysis, blocksize=None) -> pd.DataFrame:
   """Quantized cells without outliers (at `blocksize` if given)."""
   c = a.cells
   q = c[(c["k"] != BASELINE_BITS) & (c["outlier_share"] == 0)]
   return q if blocksize is None else q[q["blocksize"] == blocksize]
 
 
-def main_method(a: scaling.Analysis) -> tuple[str, str] | None:
-  """(method label, dtype) of the main method, or None without plain quantized cells."""
-  q = _plain(a, main_blocksize(a))
-  if q.empty:
-    return None
-  dtypes = list(q["dtype"].unique())
-  dtype = next((d for d in MAIN_DTYPES if d in dtypes), sorted(dtypes)[0])
-  return q.loc[q["dtype"] == dtype, "method"].value_counts().index[0], dtype
-
-
-def _main_family(a: scaling.Analysis) -> str:
-  return a.families()[0]
-
-
-def _method_title(a: scaling.Analysis, method: str, family: str | None = None) -> str:
-  c = a.cells[a.cells["method"] == method].iloc[0]
-  b = scaling.blocksize_label(c["blocksize"])
-  title = f"data type {c['dtype']}{'+dq' if c['double_quant'] else ''}, block size {b}"
-  title += f", outliers p={c['outlier_share']:g}" if c["outlier_share"] else ""
-  return title + (f" ({family})" if family and len(a.families()) > 1 else "")
-
-
 # ----------------------------------------------------------------------------- figures
 
 
-def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -> Figure:
-  if not _has(a.cells, metric):
+def _bits_panels(a: Analysis, metric: str, out: epath.Path, name: str) -> Figure:
+  if not has_metric(a.cells, metric):
     raise SkipFigure(f"no cell has a finite {metric}")
-  b = main_blocksize(a)
+  main = main_method(a.cells)
+  b = main.blocksize if main else None
   methods = list(
     dict.fromkeys(
       _plain(a, b).sort_values(
@@ -209,12 +74,12 @@ def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -
   )
   if not methods:
     raise SkipFigure("no quantized cells without outliers")
-  family = _main_family(a)
-  fig, axes = _grid(len(methods))
+  family = main_family(a)
+  fig, axes = panel_grid(len(methods))
   for ax, method in zip(axes, methods):
     for curve, cells in a.curves(family, method).items():
       k = curve_k(curve)
-      _line(
+      line(
         ax,
         cells,
         metric,
@@ -222,17 +87,15 @@ def _bits_panels(a: scaling.Analysis, metric: str, out: epath.Path, name: str) -
         k_color(k),
         "--" if k == BASELINE_BITS else "-",
       )
-    _chance(ax, a, metric)
-    _style_axes(ax, metric, _method_title(a, method, family))
-    _legend(ax)
+    finish_bits_panel(ax, a, metric, method_title(a, method, family))
   what = METRIC_LABEL[metric].split(" (")[0]
   fig.suptitle(f"{what} vs total model bits, one curve per k")
   return Figure(
     name,
     f"{what.capitalize()} vs total model bits",
-    f"One panel per data type at block size {scaling.blocksize_label(b)}, no "
+    f"One panel per data type at block size {blocksize_label(b)}, no "
     f"outliers ({family}); points are model sizes (mean over seeds).",
-    _save(fig, out, name),
+    save(fig, out, name),
   )
 
 
@@ -244,11 +107,11 @@ def fig_ppl_vs_bits(a, out):
   return _bits_panels(a, "nll", out, "ppl_vs_bits")
 
 
-def fig_by_setup(a: scaling.Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
-  if main is None or not _has(a.cells, "acc"):
+def fig_by_setup(a: Analysis, out: epath.Path) -> Figure:
+  main = main_method(a.cells)
+  if main is None or not has_metric(a.cells, "acc"):
     raise SkipFigure("no quantized cells with accuracy")
-  method = main[0]
+  method = main.label
   families, seeds = a.families(), sorted(a.cells["seed"].unique())
   if len(families) > 1:
     panels = [(f"training setup {f}", f, None) for f in families]
@@ -256,67 +119,55 @@ def fig_by_setup(a: scaling.Analysis, out: epath.Path) -> Figure:
     panels = [(f"training seed {s}", families[0], s) for s in seeds]
   else:
     raise SkipFigure("one training setup and one seed: nothing to compare")
-  fig, axes = _grid(len(panels))
+  fig, axes = panel_grid(len(panels))
   for ax, (title, family, seed) in zip(axes, panels):
     for curve, cells in a.curves(family, method).items():
       k = curve_k(curve)
       cells = cells if seed is None else cells[cells["seed"] == seed]
-      _line(ax, cells, "acc", f"{k}-bit", k_color(k), "--" if k == BASELINE_BITS else "-")
-    _chance(ax, a, "acc")
-    _style_axes(ax, "acc", f"{title}\n{_method_title(a, method)}")
-    _legend(ax)
+      line(ax, cells, "acc", f"{k}-bit", k_color(k), "--" if k == BASELINE_BITS else "-")
+    finish_bits_panel(ax, a, "acc", f"{title}\n{method_title(a, method)}")
   return Figure(
     "acc_vs_bits_by_setup",
     "Accuracy vs total bits per training setup",
     f"The main method ({method}) for each "
     f"{'training family' if len(families) > 1 else 'training seed'}.",
-    _save(fig, out, "acc_vs_bits_by_setup"),
+    save(fig, out, "acc_vs_bits_by_setup"),
   )
 
 
 def _compare_panel(ax, a, metric, groups: dict[str, pd.DataFrame], title: str):
   for i, (label, cells) in enumerate(groups.items()):
-    _line(ax, cells, metric, label, OTHER_COLORS[i % len(OTHER_COLORS)])
-  base = a.cells[(a.cells["k"] == BASELINE_BITS) & (a.cells["family"] == _main_family(a))]
-  _line(ax, base, metric, "16-bit (float)", k_color(BASELINE_BITS), "--")
-  _chance(ax, a, metric)
-  _style_axes(ax, metric, title)
-  _legend(ax)
+    line(ax, cells, metric, label, OTHER_COLORS[i % len(OTHER_COLORS)])
+  base = a.cells[(a.cells["k"] == BASELINE_BITS) & (a.cells["family"] == main_family(a))]
+  line(ax, base, metric, "16-bit (float)", k_color(BASELINE_BITS), "--")
+  finish_bits_panel(ax, a, metric, title)
 
 
-def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Figure:
-  family = _main_family(a)
+def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
+  family = main_family(a)
   q = _plain(a)
   q = q[(q["k"] == k) & (q["family"] == family)]
-  b, main = main_blocksize(a), main_method(a)
+  main = main_method(a.cells)
+  b = main.blocksize if main else None
   by_dtype = {d: c for d, c in q[q["blocksize"] == b].groupby("dtype")}
   dtype_with_most = q.groupby("dtype")["blocksize"].nunique()
   dtype = (
-    main[1]
-    if main and dtype_with_most.get(main[1], 0) > 1
+    main.dtype
+    if main and dtype_with_most.get(main.dtype, 0) > 1
     else (dtype_with_most.idxmax() if len(dtype_with_most) else None)
   )
   blocks = dict(tuple(q[q["dtype"] == dtype].groupby("blocksize"))) if dtype else {}
-  by_block = {
-    f"B={scaling.blocksize_label(bs)}": blocks[bs]
-    for bs in sorted(blocks, key=scaling.blocksize_order)
-  }
+  by_block = {f"B={blocksize_label(bs)}": blocks[bs] for bs in sorted(blocks, key=blocksize_order)}
   panels = [
-    (f"{k}-bit data types, block size {scaling.blocksize_label(b)}", by_dtype),
+    (f"{k}-bit data types, block size {blocksize_label(b)}", by_dtype),
     (f"{k}-bit block sizes, data type {dtype}", by_block),
   ]
   panels = [(t, g) for t, g in panels if len(g) >= 2]
-  metrics = [m for m in scaling.METRICS if _has(q, m)]
+  metrics = [m for m in METRICS if has_metric(q, m)]
   if not panels or not metrics:
     raise SkipFigure(f"fewer than 2 data types and fewer than 2 block sizes at k={k}")
   metrics = sorted(metrics, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(
-    len(metrics),
-    len(panels),
-    figsize=(5.2 * len(panels), 3.8 * len(metrics)),
-    squeeze=False,
-    layout="constrained",
-  )
+  fig, axes = subplots(len(metrics), len(panels), width=5.2, height=3.8)
   for row, metric in enumerate(metrics):
     for col, (title, groups) in enumerate(panels):
       _compare_panel(axes[row][col], a, metric, groups, title)
@@ -325,12 +176,12 @@ def fig_blocksize_dtype(a: scaling.Analysis, out: epath.Path, k: int = 4) -> Fig
     f"Block size and data type at {k} bits",
     "Left: data types at one block size; right: block sizes of one data type. "
     "16-bit baseline dashed.",
-    _save(fig, out, "blocksize_dtype_4bit"),
+    save(fig, out, "blocksize_dtype_4bit"),
   )
 
 
-def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
-  c = a.cells[a.cells["family"] == _main_family(a)]
+def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
+  c = a.cells[a.cells["family"] == main_family(a)]
   proxy = c[(c["outlier_share"] > 0) & (c["k"] != BASELINE_BITS)]
   if proxy.empty:
     raise SkipFigure("no cells with outlier-dependent quantization (outlier_share > 0)")
@@ -338,210 +189,28 @@ def fig_outliers(a: scaling.Analysis, out: epath.Path) -> Figure:
   plain = c[(c["outlier_share"] == 0) & (c["dtype"] == dtype) & (c["blocksize"] == b)]
   proxy = proxy[(proxy["dtype"] == dtype) & (proxy["blocksize"] == b)]
   ks = sorted(k for k in set(proxy["k"]) if k <= 4) or sorted(set(proxy["k"]))[:2]
-  metrics = sorted([m for m in scaling.METRICS if _has(proxy, m)], key=lambda m: m != "acc")
-  fig, axes = _grid(len(metrics), width=5.2, height=3.8)
+  metrics = sorted([m for m in METRICS if has_metric(proxy, m)], key=lambda m: m != "acc")
+  fig, axes = panel_grid(len(metrics), width=5.2, height=3.8)
   for ax, metric in zip(axes, metrics):
     for k in ks:
-      _line(ax, plain[plain["k"] == k], metric, f"{k}-bit plain", k_color(k))
+      line(ax, plain[plain["k"] == k], metric, f"{k}-bit plain", k_color(k))
       for p, cells in proxy[proxy["k"] == k].groupby("outlier_share"):
-        _line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
-    _chance(ax, a, metric)
-    _style_axes(
+        line(ax, cells, metric, f"{k}-bit, outliers p={p:g}", k_color(k), "--", "s")
+    finish_bits_panel(
       ax,
+      a,
       metric,
-      f"outlier-dependent vs plain, data type {dtype}, block size {scaling.blocksize_label(b)}",
+      f"outlier-dependent vs plain, data type {dtype}, block size {blocksize_label(b)}",
     )
-    _legend(ax)
   return Figure(
     "outliers",
     "Outlier-dependent quantization vs plain",
     "Solid: plain; dashed: the p share of hidden units kept in 16 bits.",
-    _save(fig, out, "outliers"),
+    save(fig, out, "outliers"),
   )
 
 
-def fig_fits(a: scaling.Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
-  family = _main_family(a)
-  if main is None:
-    raise SkipFigure("no quantized cells without outliers")
-  method = main[0]
-  metrics = [
-    m
-    for m in scaling.METRICS
-    if any(a.curve_fit(family, method, c, m) for c in a.curves(family, method))
-  ]
-  if not metrics:
-    raise SkipFigure(f"no fitted curve for {method}: " + "; ".join(a.skipped[:2]))
-  metrics = sorted(metrics, key=lambda m: m != "acc")
-  fig, axes = _grid(len(metrics), width=5.6, height=4.2)
-  for ax, metric in zip(axes, metrics):
-    for curve, cells in a.curves(family, method).items():
-      k, fit = curve_k(curve), a.curve_fit(family, method, curve, metric)
-      x, y = _points(cells, metric)
-      ax.plot(x, y, "o", color=k_color(k), ms=4)
-      if fit is None:
-        continue
-      lb = np.log(x) if len(x) else np.zeros(0)
-      grid = np.linspace(lb.min() - 0.3, lb.max() + 0.3, 80) if len(lb) else np.zeros(0)
-      point, low, high = fit.predict_band((grid - fit.data.ctx["x0"])[:, None])
-      ax.plot(
-        np.exp(grid),
-        _y(metric, point),
-        "-" if k != BASELINE_BITS else "--",
-        color=k_color(k),
-        lw=1.5,
-        label=f"{k}-bit {_fit_label(fit)}",
-      )
-      if np.isfinite(low).all():
-        ax.fill_between(
-          np.exp(grid), _y(metric, low), _y(metric, high), color=k_color(k), alpha=0.15, lw=0
-        )
-    _chance(ax, a, metric)
-    _style_axes(
-      ax,
-      metric,
-      f"{'power law' if metric == 'nll' else 'sigmoid'} fits, {_method_title(a, method)}",
-    )
-    _legend(ax)
-  return Figure(
-    "fits",
-    "Fitted curves with bootstrap bands",
-    f"Lines: robust fits per k; bands: {a.level:.0%} bootstrap bands "
-    f"({a.n_boot} replicates); points: measured (mean over seeds).",
-    _save(fig, out, "fits"),
-  )
-
-
-def _fit_label(fit) -> str:
-  p = fit.params
-  return f"(α={p['alpha']:.2f})" if "alpha" in p else f"(hi={p['hi']:.2f})"
-
-
-def fig_bit_optimal(a: scaling.Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
-  family = _main_family(a)
-  tables = {m: a.bit_optimal.get((family, main[0], m)) for m in scaling.METRICS} if main else {}
-  tables = {m: t for m, t in tables.items() if t is not None}
-  if not tables:
-    raise SkipFigure("no bit-optimal comparison (needs >= 2 bit widths with data)")
-  metrics = sorted(tables, key=lambda m: m != "acc")
-  fig, axes = plt.subplots(
-    2,
-    len(metrics),
-    figsize=(5.4 * len(metrics), 6.2),
-    squeeze=False,
-    sharex="col",
-    gridspec_kw={"height_ratios": [2, 1]},
-    layout="constrained",
-  )
-  ks = sorted(
-    {curve_k(c) for t in tables.values() for c in t["best_interp"].dropna()}
-    | {curve_k(c) for t in tables.values() for c in t["best_fit"].dropna()}
-  ) or [4]
-  for col, metric in enumerate(metrics):
-    t, top, bottom = tables[metric], axes[0][col], axes[1][col]
-    for source, style, marker, offset in (("interp", "-", "o", -0.06), ("fit", "--", "s", 0.06)):
-      best = t[f"best_{source}"]
-      ok = best.notna()
-      if not ok.any():
-        continue
-      k_won = [curve_k(c) for c in best[ok]]
-      y = [ks.index(k) + offset for k in k_won]  # categorical rows, one per k
-      top.step(
-        t["budget_bits"][ok],
-        y,
-        style,
-        where="mid",
-        color="#444444",
-        lw=1,
-        label=f"by {'interpolation' if source == 'interp' else 'fitted curves'}",
-      )
-      top.scatter(
-        t["budget_bits"][ok], y, c=[k_color(k) for k in k_won], marker=marker, s=36, zorder=3
-      )
-      bottom.plot(
-        t["budget_bits"][ok],
-        t[f"share_{source}"][ok],
-        style,
-        marker=marker,
-        color="#444444",
-        ms=4,
-        label=source,
-      )
-    top.set_ylim(-0.5, len(ks) - 0.5)
-    top.set_yticks(range(len(ks)), [f"{k}-bit" for k in ks])
-    top.set_xscale("log")
-    top.set_ylabel("bit-optimal k")
-    top.set_title(
-      f"best k per budget by {METRIC_LABEL[metric].split(' (')[0]}\n{_method_title(a, main[0])}",
-      fontsize=10,
-    )
-    top.grid(True, which="both", alpha=0.25)
-    _legend(top)
-    bottom.set_xscale("log")
-    bottom.set_ylim(0, 1.05)
-    bottom.set_ylabel("bootstrap share\nwinning")
-    bottom.set_xlabel(BITS_LABEL)
-    bottom.grid(True, which="both", alpha=0.25)
-  return Figure(
-    "bit_optimal",
-    "Bit-optimal precision per budget",
-    "Top: the k with the best metric at each total-bits budget (marker colour = k); "
-    "bottom: share of bootstrap replicates in which that k wins.",
-    _save(fig, out, "bit_optimal"),
-  )
-
-
-def fig_precision_law(a: scaling.Analysis, out: epath.Path) -> Figure:
-  main = main_method(a)
-  if main is None or not any((main[0], f) in a.joint_fits for f in ("ptq", "neff")):
-    raise SkipFigure(
-      "no precision-law fit for the main method: "
-      + "; ".join(s for s in a.skipped if "precision law" in s)[:300]
-    )
-  method = main[0]
-  forms = [f for f in ("ptq", "neff") if (method, f) in a.joint_fits]
-  fig, axes = _grid(len(forms), width=5.6, height=4.2)
-  for ax, form in zip(axes, forms):
-    fit = a.joint_fits[(method, form)]
-    x, ctx = fit.data.x, fit.data.ctx
-    family = 0
-    for k in sorted(set(x[:, 2].astype(int))):
-      rows = (x[:, 2] == k) & (x[:, 3] == family)
-      if not rows.any():
-        continue
-      n = np.exp(x[rows, 0] + ctx["lnN0"])
-      ax.plot(n, np.exp(fit.data.y[rows]), "o", color=k_color(k), ms=4)
-      grid_n = np.geomspace(n.min() / 1.5, n.max() * 1.5, 60)
-      d = np.full(60, x[rows, 1].mean())
-      xg = np.stack([np.log(grid_n) - ctx["lnN0"], d, np.full(60, k), np.zeros(60)], axis=1)
-      ax.plot(
-        grid_n,
-        np.exp(fit.predict(xg)),
-        "-" if k != BASELINE_BITS else "--",
-        color=k_color(k),
-        label=f"{k}-bit",
-      )
-    ax.set_xscale("log")
-    _log_perplexity_axis(ax)
-    ax.set_xlabel("non-embedding parameters N (log scale)")
-    ax.set_ylabel(METRIC_LABEL["nll"])
-    shown = ", ".join(
-      f"{p}={v:.3g}" for p, v in fit.params.items() if p.startswith(("alpha", "gamma"))
-    )
-    ax.set_title(f"{form} law ({shown})\n{_method_title(a, method)}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.25)
-    _legend(ax)
-  return Figure(
-    "precision_law",
-    "Precision-aware laws (joint over k)",
-    "Points: measured; lines: one joint fit over all k (first training family).",
-    _save(fig, out, "precision_law"),
-  )
-
-
-FIGURES: tuple[Callable[[scaling.Analysis, epath.Path], Figure], ...] = (
+FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
   fig_acc_vs_bits,
   fig_by_setup,
   fig_blocksize_dtype,
@@ -553,23 +222,6 @@ FIGURES: tuple[Callable[[scaling.Analysis, epath.Path], Figure], ...] = (
 )
 
 
-def render(
-  makers: Sequence[Callable[[Any, epath.Path], Figure]], data: Any, out_dir: str
-) -> tuple[list[Figure], list[str]]:
-  """Runs each `fig_*` maker on `data`; `notes` names the skipped figures and why."""
-  out = epath.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  figures, notes = [], []
-  for make in makers:
-    try:
-      figures.append(make(data, out))
-    except SkipFigure as e:
-      notes.append(f"figure {make.__name__.removeprefix('fig_')} skipped: {e}")
-    finally:
-      plt.close("all")
-  return figures, notes
-
-
-def make_figures(a: scaling.Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
+def make_figures(a: Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
   """Every figure the analysis allows; `notes` names the skipped ones and why."""
-  return render(FIGURES, a, out_dir)
+  return plot_style.render(FIGURES, a, out_dir)

@@ -1,13 +1,13 @@
-"""Figures of the grid's extra axes (scaling_axes.py): probes, activation bits, tokens.
+"""Figures of the grid's extra axes (extra_axes.py): probes, activation bits, tokens.
 
-    figures, notes = plots_axes.make_figures(cells, out_dir)   # cells: load_all_cells
+    figures, notes = plots_axes.make_figures(cells, out_dir)   # cells: extra_axes.axes_cells
 
   probe_bits    bits recovered by the k-bit probes (summed over k) against non-embedding
                 parameters, one curve per weight precision, one panel per training budget
   act_bits      perplexity per weight bits (rows) x activation bits (columns), per model
   ptq_penalty   PTQ penalty (nll of k-bit - nll of 16-bit) against training tokens per
                 parameter D/N, one colour per k, one line style per size
-A figure whose data is missing is skipped and named in `notes`, as in plots.py.
+A figure whose data is missing is skipped and named in `notes` (plot_style.render).
 """
 
 from __future__ import annotations
@@ -18,47 +18,57 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import plots, scaling, scaling_axes
-from kbit_jax.analysis.plots import Figure, SkipFigure, _grid, _legend, _save, k_color
+from kbit_jax.analysis import extra_axes, plot_style
+from kbit_jax.analysis.cells import tokens_label
+from kbit_jax.analysis.plot_style import (
+  Figure,
+  SkipFigure,
+  k_color,
+  legend,
+  log_x_axes,
+  panel_grid,
+  save,
+)
 
 STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")
 
 
 def fig_probe_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  table = scaling_axes.probe_table(cells)
+  table = extra_axes.probe_table(cells)
   if table.empty or "bits total" not in table:
     raise SkipFigure("no cell has k-bit probe metrics (eval.probes)")
   budgets = sorted(table.index.get_level_values("tokens").unique())
-  fig, axes = _grid(len(budgets), width=5.0, height=3.8)
-  offered = float(sum(int(c.rsplit("k", 1)[1]) for c in scaling_axes.probe_columns(cells)))
+  fig, axes = panel_grid(len(budgets), width=5.0, height=3.8)
+  offered = float(sum(int(c.rsplit("k", 1)[1]) for c in extra_axes.probe_columns(cells)))
   for ax, tokens in zip(axes, budgets):
     part = table.xs(tokens, level="tokens").reset_index()
     for k in sorted(part["k"].unique()):
       rows = part[part["k"] == k].sort_values("n")
       ax.plot(rows["n"], rows["bits total"], "-o", color=k_color(k), label=f"{k}-bit", ms=4)
     ax.axhline(offered, color="#999999", ls=":", lw=1, label=f"offered ({offered:g} bits)")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N (log scale)")
-    ax.set_ylabel("recovered bits, summed over probes")
-    ax.set_title(scaling.tokens_label(tokens), fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    _legend(ax)
+    log_x_axes(
+      ax,
+      "non-embedding parameters N (log scale)",
+      "recovered bits, summed over probes",
+      tokens_label(tokens),
+    )
+    legend(ax)
   return Figure(
     "probe_bits",
     "Recovered bits of the k-bit probes vs parameters",
     "Information recovered, sum over the probes of max(0, k - H(answer | model)) "
     "in bits, weights-only cells of the main method; one curve per weight "
     "precision.",
-    _save(fig, out, "probe_bits"),
+    save(fig, out, "probe_bits"),
   )
 
 
 def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  tables = scaling_axes.act_tables(cells, "nll")
+  tables = extra_axes.act_tables(cells, "nll")
   if not tables:
     raise SkipFigure("no cell has activation bits < 16 (grid.act_bits)")
-  fig, axes = _grid(len(tables), width=3.6, height=3.0)
+  fig, axes = panel_grid(len(tables), width=3.6, height=3.0)
   for ax, (name, table) in zip(axes, tables.items()):
     ppl = np.exp(table.to_numpy(float))
     ax.imshow(np.log(ppl), cmap="viridis_r", aspect="auto")
@@ -75,17 +85,17 @@ def fig_act_bits(cells: pd.DataFrame, out: epath.Path) -> Figure:
     "Weight bits x activation bits (perplexity)",
     "Validation perplexity per weight precision k (rows) and matmul-input "
     "precision a (columns), main method, per trained model.",
-    _save(fig, out, "act_bits"),
+    save(fig, out, "act_bits"),
   )
 
 
 def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
-  penalty = scaling_axes.ptq_penalty(cells)
+  penalty = extra_axes.ptq_penalty(cells)
   if penalty.empty or penalty["tokens"].nunique() < 2:
     raise SkipFigure(
       "needs quantized and 16-bit cells at >= 2 training-token budgets (grid.tokens)"
     )
-  fig, axes = _grid(1, width=5.6, height=4.2)
+  fig, axes = panel_grid(1, width=5.6, height=4.2)
   ax = axes[0]
   presets = list(penalty.sort_values("n")["preset"].unique())
   for k in sorted(penalty["k"].unique()):
@@ -102,17 +112,18 @@ def fig_ptq_penalty(cells: pd.DataFrame, out: epath.Path) -> Figure:
         label=f"{k}-bit {preset}",
       )
   ax.axhline(0, color="#999999", lw=0.8)
-  ax.set_xscale("log")
-  ax.set_xlabel("training tokens per non-embedding parameter D/N (log scale)")
-  ax.set_ylabel("PTQ penalty: nll(k-bit) - nll(16-bit) [nats]")
-  ax.grid(True, which="both", alpha=0.25)
-  _legend(ax)
+  log_x_axes(
+    ax,
+    "training tokens per non-embedding parameter D/N (log scale)",
+    "PTQ penalty: nll(k-bit) - nll(16-bit) [nats]",
+  )
+  legend(ax)
   return Figure(
     "ptq_penalty",
     "PTQ penalty vs training tokens",
     "Post-training-quantization penalty at fixed N as the training budget D "
     "grows (main method, weights only).",
-    _save(fig, out, "ptq_penalty"),
+    save(fig, out, "ptq_penalty"),
   )
 
 
@@ -125,4 +136,4 @@ FIGURES: tuple[Callable[[pd.DataFrame, epath.Path], Figure], ...] = (
 
 def make_figures(cells: pd.DataFrame, out_dir: str) -> tuple[list[Figure], list[str]]:
   """The probe, activation-bits and PTQ-penalty figures the cells allow."""
-  return plots.render(FIGURES, cells, out_dir)
+  return plot_style.render(FIGURES, cells, out_dir)

@@ -2,60 +2,38 @@
 precision per budget, extrapolation errors and provenance, as `report.md` + `report.html`.
 
     kbit report --results W/results --out W/report     # -> stage.report(results_dir, out_dir)
+    paths = report.write(analysis, out_dir, all_cells=all_cells)   # report.md, .html
 
 The report is built as a list of blocks (heading, paragraph, list, table, image) that
-render to Markdown and to a self-contained-enough HTML page (figures are linked PNGs
-next to it). Whatever cannot be computed (no records, a fit the data cannot identify, a
-figure without data) becomes a line in the report instead of an error.
+render.py writes as Markdown and as an HTML page; report_axes.py adds the tables of the
+grid's extra axes. Whatever cannot be computed (no records, a fit the data cannot
+identify, a figure without data) becomes a line in the report instead of an error.
 """
 
 from __future__ import annotations
 
-import html
-import math
-import re
 from typing import Any, Sequence
 
-import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import plots, plots_axes, scaling, scaling_axes
-from kbit_jax.analysis.scaling import BASELINE_METHOD
+from kbit_jax.analysis import plots, plots_axes, report_axes, tables
+from kbit_jax.analysis.analyse import Analysis
+from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, main_method
+from kbit_jax.analysis.plot_style import Figure
+from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown, with_ci
 
 MAX_LIST = 30  # longest list of skipped fits / issues shown in full
-# ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", src, alt)
-Block = tuple
-
-
-def num(v: Any, digits: int = 3) -> str:
-  """3 significant digits; scientific outside [1e-3, 1e5); '-' for missing."""
-  if v is None or (isinstance(v, float) and not math.isfinite(v)):
-    return "-"
-  if isinstance(v, (int, np.integer)):
-    return f"{int(v):,}"
-  v = float(v)
-  if v != 0 and not 1e-3 <= abs(v) < 1e5:
-    return f"{v:.{digits - 1}e}"
-  return f"{v:.{digits}g}"
-
-
-def with_ci(value: float, ci: tuple[float, float] | None) -> str:
-  return num(value) + (f" [{num(ci[0])}, {num(ci[1])}]" if ci else "")
 
 
 def _label(v: Any) -> str:
   return v if isinstance(v, str) else "-"
 
 
-def _share(v: Any) -> str:
-  return "-" if v is None or not np.isfinite(v) else f"{v:.0%}"
-
-
 # ----------------------------------------------------------------------------- sections
 
 
-def provenance_blocks(a: scaling.Analysis) -> list[Block]:
-  p = scaling.provenance(a)
+def provenance_blocks(a: Analysis) -> list[Block]:
+  p = tables.provenance(a)
   rows = [
     ("results", f"`{p['results_dir'] or '(in memory)'}`"),
     ("cells analysed", num(p["cells"])),
@@ -91,19 +69,13 @@ def provenance_blocks(a: scaling.Analysis) -> list[Block]:
     )
     if p["presets"] and c in p["presets"][0]
   ]
-  preset_rows = [[_cell(r[c]) for c in preset_cols] for r in p["presets"]]
+  preset_rows = [[cell_text(r[c]) for c in preset_cols] for r in p["presets"]]
   return [
     ("h", 2, "Provenance"),
     ("table", ["", "value"], rows),
     ("p", "Training setup per preset (from the records):"),
     ("table", preset_cols, preset_rows),
   ]
-
-
-def _cell(v: Any) -> str:
-  if isinstance(v, (list, tuple)):
-    return ", ".join(_cell(x) for x in v)
-  return num(v) if isinstance(v, (int, float, np.integer, np.floating)) else str(v)
 
 
 def _limited(items: Sequence[str]) -> list[str]:
@@ -114,7 +86,7 @@ def _limited(items: Sequence[str]) -> list[str]:
 
 
 def figure_blocks(
-  figures: Sequence[plots.Figure], notes: Sequence[str], out_dir: epath.Path
+  figures: Sequence[Figure], notes: Sequence[str], out_dir: epath.Path
 ) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Figures")]
   for f in figures:
@@ -130,7 +102,7 @@ def figure_blocks(
   return blocks
 
 
-def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
+def bit_optimal_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Bit-optimal precision per total-bits budget")]
   if not a.bit_optimal:
     return blocks + [("p", "No comparison could be made (it needs >= 2 bit widths with data).")]
@@ -144,10 +116,10 @@ def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
       "k wins again.",
     )
   )
-  main = plots.main_method(a)
+  main = main_method(a.cells)
   family = a.families()[0]
-  for metric in scaling.METRICS:
-    t = a.bit_optimal.get((family, main[0], metric)) if main else None
+  for metric in METRICS:
+    t = a.bit_optimal.get((family, main.label, metric)) if main else None
     if t is None:
       continue
     rows = [
@@ -156,14 +128,14 @@ def bit_optimal_blocks(a: scaling.Analysis) -> list[Block]:
         f"{r.budget_bits / 8 / 2**20:.3g}",
         str(r.candidates),
         _label(r.best_interp),
-        _share(r.share_interp),
+        percent(r.share_interp),
         _label(r.best_fit),
-        _share(r.share_fit),
+        percent(r.share_fit),
       ]
       for r in t.itertuples()
     ]
     blocks += [
-      ("h", 3, f"{main[0]}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
+      ("h", 3, f"{main.label}, by {'perplexity' if metric == 'nll' else 'accuracy'} ({family})"),
       (
         "table",
         [
@@ -214,7 +186,7 @@ def _bound(fit) -> str:
 CURVE_PARAMS = {"nll": ("alpha", "E", "a"), "acc": ("hi", "s", "m_bits", "lo")}
 
 
-def fit_blocks(a: scaling.Analysis) -> list[Block]:
+def fit_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Fitted curves per k")]
   if not a.curve_fits:
     return blocks + [("p", "No curve could be fitted; see 'Skipped fits'.")]
@@ -258,7 +230,7 @@ def fit_blocks(a: scaling.Analysis) -> list[Block]:
   return blocks
 
 
-def joint_blocks(a: scaling.Analysis) -> list[Block]:
+def joint_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Precision-aware laws (joint over k, Kumar et al. style)")]
   blocks.append(
     (
@@ -289,9 +261,9 @@ def joint_blocks(a: scaling.Analysis) -> list[Block]:
   ]
 
 
-def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
+def extrapolation_blocks(a: Analysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Extrapolation: leave the largest size out")]
-  t = scaling.extrapolation_table(a)
+  t = tables.extrapolation_table(a)
   if t.empty:
     return blocks + [("p", "No fit to check.")]
   blocks.append(
@@ -315,14 +287,15 @@ def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
         "table",
         ["form", "metric", "fits", "median |error|", "max |error|", "median perplexity rel. error"],
         [
-          [f, m, str(int(r.fits)), num(r.median_abs), num(r.max_abs), _share(r.median_ppl_rel)]
+          [f, m, str(int(r.fits)), num(r.median_abs), num(r.max_abs), percent(r.median_ppl_rel)]
           for (f, m), r in summary.iterrows()
         ],
       )
     )
-    main = plots.main_method(a)
+    main = main_method(a.cells)
     shown = done[
-      done["method"].isin([main[0] if main else "", BASELINE_METHOD]) | (done["curve"] == "all k")
+      done["method"].isin([main.label if main else "", BASELINE_METHOD])
+      | (done["curve"] == "all k")
     ]
     blocks.append(
       (
@@ -346,7 +319,7 @@ def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
             r.heldout,
             str(r.cells),
             num(r.mean_error),
-            _share(r.ppl_rel_error),
+            percent(r.ppl_rel_error),
           ]
           for r in shown.itertuples()
         ],
@@ -358,69 +331,21 @@ def extrapolation_blocks(a: scaling.Analysis) -> list[Block]:
   return blocks
 
 
-def _frame_table(table, digits: int = 3) -> Block:
-  """A DataFrame (MultiIndex rows) as a table block."""
-  names = [str(n) for n in table.index.names]
-  header = tuple(names + [str(c) for c in table.columns])
-  rows = [
-    tuple(_cell(v) for v in (i if isinstance(i, tuple) else (i,)))
-    + tuple(num(v, digits) for v in r)
-    for i, r in zip(table.index, table.to_numpy())
-  ]
-  return ("table", header, rows)
-
-
 def axes_blocks(
-  cells, figures: Sequence[plots.Figure], notes: Sequence[str], out_dir: epath.Path
+  cells, figures: Sequence[Figure], notes: Sequence[str], out_dir: epath.Path
 ) -> list[Block]:
-  """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (scaling_axes)."""
+  """Probes, weight x activation bits, N-D fits and the PTQ penalty vs D (extra_axes)."""
   if cells is None or cells.empty:
     return []
   blocks: list[Block] = [("h", 2, "Probes, activation bits and training tokens")]
   blocks += figure_blocks(figures, notes, out_dir)[1:]
-  probe = scaling_axes.probe_table(cells)
-  if not probe.empty:
-    blocks += [
-      ("h", 3, "k-bit probes: recovered bits (clipped at 0) per weight precision"),
-      _frame_table(probe),
-    ]
-    probe_fits = scaling_axes.probe_fits(cells)
-    if not probe_fits.empty:
-      blocks += [
-        ("h", 3, "Recovered bits = a + b ln x, least squares over sizes"),
-        _frame_table(probe_fits.set_index(["tokens", "k", "x"])),
-      ]
-  for metric, what, digits in (("nll", "ln perplexity", 5), ("acc", "mean zero-shot accuracy", 3)):
-    for name, table in scaling_axes.act_tables(cells, metric).items():
-      blocks += [
-        ("h", 3, f"{name}: {what}, weight bits (rows) x activation bits"),
-        _frame_table(table, digits),
-      ]
-  fits = scaling_axes.nd_fits(cells)
-  if fits:
-    blocks += [
-      ("h", 3, "Performance = a N^b D^c (16-bit cells, log-linear least squares)"),
-      (
-        "table",
-        ("metric", "a", "b (N)", "c (D)", "R^2", "points"),
-        [
-          (f["metric"], num(f["a"]), num(f["b"]), num(f["c"]), num(f["r2"]), num(f["points"]))
-          for f in fits.values()
-        ],
-      ),
-    ]
-  penalty = scaling_axes.penalty_table(scaling_axes.ptq_penalty(cells))
-  if not penalty.empty and penalty.shape[1] > 2:
-    blocks += [
-      ("h", 3, "PTQ penalty nll(k) - nll(16) [nats] per training tokens D"),
-      _frame_table(penalty),
-    ]
+  blocks += report_axes.table_blocks(cells)
   return blocks if len(blocks) > 1 else []
 
 
 def report_blocks(
-  a: scaling.Analysis | None,
-  figures: Sequence[plots.Figure],
+  a: Analysis | None,
+  figures: Sequence[Figure],
   notes: Sequence[str],
   out_dir: epath.Path,
   error: str = "",
@@ -447,83 +372,16 @@ def report_blocks(
   return blocks + provenance_blocks(a)
 
 
-# ----------------------------------------------------------------------------- rendering
-
-
-def _md_cell(text: str) -> str:
-  return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(blocks: Sequence[Block]) -> str:
-  out = []
-  for b in blocks:
-    if b[0] == "h":
-      out.append("#" * b[1] + " " + b[2])
-    elif b[0] == "p":
-      out.append(b[1])
-    elif b[0] == "ul":
-      out.append("\n".join(f"- {item}" for item in b[1]))
-    elif b[0] == "table":
-      header, rows = b[1], b[2]
-      lines = [
-        "| " + " | ".join(map(_md_cell, header)) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-      ]
-      lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
-      out.append("\n".join(lines))
-    elif b[0] == "img":
-      out.append(f"![{b[2]}]({b[1]})")
-  return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-  """Escapes text; `code` and [label](href) become tags."""
-  text = html.escape(str(text))
-  text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-  return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
-
-
-CSS = (
-  "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-  "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
-  "img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 3px}"
-)
-
-
-def to_html(blocks: Sequence[Block]) -> str:
-  out = [
-    "<!DOCTYPE html>",
-    "<html><head><meta charset='utf-8'>",
-    "<title>k-bit inference scaling report</title>",
-    f"<style>{CSS}</style></head><body>",
-  ]
-  for b in blocks:
-    if b[0] == "h":
-      out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
-    elif b[0] == "p":
-      out.append(f"<p>{_inline(b[1])}</p>")
-    elif b[0] == "ul":
-      out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
-    elif b[0] == "table":
-      head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-      body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
-      out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-    elif b[0] == "img":
-      out.append(f"<p><img src='{html.escape(b[1])}' alt='{html.escape(b[2])}'></p>")
-  return "\n".join(out + ["</body></html>"]) + "\n"
-
-
-def render(
-  a: scaling.Analysis | None,
+def write(
+  a: Analysis | None,
   out_dir: str,
   error: str = "",
-  figures: Sequence[plots.Figure] | None = None,
+  figures: Sequence[Figure] | None = None,
   notes: Sequence[str] = (),
   all_cells=None,
 ) -> dict[str, epath.Path]:
   """Writes report.md and report.html (and the figures, unless given) to `out_dir`;
-  `all_cells` (scaling_axes.load_all_cells) adds the probes / act bits / tokens section."""
+  `all_cells` (extra_axes.axes_cells) adds the probes / act bits / tokens section."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   if figures is None:

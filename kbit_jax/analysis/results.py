@@ -11,7 +11,7 @@ temporary file in the same directory that is then renamed: a reader, or a rerun 
 `kill -9`, sees either the whole record or none. Paths go through etils.epath, so
 `results_dir` may be local or `gs://...`.
 
-`load` flattens nested dicts into columns joined by "/": the fields of the groups
+`load` flattens nested dicts into columns joined by "/" (`frame`): the fields of the groups
 `key`, `model`, `bits` and `metrics` become bare columns (`preset`, `bits`, `dtype`,
 `params`, `total_bits`, `mean/acc`, `lambada/acc_stderr`, `ppl/validation/perplexity`,
 ...), other groups keep their name (`time/eval_s`, `compiles/cell`).
@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from etils import epath
@@ -98,27 +98,36 @@ def load_records(results_dir: str | epath.Path) -> list[dict[str, Any]]:
   return [read(directory / f"{i}{SUFFIX}") for i in sorted(finished_ids(directory))]
 
 
-def flatten(record: dict[str, Any]) -> dict[str, Any]:
-  """One DataFrame row: BARE_GROUPS' fields bare, other nested keys joined by '/'."""
-  row: dict[str, Any] = {}
+def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+  """`records` as a DataFrame, one row each: nested dicts flattened into columns joined
+  by "/" (pandas.json_normalize), BARE_GROUPS' fields without their group's name (a
+  field in two of them holds the later group's value). Columns: the bare fields group by
+  group, then the other groups by name; within a group in the order the records give."""
+  rows, rank = [], {}
+  for record in records:
+    row = {}
+    for i, group in enumerate(BARE_GROUPS):
+      fields = record.get(group, {})
+      row.update(fields)
+      rank.update({f: (0, i) for f in fields if f not in rank})
+    for group in sorted(set(record) - set(BARE_GROUPS)):
+      row[group] = record[group]
+      rank[group] = (1, group)
+    rows.append(row)
+  df = pd.json_normalize(rows, sep="/")
+  return df[sorted(df.columns, key=lambda c: rank[_top_level(c, rank)])]
 
-  def put(prefix: str, value: Any):
-    if isinstance(value, dict):
-      for k, v in value.items():
-        put(f"{prefix}/{k}" if prefix else str(k), v)
-    else:
-      row[prefix] = value
 
-  for group in sorted(
-    record, key=lambda g: (g not in BARE_GROUPS, BARE_GROUPS.index(g) if g in BARE_GROUPS else 0, g)
-  ):
-    put("" if group in BARE_GROUPS else group, record[group])
-  return row
+def _top_level(column: str, names: dict[str, Any]) -> str:
+  """The row's name a flattened column comes from (a name may itself hold "/")."""
+  while column not in names:
+    column = column.rpartition("/")[0]
+  return column
 
 
 def load(results_dir: str | epath.Path) -> pd.DataFrame:
-  """All records of `results_dir` as a DataFrame, one row per cell."""
-  return pd.DataFrame([flatten(r) for r in load_records(results_dir)])
+  """All records of `results_dir` as a DataFrame (`frame`), one row per cell."""
+  return frame(load_records(results_dir))
 
 
 def pivot(df: pd.DataFrame, value: str, blocksize: int = 64) -> pd.DataFrame:

@@ -3,8 +3,9 @@
     stage.fit(results_dir, out_dir)       # fits and tables (fits.json, *.csv)
     stage.report(results_dir, out_dir)    # the same, plus figures and report.md / .html
 
-Both read the store once, analyse the weights-only cells (scaling.analyse) and the extra
-axes (probes, activation bits, training tokens: scaling_axes), and write the tables.
+Both read the store once (cells.load_store), analyse its weights-only cells
+(cells.check_cells, analyse.analyse) and its extra axes (probes, activation bits, training
+tokens: extra_axes), and write the tables.
 """
 
 from __future__ import annotations
@@ -13,29 +14,31 @@ from typing import Any
 
 from etils import epath
 
+from kbit_jax.analysis import analyse, extra_axes, tables
 from kbit_jax.analysis import report as report_lib
-from kbit_jax.analysis import scaling, scaling_axes
+from kbit_jax.analysis.cells import check_cells, load_store
 
 
 def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
-  cells, issues = scaling.load_cells(results_dir)
-  a = scaling.analyse(cells, issues, n_boot=n_boot, level=level, seed=seed)
-  return a, scaling_axes.load_all_cells(results_dir)
+  store = load_store(results_dir)
+  checked, issues = check_cells(store)
+  a = analyse.analyse(checked, issues, n_boot=n_boot, level=level, seed=seed)
+  return a, extra_axes.axes_cells(store)
 
 
-def _write_tables(a: scaling.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
-  return {**scaling.write_tables(a, out_dir), **scaling_axes.write_tables(all_cells, out_dir)}
+def _write_tables(a: analyse.Analysis, all_cells, out_dir: str) -> dict[str, Any]:
+  return {**tables.write_tables(a, out_dir), **extra_axes.write_tables(all_cells, out_dir)}
 
 
 def fit(
   results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> scaling.Analysis:
+) -> analyse.Analysis:
   """`kbit fit`: fits every form the store allows; writes the tables, and those of the
   probes, activation bits and N-D axes."""
   a, all_cells = _analyse(results_dir, n_boot, level, seed)
   paths = _write_tables(a, all_cells, out_dir)
-  print(scaling.summary(a))
-  print(scaling_axes.summary(all_cells))
+  print(tables.summary(a))
+  print(extra_axes.summary(all_cells))
   print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
   return a
 
@@ -47,11 +50,11 @@ def report(
   try:
     a, all_cells = _analyse(results_dir, n_boot, level, seed)
   except (ValueError, FileNotFoundError) as e:
-    paths = report_lib.render(None, out_dir, error=str(e))
+    paths = report_lib.write(None, out_dir, error=str(e))
     print(f"report: no analysis ({e}); wrote {paths['md']}")
     return paths
   _write_tables(a, all_cells, out_dir)
-  paths = report_lib.render(a, out_dir, all_cells=all_cells)
-  print(scaling.summary(a))
+  paths = report_lib.write(a, out_dir, all_cells=all_cells)
+  print(tables.summary(a))
   print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths

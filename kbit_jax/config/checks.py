@@ -48,7 +48,7 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
   """Checks everything that does not need the devices. Raises ValueError."""
   _check_keys(config, defaults.base_config())
   p, name = _model(config, arch)
-  if p.d_model % p.num_heads:
+  if p.d_model % p.num_heads and not p.head_width:  # an explicit head width needs none
     raise ValueError(f"{name}: num_heads={p.num_heads} does not divide d_model={p.d_model}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; allowed: {DTYPES}")

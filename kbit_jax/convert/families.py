@@ -1,4 +1,7 @@
-"""The Hugging Face families of the k-bit study: config.json -> Preset, tensors -> params.
+"""The Hugging Face families: config.json -> Preset, tensors -> params. The k-bit study's
+(GPT-2, GPT-NeoX/Pythia, OPT, BLOOM) are here; the Llama-architecture ones (llama,
+mistral, qwen2, qwen3, gemma) in llama.py; `FAMILIES` has them all (rules.py: the parts
+they share).
 
 A family knows three things about its checkpoints: how config.json names the
 architecture (`preset_from_config`), which tensors the checkpoint holds and their shapes
@@ -16,81 +19,31 @@ OPT has separate q/k/v Linear layers.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from kbit_jax.convert import llama
+from kbit_jax.convert.rules import (
+  HEAD,
+  Family,
+  Path,
+  Rule,
+  Transform,
+  config_activation,
+  config_value,
+  is_ignored,
+  linear,
+  require,
+  same,
+  untied_head,
+)
 from kbit_jax.model.presets import Preset
 
-Path = tuple[str, ...]  # a parameter's path in our params tree
-Transform = Callable[[np.ndarray], np.ndarray]
-_REQUIRED = object()
-# HF activation name -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh are all the tanh
-# approximation of GELU (BLOOM's bloom_gelu is too); "gelu" is the exact erf form.
-ACTIVATIONS = {
-  "gelu": "gelu",
-  "gelu_new": "gelu_tanh",
-  "gelu_fast": "gelu_tanh",
-  "gelu_pytorch_tanh": "gelu_tanh",
-  "relu": "relu",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """One checkpoint tensor (name without the family's prefix, torch shape) and the
-  parameters it becomes, each through a transform of the stored array."""
-
-  source: str
-  shape: tuple[int, ...]
-  targets: tuple[tuple[Path, Transform], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-  name: str  # config.json model_type
-  architecture: str  # config.json architectures[0]
-  prefixes: tuple[str, ...]  # where the base model's tensors may live
-  heads: tuple[str, ...]  # names of the output matrix (never prefixed); the
-  # first is the hub's, later ones what other tools write
-  ignored: str  # regex: buffers some checkpoints store (masks, ...)
-  preset_from_config: Callable[[dict[str, Any]], Preset]
-  rules: Callable[[Preset], list[Rule]]
+__all__ = ["FAMILIES", "Family", "Rule", "family_of", "is_ignored"]
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def _get(cfg: dict[str, Any], *keys: str, default: Any = _REQUIRED) -> Any:
-  """The value of the first of `keys` present in config.json (HF renamed some keys)."""
-  for key in keys:
-    if key in cfg and cfg[key] is not None:
-      return cfg[key]
-  if default is _REQUIRED:
-    raise ValueError(
-      f"config.json has no {' / '.join(map(repr, keys))}; the "
-      f"{cfg.get('model_type')!r} family needs it"
-    )
-  return default
-
-
-def _require(cfg: dict[str, Any], key: str, supported: Any, default: Any) -> None:
-  value = cfg.get(key, default)
-  if value is None:
-    value = default
-  if value != supported:
-    raise ValueError(f"config.json {key}={value!r} is not supported; supported: {supported!r}")
-
-
-def _activation(cfg: dict[str, Any], *keys: str) -> str:
-  name = _get(cfg, *keys)
-  if name not in ACTIVATIONS:
-    raise ValueError(
-      f"config.json {keys[0]}={name!r} is not supported; allowed: {sorted(ACTIVATIONS)}"
-    )
-  return ACTIVATIONS[name]
 
 
 def _checked(p: Preset) -> Preset:
@@ -102,22 +55,22 @@ def _checked(p: Preset) -> Preset:
 
 
 def gpt2_preset(cfg: dict[str, Any]) -> Preset:
-  _require(cfg, "scale_attn_weights", True, True)
-  _require(cfg, "scale_attn_by_inverse_layer_idx", False, False)
-  _require(cfg, "add_cross_attention", False, False)
-  d = _get(cfg, "n_embd", "hidden_size")
+  require(cfg, "scale_attn_weights", True, True)
+  require(cfg, "scale_attn_by_inverse_layer_idx", False, False)
+  require(cfg, "add_cross_attention", False, False)
+  d = config_value(cfg, "n_embd", "hidden_size")
   return _checked(
     Preset(
-      num_layers=_get(cfg, "n_layer", "num_hidden_layers"),
+      num_layers=config_value(cfg, "n_layer", "num_hidden_layers"),
       d_model=d,
-      num_heads=_get(cfg, "n_head", "num_attention_heads"),
-      d_ff=_get(cfg, "n_inner", default=4 * d),
-      vocab_size=_get(cfg, "vocab_size"),
-      max_len=_get(cfg, "n_positions", "max_position_embeddings"),
+      num_heads=config_value(cfg, "n_head", "num_attention_heads"),
+      d_ff=config_value(cfg, "n_inner", default=4 * d),
+      vocab_size=config_value(cfg, "vocab_size"),
+      max_len=config_value(cfg, "n_positions", "max_position_embeddings"),
       positions="learned",
-      tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
-      activation=_activation(cfg, "activation_function"),
-      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5)),
+      tie_embeddings=config_value(cfg, "tie_word_embeddings", default=True),
+      activation=config_activation(cfg, "activation_function"),
+      norm_eps=float(config_value(cfg, "layer_norm_epsilon", default=1e-5)),
     )
   )
 
@@ -131,46 +84,50 @@ def gpt_neox_preset(cfg: dict[str, Any]) -> Preset:
       f"config.json rope scaling {rope or cfg.get('rope_scaling')!r} is not "
       "supported; supported: plain rotary (rope_type 'default')"
     )
-  _require(cfg, "attention_bias", True, True)
+  require(cfg, "attention_bias", True, True)
   return _checked(
     Preset(
-      num_layers=_get(cfg, "num_hidden_layers"),
-      d_model=_get(cfg, "hidden_size"),
-      num_heads=_get(cfg, "num_attention_heads"),
-      d_ff=_get(cfg, "intermediate_size"),
-      vocab_size=_get(cfg, "vocab_size"),
-      max_len=_get(cfg, "max_position_embeddings"),
+      num_layers=config_value(cfg, "num_hidden_layers"),
+      d_model=config_value(cfg, "hidden_size"),
+      num_heads=config_value(cfg, "num_attention_heads"),
+      d_ff=config_value(cfg, "intermediate_size"),
+      vocab_size=config_value(cfg, "vocab_size"),
+      max_len=config_value(cfg, "max_position_embeddings"),
       positions="rotary",
-      tie_embeddings=_get(cfg, "tie_word_embeddings", default=False),
-      rotary_pct=float(rope.get("partial_rotary_factor", _get(cfg, "rotary_pct", default=0.25))),
-      rotary_base=float(rope.get("rope_theta", _get(cfg, "rotary_emb_base", default=10000))),
-      activation=_activation(cfg, "hidden_act"),
-      parallel_residual=_get(cfg, "use_parallel_residual", default=True),
-      norm_eps=float(_get(cfg, "layer_norm_eps", default=1e-5)),
+      tie_embeddings=config_value(cfg, "tie_word_embeddings", default=False),
+      rotary_pct=float(
+        rope.get("partial_rotary_factor", config_value(cfg, "rotary_pct", default=0.25))
+      ),
+      rotary_base=float(
+        rope.get("rope_theta", config_value(cfg, "rotary_emb_base", default=10000))
+      ),
+      activation=config_activation(cfg, "hidden_act"),
+      parallel_residual=config_value(cfg, "use_parallel_residual", default=True),
+      norm_eps=float(config_value(cfg, "layer_norm_eps", default=1e-5)),
     )
   )
 
 
 def opt_preset(cfg: dict[str, Any]) -> Preset:
-  _require(cfg, "layer_norm_elementwise_affine", True, True)
-  pre_norm = _get(cfg, "do_layer_norm_before", default=True)
+  require(cfg, "layer_norm_elementwise_affine", True, True)
+  pre_norm = config_value(cfg, "do_layer_norm_before", default=True)
   if pre_norm:
-    _require(cfg, "_remove_final_layer_norm", False, False)
-  d = _get(cfg, "hidden_size")
-  embed_dim = _get(cfg, "word_embed_proj_dim", default=d)
+    require(cfg, "_remove_final_layer_norm", False, False)
+  d = config_value(cfg, "hidden_size")
+  embed_dim = config_value(cfg, "word_embed_proj_dim", default=d)
   return _checked(
     Preset(
-      num_layers=_get(cfg, "num_hidden_layers"),
+      num_layers=config_value(cfg, "num_hidden_layers"),
       d_model=d,
-      num_heads=_get(cfg, "num_attention_heads"),
-      d_ff=_get(cfg, "ffn_dim"),
-      vocab_size=_get(cfg, "vocab_size"),
-      max_len=_get(cfg, "max_position_embeddings"),
+      num_heads=config_value(cfg, "num_attention_heads"),
+      d_ff=config_value(cfg, "ffn_dim"),
+      vocab_size=config_value(cfg, "vocab_size"),
+      max_len=config_value(cfg, "max_position_embeddings"),
       positions="learned",
       pos_offset=2,
-      tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
-      use_bias=_get(cfg, "enable_bias", default=True),
-      activation=_activation(cfg, "activation_function"),
+      tie_embeddings=config_value(cfg, "tie_word_embeddings", default=True),
+      use_bias=config_value(cfg, "enable_bias", default=True),
+      activation=config_activation(cfg, "activation_function"),
       post_norm=not pre_norm,
       embed_dim=0 if embed_dim == d else embed_dim,
     )
@@ -178,35 +135,27 @@ def opt_preset(cfg: dict[str, Any]) -> Preset:
 
 
 def bloom_preset(cfg: dict[str, Any]) -> Preset:
-  _require(cfg, "apply_residual_connection_post_layernorm", False, False)
-  d = _get(cfg, "hidden_size", "n_embed")
+  require(cfg, "apply_residual_connection_post_layernorm", False, False)
+  d = config_value(cfg, "hidden_size", "n_embed")
   # ALiBi has no position limit; 2048 is BLOOM's training length (the scoring default).
   return _checked(
     Preset(
-      num_layers=_get(cfg, "n_layer", "num_hidden_layers"),
+      num_layers=config_value(cfg, "n_layer", "num_hidden_layers"),
       d_model=d,
-      num_heads=_get(cfg, "n_head", "num_attention_heads"),
+      num_heads=config_value(cfg, "n_head", "num_attention_heads"),
       d_ff=4 * d,
-      vocab_size=_get(cfg, "vocab_size"),
-      max_len=_get(cfg, "seq_length", default=2048),
+      vocab_size=config_value(cfg, "vocab_size"),
+      max_len=config_value(cfg, "seq_length", default=2048),
       positions="alibi",
-      tie_embeddings=_get(cfg, "tie_word_embeddings", default=True),
+      tie_embeddings=config_value(cfg, "tie_word_embeddings", default=True),
       activation="gelu_tanh",
       embed_norm=True,
-      norm_eps=float(_get(cfg, "layer_norm_epsilon", default=1e-5)),
+      norm_eps=float(config_value(cfg, "layer_norm_epsilon", default=1e-5)),
     )
   )
 
 
 # ----------------------------------------------------------------------------- tensors
-
-
-def _same(w: np.ndarray) -> np.ndarray:
-  return w
-
-
-def _transposed(w: np.ndarray) -> np.ndarray:
-  return w.T
 
 
 def _third(j: int) -> Transform:
@@ -228,20 +177,9 @@ def _per_head(j: int, num_heads: int) -> Transform:
 
 def _norm(source: str, target: Path, d: int) -> list[Rule]:
   return [
-    Rule(f"{source}.weight", (d,), ((target + ("scale",), _same),)),
-    Rule(f"{source}.bias", (d,), ((target + ("bias",), _same),)),
+    Rule(f"{source}.weight", (d,), ((target + ("scale",), same),)),
+    Rule(f"{source}.bias", (d,), ((target + ("bias",), same),)),
   ]
-
-
-def _linear(
-  source: str, target: Path, d_in: int, d_out: int, bias: bool, conv1d: bool = False
-) -> list[Rule]:
-  """torch Linear, weight (out, in); or GPT-2's Conv1D, weight (in, out)."""
-  shape, transform = ((d_in, d_out), _same) if conv1d else ((d_out, d_in), _transposed)
-  rules = [Rule(f"{source}.weight", shape, ((target + ("kernel",), transform),))]
-  if bias:
-    rules.append(Rule(f"{source}.bias", (d_out,), ((target + ("bias",), _same),)))
-  return rules
 
 
 QKV = ("query", "key", "value")
@@ -266,81 +204,72 @@ def _fused_qkv(source: str, layer: str, d: int, num_heads: int | None = None) ->
   ]
 
 
-def _head(p: Preset, name: str) -> list[Rule]:
-  if p.tie_embeddings:
-    return []
-  return [Rule(name, (p.vocab_size, p.token_dim), ((("head", "kernel"), _transposed),))]
-
-
-HEAD = "lm_head.weight"
-
-
 def gpt2_rules(p: Preset) -> list[Rule]:
   d, f = p.d_model, p.d_ff
   rules = [
-    Rule("wte.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),)),
-    Rule("wpe.weight", (p.max_len, d), ((("pos_embed",), _same),)),
+    Rule("wte.weight", (p.vocab_size, d), ((("embed", "embedding"), same),)),
+    Rule("wpe.weight", (p.max_len, d), ((("pos_embed",), same),)),
   ]
   for i in range(p.num_layers):
     h, layer = f"h.{i}", f"layer_{i}"
     rules += _norm(f"{h}.ln_1", (layer, "ln1"), d)
     rules += _fused_qkv(f"{h}.attn.c_attn", layer, d)
-    rules += _linear(f"{h}.attn.c_proj", (layer, "attn", "out"), d, d, True, conv1d=True)
+    rules += linear(f"{h}.attn.c_proj", (layer, "attn", "out"), d, d, True, conv1d=True)
     rules += _norm(f"{h}.ln_2", (layer, "ln2"), d)
-    rules += _linear(f"{h}.mlp.c_fc", (layer, "mlp", "wi"), d, f, True, conv1d=True)
-    rules += _linear(f"{h}.mlp.c_proj", (layer, "mlp", "wo"), f, d, True, conv1d=True)
-  return rules + _norm("ln_f", ("ln_f",), d) + _head(p, HEAD)
+    rules += linear(f"{h}.mlp.c_fc", (layer, "mlp", "wi"), d, f, True, conv1d=True)
+    rules += linear(f"{h}.mlp.c_proj", (layer, "mlp", "wo"), f, d, True, conv1d=True)
+  return rules + _norm("ln_f", ("ln_f",), d) + untied_head(p, HEAD)
 
 
 def gpt_neox_rules(p: Preset) -> list[Rule]:
   d, f, h = p.d_model, p.d_ff, p.num_heads
-  rules = [Rule("embed_in.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),))]
+  rules = [Rule("embed_in.weight", (p.vocab_size, d), ((("embed", "embedding"), same),))]
   for i in range(p.num_layers):
     src, layer = f"layers.{i}", f"layer_{i}"
     rules += _norm(f"{src}.input_layernorm", (layer, "ln1"), d)
     rules += _fused_qkv(f"{src}.attention.query_key_value", layer, d, h)
-    rules += _linear(f"{src}.attention.dense", (layer, "attn", "out"), d, d, True)
+    rules += linear(f"{src}.attention.dense", (layer, "attn", "out"), d, d, True)
     rules += _norm(f"{src}.post_attention_layernorm", (layer, "ln2"), d)
-    rules += _linear(f"{src}.mlp.dense_h_to_4h", (layer, "mlp", "wi"), d, f, True)
-    rules += _linear(f"{src}.mlp.dense_4h_to_h", (layer, "mlp", "wo"), f, d, True)
-  return rules + _norm("final_layer_norm", ("ln_f",), d) + _head(p, "embed_out.weight")
+    rules += linear(f"{src}.mlp.dense_h_to_4h", (layer, "mlp", "wi"), d, f, True)
+    rules += linear(f"{src}.mlp.dense_4h_to_h", (layer, "mlp", "wo"), f, d, True)
+  return rules + _norm("final_layer_norm", ("ln_f",), d) + untied_head(p, "embed_out.weight")
 
 
 def opt_rules(p: Preset) -> list[Rule]:
   d, f, e, b = p.d_model, p.d_ff, p.token_dim, p.use_bias
   rules = [
-    Rule("embed_tokens.weight", (p.vocab_size, e), ((("embed", "embedding"), _same),)),
-    Rule("embed_positions.weight", (p.max_len + p.pos_offset, d), ((("pos_embed",), _same),)),
+    Rule("embed_tokens.weight", (p.vocab_size, e), ((("embed", "embedding"), same),)),
+    Rule("embed_positions.weight", (p.max_len + p.pos_offset, d), ((("pos_embed",), same),)),
   ]
   if e != d:
-    rules += _linear("project_in", ("embed_proj_in",), e, d, False)
-    rules += _linear("project_out", ("embed_proj_out",), d, e, False)
+    rules += linear("project_in", ("embed_proj_in",), e, d, False)
+    rules += linear("project_out", ("embed_proj_out",), d, e, False)
   for i in range(p.num_layers):
     src, layer = f"layers.{i}", f"layer_{i}"
     rules += _norm(f"{src}.self_attn_layer_norm", (layer, "ln1"), d)
     for hf, ours in zip(("q_proj", "k_proj", "v_proj", "out_proj"), QKV + ("out",)):
-      rules += _linear(f"{src}.self_attn.{hf}", (layer, "attn", ours), d, d, b)
+      rules += linear(f"{src}.self_attn.{hf}", (layer, "attn", ours), d, d, b)
     rules += _norm(f"{src}.final_layer_norm", (layer, "ln2"), d)
-    rules += _linear(f"{src}.fc1", (layer, "mlp", "wi"), d, f, b)
-    rules += _linear(f"{src}.fc2", (layer, "mlp", "wo"), f, d, b)
+    rules += linear(f"{src}.fc1", (layer, "mlp", "wi"), d, f, b)
+    rules += linear(f"{src}.fc2", (layer, "mlp", "wo"), f, d, b)
   if not p.post_norm:
     rules += _norm("final_layer_norm", ("ln_f",), d)
-  return rules + _head(p, HEAD)
+  return rules + untied_head(p, HEAD)
 
 
 def bloom_rules(p: Preset) -> list[Rule]:
   d, f, h = p.d_model, p.d_ff, p.num_heads
-  rules = [Rule("word_embeddings.weight", (p.vocab_size, d), ((("embed", "embedding"), _same),))]
+  rules = [Rule("word_embeddings.weight", (p.vocab_size, d), ((("embed", "embedding"), same),))]
   rules += _norm("word_embeddings_layernorm", ("embed_norm",), d)
   for i in range(p.num_layers):
     src, layer = f"h.{i}", f"layer_{i}"
     rules += _norm(f"{src}.input_layernorm", (layer, "ln1"), d)
     rules += _fused_qkv(f"{src}.self_attention.query_key_value", layer, d, h)
-    rules += _linear(f"{src}.self_attention.dense", (layer, "attn", "out"), d, d, True)
+    rules += linear(f"{src}.self_attention.dense", (layer, "attn", "out"), d, d, True)
     rules += _norm(f"{src}.post_attention_layernorm", (layer, "ln2"), d)
-    rules += _linear(f"{src}.mlp.dense_h_to_4h", (layer, "mlp", "wi"), d, f, True)
-    rules += _linear(f"{src}.mlp.dense_4h_to_h", (layer, "mlp", "wo"), f, d, True)
-  return rules + _norm("ln_f", ("ln_f",), d) + _head(p, HEAD)
+    rules += linear(f"{src}.mlp.dense_h_to_4h", (layer, "mlp", "wi"), d, f, True)
+    rules += linear(f"{src}.mlp.dense_4h_to_h", (layer, "mlp", "wo"), f, d, True)
+  return rules + _norm("ln_f", ("ln_f",), d) + untied_head(p, HEAD)
 
 
 FAMILIES = {
@@ -371,6 +300,7 @@ FAMILIES = {
     Family(
       "bloom", "BloomForCausalLM", ("transformer.", ""), (HEAD,), r"$^", bloom_preset, bloom_rules
     ),
+    *llama.FAMILIES,
   )
 }
 
@@ -389,7 +319,3 @@ def family_of(cfg: dict[str, Any]) -> Family:
     f"{cfg.get('architectures')!r}) is not supported; allowed model_type: "
     f"{sorted(FAMILIES)} (architectures {sorted(by_arch)})"
   )
-
-
-def is_ignored(family: Family, name: str) -> bool:
-  return re.fullmatch(family.ignored, name) is not None

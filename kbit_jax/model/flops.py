@@ -15,13 +15,17 @@ def flops_per_token(
 ) -> float:
   """Matmul FLOPs per token: 2 per multiply-add forward, x3 with the backward pass.
 
-  Counts the weight matmuls (including the output head) and the two attention matmuls
-  (QK^T and PV) over the full LxL square, as transformer.py's "einsum" attention computes them;
-  `causal_half` counts only the lower triangle (what a causal flash kernel computes, the
-  stricter MFU for attention="cudnn"). Ignores norms/softmax.
+  Counts the weight matmuls (including the output head; query and out are D x H*K, key
+  and value D x N*K under grouped-query attention, a gated MLP has three D x F kernels)
+  and the two attention matmuls (QK^T and PV, H*K wide) over the full LxL square, as
+  transformer.py's "einsum" attention computes them; `causal_half` counts only the lower
+  triangle (what a causal flash kernel computes, the stricter MFU for attention="cudnn").
+  Ignores norms/softmax, and the MLP's gating product.
   """
-  weights = p.num_layers * (4 * p.d_model**2 + 2 * p.d_model * p.d_ff) + p.d_model * p.vocab_size
-  attention = p.num_layers * 2 * seq_len * p.d_model / (2 if causal_half else 1)
+  d, mlp_kernels = p.d_model, 3 if p.mlp == "gated" else 2
+  per_layer = 2 * d * p.q_dim + 2 * d * p.kv_dim + mlp_kernels * d * p.d_ff
+  weights = p.num_layers * per_layer + d * p.vocab_size
+  attention = p.num_layers * 2 * seq_len * p.q_dim / (2 if causal_half else 1)
   forward = 2 * (weights + attention)
   return 3 * forward if training else forward
 

@@ -4,30 +4,35 @@ The preset's architecture switches cover the study's pretrained families without
 the model (kbit_jax/convert imports them): positions learned (GPT-2; OPT with
 `pos_offset` 2), rotary (Pythia) or ALiBi (BLOOM); sequential pre-LN blocks, GPT-NeoX's
 `parallel_residual` or OPT-350m's `post_norm`; BLOOM's `embed_norm`; OPT-350m's narrower
-token embedding (`embed_dim`) with projections in and out. Defaults give the pre-LN model
-the tiny presets train.
+token embedding (`embed_dim`) with projections in and out. The modern families (Llama,
+Mistral, Qwen2/3, Gemma) add: RMSNorm (Gemma's `norm_plus_one`: scale 1 + w), gated MLPs
+(`mlp="gated"`: SwiGLU/GeGLU, a `gate` kernel beside `wi`), grouped-query attention
+(`kv_heads`), an explicit `head_width`, Llama 3's rope scaling (positions.py), Qwen2's
+`qkv_bias`, Qwen3's `qk_norm`, Gemma's `embed_scale` (sqrt(d_model)). Defaults give the
+pre-LN model the tiny `s*` presets train, with the same parameter tree.
 
 Every weight matmul goes through `nn.Dense(dot_general_cls=...)`: the config picks the
 `dot_general` (plain `lax.dot_general`, or AQT's `AqtDotGeneral` for k-bit weights), so
 quantization is injected, never forked. Attention scores and softmax are never quantized
 (as in the k-bit study). Parameters carry logical axis names (`vocab`, `embed`, `heads`,
-`mlp`, `length`); `sharding.py` maps them onto mesh axes with the config's rules.
+`kv_heads`, `mlp`, `length`, `norm`); `sharding.py` maps them onto mesh axes with the
+config's rules. Key/value projections are `kv_heads` only when there are fewer key/value
+heads than query heads (grouped-query attention), `heads` otherwise, as before.
 
-Shape suffixes: B batch, L length (query), M length (key), D d_model, H heads,
-K head dim, F d_ff, V vocab.
+Shape suffixes: B batch, L length (query), M length (key), D d_model, H heads, N
+key/value heads, K head dim, F d_ff, V vocab.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from kbit_jax.model.positions import alibi_slopes, inv_frequencies, rotary
 from kbit_jax.model.presets import Preset
 
 DotGeneralFactory = Callable[[], Callable[..., jax.Array]] | None
@@ -64,32 +69,30 @@ def _layer_norm(p: Preset, dtype: Any, name: str) -> nn.LayerNorm:
   )
 
 
-def rotary(
-  x_BxLxHxK: jax.Array, positions_L: jax.Array, rotary_dims: int, base: float = 10000.0
-) -> jax.Array:
-  """GPT-NeoX rotary embedding on the first `rotary_dims` dims of each head (half-split)."""
-  if rotary_dims == 0:
-    return x_BxLxHxK
-  x_rot, x_pass = x_BxLxHxK[..., :rotary_dims], x_BxLxHxK[..., rotary_dims:]
-  half = rotary_dims // 2
-  inv_freq_R = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) / half))
-  angles_LxR = positions_L[:, None].astype(jnp.float32) * inv_freq_R[None, :]
-  sin, cos = jnp.sin(angles_LxR)[None, :, None, :], jnp.cos(angles_LxR)[None, :, None, :]
-  x1, x2 = x_rot[..., :half].astype(jnp.float32), x_rot[..., half:].astype(jnp.float32)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return jnp.concatenate([rotated.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale over the last axis, in float32 (Hugging Face Llama's and Gemma's
+  order of operations: Llama casts to the compute dtype, then scales; Gemma scales by
+  1 + w in float32, then casts)."""
+
+  epsilon: float
+  dtype: Any
+  plus_one: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+    if self.plus_one:
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+    return normed.astype(self.dtype) * scale.astype(self.dtype)
 
 
-def alibi_slopes(num_heads: int) -> np.ndarray:
-  """BLOOM's ALiBi slope of each head (Press et al.; HF `build_alibi_tensor`): a geometric
-  sequence for the largest power of two <= num_heads, the rest interleaved from the next."""
-  closest = 2 ** math.floor(math.log2(num_heads))
-  base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
-  slopes = [base**i for i in range(1, closest + 1)]
-  if closest != num_heads:
-    extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
-    slopes += [extra_base**i for i in range(1, 2 * (num_heads - closest), 2)]
-  return np.asarray(slopes, np.float32)
+def _norm(p: Preset, dtype: Any, name: str) -> nn.Module:
+  if p.norm == "rmsnorm":
+    return RMSNorm(p.norm_eps, dtype, p.norm_plus_one, name=name)
+  return _layer_norm(p, dtype, name)
 
 
 # How the score/softmax/value part of attention is computed (the weight matmuls around
@@ -110,20 +113,27 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     p = self.p
     B, L, _ = x_BxLxD.shape
-    H, K = p.num_heads, p.head_dim
+    H, N, K = p.num_heads, p.num_kv_heads, p.head_dim
     out_std = 0.02 / (2 * p.num_layers) ** 0.5
+    kv_axis = "heads" if N == H else "kv_heads"  # grouped-query attention: sharding.py
 
-    def dense(name, std=0.02):
-      return _dense(p.d_model, ("embed", "heads"), p, self.dtype, self.dot_general_cls, std, name)
+    def dense(name, features, axis):
+      bias = p.use_bias or p.qkv_bias
+      dg = self.dot_general_cls
+      return _dense(features, ("embed", axis), p, self.dtype, dg, 0.02, name, use_bias=bias)
 
-    q_BxLxHxK = dense("query")(x_BxLxD).reshape(B, L, H, K)
-    k_BxMxHxK = dense("key")(x_BxLxD).reshape(B, L, H, K)
-    v_BxMxHxK = dense("value")(x_BxLxD).reshape(B, L, H, K)
+    q_BxLxHxK = dense("query", H * K, "heads")(x_BxLxD).reshape(B, L, H, K)
+    k_BxMxNxK = dense("key", N * K, kv_axis)(x_BxLxD).reshape(B, L, N, K)
+    v_BxMxNxK = dense("value", N * K, kv_axis)(x_BxLxD).reshape(B, L, N, K)
+    if p.qk_norm:  # Qwen3: over each head's K dims, before rotary
+      q_BxLxHxK = RMSNorm(p.norm_eps, self.dtype, name="query_norm")(q_BxLxHxK)
+      k_BxMxNxK = RMSNorm(p.norm_eps, self.dtype, name="key_norm")(k_BxMxNxK)
     if p.positions == "rotary":
       positions_L = jnp.arange(L)
       rotary_dims = int(K * p.rotary_pct) // 2 * 2
-      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims, p.rotary_base)
-      k_BxMxHxK = rotary(k_BxMxHxK, positions_L, rotary_dims, p.rotary_base)
+      inv_freq_R = inv_frequencies(p, rotary_dims)
+      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims, inv_freq_R=inv_freq_R)
+      k_BxMxNxK = rotary(k_BxMxNxK, positions_L, rotary_dims, inv_freq_R=inv_freq_R)
     bias_HxLxM = None
     if p.positions == "alibi":
       # -slope * (query - key distance), <= 0 at any length; HF adds slope * key position,
@@ -131,6 +141,9 @@ class Attention(nn.Module):
       distance_LxM = (jnp.arange(L)[None, :] - jnp.arange(L)[:, None]).astype(jnp.float32)
       bias_HxLxM = alibi_slopes(H)[:, None, None] * distance_LxM
     if self.impl == "einsum":
+      # query head h reads key/value head h // (H / N), as transformers' repeat_kv
+      k_BxMxHxK = jnp.repeat(k_BxMxNxK, H // N, axis=2) if N != H else k_BxMxNxK
+      v_BxMxHxK = jnp.repeat(v_BxMxNxK, H // N, axis=2) if N != H else v_BxMxNxK
       scores_BxHxLxM = jnp.einsum("BLHK,BMHK->BHLM", q_BxLxHxK, k_BxMxHxK) / jnp.sqrt(K).astype(
         self.dtype
       )
@@ -143,8 +156,8 @@ class Attention(nn.Module):
       out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
     elif self.impl in ("cudnn", "xla"):
       bias = None if bias_HxLxM is None else bias_HxLxM[None].astype(self.dtype)
-      out_BxLxHxK = jax.nn.dot_product_attention(
-        q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, bias=bias, is_causal=True, implementation=self.impl
+      out_BxLxHxK = jax.nn.dot_product_attention(  # groups query heads as repeat_kv
+        q_BxLxHxK, k_BxMxNxK, v_BxMxNxK, bias=bias, is_causal=True, implementation=self.impl
       )
     else:
       raise ValueError(f"attention impl {self.impl!r} is unknown; allowed: {ATTENTION_IMPLS}")
@@ -156,6 +169,7 @@ _ACTIVATIONS = {
   "gelu": lambda x: nn.gelu(x, approximate=False),
   "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
   "relu": nn.relu,
+  "silu": nn.silu,
 }
 
 
@@ -167,12 +181,17 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     p = self.p
-    h_BxLxF = _dense(p.d_ff, ("embed", "mlp"), p, self.dtype, self.dot_general_cls, 0.02, "wi")(
-      x_BxLxD
-    )
-    h_BxLxF = nn.with_logical_constraint(
-      _ACTIVATIONS[p.activation](h_BxLxF), ("batch", "length", "mlp")
-    )
+    act = _ACTIVATIONS[p.activation]
+
+    def up(name):
+      return _dense(p.d_ff, ("embed", "mlp"), p, self.dtype, self.dot_general_cls, 0.02, name)
+
+    h_BxLxF = up("wi")(x_BxLxD)
+    if p.mlp == "gated":  # SwiGLU / GeGLU: transformers' down(act(gate(x)) * up(x))
+      h_BxLxF = act(up("gate")(x_BxLxD)) * h_BxLxF
+    else:
+      h_BxLxF = act(h_BxLxF)
+    h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
     out_std = 0.02 / (2 * p.num_layers) ** 0.5
     return _dense(p.d_model, ("mlp", "embed"), p, self.dtype, self.dot_general_cls, out_std, "wo")(
       h_BxLxF
@@ -190,7 +209,7 @@ class Block(nn.Module):
     p = self.p
     attn = Attention(p, self.dtype, self.dot_general_cls, self.attention, name="attn")
     mlp = Mlp(p, self.dtype, self.dot_general_cls, name="mlp")
-    ln1, ln2 = _layer_norm(p, self.dtype, "ln1"), _layer_norm(p, self.dtype, "ln2")
+    ln1, ln2 = _norm(p, self.dtype, "ln1"), _norm(p, self.dtype, "ln2")
     if p.parallel_residual:  # GPT-NeoX: both branches read the block's input
       x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD)) + mlp(ln2(x_BxLxD))
     elif p.post_norm:  # OPT-350m: normalise after each residual add
@@ -273,6 +292,8 @@ class Transformer(nn.Module):
       embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
     )
     x_BxLxD = embed(tokens_BxL)
+    if p.embed_scale:  # Gemma: sqrt(d_model), cast to the compute dtype as HF does
+      x_BxLxD = x_BxLxD * jnp.asarray(p.d_model**0.5, self.dtype)
     if p.token_dim != p.d_model:
       x_BxLxD = _dense(
         p.d_model,
@@ -292,7 +313,7 @@ class Transformer(nn.Module):
       )
       x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset : p.pos_offset + L].astype(self.dtype)[None]
     if p.embed_norm:
-      x_BxLxD = _layer_norm(p, self.dtype, "embed_norm")(x_BxLxD)
+      x_BxLxD = _norm(p, self.dtype, "embed_norm")(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
     if self.scan_layers:
       layers = nn.scan(
@@ -312,7 +333,7 @@ class Transformer(nn.Module):
           x_BxLxD
         )
     if not p.post_norm:  # a post-norm block already ends with a LayerNorm
-      x_BxLxD = _layer_norm(p, self.dtype, "ln_f")(x_BxLxD)
+      x_BxLxD = _norm(p, self.dtype, "ln_f")(x_BxLxD)
     if p.token_dim != p.d_model:
       x_BxLxD = _dense(
         p.token_dim,

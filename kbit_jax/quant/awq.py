@@ -47,6 +47,7 @@ absorbs. `fake_quant_scaled` takes both, so the fake-quantized tree (in the orig
 parametrisation: LayerNorms unchanged, each kernel replaced by what the folded model
 computes) is exactly the model a folded checkpoint would run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,26 +58,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
 from kbit_jax.quant import reference
 from kbit_jax.quant.calibration import KernelStats
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves, unboxed
 
-GRID = 20            # alpha = j / GRID, j = 0 .. GRID - 1, as the reference
-SCALE_MIN = 1e-4     # the reference's clamp of mean|x|^alpha
+GRID = 20  # alpha = j / GRID, j = 0 .. GRID - 1, as the reference
+SCALE_MIN = 1e-4  # the reference's clamp of mean|x|^alpha
 _SCALE_MAX = float(jnp.finfo(jnp.float16).max)
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def check_grid(grid: int) -> None:
   if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
-    raise ValueError(f"awq grid={grid!r} is not allowed; allowed: an int >= 1 (alphas "
-                     f"j / grid, j < grid; reference: {GRID})")
+    raise ValueError(
+      f"awq grid={grid!r} is not allowed; allowed: an int >= 1 (alphas "
+      f"j / grid, j < grid; reference: {GRID})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ScaleGroup:
   """Kernels sharing one AWQ scale, and the parameter that absorbs it (None: stored)."""
+
   name: str
   kernels: tuple[tuple[str, ...], ...]
   fold_into: tuple[str, ...] | None
@@ -88,15 +92,22 @@ def scale_groups(preset: Preset, kernel_names: list[tuple[str, ...]]) -> list[Sc
   groups = []
   for i in range(preset.num_layers):
     layer = f"layer_{i}"
-    kernel = lambda *path, layer=layer: (layer, *path, "kernel")
-    norm = lambda ln, layer=layer: None if preset.post_norm else (layer, ln)
+
+    def kernel(*path, layer=layer):
+      return (layer, *path, "kernel")
+
+    def norm(ln, layer=layer):
+      return None if preset.post_norm else (layer, ln)
+
     wi_fold = kernel("mlp", "wi") if preset.activation == "relu" else None
     groups += [
-        ScaleGroup(f"{layer}/qkv", tuple(kernel("attn", p) for p in ("query", "key", "value")),
-                   norm("ln1")),
-        ScaleGroup(f"{layer}/out", (kernel("attn", "out"),), kernel("attn", "value")),
-        ScaleGroup(f"{layer}/wi", (kernel("mlp", "wi"),), norm("ln2")),
-        ScaleGroup(f"{layer}/wo", (kernel("mlp", "wo"),), wi_fold)]
+      ScaleGroup(
+        f"{layer}/qkv", tuple(kernel("attn", p) for p in ("query", "key", "value")), norm("ln1")
+      ),
+      ScaleGroup(f"{layer}/out", (kernel("attn", "out"),), kernel("attn", "value")),
+      ScaleGroup(f"{layer}/wi", (kernel("mlp", "wi"),), norm("ln2")),
+      ScaleGroup(f"{layer}/wo", (kernel("mlp", "wo"),), wi_fold),
+    ]
   if preset.token_dim != preset.d_model:
     head_fold = ("embed_proj_out", "kernel")
   elif preset.post_norm:
@@ -117,9 +128,15 @@ def scale_bits(params_or_shapes: Any, spec: QuantSpec, preset: Preset) -> dict[s
     quantized = all(is_quantized(k, spec) for k in g.kernels)
     stored = quantized and g.fold_into is None
     bits = shapes[g.kernels[0]][0] * UNQUANTIZED_BITS if stored else 0
-    rows.append(dict(group=g.name, kernels=["/".join(k) for k in g.kernels],
-                     fold_into=None if g.fold_into is None else "/".join(g.fold_into),
-                     quantized=quantized, bits=bits))
+    rows.append(
+      dict(
+        group=g.name,
+        kernels=["/".join(k) for k in g.kernels],
+        fold_into=None if g.fold_into is None else "/".join(g.fold_into),
+        quantized=quantized,
+        bits=bits,
+      )
+    )
   return dict(total_bits=sum(r["bits"] for r in rows), rows=rows)
 
 
@@ -127,15 +144,19 @@ def candidate_scales(mean_abs_K: jax.Array, grid: int = GRID) -> jax.Array:
   """(grid, K) scales s = mean|x|^alpha, normalised and rounded to float16, one row per
   alpha = j / grid; row 0 is all ones."""
   alpha_Ax1 = (jnp.arange(grid, dtype=jnp.float32) / grid)[:, None]
-  s_AxK = jnp.maximum(jnp.power(jnp.asarray(mean_abs_K, jnp.float32)[None], alpha_Ax1),
-                      SCALE_MIN)
+  s_AxK = jnp.maximum(jnp.power(jnp.asarray(mean_abs_K, jnp.float32)[None], alpha_Ax1), SCALE_MIN)
   s_AxK = s_AxK / jnp.sqrt(s_AxK.max(-1, keepdims=True) * s_AxK.min(-1, keepdims=True))
   return jnp.clip(s_AxK, 0, _SCALE_MAX).astype(jnp.float16).astype(jnp.float32)
 
 
-def fake_quant_scaled(w_KxN: jax.Array, spec: QuantSpec, s_K: jax.Array, c_N: jax.Array,
-                      keep_K: jax.Array | None = None,
-                      codebook_C: jax.Array | None = None) -> jax.Array:
+def fake_quant_scaled(
+  w_KxN: jax.Array,
+  spec: QuantSpec,
+  s_K: jax.Array,
+  c_N: jax.Array,
+  keep_K: jax.Array | None = None,
+  codebook_C: jax.Array | None = None,
+) -> jax.Array:
   """diag(1/s) Q(diag(s) W diag(1/c)) diag(c): an AWQ-scaled kernel as the folded model
   computes it (c = 1 unless the kernel absorbs the next group's scale); kept rows exact."""
   w = jnp.asarray(w_KxN, jnp.float32)
@@ -156,33 +177,43 @@ def output_error(w_KxN: jax.Array, w_hat_KxN: jax.Array, h_KxK: jax.Array) -> ja
 @functools.partial(jax.jit, static_argnames="spec")
 def _errors(w_KxN, h_KxK, s_AxK, keep_K, codebook_C, *, spec):
   ones_N = jnp.ones(w_KxN.shape[1:], jnp.float32)
-  score = lambda s_K: output_error(
-      w_KxN, fake_quant_scaled(w_KxN, spec, s_K, ones_N, keep_K, codebook_C), h_KxK)
-  return jax.lax.map(score, s_AxK)   # one alpha at a time: memory of one kernel copy
+
+  def score(s_K):
+    return output_error(
+      w_KxN, fake_quant_scaled(w_KxN, spec, s_K, ones_N, keep_K, codebook_C), h_KxK
+    )
+
+  return jax.lax.map(score, s_AxK)  # one alpha at a time: memory of one kernel copy
 
 
 _apply = jax.jit(fake_quant_scaled, static_argnames="spec")
 
 
-def search_scale(kernels: list[tuple[jax.Array, KernelStats, jax.Array | None]],
-                 spec: QuantSpec, grid: int = GRID) -> tuple[jax.Array, float, np.ndarray]:
+def search_scale(
+  kernels: list[tuple[jax.Array, KernelStats, jax.Array | None]], spec: QuantSpec, grid: int = GRID
+) -> tuple[jax.Array, float, np.ndarray]:
   """(s_K, alpha, errors per alpha) of one group: `kernels` are (w, stats, keep) of the
   kernels sharing the input; the first alpha of least summed output error wins."""
   check_grid(grid)
   s_AxK = candidate_scales(kernels[0][1].mean_abs_K, grid)
   layout, codebook_C = reference.layout_spec(spec), reference.spec_codebook(spec)
-  errors_A = sum(np.asarray(_errors(w, stats.h_KxK, s_AxK, keep, codebook_C, spec=layout),
-                            np.float64) for w, stats, keep in kernels)
+  errors_A = sum(
+    np.asarray(_errors(w, stats.h_KxK, s_AxK, keep, codebook_C, spec=layout), np.float64)
+    for w, stats, keep in kernels
+  )
   best = int(np.argmin(errors_A))
   return s_AxK[best], best / grid, errors_A
 
 
-def quantize_kernels(values: dict[tuple[str, ...], jax.Array],
-                     stats: dict[tuple[str, ...], KernelStats], spec: QuantSpec,
-                     preset: Preset, masks: dict[tuple[str, ...], jax.Array],
-                     names: list[tuple[str, ...]], grid: int = GRID
-                     ) -> tuple[dict[tuple[str, ...], jax.Array],
-                                dict[str, tuple[float, jax.Array]]]:
+def quantize_kernels(
+  values: dict[tuple[str, ...], jax.Array],
+  stats: dict[tuple[str, ...], KernelStats],
+  spec: QuantSpec,
+  preset: Preset,
+  masks: dict[tuple[str, ...], jax.Array],
+  names: list[tuple[str, ...]],
+  grid: int = GRID,
+) -> tuple[dict[tuple[str, ...], jax.Array], dict[str, tuple[float, jax.Array]]]:
   """AWQ of the kernels `names` (whole groups): (name -> W_hat, group -> (alpha, s_K)).
 
   `values` holds at least those kernels and the kernels their groups fold into; `masks`
@@ -192,8 +223,9 @@ def quantize_kernels(values: dict[tuple[str, ...], jax.Array],
   groups = [g for g in scale_groups(preset, list(values)) if todo & set(g.kernels)]
   split = [g.name for g in groups if not todo.issuperset(g.kernels)]
   if split:
-    raise ValueError(f"AWQ scales are shared by whole groups; {split} are only partly in "
-                     "the kernels to quantize")
+    raise ValueError(
+      f"AWQ scales are shared by whole groups; {split} are only partly in the kernels to quantize"
+    )
   scales, alphas = {}, {}
   for g in groups:
     kernels = [(values[k], stats[k], masks.get(k)) for k in g.kernels]

@@ -88,6 +88,11 @@ def bits_report(params_or_shapes: Any, spec: QuantSpec) -> dict[str, Any]:
   names, leaves, _ = named_leaves(params_or_shapes)
   num_layers = len({n[0] for n in names if n[0].startswith("layer_")})
   present = set(names)
+  outliers.check_proxy_shapes(  # the outlier rows reference.py would keep must exist
+    {n: tuple(unboxed(leaf).shape) for n, leaf in zip(names, leaves)},
+    spec.outlier_share if spec.quantized else 0.0,
+    {n: is_quantized(n, spec) for n in names},
+  )
   rows = [
     tensor_bits(
       n, tuple(unboxed(leaf).shape), spec, has_proxy=outliers.proxy_source(n, num_layers) in present

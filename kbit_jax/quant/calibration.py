@@ -37,6 +37,7 @@ Two modes:
 Choosing the calibration data (config keys, the corpus's train split, overlap checks) is
 for the caller: here tokens come in as an int array (batches, sequences, length).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,11 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kbit_jax.model import Transformer
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant.spec import target_of
 
 COLLECTION = "calibration"
-RECORDED = ("attn", "mlp", "head")   # targets that are matmuls (embed is a lookup)
+RECORDED = ("attn", "mlp", "head")  # targets that are matmuls (embed is a lookup)
 MODES = ("fast", "sequential")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _LAYER = re.compile(r"layer_(\d+)$")
@@ -62,13 +63,15 @@ _LAYER = re.compile(r"layer_(\d+)$")
 
 class KernelStats(NamedTuple):
   """Input statistics of one (K, N) kernel over the calibration tokens."""
-  h_KxK: jax.Array        # 2/n sum x x^T, float32
-  mean_abs_K: jax.Array   # 1/n sum |x|, float32
+
+  h_KxK: jax.Array  # 2/n sum x x^T, float32
+  mean_abs_K: jax.Array  # 1/n sum |x|, float32
 
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
   """Statistics of every recorded kernel (names as `spec.named_leaves` gives them)."""
+
   kernels: dict[tuple[str, ...], KernelStats]
   sequences: int
   tokens: int
@@ -79,22 +82,33 @@ class RecordingDotGeneral(nn.Module):
   """`nn.Dense(dot_general_cls=RecordingDotGeneral)`: a float matmul that records its input."""
 
   @nn.compact
-  def __call__(self, lhs, rhs, dimension_numbers, precision=None,
-               preferred_element_type=None):
-    names = tuple(self.path[:-1]) + ("kernel",)   # this module sits inside its nn.Dense
+  def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    names = tuple(self.path[:-1]) + ("kernel",)  # this module sits inside its nn.Dense
     (contract, _), _ = dimension_numbers
     if target_of(names) in RECORDED:
       if tuple(contract) != (lhs.ndim - 1,):
-        raise ValueError(f"{'/'.join(names)}: recording needs the input's last axis "
-                         f"contracted, as nn.Dense does; got dimension numbers "
-                         f"{dimension_numbers}")
+        raise ValueError(
+          f"{'/'.join(names)}: recording needs the input's last axis "
+          f"contracted, as nn.Dense does; got dimension numbers "
+          f"{dimension_numbers}"
+        )
       x_TxK = lhs.reshape(-1, lhs.shape[-1]).astype(jnp.float32)
       xtx_KxK = jnp.matmul(x_TxK.T, x_TxK, precision=_HIGHEST)
       self.sow(COLLECTION, "xtx", xtx_KxK, init_fn=lambda: 0, reduce_fn=operator.add)
-      self.sow(COLLECTION, "abs_sum", jnp.sum(jnp.abs(x_TxK), axis=0), init_fn=lambda: 0,
-               reduce_fn=operator.add)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
+      self.sow(
+        COLLECTION,
+        "abs_sum",
+        jnp.sum(jnp.abs(x_TxK), axis=0),
+        init_fn=lambda: 0,
+        reduce_fn=operator.add,
+      )
+    return jax.lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
 
 
 def check_tokens(tokens: Any) -> np.ndarray | jax.Array:
@@ -105,24 +119,32 @@ def check_tokens(tokens: Any) -> np.ndarray | jax.Array:
     shape = (1,) + shape
   dtype = getattr(tokens, "dtype", np.asarray(tokens).dtype)
   if len(shape) != 3 or not np.issubdtype(dtype, np.integer):
-    raise ValueError(f"calibration tokens of shape {shape} and dtype {dtype} are not "
-                     "allowed; allowed: int tokens (batches, sequences, length) or "
-                     "(sequences, length)")
+    raise ValueError(
+      f"calibration tokens of shape {shape} and dtype {dtype} are not "
+      "allowed; allowed: int tokens (batches, sequences, length) or "
+      "(sequences, length)"
+    )
   if shape[0] * shape[1] == 0 or shape[2] == 0:
-    raise ValueError(f"calibration tokens of shape {shape} hold {shape[0] * shape[1]} "
-                     f"sequences of length {shape[2]}; allowed: at least one sequence of "
-                     "at least one token")
+    raise ValueError(
+      f"calibration tokens of shape {shape} hold {shape[0] * shape[1]} "
+      f"sequences of length {shape[2]}; allowed: at least one sequence of "
+      "at least one token"
+    )
   return tokens
 
 
 def recording_net(model: Transformer) -> Transformer:
   """The float net with every matmul recording its inputs."""
   if model.dot_general_cls is not None:
-    raise ValueError(f"calibration records the float model; got a Transformer with "
-                     f"dot_general_cls={model.dot_general_cls!r}; allowed: None")
+    raise ValueError(
+      f"calibration records the float model; got a Transformer with "
+      f"dot_general_cls={model.dot_general_cls!r}; allowed: None"
+    )
   if model.scan_layers:
-    raise ValueError("calibration needs the unrolled net (one tree per layer); got "
-                     "scan_layers=True; allowed: False (see model.unstack_layers)")
+    raise ValueError(
+      "calibration needs the unrolled net (one tree per layer); got "
+      "scan_layers=True; allowed: False (see model.unstack_layers)"
+    )
   return model.clone(dot_general_cls=RecordingDotGeneral, remat=False)
 
 
@@ -134,10 +156,16 @@ def _variables(params: Any) -> dict[str, Any]:
 def _sums(net: Transformer, params: Any, tokens_SxBxL: jax.Array) -> Any:
   """The `calibration` collection summed over the batches: xtx and abs_sum per kernel."""
   variables = _variables(params)
-  record = lambda tokens_BxL: net.apply(variables, tokens_BxL, mutable=[COLLECTION])[1]
+
+  def record(tokens_BxL):
+    return net.apply(variables, tokens_BxL, mutable=[COLLECTION])[1]
+
   shapes = jax.eval_shape(record, tokens_SxBxL[0])
   init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  step = lambda acc, tokens_BxL: (jax.tree.map(jnp.add, acc, record(tokens_BxL)), None)
+
+  def step(acc, tokens_BxL):
+    return (jax.tree.map(jnp.add, acc, record(tokens_BxL)), None)
+
   sums, _ = jax.lax.scan(step, init, tokens_SxBxL)
   return sums[COLLECTION]
 
@@ -153,9 +181,12 @@ def _by_kernel(sums: Any) -> dict[tuple[str, ...], dict[str, Any]]:
 
 def _stats(sums: Any, tokens: int) -> dict[tuple[str, ...], KernelStats]:
   """Per kernel name: sums -> (2/n x^T x, 1/n sum |x|)."""
-  return {n: KernelStats(h_KxK=v["xtx"] * np.float32(2.0 / tokens),
-                         mean_abs_K=v["abs_sum"] / np.float32(tokens))
-          for n, v in _by_kernel(sums).items()}
+  return {
+    n: KernelStats(
+      h_KxK=v["xtx"] * np.float32(2.0 / tokens), mean_abs_K=v["abs_sum"] / np.float32(tokens)
+    )
+    for n, v in _by_kernel(sums).items()
+  }
 
 
 def calibrate(model: Transformer, params: Any, tokens: Any) -> Calibration:
@@ -164,8 +195,9 @@ def calibrate(model: Transformer, params: Any, tokens: Any) -> Calibration:
   net = recording_net(model)
   s, b, length = tokens.shape
   sums = _sums(net, params, jnp.asarray(tokens, jnp.int32))
-  return Calibration(_stats(sums, s * b * length), sequences=s * b, tokens=s * b * length,
-                     mode="fast")
+  return Calibration(
+    _stats(sums, s * b * length), sequences=s * b, tokens=s * b * length, mode="fast"
+  )
 
 
 def stages(names: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
@@ -184,8 +216,9 @@ def stages(names: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
 QuantizeStage = Callable[[Any, Calibration, list[tuple[str, ...]]], Any]
 
 
-def calibrate_sequential(model: Transformer, params: Any, tokens: Any,
-                         quantize_stage: QuantizeStage) -> tuple[Any, Calibration]:
+def calibrate_sequential(
+  model: Transformer, params: Any, tokens: Any, quantize_stage: QuantizeStage
+) -> tuple[Any, Calibration]:
   """Sequential mode: returns (quantized params, the statistics each stage used).
 
   `quantize_stage(params, calibration, names)` returns `params` with the kernels `names`
@@ -200,8 +233,8 @@ def calibrate_sequential(model: Transformer, params: Any, tokens: Any,
   for stage in stages(names):
     stats = _stats(_sums(net, params, tokens), s * b * length)
     kernels.update({n: stats[n] for n in stage})
-    calibration = Calibration({n: stats[n] for n in stage}, sequences=s * b,
-                              tokens=s * b * length, mode="sequential")
+    calibration = Calibration(
+      {n: stats[n] for n in stage}, sequences=s * b, tokens=s * b * length, mode="sequential"
+    )
     params = quantize_stage(params, calibration, stage)
-  return params, Calibration(kernels, sequences=s * b, tokens=s * b * length,
-                             mode="sequential")
+  return params, Calibration(kernels, sequences=s * b, tokens=s * b * length, mode="sequential")

@@ -45,6 +45,7 @@ function compiled per k (`data_codebook`).
 Everything is float32, the lazy-batch matmul at HIGHEST precision (TPU and GPU would
 otherwise use bfloat16 / TF32 passes; the reference turns TF32 off).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,24 +57,24 @@ import jax.numpy as jnp
 from kbit_jax.quant import blockwise, codebooks, outliers, reference
 from kbit_jax.quant.spec import QuantSpec
 
-PERCDAMP = 0.01        # the reference's default dampening, a share of mean(diag H)
-BLOCK_COLUMNS = 128    # the reference's lazy-batch block of input features
+PERCDAMP = 0.01  # the reference's default dampening, a share of mean(diag H)
+BLOCK_COLUMNS = 128  # the reference's lazy-batch block of input features
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def check_percdamp(percdamp: float) -> None:
-  if (not isinstance(percdamp, (int, float)) or isinstance(percdamp, bool)
-      or not percdamp > 0):
-    raise ValueError(f"gptq percdamp={percdamp!r} is not allowed; allowed: a number > 0 "
-                     f"(share of mean(diag H) added to the diagonal; reference: {PERCDAMP})")
+  if not isinstance(percdamp, (int, float)) or isinstance(percdamp, bool) or not percdamp > 0:
+    raise ValueError(
+      f"gptq percdamp={percdamp!r} is not allowed; allowed: a number > 0 "
+      f"(share of mean(diag H) added to the diagonal; reference: {PERCDAMP})"
+    )
 
 
 def _safe(scale: jax.Array) -> jax.Array:
   return jnp.where(scale > 0, scale, 1.0)
 
 
-def _blocked(w_KxN: jax.Array, keep_K: jax.Array, blocksize: int
-             ) -> tuple[jax.Array, jax.Array]:
+def _blocked(w_KxN: jax.Array, keep_K: jax.Array, blocksize: int) -> tuple[jax.Array, jax.Array]:
   """(x, keep) in the layout fake_quant_tensor(kernel=True) cuts into blocks: (N, K), or
   (K, N) per output channel; kept rows zeroed as outliers.split_rows does."""
   w_KxN = outliers.split_rows(jnp.asarray(w_KxN, jnp.float32), keep_K)
@@ -91,8 +92,9 @@ def data_codebook(w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array) -> jax.A
   return codebooks.padded(codebooks.quantile_codebook(values.reshape(-1), spec.bits))
 
 
-def static_constants(w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array
-                     ) -> tuple[jax.Array, jax.Array]:
+def static_constants(
+  w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """RTN's block constants of every value, in GPTQ's (out, in) orientation.
 
   Returns (scale_NxK, mean_NxK): what `reference.fake_quant_tensor(w, spec, keep_K,
@@ -108,10 +110,15 @@ def static_constants(w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array
     mean_N = mean_N.astype(blockwise.SCALE_DTYPE).astype(jnp.float32)
     x_NxB = jnp.where(valid_NxB, x_NxB - mean_N[:, None], 0.0)
   absmax_N = jnp.max(jnp.abs(x_NxB), axis=-1)
-  scale_N = (blockwise.double_quantize(absmax_N) if spec.double_quant
-             else blockwise.scale_to_16bit(absmax_N)).astype(jnp.float32)
-  per_value = lambda v_N: blockwise.from_blocks(
-      jnp.broadcast_to(v_N[:, None], x_NxB.shape), x.shape, spec.blocksize)
+  scale_N = (
+    blockwise.double_quantize(absmax_N) if spec.double_quant else blockwise.scale_to_16bit(absmax_N)
+  ).astype(jnp.float32)
+
+  def per_value(v_N):
+    return blockwise.from_blocks(
+      jnp.broadcast_to(v_N[:, None], x_NxB.shape), x.shape, spec.blocksize
+    )
+
   scale, mean = per_value(scale_N), per_value(mean_N)
   if spec.blocksize == blockwise.PER_CHANNEL:
     return scale.T, mean.T
@@ -150,7 +157,9 @@ def _error_feedback(w_NxK, scale_NxK, mean_NxK, keep_K, u_KxK, codebook_C, block
   keep_K = jnp.pad(keep_K, (0, pad), constant_values=True)
   u_KxK = jax.scipy.linalg.block_diag(u_KxK, jnp.eye(pad, dtype=jnp.float32))
   columns = k + pad
-  cut = lambda a, i, axis=1: jax.lax.dynamic_slice_in_dim(a, i, width, axis)
+
+  def cut(a, i, axis=1):
+    return jax.lax.dynamic_slice_in_dim(a, i, width, axis)
 
   def block_step(b, carry):
     w_NxK, q_NxK = carry
@@ -168,15 +177,13 @@ def _error_feedback(w_NxK, scale_NxK, mean_NxK, keep_K, u_KxK, codebook_C, block
       return w1, q1.at[:, i].set(q_N), err1.at[:, i].set(err_N)
 
     zeros = jnp.zeros((n, width), jnp.float32)
-    _, q1, err1 = jax.lax.fori_loop(0, width, column_step,
-                                    (cut(w_NxK, i1), zeros, zeros))
+    _, q1, err1 = jax.lax.fori_loop(0, width, column_step, (cut(w_NxK, i1), zeros, zeros))
     u_rows_WxK = cut(u_KxK, i1, 0)
     later_K = jnp.arange(columns) >= i1 + width
     update = jnp.where(later_K, jnp.matmul(err1, u_rows_WxK, precision=_HIGHEST), 0.0)
     return w_NxK - update, jax.lax.dynamic_update_slice_in_dim(q_NxK, q1, i1, axis=1)
 
-  _, q_NxK = jax.lax.fori_loop(0, blocks, block_step,
-                               (w_NxK, jnp.zeros_like(w_NxK)))
+  _, q_NxK = jax.lax.fori_loop(0, blocks, block_step, (w_NxK, jnp.zeros_like(w_NxK)))
   return q_NxK[:, :k]
 
 
@@ -195,20 +202,29 @@ def _gptq(w_KxN, h_KxK, codebook_C, keep_K, percdamp, act_order, *, spec, block_
   scale_NxK, mean_NxK = static_constants(w_KxN_f32, spec, keep_K)
   w_NxK = w_KxN_f32.T
   # act_order is traced (the identity permutation when off): one compile serves both.
-  perm_K = jnp.where(act_order, jnp.argsort(-jnp.diagonal(h_KxK), stable=True),
-                     jnp.arange(h_KxK.shape[0]))
+  perm_K = jnp.where(
+    act_order, jnp.argsort(-jnp.diagonal(h_KxK), stable=True), jnp.arange(h_KxK.shape[0])
+  )
   h_KxK = h_KxK[perm_K][:, perm_K]
   w_NxK, scale_NxK, mean_NxK = (a[:, perm_K] for a in (w_NxK, scale_NxK, mean_NxK))
   u_KxK, ok = inverse_cholesky(h_KxK, percdamp)
-  q_NxK = _error_feedback(w_NxK, scale_NxK, mean_NxK, keep_K[perm_K], u_KxK, codebook_C,
-                          block_columns)
+  q_NxK = _error_feedback(
+    w_NxK, scale_NxK, mean_NxK, keep_K[perm_K], u_KxK, codebook_C, block_columns
+  )
   return q_NxK[:, jnp.argsort(perm_K)].T.astype(w_KxN.dtype), ok
 
 
-def quantize_kernel(w_KxN: jax.Array, h_KxK: jax.Array, spec: QuantSpec,
-                    keep_K: jax.Array | None = None, *, percdamp: float = PERCDAMP,
-                    act_order: bool = False, block_columns: int = BLOCK_COLUMNS,
-                    name: str = "kernel") -> jax.Array:
+def quantize_kernel(
+  w_KxN: jax.Array,
+  h_KxK: jax.Array,
+  spec: QuantSpec,
+  keep_K: jax.Array | None = None,
+  *,
+  percdamp: float = PERCDAMP,
+  act_order: bool = False,
+  block_columns: int = BLOCK_COLUMNS,
+  name: str = "kernel",
+) -> jax.Array:
   """GPTQ of one (in, out) kernel with its input Hessian h_KxK (`KernelStats.h_KxK`).
 
   Returns the dequantized weights (w's shape and dtype); `keep_K` marks input features
@@ -217,14 +233,19 @@ def quantize_kernel(w_KxN: jax.Array, h_KxK: jax.Array, spec: QuantSpec,
   """
   check_percdamp(percdamp)
   if not spec.quantized:
-    raise ValueError(f"quant.bits={spec.bits}: GPTQ needs a quantized spec; allowed: "
-                     f"{list(codebooks.BITS)}")
+    raise ValueError(
+      f"quant.bits={spec.bits}: GPTQ needs a quantized spec; allowed: {list(codebooks.BITS)}"
+    )
   if w_KxN.ndim != 2 or tuple(h_KxK.shape) != (w_KxN.shape[0],) * 2:
-    raise ValueError(f"{name}: a kernel (K, N) needs a (K, K) Hessian; got kernel "
-                     f"{tuple(w_KxN.shape)}, Hessian {tuple(h_KxK.shape)}")
+    raise ValueError(
+      f"{name}: a kernel (K, N) needs a (K, K) Hessian; got kernel "
+      f"{tuple(w_KxN.shape)}, Hessian {tuple(h_KxK.shape)}"
+    )
   if not isinstance(block_columns, int) or block_columns < 1:
-    raise ValueError(f"gptq block_columns={block_columns!r} is not allowed; allowed: an "
-                     f"int >= 1 (reference: {BLOCK_COLUMNS})")
+    raise ValueError(
+      f"gptq block_columns={block_columns!r} is not allowed; allowed: an "
+      f"int >= 1 (reference: {BLOCK_COLUMNS})"
+    )
   keep_K = jnp.zeros(w_KxN.shape[:1], bool) if keep_K is None else jnp.asarray(keep_K)
   layout, codebook_C = reference.layout_spec(spec), reference.spec_codebook(spec)
   if spec.data_dependent:
@@ -233,11 +254,20 @@ def quantize_kernel(w_KxN: jax.Array, h_KxK: jax.Array, spec: QuantSpec,
     codebook_C = data_codebook(dead_zeroed(w_KxN, h_KxK), spec, keep_K)
     layout = reference.layout_spec(dataclasses.replace(spec, dtype="int"))
   # Device arrays throughout: a numpy argument in place of a jax one recompiles.
-  q_KxN, ok = _gptq(w_KxN, jnp.asarray(h_KxK), jnp.asarray(codebook_C), keep_K,
-                    jnp.float32(percdamp), jnp.bool_(act_order), spec=layout,
-                    block_columns=block_columns)
+  q_KxN, ok = _gptq(
+    w_KxN,
+    jnp.asarray(h_KxK),
+    jnp.asarray(codebook_C),
+    keep_K,
+    jnp.float32(percdamp),
+    jnp.bool_(act_order),
+    spec=layout,
+    block_columns=block_columns,
+  )
   if not bool(ok):
-    raise ValueError(f"GPTQ: the Hessian of {name} is not positive definite after "
-                     f"dampening (percdamp={percdamp}); its calibration statistics are "
-                     "broken (NaN/inf) or it is not a Gram matrix")
+    raise ValueError(
+      f"GPTQ: the Hessian of {name} is not positive definite after "
+      f"dampening (percdamp={percdamp}); its calibration statistics are "
+      "broken (NaN/inf) or it is not a Gram matrix"
+    )
   return q_KxN

@@ -15,25 +15,32 @@ lookup has no matmul input to take statistics of, so a spec targeting it is refu
 `quantize_sequential` calibrates block by block on the quantized prefix (calibration.py's
 sequential mode). Every argument is checked (ValueError naming it) before any compile.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import jax
 
-from kbit_jax.model import Transformer
-from kbit_jax.presets import Preset
+from kbit_jax.model.presets import Preset
+from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant import awq, calibration, gptq, reference
 from kbit_jax.quant.spec import QuantSpec, is_quantized, named_leaves, reboxed, unboxed
 
 METHODS = ("rtn", "gptq", "awq")
-CALIBRATED = ("gptq", "awq")     # need calibration statistics
+CALIBRATED = ("gptq", "awq")  # need calibration statistics
 
 _rtn = jax.jit(reference.fake_quant_params, static_argnums=1)
 
 
-def check_method(method: str, spec: QuantSpec, *, preset: Preset | None = None,
-                 percdamp: float = gptq.PERCDAMP, grid: int = awq.GRID) -> None:
+def check_method(
+  method: str,
+  spec: QuantSpec,
+  *,
+  preset: Preset | None = None,
+  percdamp: float = gptq.PERCDAMP,
+  grid: int = awq.GRID,
+) -> None:
   """Raises ValueError for an unknown method or one that cannot serve `spec`."""
   if method not in METHODS:
     raise ValueError(f"quant method={method!r} is unknown; allowed: {list(METHODS)}")
@@ -42,12 +49,16 @@ def check_method(method: str, spec: QuantSpec, *, preset: Preset | None = None,
   if method == "awq":
     awq.check_grid(grid)
     if preset is None:
-      raise ValueError("quant method='awq' needs the model's preset (its architecture "
-                       "decides which scales fold); got preset=None")
+      raise ValueError(
+        "quant method='awq' needs the model's preset (its architecture "
+        "decides which scales fold); got preset=None"
+      )
   if method in CALIBRATED and spec.quantized and "embed" in spec.targets:
-    raise ValueError(f"quant.targets={','.join(spec.targets)!r} with method={method!r}: "
-                     "'embed' is a lookup with no matmul input statistics; allowed: "
-                     "targets from ['attn', 'mlp', 'head'], or method='rtn'")
+    raise ValueError(
+      f"quant.targets={','.join(spec.targets)!r} with method={method!r}: "
+      "'embed' is a lookup with no matmul input statistics; allowed: "
+      "targets from ['attn', 'mlp', 'head'], or method='rtn'"
+    )
 
 
 def quantized_kernels(params: Any, spec: QuantSpec) -> list[tuple[str, ...]]:
@@ -55,24 +66,31 @@ def quantized_kernels(params: Any, spec: QuantSpec) -> list[tuple[str, ...]]:
   return [n for n in names if is_quantized(n, spec)]
 
 
-def _check_calibration(params: Any, calib: calibration.Calibration | None,
-                       names: list[tuple[str, ...]]) -> None:
+def _check_calibration(
+  params: Any, calib: calibration.Calibration | None, names: list[tuple[str, ...]]
+) -> None:
   if calib is None or calib.sequences == 0:
-    raise ValueError(f"calibration with {0 if calib is None else calib.sequences} "
-                     "sequences; allowed: statistics of at least one calibration sequence "
-                     "(calibration.calibrate)")
+    raise ValueError(
+      f"calibration with {0 if calib is None else calib.sequences} "
+      "sequences; allowed: statistics of at least one calibration sequence "
+      "(calibration.calibrate)"
+    )
   shapes = {n: unboxed(leaf).shape for n, leaf in zip(*named_leaves(params)[:2])}
   missing = ["/".join(n) for n in names if n not in calib.kernels]
   if missing:
-    raise ValueError(f"calibration has no statistics for {missing}; allowed: a "
-                     "calibration of this model (it records every attn/mlp/head kernel)")
+    raise ValueError(
+      f"calibration has no statistics for {missing}; allowed: a "
+      "calibration of this model (it records every attn/mlp/head kernel)"
+    )
   for n in names:
     k = shapes[n][0]
     stats = calib.kernels[n]
     if tuple(stats.h_KxK.shape) != (k, k) or tuple(stats.mean_abs_K.shape) != (k,):
-      raise ValueError(f"calibration statistics of {'/'.join(n)} have shapes "
-                       f"{tuple(stats.h_KxK.shape)}, {tuple(stats.mean_abs_K.shape)}; "
-                       f"allowed: ({k}, {k}), ({k},) for its kernel {tuple(shapes[n])}")
+      raise ValueError(
+        f"calibration statistics of {'/'.join(n)} have shapes "
+        f"{tuple(stats.h_KxK.shape)}, {tuple(stats.mean_abs_K.shape)}; "
+        f"allowed: ({k}, {k}), ({k},) for its kernel {tuple(shapes[n])}"
+      )
 
 
 def _like(old: Any, new: jax.Array) -> jax.Array:
@@ -85,28 +103,54 @@ def _like(old: Any, new: jax.Array) -> jax.Array:
   return new
 
 
-def _quantize_stage(params: Any, spec: QuantSpec, method: str,
-                    calib: calibration.Calibration, names: list[tuple[str, ...]],
-                    masks: dict[tuple[str, ...], jax.Array], preset: Preset | None,
-                    percdamp: float, act_order: bool, grid: int) -> Any:
+def _quantize_stage(
+  params: Any,
+  spec: QuantSpec,
+  method: str,
+  calib: calibration.Calibration,
+  names: list[tuple[str, ...]],
+  masks: dict[tuple[str, ...], jax.Array],
+  preset: Preset | None,
+  percdamp: float,
+  act_order: bool,
+  grid: int,
+) -> Any:
   """params with the kernels `names` quantized by `method`; other leaves untouched."""
   all_names, leaves, treedef = named_leaves(params)
   values = {n: unboxed(leaf) for n, leaf in zip(all_names, leaves)}
   if method == "gptq":
-    done = {n: gptq.quantize_kernel(values[n], calib.kernels[n].h_KxK, spec, masks.get(n),
-                                    percdamp=percdamp, act_order=act_order,
-                                    name="/".join(n)) for n in names}
+    done = {
+      n: gptq.quantize_kernel(
+        values[n],
+        calib.kernels[n].h_KxK,
+        spec,
+        masks.get(n),
+        percdamp=percdamp,
+        act_order=act_order,
+        name="/".join(n),
+      )
+      for n in names
+    }
   else:
     done, _ = awq.quantize_kernels(values, calib.kernels, spec, preset, masks, names, grid)
-  out = [reboxed(leaf, _like(values[n], done[n])) if n in done else leaf
-         for n, leaf in zip(all_names, leaves)]
+  out = [
+    reboxed(leaf, _like(values[n], done[n])) if n in done else leaf
+    for n, leaf in zip(all_names, leaves)
+  ]
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def quantize_params(params: Any, spec: QuantSpec, method: str = "rtn",
-                    calib: calibration.Calibration | None = None, *,
-                    preset: Preset | None = None, percdamp: float = gptq.PERCDAMP,
-                    act_order: bool = False, grid: int = awq.GRID) -> Any:
+def quantize_params(
+  params: Any,
+  spec: QuantSpec,
+  method: str = "rtn",
+  calib: calibration.Calibration | None = None,
+  *,
+  preset: Preset | None = None,
+  percdamp: float = gptq.PERCDAMP,
+  act_order: bool = False,
+  grid: int = awq.GRID,
+) -> Any:
   """params with every kernel `spec` targets quantized by `method` (see the docstring).
 
   `calib`: statistics of the float model (calibration.calibrate) for gptq and awq;
@@ -123,22 +167,40 @@ def quantize_params(params: Any, spec: QuantSpec, method: str = "rtn",
     return params
   names = quantized_kernels(params, spec)
   _check_calibration(params, calib, names)
-  return _quantize_stage(params, spec, method, calib, names,
-                         reference.outlier_masks(params, spec), preset, percdamp,
-                         act_order, grid)
+  return _quantize_stage(
+    params,
+    spec,
+    method,
+    calib,
+    names,
+    reference.outlier_masks(params, spec),
+    preset,
+    percdamp,
+    act_order,
+    grid,
+  )
 
 
-def quantize_sequential(model: Transformer, params: Any, spec: QuantSpec, method: str,
-                        tokens: Any, *, percdamp: float = gptq.PERCDAMP,
-                        act_order: bool = False, grid: int = awq.GRID
-                        ) -> tuple[Any, calibration.Calibration]:
+def quantize_sequential(
+  model: Transformer,
+  params: Any,
+  spec: QuantSpec,
+  method: str,
+  tokens: Any,
+  *,
+  percdamp: float = gptq.PERCDAMP,
+  act_order: bool = False,
+  grid: int = awq.GRID,
+) -> tuple[Any, calibration.Calibration]:
   """(quantized params, statistics used): block i calibrated on the outputs of the
   quantized blocks < i (calibration.calibrate_sequential); outlier rows still come from
   the float weights."""
   check_method(method, spec, preset=model.p, percdamp=percdamp, grid=grid)
   if method not in CALIBRATED:
-    raise ValueError(f"quant method={method!r} takes no calibration; allowed here: "
-                     f"{list(CALIBRATED)} (rtn: quantize_params)")
+    raise ValueError(
+      f"quant method={method!r} takes no calibration; allowed here: "
+      f"{list(CALIBRATED)} (rtn: quantize_params)"
+    )
   calibration.check_tokens(tokens)
   if not spec.quantized:
     return params, calibration.calibrate(model, params, tokens)
@@ -147,7 +209,8 @@ def quantize_sequential(model: Transformer, params: Any, spec: QuantSpec, method
 
   def stage(stage_params, calib, names):
     names = [n for n in names if n in targeted]
-    return _quantize_stage(stage_params, spec, method, calib, names, masks, model.p,
-                           percdamp, act_order, grid)
+    return _quantize_stage(
+      stage_params, spec, method, calib, names, masks, model.p, percdamp, act_order, grid
+    )
 
   return calibration.calibrate_sequential(model, params, tokens, stage)

@@ -108,6 +108,11 @@ def outlier_masks(params: Any, spec: QuantSpec) -> dict[tuple[str, ...], jax.Arr
   if spec.outlier_share == 0.0:
     return {}
   values = {n: unboxed(leaf) for n, leaf in zip(names, leaves)}
+  outliers.check_proxy_shapes(
+    {n: v.shape for n, v in values.items()},
+    spec.outlier_share,
+    {n: is_quantized(n, spec) for n in names},
+  )
   masks = {}
   for n in names:
     source = outliers.proxy_source(n, _num_layers(names))

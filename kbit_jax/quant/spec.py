@@ -5,8 +5,9 @@ compiled; each error is a ValueError naming the key, the bad value and what is a
 The spec is a frozen (hashable) dataclass, so it can be a static jit argument.
 
 Targets name parameter groups of `model.Transformer`: `attn` (query/key/value/out
-kernels), `mlp` (wi/wo kernels), `head` (the untied output kernel), `embed` (the token
-embedding table). Biases, LayerNorms and position tables are never quantized.
+kernels), `mlp` (wi/wo kernels, and gate in a gated MLP), `head` (the untied output
+kernel), `embed` (the token embedding table). Biases, LayerNorms/RMSNorms (Qwen3's q/k
+norms too) and position tables are never quantized.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 from flax.core import meta
 
-from kbit_jax.quant import blockwise, codebooks
+from kbit_jax.quant import blockwise, codebooks, outliers
 
 UNQUANTIZED_BITS = 16
 WEIGHT_BITS = codebooks.BITS + (UNQUANTIZED_BITS,)
@@ -187,8 +188,14 @@ def is_quantized(names: tuple[str, ...], spec: QuantSpec) -> bool:
 
 def check_targets_exist(params_shapes: Any, spec: QuantSpec) -> None:
   """Raises if a requested target names no tensor of the model (e.g. `head` when the
-  embeddings are tied). Works on `jax.eval_shape` output."""
-  names, _, _ = named_leaves(params_shapes)
+  embeddings are tied), or if outliers are asked of a tensor without a proxy that fits
+  (outliers.check_proxy_shapes). Works on `jax.eval_shape` output."""
+  names, leaves, _ = named_leaves(params_shapes)
+  outliers.check_proxy_shapes(
+    {n: tuple(unboxed(leaf).shape) for n, leaf in zip(names, leaves)},
+    spec.outlier_share if spec.quantized else 0.0,
+    {n: is_quantized(n, spec) for n in names},
+  )
   present = {target_of(n) for n in names} - {None}
   missing = [t for t in spec.targets if t not in present]
   if missing:

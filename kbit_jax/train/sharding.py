@@ -11,6 +11,16 @@ MLP whose two weights are both P('fsdp', 'tensor') with the batch on P(('data', 
 silently gives 60-80% wrong gradients while forward and loss are right. With the second
 weight P('tensor', 'fsdp') gradients are correct; tests/test_sharding.py compares sharded
 with single-device gradients for every rule set the configs offer.
+
+Grouped-query attention (fewer key/value heads than query heads, `Preset.kv_heads`): the
+key and value kernels name their output axis `kv_heads` (with as many heads as queries
+they keep `heads`), and every rule set maps `kv_heads` to None, i.e. they are replicated
+over the tensor axis (still split over fsdp by `embed`). Any tensor size that divides
+num_heads then works, kv_heads = 1 (Gemma-2B, multi-query) included, and each device
+computes the key/value heads its query heads read. The cost is small: the key and the
+value kernel are each kv_heads / num_heads of the query kernel's size (1/4 for Llama
+3.1-8B and Mistral-7B, 1/8 for Gemma-2B). Splitting them by kv group would save that
+memory only where tensor divides kv_heads; it is not offered.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ RULE_SETS = {
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", None),  # grouped-query key/value: replicated over tensor (see above)
     ("vocab", "tensor"),
     ("length", None),
     ("norm", None),
@@ -44,6 +55,7 @@ RULE_SETS = {
     ("embed", "fsdp"),
     ("mlp", None),
     ("heads", None),
+    ("kv_heads", None),
     ("vocab", None),
     ("length", None),
     ("norm", None),
@@ -54,6 +66,7 @@ RULE_SETS = {
     ("embed", None),
     ("mlp", None),
     ("heads", None),
+    ("kv_heads", None),
     ("vocab", None),
     ("length", None),
     ("norm", None),

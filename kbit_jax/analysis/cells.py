@@ -1,8 +1,9 @@
-"""Scaling-fit stage: results store -> cells -> per-curve fits, bit-optimal k, precision law.
+"""The results store as cells: the column adapter, labels, the compatibility checks, the
+training families and the main method.
 
-    kbit fit --results W/results --out W/analysis      # -> stage.fit(results_dir, out_dir)
-    cells, issues = scaling.load_cells(results_dir)    # results.load + the column adapter
-    analysis = scaling.analyse(cells, issues, n_boot=200)
+    store = cells.load_store(results_dir)            # results.load + the adapter
+    checked, issues = cells.check_cells(store)       # the compatibility checks
+    main = cells.main_method(checked)                # what the figures and tables show
 
 Vocabulary. A *cell* is one evaluated (model, quantization). A *checkpoint* (bootstrap
 unit) is one trained model: preset x seed x training tokens. A *method* is a quantization
@@ -14,37 +15,29 @@ training setup: with one token count per preset the whole store is one family; o
 families split by token count (if every preset has the same token counts) or by tokens
 per parameter (2 significant digits).
 
-Per family x curve: `power` (nll) and `sigmoid` (mean zero-shot accuracy) fits against
-total model bits (scaling_fit); per family x method: the bit-optimal k per budget
-(bitoptimal); per method, jointly over k and families: the precision-aware `neff` and
-`ptq` laws. Every fit reports its leave-largest-size-out extrapolation error.
-
 What makes a store incompatible (cells that cannot share one analysis): different
 evaluation settings (`eval_id`), different quantization targets among quantized cells,
 or one preset with different parameter counts. The largest consistent group is kept and
 the rest are named in a warning; so are cells with missing or non-finite metrics (left
-out of that metric's fits) and fits the data cannot identify.
+out of that metric's fits).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from etils import epath
 
-from kbit_jax.analysis import bitoptimal, scaling_fit
-from kbit_jax.analysis.scaling_fit import FitError, FitResult
+from kbit_jax.analysis import results
 
 BASELINE_BITS = 16
 BASELINE_METHOD = "16-bit"
 METRICS = ("nll", "acc")  # nll = ln(perplexity), nats per token
-# The figures' *main* data type: the first present (the study's recommended types first).
+# The main method's data type: the first present (the study's recommended types first).
 MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
 # Chance accuracy of each zero-shot task (lambada is greedy generation: 0); the mean
 # accuracy's floor `lo` is the mean over the tasks a cell was scored on.
@@ -234,6 +227,44 @@ def curve_k(curve: str) -> int:
   return int(curve.split()[0][1:])
 
 
+def by_count(values: pd.Series) -> list[Any]:
+  """The distinct values, most frequent first, then by name."""
+  counts = values.value_counts()
+  return sorted(counts.index, key=lambda v: (-counts[v], str(v)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MainMethod:
+  """The one quantization method the figures, the extra axes' tables and the report show."""
+
+  label: str  # the cells' `method`, e.g. "nf B64"
+  dtype: str
+  blocksize: float
+
+
+def main_method(cells: pd.DataFrame) -> MainMethod | None:
+  """The main method of `cells`, from its weights-only quantized cells without outliers:
+  block size 64 if present, else the most common; then the first of MAIN_DTYPES present
+  (else the first data type by name); then, of that type's methods at that block size
+  (with and without double quantization), the one with the most cells. None without
+  such cells. Activation-quantized cells do not count, so a store's checked cells (the
+  figures, the report) and its extra axes' cells agree unless check_cells leaves out
+  quantized cells of other targets or parameter counts."""
+  q = cells[
+    (cells["k"] != BASELINE_BITS)
+    & (cells["outlier_share"] == 0)
+    & (cells["act_bits"] == BASELINE_BITS)
+  ]
+  blocks = q["blocksize"].dropna()
+  if blocks.empty:
+    return None
+  blocksize = 64.0 if (blocks == 64).any() else float(blocks.mode().iloc[0])
+  q = q[q["blocksize"] == blocksize]
+  dtypes = set(q["dtype"])
+  dtype = next((d for d in MAIN_DTYPES if d in dtypes), min(dtypes))
+  return MainMethod(by_count(q.loc[q["dtype"] == dtype, "method"])[0], dtype, blocksize)
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -273,12 +304,13 @@ def check_cells(
 ) -> tuple[pd.DataFrame, list[str]]:
   """Drops what cannot be analysed (warning for each) and assigns training families."""
   issues = [] if issues is None else issues
+  attrs = dict(cells.attrs)
   act = cells[cells["act_bits"] != BASELINE_BITS]
   if len(act):
     issues.append(
       f"{len(act)} cell(s) with activation bits < 16 are left out of the fits "
       "(weights-only, as in the study) and shown in the weight x activation "
-      "bits tables (scaling_axes.py)"
+      "bits tables (extra_axes.py)"
     )
     cells = cells.drop(index=act.index)
   bad_bits = cells[~(cells["total_bits"] > 0)]
@@ -313,7 +345,9 @@ def check_cells(
       _warn(issues, f"no cell has a finite {metric}: no {metric} fits or figures")
   cells = cells.copy()
   cells["family"] = assign_families(cells, issues)
-  return cells.reset_index(drop=True), issues
+  checked = cells.reset_index(drop=True)
+  checked.attrs = attrs  # the store's, whatever pandas carries through the steps above
+  return checked, issues
 
 
 def tokens_label(t: float) -> str:
@@ -350,330 +384,17 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   return labels
 
 
-def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
-  """results.load(results_dir) through the adapter and the checks."""
-  from kbit_jax.analysis import results
-
+def load_store(results_dir: str) -> pd.DataFrame:
+  """Every record of `results_dir` through the adapter, unchecked; its attrs name the
+  store (results_dir, ppl_split, tasks). A store without records is a ValueError."""
   df = results.load(results_dir)
   if df.empty:
     raise ValueError(f"results directory {results_dir} holds no records")
   cells = cells_from_store(df)
-  checked, issues = check_cells(cells)
-  checked.attrs.update(cells.attrs, results_dir=str(results_dir))
-  return checked, issues
+  cells.attrs["results_dir"] = str(results_dir)
+  return cells
 
 
-# ----------------------------------------------------------------------------- analysis
-
-
-@dataclasses.dataclass
-class Analysis:
-  cells: pd.DataFrame
-  issues: list[str]
-  curve_fits: dict[tuple[str, str, str, str], FitResult]  # (family, method, curve, metric)
-  bit_optimal: dict[tuple[str, str, str], pd.DataFrame]  # (family, method, metric)
-  joint_fits: dict[tuple[str, str], FitResult]  # (method, form)
-  skipped: list[str]  # fits not made, and why
-  level: float
-  n_boot: int
-
-  def curves(self, family: str, method: str) -> dict[str, pd.DataFrame]:
-    """label -> cells of that curve, the 16-bit baseline included, sorted by k."""
-    fam = self.cells[self.cells["family"] == family]
-    rows = fam[(fam["method"] == method) | (fam["k"] == BASELINE_BITS)]
-    groups = dict(tuple(rows.groupby("curve")))
-    return {c: groups[c] for c in sorted(groups, key=lambda c: (curve_k(c), c))}
-
-  def methods(self) -> list[str]:
-    """Quantization methods by number of cells (most first, then by name)."""
-    return _by_count(self.cells.loc[self.cells["k"] != BASELINE_BITS, "method"])
-
-  def families(self) -> list[str]:
-    return _by_count(self.cells["family"])
-
-  def curve_fit(self, family: str, method: str, curve: str, metric: str) -> FitResult | None:
-    m = BASELINE_METHOD if curve_k(curve) == BASELINE_BITS else method
-    return self.curve_fits.get((family, m, curve, metric))
-
-
-def _by_count(values: pd.Series) -> list[str]:
-  counts = values.value_counts()
-  return sorted(counts.index, key=lambda v: (-counts[v], str(v)))
-
-
-def _finite(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
-  return cells[np.isfinite(cells[metric].to_numpy(float))]
-
-
-def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float) -> FitResult:
-  c = _finite(cells, metric)
-  data = scaling_fit.curve_data(
-    np.log(c["total_bits"].to_numpy(float)),
-    c[metric].to_numpy(),
-    c["params"].to_numpy(),
-    c["unit"].to_numpy(),
-    lo=float(c["chance"].mean()) if len(c) else 0.0,
-  )
-  return scaling_fit.fit_form(scaling_fit.CURVE_FORMS[metric], data, what, draws, level)
-
-
-def analyse(
-  cells: pd.DataFrame,
-  issues: Sequence[str] = (),
-  n_boot: int = 200,
-  level: float = 0.95,
-  seed: int = 0,
-  num_budgets: int = 12,
-) -> Analysis:
-  """Every fit the cells allow; fits they do not allow are listed in `skipped`."""
-  a = Analysis(cells, list(issues), {}, {}, {}, [], level, n_boot)
-  for family in a.families():
-    fam = cells[cells["family"] == family]
-    draws = scaling_fit.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
-    for method in [BASELINE_METHOD] + [m for m in a.methods() if m in set(fam["method"])]:
-      for curve, c in a.curves(family, method).items():
-        if method != BASELINE_METHOD and curve_k(curve) == BASELINE_BITS:
-          continue
-        for metric in METRICS:
-          what = f"{metric} {scaling_fit.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
-          try:
-            a.curve_fits[(family, method, curve, metric)] = _curve_fit(
-              c, metric, what, draws, level
-            )
-          except FitError as e:
-            a.skipped.append(str(e))
-      if method == BASELINE_METHOD:
-        continue
-      for metric in METRICS:
-        curves = {label: _finite(c, metric) for label, c in a.curves(family, method).items()}
-        curves = {label: c for label, c in curves.items() if len(c)}
-        if len(curves) < 2:
-          a.skipped.append(
-            f"bit-optimal {metric}, {family}, {method}: {len(curves)} curve(s) "
-            "with data; needs >= 2 bit widths"
-          )
-          continue
-        fits = {
-          label: f
-          for label in curves
-          if (f := a.curve_fit(family, method, label, metric)) is not None
-        }
-        a.bit_optimal[(family, method, metric)] = bitoptimal.bit_optimal(
-          curves, fits, metric, draws, num_budgets
-        )
-  for method in a.methods():
-    rows = _finite(cells[(cells["method"] == method) | (cells["k"] == BASELINE_BITS)], "nll")
-    rows = rows[rows["family"].isin(set(cells.loc[cells["method"] == method, "family"]))]
-    if rows["tokens"].isna().any():
-      a.skipped.append(f"precision laws, {method}: training tokens unknown for some cells")
-      continue
-    data = scaling_fit.joint_data(
-      rows["n"].to_numpy(),
-      rows["tokens"].to_numpy(),
-      rows["k"].to_numpy(),
-      rows["family"].tolist(),
-      rows["nll"].to_numpy(),
-      rows["unit"].to_numpy(),
-    )
-    draws = scaling_fit.bootstrap_draws(rows["unit"].to_numpy(), n_boot, seed + 1)
-    for name, form in scaling_fit.JOINT_FORMS.items():
-      try:
-        a.joint_fits[(method, name)] = scaling_fit.fit_form(
-          form, data, f"{name} precision law, {method}", draws, level
-        )
-      except FitError as e:
-        a.skipped.append(str(e))
-  return a
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _fit_rows(key: dict[str, Any], fit: FitResult) -> list[dict[str, Any]]:
-  common = dict(
-    key,
-    form=fit.name,
-    metric=fit.metric,
-    cells=fit.n_cells,
-    sizes=fit.n_sizes,
-    boot_ok=fit.n_boot_ok,
-    at_bound=",".join(fit.at_bound),
-  )
-  return [
-    dict(
-      common,
-      param=p,
-      value=v,
-      lo=fit.ci.get(p, (np.nan, np.nan))[0],
-      hi=fit.ci.get(p, (np.nan, np.nan))[1],
-    )
-    for p, v in fit.params.items()
-  ]
-
-
-def params_table(a: Analysis) -> pd.DataFrame:
-  """Long format: one row per (fit, parameter) with its bootstrap interval [lo, hi]."""
-  rows = []
-  for (family, method, curve, _), fit in a.curve_fits.items():
-    rows += _fit_rows(dict(family=family, method=method, curve=curve), fit)
-  for (method, _), fit in a.joint_fits.items():
-    rows += _fit_rows(dict(family="all", method=method, curve="all k"), fit)
-  return pd.DataFrame(rows)
-
-
-def extrapolation_table(a: Analysis) -> pd.DataFrame:
-  """Leave-largest-size-out error of every fit (a note where it could not be made)."""
-  rows = []
-  items = [((f, m, c), fit) for (f, m, c, _), fit in a.curve_fits.items()]
-  items += [(("all", m, "all k"), fit) for (m, _), fit in a.joint_fits.items()]
-  for (family, method, curve), fit in items:
-    e = fit.extrapolation or {}
-    preset = ""
-    if e:
-      size_col = "n" if curve == "all k" else "params"
-      match = a.cells.loc[a.cells[size_col] == e["heldout_size"], "preset"]
-      preset = match.iloc[0] if len(match) else str(e["heldout_size"])
-    rows.append(
-      dict(
-        family=family,
-        method=method,
-        curve=curve,
-        form=fit.name,
-        metric=fit.metric,
-        heldout=preset,
-        cells=e.get("cells", 0),
-        mean_error=e.get("mean_error", np.nan),
-        mean_abs_error=e.get("mean_abs_error", np.nan),
-        ppl_rel_error=e.get("ppl_rel_error", np.nan),
-        note=fit.extrapolation_note,
-      )
-    )
-  return pd.DataFrame(rows)
-
-
-def bit_optimal_table(a: Analysis) -> pd.DataFrame:
-  frames = [t.assign(family=f, method=m) for (f, m, _), t in a.bit_optimal.items()]
-  if not frames:
-    return pd.DataFrame()
-  out = pd.concat(frames, ignore_index=True)
-  return out[
-    [
-      "family",
-      "method",
-      "metric",
-      "budget_bits",
-      "candidates",
-      "best_interp",
-      "share_interp",
-      "best_fit",
-      "share_fit",
-    ]
-  ]
-
-
-def provenance(a: Analysis) -> dict[str, Any]:
-  """Where the numbers come from: store, commits, axes, training setup per preset."""
-  c = a.cells
-  quantized = c[c["k"] != BASELINE_BITS]
-  presets = (
-    c.sort_values("params")
-    .groupby("preset", sort=False)
-    .agg(
-      params=("params", "first"),
-      non_embedding=("n", "first"),
-      tokens=("tokens", lambda s: sorted(set(s.dropna().astype(int)))),
-      seeds=("seed", lambda s: sorted(set(s))),
-      cells=("cell", "size"),
-    )
-  )
-  for col in ("train_steps", "train_batch_size", "seq_len", "train_lr"):
-    if col in c:
-      presets[col] = c.groupby("preset")[col].agg(lambda s: sorted(set(s.dropna())))
-  created = sorted(x for x in c["created"].astype(str) if x and x != "nan")
-  return {
-    "results_dir": c.attrs.get("results_dir", ""),
-    "cells": int(len(c)),
-    "commits": {str(k): int(v) for k, v in c["commit"].value_counts().items()},
-    "created": [created[0], created[-1]] if created else [],
-    "eval_id": sorted(set(c["eval_id"].astype(str))),
-    "ppl_split": c.attrs.get("ppl_split", "?"),
-    "tasks": c.attrs.get("tasks", []),
-    "chance": float(c["chance"].mean()) if len(c) else 0.0,
-    "bits": sorted(set(c["k"].astype(int))),
-    "dtypes": sorted(set(quantized["dtype"].astype(str))),
-    "blocksizes": [
-      blocksize_label(b) for b in sorted(set(quantized["blocksize"].dropna()), key=blocksize_order)
-    ],
-    "outlier_shares": sorted(set(quantized["outlier_share"])),
-    "targets": sorted(set(quantized["targets"].astype(str))),
-    "families": a.families(),
-    "methods": a.methods(),
-    "presets": presets.reset_index().to_dict(orient="records"),
-    "n_boot": a.n_boot,
-    "level": a.level,
-  }
-
-
-def _json_default(x: Any) -> Any:
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return None if not np.isfinite(x) else float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  return str(x)
-
-
-def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
-  """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv."""
-  out = epath.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  tables = {
-    "params": params_table(a),
-    "extrapolation": extrapolation_table(a),
-    "bit_optimal": bit_optimal_table(a),
-  }
-  paths = {}
-  for name, table in tables.items():
-    paths[name] = out / f"{name}.csv"
-    paths[name].write_text(table.to_csv(index=False))
-  paths["fits"] = out / "fits.json"
-  paths["fits"].write_text(
-    json.dumps(
-      {
-        "provenance": provenance(a),
-        "issues": a.issues,
-        "skipped": a.skipped,
-        **{name: t.replace({np.nan: None}).to_dict(orient="records") for name, t in tables.items()},
-      },
-      indent=1,
-      default=_json_default,
-    )
-  )
-  return paths
-
-
-def summary(a: Analysis) -> str:
-  """A few lines for the terminal."""
-  lines = [
-    f"scaling: {len(a.cells)} cells, {len(a.curve_fits)} curve fits, "
-    f"{len(a.joint_fits)} precision-law fits, {len(a.skipped)} skipped, "
-    f"{len(a.issues)} data issue(s); {a.n_boot} bootstrap replicates, "
-    f"{a.level:.0%} intervals"
-  ]
-  for (method, name), fit in list(a.joint_fits.items())[:4]:
-    ci = fit.ci
-    shown = ", ".join(
-      f"{p}={v:.3g}" + (f" [{ci[p][0]:.3g}, {ci[p][1]:.3g}]" if p in ci else "")
-      for p, v in fit.params.items()
-      if p.startswith(("alpha", "gamma"))
-    )
-    lines.append(f"  {name} law, {method}: {shown}")
-  for (family, method, metric), t in list(a.bit_optimal.items())[:4]:
-    best = t["best_interp"].dropna()
-    if len(best):
-      lines.append(
-        f"  bit-optimal ({metric}, {family}, {method}) by interpolation: "
-        + ", ".join(f"{k} {n}x" for k, n in best.value_counts().items())
-      )
-  return "\n".join(lines)
+def load_cells(results_dir: str) -> tuple[pd.DataFrame, list[str]]:
+  """load_store(results_dir) through the checks."""
+  return check_cells(load_store(results_dir))

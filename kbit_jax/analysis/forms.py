@@ -1,4 +1,4 @@
-"""Fit forms of the k-bit scaling analysis, robust least squares and bootstrap intervals.
+"""The fit forms of the k-bit scaling analysis and the data they are fitted to.
 
 Per curve (one data type x block size x outlier share x k x training family), against
 x = ln(total model bits) - x0 (x0 = the curve's mean, for conditioning):
@@ -20,10 +20,7 @@ form; N = non-embedding parameters, D = training tokens, f = training family):
             per family (identifiable only with >= 3 token counts), and gamma_D is fitted only
             when the cells hold >= 2 token counts (else fixed at 0 and absorbed into C).
 
-Every fit is scipy's `least_squares` run twice: a plain fit whose residuals set the
-robust scale (f_scale = 1.5 x 1.4826 x MAD), then `loss='soft_l1'` from that solution.
-Bootstrap: resample checkpoints (preset x seed x family) with replacement, refit, take
-percentile intervals; replicates with too few distinct sizes are skipped and counted.
+How a form is fitted (robust least squares, bootstrap, hold-out) is fitting.py.
 """
 
 from __future__ import annotations
@@ -32,14 +29,8 @@ import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import optimize
 
 QUANTIZED_MAX_BITS = 8  # k above this is the unquantized baseline (k = 16)
-ROBUST_LOSS = "soft_l1"
-
-
-class FitError(ValueError):
-  """A fit that cannot be made from the data it was given (the message says why)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,50 +41,19 @@ class Form:
   (chance accuracy for `sigmoid`, unused otherwise)."""
 
   name: str
-  metric: str  # which metric it fits: nll | acc
   param_names: tuple[str, ...]  # the reported parameters (joint forms: + one E per family)
-  min_sizes: int
   predict: Callable[[np.ndarray, np.ndarray, dict], np.ndarray]
   start: Callable[[np.ndarray, np.ndarray, dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
-  log_residuals: bool  # residuals in ln(metric) (nll) or metric units (acc)
-  scale_floor: float  # smallest robust scale, in residual units
   report: Callable[[np.ndarray, dict], dict[str, float]]  # theta -> reported parameters
-  theta_labels: Callable[[dict], list[str]]  # what each theta entry is
+  metric: str = "nll"  # which metric it fits: nll | acc
+  min_sizes: int = 3
+  log_residuals: bool = True  # residuals in ln(metric) (nll) or metric units (acc)
+  scale_floor: float = 1e-4  # smallest robust scale, in residual units
+  theta_labels: Callable[[dict], list[str]] | None = None  # None: theta is param_names
 
-
-def _residual_fn(form: Form, x: np.ndarray, y: np.ndarray, ctx: dict):
-  if form.log_residuals:
-    log_y = np.log(y)
-    return lambda th: np.log(np.maximum(form.predict(th, x, ctx), 1e-300)) - log_y
-  return lambda th: form.predict(th, x, ctx) - y
-
-
-def robust_fit(
-  form: Form,
-  x: np.ndarray,
-  y: np.ndarray,
-  ctx: dict,
-  f_scale: float | None = None,
-  theta0: np.ndarray | None = None,
-  bounds: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, float]:
-  """(theta, f_scale). Without f_scale, a plain pass first sets the robust scale from its
-  residuals; with f_scale, theta0 and bounds (bootstrap replicates), one robust pass."""
-  if theta0 is None or bounds is None:
-    theta0, low, high = form.start(x, y, ctx)
-  else:
-    low, high = bounds
-  theta = np.clip(theta0, low, high)
-  fun = _residual_fn(form, x, y, ctx)
-  if f_scale is None:
-    plain = optimize.least_squares(fun, theta, bounds=(low, high), method="trf")
-    r = plain.fun
-    mad = 1.4826 * np.median(np.abs(r - np.median(r)))
-    f_scale, theta = max(1.5 * mad, form.scale_floor), plain.x
-  fit = optimize.least_squares(
-    fun, theta, bounds=(low, high), method="trf", loss=ROBUST_LOSS, f_scale=f_scale
-  )
-  return fit.x, f_scale
+  def labels(self, ctx: dict) -> list[str]:
+    """What each theta entry is."""
+    return list(self.param_names) if self.theta_labels is None else self.theta_labels(ctx)
 
 
 # ----------------------------------------------------------------------------- forms
@@ -152,37 +112,16 @@ def _sigmoid_report(th, ctx):
   }
 
 
-def _power_labels(ctx):
-  return ["a", "alpha", "E"]
-
-
-def _sigmoid_labels(ctx):
-  return ["hi", "s", "m_bits"]
-
-
-POWER = Form(
-  "power",
-  "nll",
-  ("a", "alpha", "E"),
-  3,
-  _power_predict,
-  _power_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_power_report,
-  theta_labels=_power_labels,
-)
+POWER = Form("power", ("a", "alpha", "E"), _power_predict, _power_start, _power_report)
 SIGMOID = Form(
   "sigmoid",
-  "acc",
   ("hi", "s", "m_bits"),
-  3,
   _sigmoid_predict,
   _sigmoid_start,
+  _sigmoid_report,
+  metric="acc",
   log_residuals=False,
   scale_floor=1e-3,
-  report=_sigmoid_report,
-  theta_labels=_sigmoid_labels,
 )
 CURVE_FORMS = {"nll": POWER, "acc": SIGMOID}
 
@@ -297,26 +236,18 @@ def _ptq_labels(ctx):
 
 NEFF = Form(
   "neff",
-  "nll",
   ("A", "alpha", "gamma", "E"),
-  3,
   _neff_predict,
   _neff_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_neff_report,
+  _neff_report,
   theta_labels=_neff_labels,
 )
 PTQ = Form(
   "ptq",
-  "nll",
   ("A", "alpha", "E", "C", "gamma_N", "gamma_post"),
-  3,
   _ptq_predict,
   _ptq_start,
-  log_residuals=True,
-  scale_floor=1e-4,
-  report=_ptq_report,
+  _ptq_report,
   theta_labels=_ptq_labels,
 )
 JOINT_FORMS = {"neff": NEFF, "ptq": PTQ}
@@ -380,155 +311,3 @@ def joint_data(
     "fit_gamma_d": len(set(np.round(ln_d, 6))) >= 2,
   }
   return FitData(x, np.asarray(y, float), np.asarray(n), np.asarray(units), ctx)
-
-
-def check_identifiable(form: Form, data: FitData, what: str) -> None:
-  """Raises FitError naming what is missing for `form` to be identifiable."""
-  sizes = np.unique(data.sizes)
-  if len(sizes) < form.min_sizes:
-    raise FitError(
-      f"{what}: {len(sizes)} distinct model size(s) "
-      f"({', '.join(f'{s:,}' for s in sizes) or 'none'}); the {form.name} form "
-      f"({', '.join(form.param_names)}) needs >= {form.min_sizes}"
-    )
-  if form.name in JOINT_FORMS:
-    quantized = data.x[:, 2] <= QUANTIZED_MAX_BITS
-    ks = np.unique(data.x[quantized, 2])
-    if len(ks) < 2:
-      raise FitError(
-        f"{what}: quantized cells at {len(ks)} bit width(s) {ks.astype(int).tolist()}"
-        f"; the {form.name} law needs >= 2 quantized k to separate gamma from C"
-      )
-    if form.name == "ptq" and len(np.unique(data.sizes[quantized])) < 2:
-      raise FitError(
-        f"{what}: quantized cells at one model size; the ptq law needs >= 2 to fit gamma_N"
-      )
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclasses.dataclass
-class FitResult:
-  """A fitted form: point estimate, bootstrap replicates, intervals, held-out error."""
-
-  form: Form
-  theta: np.ndarray
-  params: dict[str, float]
-  ci: dict[str, tuple[float, float]]
-  boot_theta: np.ndarray  # (n_boot, len(theta)); NaN rows = skipped replicates
-  data: FitData
-  f_scale: float
-  level: float
-  extrapolation: dict | None = None
-  extrapolation_note: str = ""
-  at_bound: list[str] = dataclasses.field(default_factory=list)  # parameters on a bound
-
-  @property
-  def name(self) -> str:
-    return self.form.name
-
-  @property
-  def metric(self) -> str:
-    return self.form.metric
-
-  @property
-  def n_cells(self) -> int:
-    return len(self.data.y)
-
-  @property
-  def n_sizes(self) -> int:
-    return len(np.unique(self.data.sizes))
-
-  @property
-  def n_boot_ok(self) -> int:
-    return int(np.sum(~np.isnan(self.boot_theta[:, 0]))) if len(self.boot_theta) else 0
-
-  def predict(self, x: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
-    return self.form.predict(self.theta if theta is None else theta, x, self.data.ctx)
-
-  def predict_band(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point, low, high) predictions; the band is the percentile band of replicates."""
-    point = self.predict(x)
-    ok = self.boot_theta[~np.isnan(self.boot_theta[:, 0])]
-    if len(ok) < 2:
-      return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
-    reps = np.stack([self.predict(x, th) for th in ok])
-    tail = 50 * (1 - self.level)
-    return point, np.percentile(reps, tail, axis=0), np.percentile(reps, 100 - tail, axis=0)
-
-
-def bootstrap_draws(units: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-  """n_boot resamples (with replacement) of the distinct units, as arrays of unit ids.
-  Shared by every curve of one method so that replicate r of each k sees the same
-  checkpoints (the bit-optimal shares compare curves replicate by replicate)."""
-  rng = np.random.default_rng(seed)
-  distinct = np.unique(units)
-  return [rng.choice(distinct, size=len(distinct), replace=True) for _ in range(n_boot)]
-
-
-def fit_form(
-  form: Form,
-  data: FitData,
-  what: str,
-  draws: Sequence[np.ndarray] = (),
-  level: float = 0.95,
-  extrapolate: bool = True,
-) -> FitResult:
-  """Point fit, bootstrap over `draws` (see bootstrap_draws) and leave-largest-size-out
-  extrapolation error. Raises FitError when the data cannot identify the form."""
-  check_identifiable(form, data, what)
-  if not np.all(np.isfinite(data.y)) or (form.log_residuals and np.any(data.y <= 0)):
-    raise FitError(f"{what}: non-finite or non-positive {form.metric} values")
-  theta, f_scale = robust_fit(form, data.x, data.y, data.ctx)
-  # Replicates start from theta inside the full data's bounds (E below its smallest loss).
-  _, low, high = form.start(data.x, data.y, data.ctx)
-  rows_of = {u: np.flatnonzero(data.units == u) for u in np.unique(data.units)}
-  boot = np.full((len(draws), len(theta)), np.nan)
-  for r, draw in enumerate(draws):
-    rep = data.take(
-      np.concatenate([rows_of[u] for u in draw if u in rows_of] or [np.zeros(0, int)])
-    )
-    try:
-      check_identifiable(form, rep, what)
-    except FitError:
-      continue
-    boot[r], _ = robust_fit(form, rep.x, rep.y, rep.ctx, f_scale, theta, (low, high))
-  result = FitResult(form, theta, form.report(theta, data.ctx), {}, boot, data, f_scale, level)
-  span = high - low
-  on_bound = (theta - low < 1e-6 * span) | (high - theta < 1e-6 * span)
-  result.at_bound = [label for label, b in zip(form.theta_labels(data.ctx), on_bound) if b]
-  ok = boot[~np.isnan(boot[:, 0])]
-  if len(ok) >= 2:
-    reported = np.array([list(form.report(th, data.ctx).values()) for th in ok])
-    tail = 50 * (1 - level)
-    lows, highs = np.percentile(reported, [tail, 100 - tail], axis=0)
-    result.ci = {name: (float(a), float(b)) for name, a, b in zip(result.params, lows, highs)}
-  if extrapolate:
-    result.extrapolation, result.extrapolation_note = holdout_error(form, data, what)
-  return result
-
-
-def holdout_error(form: Form, data: FitData, what: str) -> tuple[dict | None, str]:
-  """Refit without the largest size and predict it. For nll the relative error is that
-  of perplexity, e^(L_hat - L) - 1; for acc the error is in accuracy points."""
-  largest = np.max(data.sizes)
-  train = data.subset(data.sizes != largest)
-  try:
-    check_identifiable(form, train, what + " without its largest size")
-    theta, _ = robust_fit(form, train.x, train.y, train.ctx)
-  except FitError as e:
-    return None, str(e)
-  held = data.subset(data.sizes == largest)
-  pred = form.predict(theta, held.x, held.ctx)
-  err = pred - held.y
-  out = {
-    "heldout_size": int(largest),
-    "cells": int(len(held.y)),
-    "mean_error": float(np.mean(err)),
-    "mean_abs_error": float(np.mean(np.abs(err))),
-  }
-  if form.metric == "nll":
-    rel = np.expm1(err)
-    out["ppl_rel_error"] = float(np.mean(np.abs(rel)))
-  return out, ""

@@ -1,17 +1,19 @@
 """Synthetic results stores from a known law, for tests and demos of the fit stage.
 
     records = synthetic_records(sizes=("s1", "s2", "s3", "s4", "s5"), seeds=(0, 1))
-    write_store(results_dir, records)          # then scaling.load_cells(results_dir)
+    write_store(results_dir, records)          # then cells.load_cells(results_dir)
 
-Each record has the shape grid.make_record writes (key / model / bits / metrics groups),
+Each record has the shape the grid writes (key / model / bits / metrics groups: grid/driver.py),
 so a synthetic store exercises the same column adapter as a real one. The loss follows
-the `ptq` precision law of scaling_fit with N = non-embedding parameters:
+a precision law of forms.py (`form`), N = non-embedding parameters:
 
-  nll = A N^-alpha + E + [k < 16] C m(dtype, B, p, k) N^-gamma_N e^(-k / gamma_post)
+  ptq   nll = A N^-alpha + E + [k < 16] C m(dtype, B, p, k) N^-gamma_N e^(-k / gamma_post)
+  neff  nll = A (N (1 - e^(-k / gamma)))^-alpha + E
 
 times (1 + checkpoint noise + cell noise); m is a method factor (int worse than nf, large
-blocks worse than small ones, outliers help at low k). Accuracy is a sigmoid of the loss
-between each task's chance and a ceiling, so the two metrics correlate as in the study.
+blocks worse than small ones, outliers help at low k; the neff law has none). Accuracy
+is a sigmoid of the loss between each task's chance and a ceiling, so the two metrics
+correlate as in the study.
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kbit_jax.analysis import results
 from kbit_jax.model import presets
 
-LAW = dict(A=60.0, alpha=0.3, E=2.5, C=3000.0, gamma_N=0.25, gamma_post=0.5)
+# The generating laws' parameters, by form (forms.py); the neff law's gamma = 2 costs a
+# 3-bit model 22% of its effective parameters, an 8-bit one 2%.
+LAWS = {
+  "ptq": dict(A=60.0, alpha=0.3, E=2.5, C=3000.0, gamma_N=0.25, gamma_post=0.5),
+  "neff": dict(A=60.0, alpha=0.3, gamma=2.0, E=2.5),
+}
 DTYPE_FACTOR = {
   "int": 2.5,
   "int_centered": 2.5,
@@ -65,10 +73,15 @@ def true_nll(
   dtype: str = "nf",
   blocksize: int = 64,
   outlier_share: float = 0.0,
+  form: str = "ptq",
   law: dict[str, float] | None = None,
 ) -> float:
-  """The noise-free loss of the generating law."""
-  p = LAW if law is None else law
+  """The noise-free loss of the generating law `form` at `law`'s parameters (LAWS[form]
+  unless given): ptq with the method factor on its penalty, or neff, the same for every
+  method (and k = 16 keeping 1 - e^(-16/gamma) of N, as the form has it)."""
+  p = LAWS[form] if law is None else law
+  if form == "neff":
+    return float(p["A"] * (n * -np.expm1(-k / p["gamma"])) ** -p["alpha"] + p["E"])
   loss = p["A"] * n ** -p["alpha"] + p["E"]
   if k < 16:
     loss += (
@@ -115,12 +128,14 @@ def synthetic_records(
   noise: float = 0.01,
   cell_noise: float = 0.003,
   acc_noise: float = 0.01,
+  form: str = "ptq",
   law: dict[str, float] | None = None,
   seed: int = 0,
   eval_id: str = "synthetic",
   targets: str = "attn,mlp,embed",
 ) -> list[dict[str, Any]]:
-  """One record per (size, seed) x (16 bits, and every k < 16 x dtype x B x p)."""
+  """One record per (size, seed) x (16 bits, and every k < 16 x dtype x B x p), the loss
+  from true_nll(form, law) times (1 + checkpoint noise + cell noise)."""
   rng = np.random.default_rng(seed)
   records = []
   for size in sizes:
@@ -139,7 +154,7 @@ def synthetic_records(
       for k, dtype, blocksize, share in specs:
         q = k < 16
         b = 64 if blocksize is None else blocksize
-        nll = true_nll(counts["non_embedding"], k, dtype, b, share, law)
+        nll = true_nll(counts["non_embedding"], k, dtype, b, share, form, law)
         nll *= 1 + checkpoint_noise + rng.normal(0, cell_noise)
         tb = total_bits(counts["total"], k, b, share, preset.d_model)
         metrics = _task_metrics(nll, rng, acc_noise)
@@ -183,16 +198,5 @@ def synthetic_records(
 
 
 def write_store(results_dir: str, records: Sequence[dict[str, Any]]) -> None:
-  from kbit_jax.analysis import results
-
   for record in records:
     results.write(results_dir, record)
-
-
-def flat_frame(records: Sequence[dict[str, Any]]):
-  """The DataFrame results.load would return for `records`, without the disk."""
-  import pandas as pd
-
-  from kbit_jax.analysis import results
-
-  return pd.DataFrame([results.flatten(r) for r in records])

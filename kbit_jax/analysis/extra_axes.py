@@ -1,15 +1,15 @@
 """The grid's extra axes, analysed: k-bit probes, activation bits, training tokens.
 
-    cells = scaling_axes.load_all_cells(results_dir)   # every cell, activation bits included
-    probe = scaling_axes.probe_table(cells)            # recovered bits per size x weight k
-    acts = scaling_axes.act_tables(cells, "nll")       # {preset: weight k x activation a}
-    fits = scaling_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
-    pen = scaling_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
+    cells = extra_axes.axes_cells(store)             # store: cells.load_store(results_dir)
+    probe = extra_axes.probe_table(cells)            # recovered bits per size x weight k
+    acts = extra_axes.act_tables(cells, "nll")       # {preset: weight k x activation a}
+    fits = extra_axes.nd_fits(cells)                 # Performance = a * N^b * D^c
+    pen = extra_axes.ptq_penalty(cells)              # PTQ penalty vs D at fixed N
 
-Cells come from `scaling.cells_from_store` (the column adapter) with the eval-settings
-check of `scaling.check_cells`, but without its removal of activation-quantized cells.
-Weight-only tables and fits use act_bits = 16 cells, one method: the *main* one (block
-size 64 if present, no outliers, the first of plots.MAIN_DTYPES), as the figures do.
+The cells are a store's (cells.load_store) of its most common eval_id, activation-
+quantized ones included: none of check_cells' other checks apply here. Weight-only tables
+and fits use act_bits = 16 cells, one method: the *main* one (cells.main_method), the
+one the figures and the report show.
 
 N-D fit: on the 16-bit (weights and activations) cells, ln y = ln a + b ln N + c ln D by
 least squares, y = nll (ln perplexity: "loss") and y = mean zero-shot accuracy, N the
@@ -29,30 +29,21 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis import scaling
-from kbit_jax.analysis.scaling import BASELINE_BITS, MAIN_DTYPES
+from kbit_jax.analysis.cells import BASELINE_BITS, METRICS, keep_largest, main_method, tokens_label
 
 
-def load_all_cells(results_dir: str) -> pd.DataFrame:
-  """Every record of the store as cells (act_bits < 16 included), one eval_id."""
-  from kbit_jax.analysis import results
-
-  cells = scaling.cells_from_store(results.load(results_dir))
-  return scaling.keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
+def axes_cells(cells: pd.DataFrame) -> pd.DataFrame:
+  """The cells the extra axes are analysed on: those of a store (cells.load_store), act_bits
+  < 16 included, of its most common eval_id."""
+  return keep_largest(cells, "eval_id", "evaluation settings (eval_id)", [])
 
 
 def main_method_cells(cells: pd.DataFrame) -> pd.DataFrame:
-  """The 16-bit cells and the cells of the main quantization method."""
-  quantized = cells[(cells["k"] != BASELINE_BITS) & (cells["outlier_share"] == 0)]
-  if quantized.empty:
-    return cells[cells["k"] == BASELINE_BITS]
-  blocks = quantized["blocksize"]
-  block = 64 if (blocks == 64).any() else blocks.mode().iloc[0]
-  quantized = quantized[quantized["blocksize"] == block]
-  dtype = next(
-    (d for d in MAIN_DTYPES if (quantized["dtype"] == d).any()), quantized["dtype"].iloc[0]
-  )
-  return pd.concat([cells[cells["k"] == BASELINE_BITS], quantized[quantized["dtype"] == dtype]])
+  """The 16-bit cells and the cells of the main method (cells.main_method), at every
+  activation precision."""
+  base = cells[cells["k"] == BASELINE_BITS]
+  main = main_method(cells)
+  return base if main is None else pd.concat([base, cells[cells["method"] == main.label]])
 
 
 def _weights_only(cells: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +111,7 @@ def act_tables(cells: pd.DataFrame, metric: str = "nll") -> dict[str, pd.DataFra
   for (_, preset, tokens), group in main.groupby(["n", "preset", "tokens"], sort=True):
     if (group["act_bits"] != BASELINE_BITS).any():
       table = group.pivot_table(index="k", columns="act_bits", values=metric, aggfunc="mean")
-      out[f"{preset} {scaling.tokens_label(tokens)}"] = table
+      out[f"{preset} {tokens_label(tokens)}"] = table
   return out
 
 
@@ -154,7 +145,7 @@ def nd_fit(cells: pd.DataFrame, metric: str) -> dict[str, Any] | None:
 
 def nd_fits(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
   """{metric: fit} for nll (loss) and acc where identifiable."""
-  return {m: f for m in scaling.METRICS if (f := nd_fit(cells, m)) is not None}
+  return {m: f for m in METRICS if (f := nd_fit(cells, m)) is not None}
 
 
 # ----------------------------------------------------------------------------- PTQ vs D

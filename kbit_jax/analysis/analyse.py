@@ -1,0 +1,137 @@
+"""Every fit a set of cells allows: per-curve fits, bit-optimal k, precision laws.
+
+    analysis = analyse.analyse(cells, issues, n_boot=200)   # cells from cells.load_cells
+
+Per family x curve: `power` (nll) and `sigmoid` (mean zero-shot accuracy) fits against
+total model bits (forms, fitting); per family x method: the bit-optimal k per budget
+(bitoptimal); per method, jointly over k and families: the precision-aware `neff` and
+`ptq` laws. Every fit reports its leave-largest-size-out extrapolation error; fits the
+data cannot identify are listed in `Analysis.skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from kbit_jax.analysis import bitoptimal, fitting, forms
+from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, by_count, curve_k
+from kbit_jax.analysis.fitting import FitError, FitResult
+
+
+@dataclasses.dataclass
+class Analysis:
+  cells: pd.DataFrame
+  issues: list[str]
+  curve_fits: dict[tuple[str, str, str, str], FitResult]  # (family, method, curve, metric)
+  bit_optimal: dict[tuple[str, str, str], pd.DataFrame]  # (family, method, metric)
+  joint_fits: dict[tuple[str, str], FitResult]  # (method, form)
+  skipped: list[str]  # fits not made, and why
+  level: float
+  n_boot: int
+
+  def curves(self, family: str, method: str) -> dict[str, pd.DataFrame]:
+    """label -> cells of that curve, the 16-bit baseline included, sorted by k."""
+    fam = self.cells[self.cells["family"] == family]
+    rows = fam[(fam["method"] == method) | (fam["k"] == BASELINE_BITS)]
+    groups = dict(tuple(rows.groupby("curve")))
+    return {c: groups[c] for c in sorted(groups, key=lambda c: (curve_k(c), c))}
+
+  def methods(self) -> list[str]:
+    """Quantization methods by number of cells (most first, then by name)."""
+    return by_count(self.cells.loc[self.cells["k"] != BASELINE_BITS, "method"])
+
+  def families(self) -> list[str]:
+    return by_count(self.cells["family"])
+
+  def curve_fit(self, family: str, method: str, curve: str, metric: str) -> FitResult | None:
+    m = BASELINE_METHOD if curve_k(curve) == BASELINE_BITS else method
+    return self.curve_fits.get((family, m, curve, metric))
+
+
+def _finite(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+  return cells[np.isfinite(cells[metric].to_numpy(float))]
+
+
+def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float) -> FitResult:
+  c = _finite(cells, metric)
+  data = forms.curve_data(
+    np.log(c["total_bits"].to_numpy(float)),
+    c[metric].to_numpy(),
+    c["params"].to_numpy(),
+    c["unit"].to_numpy(),
+    lo=float(c["chance"].mean()) if len(c) else 0.0,
+  )
+  return fitting.fit_form(forms.CURVE_FORMS[metric], data, what, draws, level)
+
+
+def analyse(
+  cells: pd.DataFrame,
+  issues: Sequence[str] = (),
+  n_boot: int = 200,
+  level: float = 0.95,
+  seed: int = 0,
+  num_budgets: int = 12,
+) -> Analysis:
+  """Every fit the cells allow; fits they do not allow are listed in `skipped`."""
+  a = Analysis(cells, list(issues), {}, {}, {}, [], level, n_boot)
+  for family in a.families():
+    fam = cells[cells["family"] == family]
+    draws = fitting.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
+    for method in [BASELINE_METHOD] + [m for m in a.methods() if m in set(fam["method"])]:
+      for curve, c in a.curves(family, method).items():
+        if method != BASELINE_METHOD and curve_k(curve) == BASELINE_BITS:
+          continue
+        for metric in METRICS:
+          what = f"{metric} {forms.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
+          try:
+            a.curve_fits[(family, method, curve, metric)] = _curve_fit(
+              c, metric, what, draws, level
+            )
+          except FitError as e:
+            a.skipped.append(str(e))
+      if method == BASELINE_METHOD:
+        continue
+      for metric in METRICS:
+        curves = {label: _finite(c, metric) for label, c in a.curves(family, method).items()}
+        curves = {label: c for label, c in curves.items() if len(c)}
+        if len(curves) < 2:
+          a.skipped.append(
+            f"bit-optimal {metric}, {family}, {method}: {len(curves)} curve(s) "
+            "with data; needs >= 2 bit widths"
+          )
+          continue
+        fits = {
+          label: f
+          for label in curves
+          if (f := a.curve_fit(family, method, label, metric)) is not None
+        }
+        a.bit_optimal[(family, method, metric)] = bitoptimal.bit_optimal(
+          curves, fits, metric, draws, num_budgets
+        )
+  for method in a.methods():
+    rows = _finite(cells[(cells["method"] == method) | (cells["k"] == BASELINE_BITS)], "nll")
+    rows = rows[rows["family"].isin(set(cells.loc[cells["method"] == method, "family"]))]
+    if rows["tokens"].isna().any():
+      a.skipped.append(f"precision laws, {method}: training tokens unknown for some cells")
+      continue
+    data = forms.joint_data(
+      rows["n"].to_numpy(),
+      rows["tokens"].to_numpy(),
+      rows["k"].to_numpy(),
+      rows["family"].tolist(),
+      rows["nll"].to_numpy(),
+      rows["unit"].to_numpy(),
+    )
+    draws = fitting.bootstrap_draws(rows["unit"].to_numpy(), n_boot, seed + 1)
+    for name, form in forms.JOINT_FORMS.items():
+      try:
+        a.joint_fits[(method, name)] = fitting.fit_form(
+          form, data, f"{name} precision law, {method}", draws, level
+        )
+      except FitError as e:
+        a.skipped.append(str(e))
+  return a
