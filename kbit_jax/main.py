@@ -55,6 +55,12 @@ COMMANDS = {
     "import a local Hugging Face checkpoint (GPT-2, Pythia, OPT, BLOOM)",
     "kbit import --hf_dir ~/hf/pythia-70m --workdir ~/kbit/pretrained/pythia-70m",
   ),
+  "harness": Command(
+    "harness",
+    "lm-evaluation-harness tasks on a trained or imported model at k bits",
+    "kbit harness --model_dir ~/kbit/pretrained/pythia-70m --bits 4 --dtype nf --tasks "
+    "hellaswag --out /tmp/kbit/harness",
+  ),
   "compile_check": Command(
     "compile_check",
     "compile a config's train step for a TPU/GPU topology, from a CPU",

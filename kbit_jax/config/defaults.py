@@ -87,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
   # BOS before each scored context: "tokenizer" (as the tokenizer's own setting says:
   # lm-evaluation-harness since its PR #3347) | "none" (harness <= 0.4.9, the study's era)
   c.eval.bos = "tokenizer"
+  # lm-evaluation-harness tasks (names or YAML paths, comma-separated) evaluated per grid
+  # cell through the bridge (evals/harness, needs kbit-jax[harness]); "" = none. Their
+  # metrics are the record's "harness/<task>"; the four study tasks above stay built in.
+  c.eval.harness_tasks = ""
+  c.eval.harness_include_path = ""  # task YAML folders, comma-separated (offline.py's)
 
   c.quant = ml_collections.ConfigDict()
   c.quant.bits = 16  # weight bits k: 2..8, or 16 for the float baseline

@@ -37,6 +37,8 @@ EVAL_KEYS = (
   "probe_file",
   "probe_threshold",
   "bos",
+  "harness_tasks",
+  "harness_include_path",
 )
 
 
@@ -49,8 +51,21 @@ EVAL_DEFAULTS = {
   "probe_file": "",
   "probe_threshold": 0.5,
   "bos": "tokenizer",
+  "harness_tasks": "",
+  "harness_include_path": "",
 }
 NOT_FINGERPRINTED = ("bos",)  # in the cell key instead (module docstring)
+
+
+def harness_tasks(eval_cfg: ml_collections.ConfigDict) -> list[str]:
+  """eval.harness_tasks as a list (lm-evaluation-harness task names or YAML paths)."""
+  return [t.strip() for t in with_defaults(eval_cfg).harness_tasks.split(",") if t.strip()]
+
+
+def harness_include_path(eval_cfg: ml_collections.ConfigDict) -> list[str]:
+  """eval.harness_include_path as a list of task YAML folders."""
+  value = with_defaults(eval_cfg).harness_include_path
+  return [p.strip() for p in value.split(",") if p.strip()]
 
 
 def _int_at_least(eval_cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
@@ -76,6 +91,24 @@ def fingerprint_dict(eval_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     for k, v in eval_cfg.to_dict().items()
     if not (k in EVAL_DEFAULTS and v == EVAL_DEFAULTS[k]) and k not in NOT_FINGERPRINTED
   }
+
+
+def _validate_harness(eval_cfg: ml_collections.ConfigDict) -> None:
+  """eval.harness_tasks / harness_include_path: strings, folders that exist. The task
+  names are checked against lm_eval's index by the grid's plan (evals/harness/cells.py),
+  which needs lm_eval; this module must not import it."""
+  for key in ("harness_tasks", "harness_include_path"):
+    if not isinstance(eval_cfg[key], str):
+      raise ValueError(f"eval.{key}={eval_cfg[key]!r} must be a comma-separated string")
+  names = harness_tasks(eval_cfg)
+  if len(set(names)) != len(names):
+    raise ValueError(f"eval.harness_tasks={eval_cfg.harness_tasks!r} names a task twice")
+  for path in harness_include_path(eval_cfg):
+    if not epath.Path(path).is_dir():
+      raise ValueError(
+        f"eval.harness_include_path: {path!r} is not a directory; allowed: folders of "
+        "task YAMLs (e.g. written by python -m kbit_jax.evals.harness.offline)"
+      )
 
 
 def _validate_probes(eval_cfg: ml_collections.ConfigDict) -> None:
@@ -141,6 +174,7 @@ def validate(
       f"eval.bos={bos!r} is unknown; allowed: 'tokenizer' (BOS as the tokenizer "
       "sets it, lm-evaluation-harness since its PR #3347) or 'none' (harness <= 0.4.9)"
     )
+  _validate_harness(with_defaults(eval_cfg))
   if data_cfg is not None and data_cfg.source == "embedded" and eval_cfg.ppl_split:
     if eval_cfg.ppl_split not in data.SPLITS:
       raise ValueError(

@@ -177,15 +177,35 @@ class ScoringBatch(NamedTuple):
   tokens: int  # unpadded input tokens
 
 
-def pack_requests(requests: Sequence[Request], cap: int, batch_size: int) -> list[ScoringBatch]:
+def _step_batches(
+  order: list[int], lengths: list[int], batch_size: int, step: int, cap: int
+) -> list[tuple[list[int], int]]:
+  """Consecutive batch_size rows (longest first), each batch as long as its longest row
+  rounded up to a multiple of `step` (at most cap): less padding than powers of two, and
+  no part-filled batch but the last, for at most cap / step compiles."""
+  out = []
+  for start in range(0, len(order), batch_size):
+    chunk = order[start : start + batch_size]
+    out.append((chunk, min(cap, -(-lengths[chunk[0]] // step) * step)))
+  return out
+
+
+def pack_requests(
+  requests: Sequence[Request], cap: int, batch_size: int, bucket_step: int = 0
+) -> list[ScoringBatch]:
   """Requests -> fixed-shape batches: longest first (an out-of-memory shows at once, as
-  in lm-eval), each batch one bucket long, padded rows all-zero with an empty mask."""
+  in lm-eval), each batch one bucket long, padded rows all-zero with an empty mask.
+  `bucket_step` > 0 (the harness bridge): batch lengths are multiples of it instead."""
   buckets = bucket_lengths(cap)
   rows = [_request_row(c, x, cap) for c, x in requests]
   order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
-  bucket_of = [buckets[int(np.searchsorted(buckets, len(rows[i][0])))] for i in order]
+  if bucket_step > 0:
+    batches = _step_batches(order, [len(r[0]) for r in rows], batch_size, bucket_step, cap)
+  else:
+    bucket_of = [buckets[int(np.searchsorted(buckets, len(rows[i][0])))] for i in order]
+    batches = _batches(order, bucket_of, batch_size)
   out = []
-  for chunk, length in _batches(order, bucket_of, batch_size):
+  for chunk, length in batches:
     inputs_BxL = np.zeros((batch_size, length), np.int32)
     targets_BxL = np.zeros((batch_size, length), np.int32)
     mask_BxL = np.zeros((batch_size, length), bool)
@@ -205,14 +225,16 @@ def loglikelihoods(
   requests: Sequence[Request],
   batch_size: int,
   max_len: int = 0,
+  bucket_step: int = 0,
 ) -> list[tuple[float, bool]]:
   """(sum of continuation log-probs in nats, is_greedy) per request, in request order.
 
-  `max_len` (0: the model's) caps each request's length, its context left-truncated.
+  `max_len` (0: the model's) caps each request's length, its context left-truncated;
+  `bucket_step` > 0 packs batches as `pack_requests` says.
   One compile per bucket length used; outputs are fetched once, at the end, so the host
   never waits on the device except for a progress line every LOG_EVERY batches.
   """
-  batches = pack_requests(requests, scoring_length(net, max_len), batch_size)
+  batches = pack_requests(requests, scoring_length(net, max_len), batch_size, bucket_step)
   pending, t0, tokens = [], time.perf_counter(), 0
   for n, batch in enumerate(batches, start=1):
     pending.append(score_rows(params, batch.inputs_BxL, batch.targets_BxL, batch.mask_BxL, net=net))

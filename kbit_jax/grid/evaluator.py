@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from kbit_jax.config import eval_section
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import compiles
 from kbit_jax.grid import plan as grid_plan
@@ -107,6 +108,27 @@ class CellEvaluator:
       self.nets[act_bits] = act_quant_net(self.run, act_bits)
     return evaluate.evaluate(params, self.nets[act_bits], self.config)
 
+  def harness(self, params: Any, spec: QuantSpec) -> dict[str, Any]:
+    """eval.harness_tasks on this cell's parameters through the lm-evaluation-harness
+    bridge (evals/harness/cells.py): metrics "harness/<task>"; {} when unset."""
+    if not eval_section.harness_tasks(self.config.eval):
+      return {}
+    from kbit_jax.evals.harness import cells
+
+    if spec.act_bits not in self.nets:
+      self.nets[spec.act_bits] = act_quant_net(self.run, spec.act_bits)
+    run = self.run
+    return cells.cell_metrics(
+      params,
+      self.nets[spec.act_bits],
+      data.load_tokenizer(run.config.data.tokenizer),
+      self.config.eval,
+      spec,
+      kind="imported" if run.pretrained else "trained",
+      preset=run.architecture,
+      import_dir=run.pretrained.import_dir if run.pretrained else "",
+    )
+
 
 def evaluate_cell(
   run: grid_plan.ModelRun,
@@ -120,6 +142,7 @@ def evaluate_cell(
   params = evaluator.quantized(cell.spec)
   t1 = time.perf_counter()
   metrics = evaluator.evaluate(params, cell.spec.act_bits)
+  metrics.update(evaluator.harness(params, cell.spec))
   t2 = time.perf_counter()
   count = dict(cell=compiles.compile_count() - c0, run=compiles.compile_count() - compiles_start)
   timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)

@@ -328,6 +328,10 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
     raise ValueError(f"the grid has no cells: {', '.join(empty)} is empty")
   try:
     eval_section.validate(config.eval, config.base.data)
+    if eval_section.harness_tasks(config.eval):  # lm_eval's task check, needs the extra
+      from kbit_jax.evals.harness import cells as harness_cells
+
+      harness_cells.check(config.eval)
   except ValueError as e:
     raise ValueError(f"grid eval section: {e}") from None
   fingerprint = eval_id(config)

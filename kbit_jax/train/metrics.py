@@ -24,7 +24,6 @@ import os
 import time
 
 import jax
-import tensorboardX
 from etils import epath
 
 
@@ -78,6 +77,8 @@ class MetricsLogger:
     self._t0 = time.time()
     self._first_step = None
     if self.active:
+      import tensorboardX  # here: it imports torch when torch is installed (the harness extra)
+
       replay = self.logdir.exists() or self.jsonl_path.exists()
       self.writer = tensorboardX.SummaryWriter(
         str(self.logdir), purge_step=start_step + 1 if replay else None
