@@ -1,12 +1,14 @@
-"""setup.cfg holds the metadata; this file only adds kbit_jax_harness.pth to site-packages,
+"""setup.cfg's build_py (`[options] cmdclass`): adds kbit_jax_harness.pth to site-packages,
 whose one line registers the `kbit` model with lm-evaluation-harness whenever lm_eval is
-imported (kbit_jax/evals/harness/hook.py; it imports nothing heavy). A wheel installs
-build_lib's root into site-packages; an editable wheel (`pip install -e`) installs the
-directory editable_wheel points `install` at, and its build_py copies nothing."""
+imported (hook.py; it imports nothing heavy), so `lm_eval --model kbit` works after
+`pip install kbit-jax[harness]`. setuptools loads this file by path at build time; nothing
+imports it at run time. A wheel installs build_lib's root into site-packages; an editable
+wheel (`pip install -e`) installs the directory editable_wheel points `install` at, and
+its build_py copies nothing."""
+
 
 import pathlib
 
-from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PTH = "kbit_jax_harness.pth"
@@ -24,5 +26,3 @@ class BuildPyWithPth(build_py):
   def get_outputs(self, include_bytecode=True):
     return super().get_outputs(include_bytecode) + [str(pathlib.Path(self.build_lib) / PTH)]
 
-
-setup(cmdclass={"build_py": BuildPyWithPth})
