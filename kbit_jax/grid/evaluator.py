@@ -102,10 +102,12 @@ class CellEvaluator:
       self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
     )
 
-  def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
+  def evaluate(
+    self, params: Any, act_bits: int = UNQUANTIZED_BITS, item_scores: dict | None = None
+  ) -> dict[str, Any]:
     if act_bits not in self.nets:
       self.nets[act_bits] = act_quant_net(self.run, act_bits)
-    return evaluate.evaluate(params, self.nets[act_bits], self.config)
+    return evaluate.evaluate(params, self.nets[act_bits], self.config, item_scores)
 
 
 def evaluate_cell(
@@ -119,11 +121,12 @@ def evaluate_cell(
   t0, c0 = time.perf_counter(), compiles.compile_count()
   params = evaluator.quantized(cell.spec)
   t1 = time.perf_counter()
-  metrics = evaluator.evaluate(params, cell.spec.act_bits)
+  items: dict[str, Any] = {}
+  metrics = evaluator.evaluate(params, cell.spec.act_bits, items)
   t2 = time.perf_counter()
   count = dict(cell=compiles.compile_count() - c0, run=compiles.compile_count() - compiles_start)
   timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
-  return make_record(run, cell, metrics, evaluator.params, timing, count)
+  return dict(make_record(run, cell, metrics, evaluator.params, timing, count), items=items)
 
 
 def make_record(

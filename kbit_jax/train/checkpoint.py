@@ -1,6 +1,7 @@
 """Orbax checkpoints: everything needed to resume (state, data-iterator state, config).
 
-One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N.
+One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N and,
+beside them, the steps `train.keep_steps` names (the grid's checkpoints along training).
 Saves are asynchronous; Orbax writes each step to a temporary directory and renames it
 when complete, so a `kill -9` mid-save leaves the previous steps intact. A step that is
 complete on disk but unreadable (a corrupt file) is skipped on restore with a warning,
@@ -49,7 +50,8 @@ def quiet_orbax():
 
 @contextlib.contextmanager
 def read_only(workdir: str, keep: int):
-  """A read-only Checkpointer of `workdir`, closed on exit."""
+  """A read-only Checkpointer of `workdir` (nothing is deleted: keep only names the
+  policy), closed on exit."""
   with quiet_orbax():
     ckpt = Checkpointer(workdir, keep, read_only=True)
   try:
@@ -86,14 +88,27 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
+  """Saves and restores one workdir's checkpoints: the newest `keep`, and every step of
+  `keep_steps` once saved (Orbax's preservation policies: LatestN or CustomSteps)."""
+
+  def __init__(
+    self, workdir: str, keep: int, *, read_only: bool = False, keep_steps: tuple[int, ...] = ()
+  ):
     self.directory = checkpoints_dir(workdir)
-    self.manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(
+    if keep_steps and not read_only:
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+          ocp.checkpoint_managers.LatestN(n=keep),
+          ocp.checkpoint_managers.CustomSteps(steps=tuple(keep_steps)),
+        ]
+      )
+      options = ocp.CheckpointManagerOptions(create=True, preservation_policy=policy)
+    else:
+      options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only
-      ),
-      item_names=("state", "data", "config"),
+      )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "data", "config")
     )
 
   def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict):
@@ -128,13 +143,7 @@ class Checkpointer:
     """
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-          ),
-        )
-        return step, restored.state, dict(restored.data)
+        return step, *self.restore_step(step, abstract_state)
       except Exception as e:
         logging.warning(
           "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one",
@@ -149,6 +158,16 @@ class Checkpointer:
           flush=True,
         )
     return None
+
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state, data_state) of `step` (a WSD branch's start: train/loop.py)."""
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+      ),
+    )
+    return restored.state, dict(restored.data)
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Only the model parameters (for evaluation), from `step` or the newest readable."""

@@ -36,7 +36,26 @@ class TrainState:
 
 
 def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
+  """Linear warmup to `lr`, then to `lr * min_lr_ratio` at `steps`: by a cosine decay
+  (`schedule` "cosine"), or (WSD, "wsd") constant at `lr` until the cool-down, the last
+  `decay_fraction` of the steps, decays linearly (Hägele et al. 2024, arXiv 2405.18392).
+
+  A WSD run's learning rate before its cool-down does not depend on `steps`: a run to a
+  shorter budget with the same warmup is the same run up to its own cool-down, so a
+  cool-down branch from a longer run's stable phase (`train_and_evaluate(...,
+  branch_from=...)`) is that shorter run."""
+  if train_cfg.schedule == "wsd":
+    decay = checks.wsd_decay_steps(train_cfg)
+    stable = train_cfg.steps - decay
+    warmup = optax.linear_schedule(0.0, train_cfg.lr, max(train_cfg.warmup_steps, 1))
+    return optax.join_schedules(
+      [
+        warmup if train_cfg.warmup_steps else optax.constant_schedule(train_cfg.lr),
+        optax.constant_schedule(train_cfg.lr),
+        optax.linear_schedule(train_cfg.lr, train_cfg.lr * train_cfg.min_lr_ratio, decay),
+      ],
+      [train_cfg.warmup_steps, stable],
+    )
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=train_cfg.lr,
@@ -208,8 +227,14 @@ class _Profiler:
       print(f"profile of steps {self.first}-{self.last} written to {self.logdir}", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics."""
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, branch_from: tuple[str, int] | None = None
+) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics.
+
+  `branch_from` = (trunk workdir, step): a run without checkpoints of its own starts from
+  the trunk's state and data position at that step instead of step 0 (a WSD cool-down
+  branch: the trunk's stable phase is this run's own, see learning_rate_schedule)."""
   checks.validate(config)
   if config.mesh.distributed and not jax.distributed.is_initialized():
     sharding.initialize_distributed(config.mesh)
@@ -218,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tc = config.train
   checkpoint.check_workdir(config, workdir)
   trainer = Trainer(config, mesh)
-  ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints, keep_steps=tuple(tc.keep_steps))
   train_iter = data.make_train_iterator(
     config.data, tc.batch_size, tc.seed, jax.process_index(), jax.process_count()
   )
@@ -228,7 +253,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ]
 
   restored = ckpt.restore_latest(trainer.abstract_state())
-  if restored is None:
+  if restored is None and branch_from is not None:
+    trunk, start = branch_from
+    checkpoint.check_workdir(config, trunk)
+    with checkpoint.read_only(trunk, tc.keep_checkpoints) as source:
+      state, data_state = source.restore_step(start, trainer.abstract_state())
+    train_iter.set_state(data_state)
+    print(f"branching from step {start} of {source.directory}", flush=True)
+  elif restored is None:
     state, start = trainer.init(), 0
   else:
     start, state, data_state = restored
@@ -284,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logger.write(step, {"loss": val_loss, "perplexity": float(np.exp(val_loss))}, "val")
       logger.progress(step, {"val_loss": val_loss})
       last["val_loss"] = val_loss
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
+    if step % tc.checkpoint_every == 0 or step == tc.steps or step in tc.keep_steps:
       # A NaN at this step must not overwrite good checkpoints: check the loss first.
       if not np.isfinite(float(step_metrics["loss"])):
         continue
