@@ -104,7 +104,7 @@ def _pretrained_lines(plan: Plan) -> list[str]:
   ]
   out += _table(
     ("size", "hub id", "import dir", "imported as"),
-    [(s.size, s.hub_id, s.import_dir, status(s)) for s in sources],
+    [(s.name, s.hub_id, s.import_dir, status(s)) for s in sources],
   )
   if missing:
     out += [

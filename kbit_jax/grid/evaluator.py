@@ -168,7 +168,8 @@ def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
   """A record's training setup, or for an imported model where it came from."""
   if run.pretrained:
     s = run.pretrained
-    return dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+    out = dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+    return dict(out, revision=s.revision, run=s.size) if s.revision else out
   t = run.config.train
   return dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
 

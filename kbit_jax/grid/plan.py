@@ -18,7 +18,9 @@ resolved quantization (float exponent bits included) and a fingerprint of the ev
 section, so rerunning a grid finds its finished cells and a changed evaluation does not.
 
 A pretrained grid's model (pretrained.py) is named by its size (no seed, no token budget;
-cell keys add `hub_id` and have train_tokens 0), has the architecture its import saved and
+cell keys add `hub_id` and have train_tokens 0; a hub revision of `pretrained.revisions`
+is the model "<size>@<revision>", its keys add `revision` and its training tokens), has
+the architecture its import saved and
 its own tokenizer (`data.tokenizer` = the import dir), and costs no training. A missing
 import is an error naming the size, the path and the `kbit import` command: at plan time
 with `make_plan(config, require_imports=True)`, else when the work starts
@@ -108,14 +110,14 @@ class ModelRun:
   @property
   def name(self) -> str:
     if self.pretrained:
-      return self.preset
+      return self.pretrained.name
     d = f"-D{self.train_tokens}" if self.tokens_axis else ""
     return f"{self.preset}-seed{self.seed}{d}"
 
   @property
   def train_tokens(self) -> int:
     if self.pretrained:
-      return 0  # not trained here
+      return self.pretrained.tokens  # not trained here: what the hub revision saw, or 0
     t = self.config.train
     return t.steps * t.batch_size * self.config.data.seq_len
 
@@ -209,6 +211,8 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
   if run.pretrained:
     extra["hub_id"] = run.pretrained.hub_id
+    if run.pretrained.revision:
+      extra["revision"] = run.pretrained.revision
   return tuple(
     dict(
       preset=run.preset,
@@ -307,8 +311,9 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
   models = []
   for size in grid["sizes"]:
     shapes = None
-    for seed, tokens in itertools.product(grid["seeds"], grid["tokens"] or (0,)):
-      run = _model_run(config, size, seed, tokens, sources.get(size))
+    runs = itertools.product(sources.get(size, [None]), grid["seeds"], grid["tokens"] or (0,))
+    for source, seed, tokens in runs:
+      run = _model_run(config, size, seed, tokens, source)
       if shapes is None:  # one architecture per size: its seeds and budgets share it
         shapes = quant_bits.preset_shapes(run.architecture)
       for label, kwargs in _specs(grid, config.grid.targets):
