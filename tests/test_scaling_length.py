@@ -197,7 +197,7 @@ def test_item_replicates_resample_items_once_for_every_cell(tmp_path):
   nll = noise.item_replicates(frame, "nll", 50, seed=0)
   assert nll is not None and np.std([r.iloc[0] for r in nll]) > 0
   assert frame["nll_stderr"].iloc[0] == pytest.approx(
-    noise.nll_stderr(records[0]["items"]["ppl/validation"]["nll_sum"], [128] * 16)
+    cells.nll_stderr(records[0]["items"]["ppl/validation"]["nll_sum"], [128] * 16)
   )
 
 

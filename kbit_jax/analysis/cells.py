@@ -180,8 +180,6 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
 def _item_columns(df: pd.DataFrame, out: pd.DataFrame, split: str | None) -> None:
   """Per-item scores (noise.py): `items/<task>` as they are; the preferred split's
   per-row losses as `rows_nll` / `rows_tokens`, and from them `nll_stderr`."""
-  from kbit_jax.analysis import noise
-
   for col in df.columns:
     if col.startswith("items/") and not col.startswith("items/ppl/"):
       out[col] = df[col]
@@ -189,11 +187,23 @@ def _item_columns(df: pd.DataFrame, out: pd.DataFrame, split: str | None) -> Non
   if split and sums in df and tokens in df:
     out["rows_nll"], out["rows_tokens"] = df[sums], df[tokens]
     out["nll_stderr"] = [
-      noise.nll_stderr(s, t) if isinstance(s, list) and isinstance(t, list) else np.nan
+      nll_stderr(s, t) if isinstance(s, list) and isinstance(t, list) else np.nan
       for s, t in zip(df[sums], df[tokens])
     ]
   else:
     out["nll_stderr"] = np.nan
+
+
+def nll_stderr(row_sums: Any, row_tokens: Any) -> float:
+  """Standard error of the token-mean nll from its rows (the ratio estimator's
+  linearisation: rows, not tokens, are the independent draws)."""
+  sums, tokens = np.asarray(row_sums, float), np.asarray(row_tokens, float)
+  if len(sums) < 2:
+    return float("nan")
+  mean = sums.sum() / tokens.sum()
+  resid = sums - mean * tokens
+  r = len(sums)
+  return float(np.sqrt(r / (r - 1) * np.sum(resid**2)) / tokens.sum())
 
 
 def blocksize_label(b: Any) -> str:

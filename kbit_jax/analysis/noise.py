@@ -137,15 +137,3 @@ def item_replicates(
     idx = rng.integers(0, sums.shape[1], sums.shape[1])
     out.append(pd.Series(sums[:, idx].sum(axis=1) / counts[:, idx].sum(axis=1), index=cells.index))
   return out
-
-
-def nll_stderr(row_sums: np.ndarray, row_tokens: np.ndarray) -> float:
-  """Standard error of the token-mean nll from its rows (the ratio estimator's
-  linearisation: rows, not tokens, are the independent draws)."""
-  sums, tokens = np.asarray(row_sums, float), np.asarray(row_tokens, float)
-  if len(sums) < 2:
-    return float("nan")
-  mean = sums.sum() / tokens.sum()
-  resid = sums - mean * tokens
-  r = len(sums)
-  return float(np.sqrt(r / (r - 1) * np.sum(resid**2)) / tokens.sum())

@@ -172,18 +172,18 @@ def qid_table(a: Analysis) -> pd.DataFrame:
 
 
 def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
-  """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv, signal.csv,
-  qid.csv (+ qid_rows.csv)."""
+  """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv; signal.csv,
+  qid.csv and qid_rows.csv where not empty."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   tables = {
     "params": params_table(a),
     "extrapolation": extrapolation_table(a),
     "bit_optimal": bit_optimal_table(a),
-    "signal": a.signal,
-    "qid": qid_table(a),
-    "qid_rows": a.qid_rows,
   }
+  # written where the store allows them (several training budgets; stderrs)
+  optional = {"signal": a.signal, "qid": qid_table(a), "qid_rows": a.qid_rows}
+  tables.update({name: t for name, t in optional.items() if len(t)})
   paths = {}
   for name, table in tables.items():
     paths[name] = out / f"{name}.csv"

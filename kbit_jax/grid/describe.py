@@ -19,6 +19,7 @@ SHOWN_AXES = (
   "outlier_shares",
   "act_bits",
   "tokens",
+  "checkpoints",
 )
 
 
@@ -69,7 +70,7 @@ def _model_row(run: ModelRun, m: dict[str, Any]) -> tuple[str, ...]:
     if run.pretrained
     else (
       f"{m['train_tokens']:,}",
-      f"{run.config.train.steps}",
+      f"{run.final_step}",
       f"{m['train_flops'] / 1e12:.2f}",
       format_duration(m["train_s"]),
     )

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from kbit_jax.evals import evaluate
-from kbit_jax.grid import compiles
+from kbit_jax.grid import along, compiles
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
@@ -171,7 +171,11 @@ def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
     out = dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
     return dict(out, revision=s.revision, run=s.size) if s.revision else out
   t = run.config.train
-  return dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
+  out = dict(train_steps=t.steps, train_batch_size=t.batch_size, train_lr=t.lr)
+  if run.trunk is None and t.schedule == "cosine":
+    return out  # a run of its own: the records of grids without the checkpoints axis
+  non_embedding = presets.param_counts(run.architecture)["non_embedding"]
+  return dict(out, **along.record_fields(run, non_embedding))
 
 
 def headline(metrics: dict[str, Any]) -> str:

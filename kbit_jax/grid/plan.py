@@ -37,6 +37,7 @@ import ml_collections
 
 from kbit_jax.analysis import results
 from kbit_jax.config import checks, eval_section
+from kbit_jax.grid import along
 from kbit_jax.grid.pretrained import (
   Pretrained,
   missing_imports_message,
@@ -53,8 +54,10 @@ QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit 
 # Axes added later; a grid section without one reads its default, which adds nothing to
 # the cells' keys, names or model directories (the default grid is unchanged):
 # act_bits: matmul-input bits a of every cell, 16 = weights-only (the study);
-# tokens: training-token budgets D per size, () = the one budget of per_size's steps.
-OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": ()}
+# tokens: training-token budgets D per size, () = the one budget of per_size's steps;
+# checkpoints: points along each run (token counts or fractions of it) to evaluate, () =
+# its end (along.py).
+OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": (), "checkpoints": ()}
 GRID_KEYS = AXES + tuple(OPTIONAL_AXES) + ("targets",)
 
 
@@ -101,6 +104,13 @@ class ModelRun:
   tokens_axis: bool = False  # trained for a grid.tokens budget: "-D<tokens>"
   pretrained: Pretrained | None = None  # evaluated from this import, never trained
   arch: presets.Preset | None = None  # the import's architecture (None: missing)
+  # Along training (grid.checkpoints, along.py): the trunk whose run this model is a
+  # point of: its step `step` (cosine: a kept checkpoint of the trunk's directory), or
+  # with train.schedule=wsd a cool-down branch of its own directory whose config is
+  # trained from the trunk's kept step `branch_start`. None: a run of its own.
+  trunk: ModelRun | None = None
+  step: int = 0  # a checkpoint of the trunk's run; 0 = the end of `config`'s run
+  branch_start: int = 0  # a WSD branch starts from this step of the trunk's run
 
   @property
   def architecture(self) -> presets.Preset:
@@ -111,15 +121,37 @@ class ModelRun:
   def name(self) -> str:
     if self.pretrained:
       return self.pretrained.name
+    if self.trunk is not None:
+      return f"{self.trunk.name}-{'wsd' if self.branch_start else 'step'}{self.final_step}"
     d = f"-D{self.train_tokens}" if self.tokens_axis else ""
     return f"{self.preset}-seed{self.seed}{d}"
+
+  @property
+  def final_step(self) -> int:
+    """The training step whose parameters this model is."""
+    return self.step or self.config.train.steps
 
   @property
   def train_tokens(self) -> int:
     if self.pretrained:
       return self.pretrained.tokens  # not trained here: what the hub revision saw, or 0
     t = self.config.train
-    return t.steps * t.batch_size * self.config.data.seq_len
+    return self.final_step * t.batch_size * self.config.data.seq_len
+
+  @property
+  def directory_name(self) -> str:
+    """Its training run's directory under W/models: a checkpoint's is its trunk's."""
+    return (
+      self.trunk.directory_name if self.trunk is not None and not self.branch_start else self.name
+    )
+
+  @property
+  def trained_steps(self) -> int:
+    """Steps this model's own training adds: a checkpoint of a trunk none, a branch its
+    cool-down, a run (or a trunk) all of them; an import none."""
+    if self.pretrained or (self.trunk is not None and not self.branch_start):
+      return 0
+    return self.config.train.steps - self.branch_start
 
   def check_import(self) -> None:
     """Raises ValueError (size, path, `kbit import` command) if this run's import was
@@ -209,6 +241,8 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
   so weights-only keys of trained models are as before."""
   q = spec.quantized
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
+  if not run.pretrained:
+    extra.update(along.key_extras(run))
   if run.pretrained:
     extra["hub_id"] = run.pretrained.hub_id
     if run.pretrained.revision:
@@ -313,17 +347,18 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
     shapes = None
     runs = itertools.product(sources.get(size, [None]), grid["seeds"], grid["tokens"] or (0,))
     for source, seed, tokens in runs:
-      run = _model_run(config, size, seed, tokens, source)
+      trunk = _model_run(config, size, seed, tokens, source)
       if shapes is None:  # one architecture per size: its seeds and budgets share it
-        shapes = quant_bits.preset_shapes(run.architecture)
-      for label, kwargs in _specs(grid, config.grid.targets):
-        try:
-          spec = QuantSpec(**kwargs)
-          check_targets_exist(shapes, spec)
-        except ValueError as e:
-          raise ValueError(f"grid cell {run.name} {label}: {e}") from None
-        run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
-      models.append(run)
+        shapes = quant_bits.preset_shapes(trunk.architecture)
+      for run in along.expand(trunk, grid["checkpoints"], config.grid):
+        for label, kwargs in _specs(grid, config.grid.targets):
+          try:
+            spec = QuantSpec(**kwargs)
+            check_targets_exist(shapes, spec)
+          except ValueError as e:
+            raise ValueError(f"grid cell {run.name} {label}: {e}") from None
+          run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+        models.append(run)
   plan = Plan(config, models)
   if require_imports and plan.missing_imports:
     raise ValueError(missing_imports_message(plan.missing_imports))
