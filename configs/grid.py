@@ -25,9 +25,13 @@ training config every size starts from, kbit_jax/config/defaults.py), `per_size`
 The default CPU grid: 4 sizes (s1..s4, 25k..793k non-embedding parameters) trained on
 ~1M tokens each, k in {3, 4, 5, 6, 8, 16}, data types int / float / quantile / nf, block
 sizes 64, 256 and per tensor (0), no outliers, one seed: 4 x (1 + 5 x 4 x 3) = 244 cells.
-The evaluation is deliberately cheap (25 items per task, 8k perplexity tokens): the task
-accuracies of these small models have standard errors of ~0.05, perplexity is the
-precise metric at this scale.
+The evaluation is sized to the main job's time budget (README command 1 under 20 minutes
+on 2 cores): 50 items per task and 8k perplexity tokens. Measured in one session on this
+2-core machine under load ~11 (one s1 cell, kbit_jax.grid.evaluator): 6.2 s at 25 items,
+11.8 s at 50, 18.1 s at 100 (perplexity alone 1.1-1.6 s), so 50 items cost ~1.9x the 25 of
+before in evaluation, which is most of the grid's time; 100 would leave no margin. The
+mean accuracy's standard error is still ~0.035 at 50 items per task; the report marks
+each metric's signal (kbit_jax/analysis/noise.py) and perplexity is the precise one here.
 
 quant.targets: "attn,mlp,embed". The study quantized all linear layers of models whose
 parameters are mostly outside the embedding. The tiny presets tie the output head to the
@@ -52,7 +56,7 @@ def _eval_section(runlocal: bool) -> ml_collections.ConfigDict:
     dict(
       tasks="lambada,hellaswag,piqa,winogrande",
       task_dir="",  # '' = built-in tasks from the corpus's test split
-      items_per_task=4 if runlocal else 25,
+      items_per_task=4 if runlocal else 50,
       task_seed=0,
       batch_size=8 if runlocal else 32,
       max_len=0,  # 0 = the model's max_len

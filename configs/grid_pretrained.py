@@ -18,7 +18,10 @@ the command line, where "," separates arguments: families=opt+llama), `max_param
 to this many parameters; 0 = all), `runlocal` (the smallest model of each family, cheap
 evaluation: a CPU run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor),
 `device_gib` (mark what fits), `hf_root` (downloads), `import_root` (imported workdirs),
-`deduped` (Pythia's deduped runs), `task_dir` (the released
+`deduped` (Pythia's deduped runs), `revisions` (Pythia's intermediate checkpoints along
+training: "log" = steps 1000, 2000, 4000, ..., 64000, 143000; "all" = every 1000 steps
+from 1000 to 143000; or steps joined by "+", e.g. revisions=1000+8000+143000), `task_dir`
+(the released
 LAMBADA/HellaSwag/PiQA/Winogrande files, see kbit_jax/evals/tasks.py; '' = the built-in
 tasks made from the embedded corpus).
 
@@ -43,6 +46,16 @@ Llama 3.2, Qwen2.5 <= 3B, Qwen3 <= 4B, Gemma) and the untied heads stay 16-bit; 
 2-40% of these models' parameters (Gemma-2B: 21%; SmolLM2-135M: 21%). The memory table
 shows both. The perplexity rows are min(2048, the shortest context among the sizes)
 tokens long: OPT/Pythia/BLOOM's 2048 for the modern families, whose contexts are longer.
+
+Pythia along training (Ouyang et al. 2024 measured quantization damage on these):
+each revision stepN saw N x 2,097,152 tokens (Pythia's 1,024 sequences of 2,048 tokens a
+step) and is downloaded and imported into its own directory, `<size>-stepN`:
+
+    kbit grid --config configs/grid_pretrained.py:families=pythia,max_params=2e8,revisions=log \
+      --workdir W --dry_run      # prints the hf download --revision and kbit import of each
+
+Records carry the revision (key `revision`) and D (`train_tokens`); sizes without
+revisions are evaluated at their final model as before.
 
 Meta's Llama and Google's Gemma repos are gated: accept their licence on the hub and
 `hf auth login` before `hf download`. The hub ids are the base (pretrained) models.
@@ -93,6 +106,30 @@ FAMILIES = {
 STUDY = ("opt", "pythia", "gpt2", "bloom")  # the default: the k-bit study's families
 MODERN = ("smollm2", "llama", "mistral", "qwen2.5", "qwen3", "gemma")  # families=modern
 MAX_SEQ_LEN = 2048  # perplexity rows: at most OPT's, Pythia's and BLOOM's context
+PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1,024 sequences x 2,048 tokens
+PYTHIA_STEPS = tuple(range(1000, 143_001, 1000))  # the hub's step<N> revisions used here
+PYTHIA_LOG_STEPS = (1000, 2000, 4000, 8000, 16000, 32000, 64000, 143000)
+
+
+def pythia_revisions(spec: str) -> tuple[tuple[str, int], ...]:
+  """(revision, training tokens) of `revisions=`: "" none, "log", "all", or "+"-joined steps."""
+  if not spec:
+    return ()
+  if spec in ("log", "all"):
+    steps = PYTHIA_LOG_STEPS if spec == "log" else PYTHIA_STEPS
+  else:
+    try:
+      steps = tuple(int(s.removeprefix("step")) for s in spec.split("+"))
+    except ValueError:
+      steps = ()
+    bad = [s for s in steps if s not in PYTHIA_STEPS] if steps else [spec]
+    if bad:
+      raise ValueError(
+        f"revisions={spec!r}: {bad[0]!r} is not a Pythia revision used here; allowed: "
+        f"'log', 'all' or steps {PYTHIA_STEPS[0]}..{PYTHIA_STEPS[-1]} in multiples of 1000 "
+        "joined by '+'"
+      )
+  return tuple((f"step{s}", s * PYTHIA_TOKENS_PER_STEP) for s in steps)
 
 
 def _sizes(a: ml_collections.ConfigDict) -> dict[str, str]:
@@ -139,8 +176,16 @@ def get_config(arg=None):
     import_root="~/kbit/pretrained",
     deduped=False,
     task_dir="",
+    revisions="",
   )
   sizes = _sizes(a)
+  revisions = pythia_revisions(a.revisions)
+  pythia = [size for size in sizes if size.startswith("pythia-")]
+  if revisions and not pythia:
+    raise ValueError(
+      f"revisions={a.revisions!r}: only Pythia publishes its checkpoints along training "
+      f"here; the grid's sizes are {list(sizes)} (add families=pythia)"
+    )
   c = ml_collections.ConfigDict()
   c.grid = ml_collections.ConfigDict(
     dict(
@@ -182,6 +227,7 @@ def get_config(arg=None):
       import_root=a.import_root,
       device_gib=a.device_gib,
       repos=tuple(sizes.items()),
+      revisions=tuple((size, r, tokens) for size in pythia for r, tokens in revisions),
     )
   )  # (size, hub id) pairs: sizes like opt-1.3b hold dots
   return c

@@ -307,7 +307,9 @@ def test_stage_fit_writes_tables(tmp_path, monkeypatch):
     "params.csv",
     "ptq_penalty.csv",
     "ptq_penalty_by_d.csv",
-  ]  # one token count: no nd_fits.json; no probes or activation bits: none of theirs
+    "signal.csv",
+  ]  # one token count: no nd_fits.json, no qid.csv; no probes or activation bits: none
+  # of theirs
   params = pd.read_csv(tmp_path / "fit" / "params.csv")
   power, sigmoid = ["a", "alpha", "E"], ["lo", "hi", "s", "m_bits"]
   assert params.groupby(["method", "curve", "form"], sort=False)["param"].agg(list).to_dict() == {

@@ -5,6 +5,8 @@ cells.py        store columns -> cells: labels, compatibility checks, families, 
 forms.py        the fit forms (power, sigmoid, neff, ptq) and the data they are fitted to
 fitting.py      robust least squares, bootstrap intervals, hold-out error
 bitoptimal.py   the best k per total-bits budget
+noise.py        which metrics move beyond their stderr; resampling the evaluation's items
+qid.py          quantization-induced degradation along training: two laws, held-out D
 analyse.py      every fit a set of cells allows (Analysis)
 tables.py       parameter / extrapolation / bit-optimal tables, provenance, fits.json
 extra_axes.py   probes, activation bits, N x D fits, the PTQ penalty against tokens
@@ -12,8 +14,10 @@ plot_style.py   what the figures share: colours, panels, axes, saving
 plots.py        the figures of an Analysis: its measurements, then plots_fits.py's
 plots_fits.py   the figures of its fits: curves, bit-optimal k, precision laws
 plots_axes.py   the figures of the extra axes
+plots_length.py the figures of training length: bit-optimal k vs D/N, bits per budget
 render.py       report blocks -> Markdown / HTML, number formats
 report_axes.py  the extra axes' tables as report blocks
+report_length.py  noise, QiD laws and bit-optimal k vs training length as report blocks
 report.py       the report's sections, written as report.md + report.html
 stage.py        `kbit fit` and `kbit report` end to end
 synthetic.py    stores drawn from a known law, for tests and demos

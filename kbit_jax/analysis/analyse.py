@@ -5,8 +5,11 @@
 Per family x curve: `power` (nll) and `sigmoid` (mean zero-shot accuracy) fits against
 total model bits (forms, fitting); per family x method: the bit-optimal k per budget
 (bitoptimal); per method, jointly over k and families: the precision-aware `neff` and
-`ptq` laws. Every fit reports its leave-largest-size-out extrapolation error; fits the
-data cannot identify are listed in `Analysis.skipped` with the reason.
+`ptq` laws; per method, along training (>= 2 training budgets): the two QiD laws (qid.py).
+Every fit reports its leave-largest-size-out extrapolation error; fits the data cannot
+identify are listed in `Analysis.skipped` with the reason. A metric without signal in a
+family (noise.py: its spread across k within twice its standard error at most sizes) is
+neither fitted nor ranked there; `Analysis.flat` holds the one-line note.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kbit_jax.analysis import bitoptimal, fitting, forms
+from kbit_jax.analysis import bitoptimal, fitting, forms, noise, qid
 from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, by_count, curve_k
 from kbit_jax.analysis.fitting import FitError, FitResult
 
@@ -32,6 +35,10 @@ class Analysis:
   skipped: list[str]  # fits not made, and why
   level: float
   n_boot: int
+  signal: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # noise.signal_table
+  flat: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # (family, metric)
+  qid_rows: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # qid.qid_rows
+  qid_fits: dict[tuple[str, str], qid.QidFit] = dataclasses.field(default_factory=dict)
 
   def curves(self, family: str, method: str) -> dict[str, pd.DataFrame]:
     """label -> cells of that curve, the 16-bit baseline included, sorted by k."""
@@ -78,14 +85,19 @@ def analyse(
 ) -> Analysis:
   """Every fit the cells allow; fits they do not allow are listed in `skipped`."""
   a = Analysis(cells, list(issues), {}, {}, {}, [], level, n_boot)
+  a.signal = noise.signal_table(cells)
+  a.flat = noise.flat_metrics(a.signal)
+  a.skipped += list(a.flat.values())
   for family in a.families():
     fam = cells[cells["family"] == family]
     draws = fitting.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
+    metrics = [m for m in METRICS if (family, m) not in a.flat]
+    items = {m: noise.item_replicates(fam, m, n_boot, seed + 2) for m in metrics}
     for method in [BASELINE_METHOD] + [m for m in a.methods() if m in set(fam["method"])]:
       for curve, c in a.curves(family, method).items():
         if method != BASELINE_METHOD and curve_k(curve) == BASELINE_BITS:
           continue
-        for metric in METRICS:
+        for metric in metrics:
           what = f"{metric} {forms.CURVE_FORMS[metric].name} fit, {family}, {method} {curve}"
           try:
             a.curve_fits[(family, method, curve, metric)] = _curve_fit(
@@ -95,7 +107,7 @@ def analyse(
             a.skipped.append(str(e))
       if method == BASELINE_METHOD:
         continue
-      for metric in METRICS:
+      for metric in metrics:
         curves = {label: _finite(c, metric) for label, c in a.curves(family, method).items()}
         curves = {label: c for label, c in curves.items() if len(c)}
         if len(curves) < 2:
@@ -110,7 +122,7 @@ def analyse(
           if (f := a.curve_fit(family, method, label, metric)) is not None
         }
         a.bit_optimal[(family, method, metric)] = bitoptimal.bit_optimal(
-          curves, fits, metric, draws, num_budgets
+          curves, fits, metric, draws, num_budgets, items[metric]
         )
   for method in a.methods():
     rows = _finite(cells[(cells["method"] == method) | (cells["k"] == BASELINE_BITS)], "nll")
@@ -134,4 +146,8 @@ def analyse(
         )
       except FitError as e:
         a.skipped.append(str(e))
+  if cells["tokens"].nunique() >= 2:
+    a.qid_rows = qid.qid_rows(cells)
+    a.qid_fits, skipped = qid.fit_laws(a.qid_rows, n_boot, level, seed + 3)
+    a.skipped += skipped
   return a

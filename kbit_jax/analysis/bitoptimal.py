@@ -7,7 +7,10 @@ to a factor FIT_REACH beyond each curve's measured bits.
 Confidence: the share of bootstrap replicates (checkpoints resampled with replacement;
 the same draws for every k, see fitting.bootstrap_draws) in which the winning k of
 the point estimate wins again, among the replicates in which that k has a value at the
-budget (and >= 2 curves do).
+budget (and >= 2 curves do). With per-item scores in the records, each interpolation
+replicate also resamples the evaluation's items (noise.item_replicates: the same items
+for every cell of the replicate), so the share counts both sources of noise; the fitted
+curves' replicates resample checkpoints only.
 """
 
 from __future__ import annotations
@@ -95,18 +98,26 @@ def by_interpolation(
   metric: str,
   budgets: np.ndarray,
   draws: Sequence[np.ndarray] = (),
+  item_values: Sequence[pd.Series] | None = None,
 ) -> pd.DataFrame:
   """Best curve per budget from interpolated measurements, with bootstrap shares.
-  `curves`: label -> that curve's cells (with a `unit` column, the checkpoint)."""
+  `curves`: label -> that curve's cells (with a `unit` column, the checkpoint);
+  `item_values`: per replicate, every cell's metric on resampled items (or None)."""
   higher = HIGHER_IS_BETTER[metric]
   query = np.log(budgets)
   values = {label: interpolate(*curve_points(c, metric), query) for label, c in curves.items()}
   point = winners(values, higher)
   replicates = []
-  for draw in draws:
+  for r, draw in enumerate(draws):
     counts = pd.Series(draw).value_counts()
+
+    def resampled(c: pd.DataFrame, r: int = r) -> pd.DataFrame:
+      return c if item_values is None else c.assign(**{metric: item_values[r].loc[c.index]})
+
     rep = {
-      label: interpolate(*curve_points(c, metric, c["unit"].map(counts).fillna(0)), query)
+      label: interpolate(
+        *curve_points(resampled(c), metric, c["unit"].map(counts).fillna(0)), query
+      )
       for label, c in curves.items()
     }
     replicates.append((winners(rep, higher), rep))
@@ -158,11 +169,12 @@ def bit_optimal(
   metric: str,
   draws: Sequence[np.ndarray],
   num_budgets: int = 12,
+  item_values: Sequence[pd.Series] | None = None,
 ) -> pd.DataFrame:
   """One row per budget: the best k by interpolation and by fit, each with its share."""
   all_cells = pd.concat(list(curves.values()))
   budgets = budgets_for(all_cells, num_budgets)
-  interp = by_interpolation(curves, metric, budgets, draws)
+  interp = by_interpolation(curves, metric, budgets, draws, item_values)
   out = interp[["budget_bits", "candidates"]].copy()
   out["best_interp"], out["share_interp"] = interp["best"], interp["share"]
   if fits:

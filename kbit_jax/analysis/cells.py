@@ -71,6 +71,10 @@ STORE_COLUMNS = {
   "seq_len": "seq_len",
   "train_lr": "train_lr",
   "act_bits": "act_bits",
+  "run": "run",
+  "step": "step",
+  "run_tokens": "run_tokens",
+  "schedule": "schedule",
 }
 REQUIRED = ("preset", "bits", "params", "total_bits")
 DEFAULTS = {
@@ -86,6 +90,8 @@ DEFAULTS = {
   "commit": "unknown",
   "created": "",
   "act_bits": BASELINE_BITS,
+  "run_tokens": np.nan,
+  "schedule": "cosine",
 }
 METRIC_PREFIXES = ("metrics/", "")
 PPL_SPLITS = ("validation", "text_file", "test")  # preferred perplexity, in order
@@ -152,6 +158,7 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
   )
   out["ppl"] = np.exp(out["nll"])
   out.attrs["ppl_split"] = split or "none"
+  _item_columns(df, out, split)
   for ours, path in (("acc", "mean/acc"), ("acc_stderr", "mean/acc_stderr")):
     col = _column(df, path)
     out[ours] = pd.to_numeric(df[col], errors="coerce") if col else np.nan
@@ -170,6 +177,35 @@ def cells_from_store(df: pd.DataFrame) -> pd.DataFrame:
   return _normalise(out)
 
 
+def _item_columns(df: pd.DataFrame, out: pd.DataFrame, split: str | None) -> None:
+  """Per-item scores (noise.py): `items/<task>` as they are; the preferred split's
+  per-row losses as `rows_nll` / `rows_tokens`, and from them `nll_stderr`."""
+  for col in df.columns:
+    if col.startswith("items/") and not col.startswith("items/ppl/"):
+      out[col] = df[col]
+  sums, tokens = f"items/ppl/{split}/nll_sum", f"items/ppl/{split}/tokens"
+  if split and sums in df and tokens in df:
+    out["rows_nll"], out["rows_tokens"] = df[sums], df[tokens]
+    out["nll_stderr"] = [
+      nll_stderr(s, t) if isinstance(s, list) and isinstance(t, list) else np.nan
+      for s, t in zip(df[sums], df[tokens])
+    ]
+  else:
+    out["nll_stderr"] = np.nan
+
+
+def nll_stderr(row_sums: Any, row_tokens: Any) -> float:
+  """Standard error of the token-mean nll from its rows (the ratio estimator's
+  linearisation: rows, not tokens, are the independent draws)."""
+  sums, tokens = np.asarray(row_sums, float), np.asarray(row_tokens, float)
+  if len(sums) < 2:
+    return float("nan")
+  mean = sums.sum() / tokens.sum()
+  resid = sums - mean * tokens
+  r = len(sums)
+  return float(np.sqrt(r / (r - 1) * np.sum(resid**2)) / tokens.sum())
+
+
 def blocksize_label(b: Any) -> str:
   if b is None or (isinstance(b, float) and math.isnan(b)):
     return "-"
@@ -183,7 +219,7 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   cells["seed"] = cells["seed"].fillna(0).astype(int)
   cells["outlier_share"] = cells["outlier_share"].fillna(0.0).astype(float)
   cells["exponent_bits"] = cells["exponent_bits"].fillna(0).astype(int)
-  for col in ("params", "total_bits", "n", "tokens", "bits_per_param"):
+  for col in ("params", "total_bits", "n", "tokens", "bits_per_param", "run_tokens"):
     if col in cells:
       cells[col] = pd.to_numeric(cells[col], errors="coerce")
   if "n" not in cells:
@@ -203,6 +239,13 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   cells["cell"] = cells["cell"].fillna("?")
   tokens = cells["tokens"].fillna(-1).astype(np.int64)
   cells["unit"] = [f"{p}-seed{s}-D{t}" for p, s, t in zip(cells["preset"], cells["seed"], tokens)]
+  # A checkpoint along a longer run (grid.checkpoints) is not the finished run at its D.
+  along = cells["run_tokens"].notna() & (cells["run_tokens"] != cells["tokens"])
+  cells.loc[along, "unit"] += "-of" + cells.loc[along, "run_tokens"].astype(np.int64).astype(str)
+  # The training run (bootstrap unit of laws along training): records name it (grid),
+  # else every model is its own run.
+  run = cells["run"] if "run" in cells else pd.Series(np.nan, index=cells.index)
+  cells["run"] = run.where(run.notna(), cells["unit"]).astype(str)
   exps = cells.groupby(["method", "k"])["exponent_bits"].transform("nunique")
   cells["curve"] = [
     f"k{k}" + (f" e{e}" if n > 1 else "")

@@ -6,6 +6,9 @@ standard deviation: scipy.stats.median_abs_deviation(scale="normal")), then
 `loss='soft_l1'` from that solution.
 Bootstrap: resample checkpoints (preset x seed x family) with replacement, refit, take
 percentile intervals; replicates with too few distinct sizes are skipped and counted.
+Identification: a parameter whose interval changes sign, or spans more than a factor of
+IDENTIFIED_SPAN, is not identified by the data (`not_identified`): the report names it so
+instead of quoting it as a measured value.
 """
 
 from __future__ import annotations
@@ -19,6 +22,22 @@ from scipy import optimize, stats
 from kbit_jax.analysis.forms import JOINT_FORMS, QUANTIZED_MAX_BITS, FitData, Form
 
 ROBUST_LOSS = "soft_l1"
+IDENTIFIED_SPAN = 10.0  # an interval wider than this factor does not measure its parameter
+
+
+def not_identified(interval: tuple[float, float] | None) -> str:
+  """Why a bootstrap interval does not identify its parameter ('' if it does): it
+  changes sign, or its ends are more than IDENTIFIED_SPAN apart as a ratio (an end at 0:
+  an infinite ratio). No interval (too few replicates): not identified either."""
+  if interval is None or not np.all(np.isfinite(interval)):
+    return "no bootstrap interval"
+  lo, hi = sorted(interval)
+  if lo < 0 < hi:
+    return "its interval changes sign"
+  small, large = sorted((abs(lo), abs(hi)))
+  if large > IDENTIFIED_SPAN * small:
+    return f"its interval spans more than a factor of {IDENTIFIED_SPAN:g}"
+  return ""
 
 
 class FitError(ValueError):
@@ -116,6 +135,12 @@ class FitResult:
   @property
   def n_sizes(self) -> int:
     return len(np.unique(self.data.sizes))
+
+  @property
+  def unidentified(self) -> dict[str, str]:
+    """{parameter: why} for the parameters the bootstrap does not identify."""
+    out = {p: not_identified(self.ci.get(p)) for p in self.params}
+    return {p: why for p, why in out.items() if why}
 
   @property
   def n_boot_ok(self) -> int:

@@ -10,6 +10,7 @@ Figures (x = total model bits, log scale; one colour per k, fixed in K_COLORS):
   blocksize_dtype_4bit  4-bit: data types at the main block size; block sizes of the main type
   outliers              outlier-dependent (proxy) quantization against plain, k <= 4
   fits, bit_optimal, precision_law   (plots_fits.py)
+  bitopt_vs_tokens, bits_by_budget, qid_laws   (plots_length.py: several training budgets)
 A figure whose data is missing is skipped and named in `notes`, never an error.
 The *main* method is cells.main_method's, as in the extra axes' tables and the report.
 """
@@ -48,6 +49,7 @@ from kbit_jax.analysis.plot_style import (
   subplots,
 )
 from kbit_jax.analysis.plots_fits import fig_bit_optimal, fig_fits, fig_precision_law
+from kbit_jax.analysis.plots_length import fig_bitopt_vs_tokens, fig_bits_by_budget, fig_qid_laws
 
 
 def _plain(a: Analysis, blocksize=None) -> pd.DataFrame:
@@ -219,6 +221,9 @@ FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
   fig_fits,
   fig_bit_optimal,
   fig_precision_law,
+  fig_bitopt_vs_tokens,
+  fig_bits_by_budget,
+  fig_qid_laws,
 )
 
 

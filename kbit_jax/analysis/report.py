@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 from etils import epath
 
-from kbit_jax.analysis import plots, plots_axes, report_axes, tables
+from kbit_jax.analysis import plots, plots_axes, report_axes, report_length, tables
 from kbit_jax.analysis.analyse import Analysis
 from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, main_method
 from kbit_jax.analysis.plot_style import Figure
-from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown, with_ci
+from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown
 
 MAX_LIST = 30  # longest list of skipped fits / issues shown in full
 
@@ -207,9 +207,7 @@ def fit_blocks(a: Analysis) -> list[Block]:
         continue
       rows.append(
         [family, method, curve]
-        + [
-          with_ci(fit.params[p], fit.ci.get(p)) if p != "lo" else num(fit.params[p]) for p in names
-        ]
+        + [report_length.param_text(fit, p) if p != "lo" else num(fit.params[p]) for p in names]
         + [str(fit.n_cells), str(fit.n_sizes), str(fit.n_boot_ok), _bound(fit)]
       )
     if rows:
@@ -249,7 +247,7 @@ def joint_blocks(a: Analysis) -> list[Block]:
       [
         method,
         form,
-        "; ".join(f"{p} = {with_ci(v, fit.ci.get(p))}" for p, v in fit.params.items()),
+        "; ".join(f"{p} = {report_length.param_text(fit, p)}" for p in fit.params),
         str(fit.n_cells),
         str(fit.n_sizes),
         str(fit.n_boot_ok),
@@ -364,9 +362,11 @@ def report_blocks(
   )
   if a.issues:
     blocks += [("h", 2, "Data issues"), ("ul", _limited(a.issues))]
+  blocks += report_length.signal_blocks(a)
   blocks += figure_blocks(figures, notes, out_dir)
   blocks += list(axes)
-  blocks += bit_optimal_blocks(a) + fit_blocks(a) + joint_blocks(a) + extrapolation_blocks(a)
+  blocks += bit_optimal_blocks(a) + report_length.length_blocks(a) + fit_blocks(a)
+  blocks += joint_blocks(a) + report_length.qid_blocks(a) + extrapolation_blocks(a)
   if a.skipped:
     blocks += [("h", 2, "Skipped fits"), ("ul", _limited(a.skipped))]
   return blocks + provenance_blocks(a)

@@ -7,7 +7,8 @@ Each record has the shape the grid writes (key / model / bits / metrics groups: 
 so a synthetic store exercises the same column adapter as a real one. The loss follows
 a precision law of forms.py (`form`), N = non-embedding parameters:
 
-  ptq   nll = A N^-alpha + E + [k < 16] C m(dtype, B, p, k) N^-gamma_N e^(-k / gamma_post)
+  ptq   nll = A N^-alpha + E + [k < 16] C m(dtype, B, p, k) (D/1M)^gamma_D N^-gamma_N
+                e^(-k / gamma_post)      (gamma_D = 0 unless the law gives it)
   neff  nll = A (N (1 - e^(-k / gamma)))^-alpha + E
 
 times (1 + checkpoint noise + cell noise); m is a method factor (int worse than nf, large
@@ -75,6 +76,7 @@ def true_nll(
   outlier_share: float = 0.0,
   form: str = "ptq",
   law: dict[str, float] | None = None,
+  tokens: float = 1_000_000,
 ) -> float:
   """The noise-free loss of the generating law `form` at `law`'s parameters (LAWS[form]
   unless given): ptq with the method factor on its penalty, or neff, the same for every
@@ -87,6 +89,7 @@ def true_nll(
     loss += (
       p["C"]
       * method_factor(dtype, blocksize, outlier_share, k)
+      * (tokens / 1e6) ** p.get("gamma_D", 0.0)
       * n ** -p["gamma_N"]
       * np.exp(-k / p["gamma_post"])
     )
@@ -154,7 +157,7 @@ def synthetic_records(
       for k, dtype, blocksize, share in specs:
         q = k < 16
         b = 64 if blocksize is None else blocksize
-        nll = true_nll(counts["non_embedding"], k, dtype, b, share, form, law)
+        nll = true_nll(counts["non_embedding"], k, dtype, b, share, form, law, tokens)
         nll *= 1 + checkpoint_noise + rng.normal(0, cell_noise)
         tb = total_bits(counts["total"], k, b, share, preset.d_model)
         metrics = _task_metrics(nll, rng, acc_noise)

@@ -36,6 +36,7 @@ def _fit_rows(key: dict[str, Any], fit: FitResult) -> list[dict[str, Any]]:
       value=v,
       lo=fit.ci.get(p, (np.nan, np.nan))[0],
       hi=fit.ci.get(p, (np.nan, np.nan))[1],
+      not_identified=fit.unidentified.get(p, ""),
     )
     for p, v in fit.params.items()
   ]
@@ -154,8 +155,25 @@ def _json_default(x: Any) -> Any:
   return str(x)
 
 
+def qid_table(a: Analysis) -> pd.DataFrame:
+  """The QiD laws' parameters (long format, as params_table) with their held-out error."""
+  rows = []
+  for (method, _), f in a.qid_fits.items():
+    held = f.heldout or {}
+    key = dict(
+      family="all",
+      method=method,
+      curve="all k",
+      heldout_abs_log_error=held.get("mean_abs_log_error", np.nan),
+      dropped=f.dropped,
+    )
+    rows += _fit_rows(key, f.fit)
+  return pd.DataFrame(rows)
+
+
 def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
-  """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv."""
+  """fits.json (everything), params.csv, extrapolation.csv, bit_optimal.csv; signal.csv,
+  qid.csv and qid_rows.csv where not empty."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   tables = {
@@ -163,6 +181,9 @@ def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
     "extrapolation": extrapolation_table(a),
     "bit_optimal": bit_optimal_table(a),
   }
+  # written where the store allows them (several training budgets; stderrs)
+  optional = {"signal": a.signal, "qid": qid_table(a), "qid_rows": a.qid_rows}
+  tables.update({name: t for name, t in optional.items() if len(t)})
   paths = {}
   for name, table in tables.items():
     paths[name] = out / f"{name}.csv"
@@ -183,6 +204,19 @@ def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
   return paths
 
 
+def _exponents(fit: FitResult, names: list[str]) -> str:
+  """'alpha=0.31 [0.25, 0.37], gamma_N not identified by this grid ([-0.27, 0.2])'."""
+  out = []
+  for p in names:
+    ci = fit.ci.get(p)
+    interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+    if fit.unidentified.get(p):
+      out.append(f"{p} not identified by this grid ({fit.params[p]:.3g}{interval})")
+    else:
+      out.append(f"{p}={fit.params[p]:.3g}{interval}")
+  return ", ".join(out)
+
+
 def summary(a: Analysis) -> str:
   """A few lines for the terminal."""
   lines = [
@@ -192,13 +226,13 @@ def summary(a: Analysis) -> str:
     f"{a.level:.0%} intervals"
   ]
   for (method, name), fit in list(a.joint_fits.items())[:4]:
-    ci = fit.ci
-    shown = ", ".join(
-      f"{p}={v:.3g}" + (f" [{ci[p][0]:.3g}, {ci[p][1]:.3g}]" if p in ci else "")
-      for p, v in fit.params.items()
-      if p.startswith(("alpha", "gamma"))
-    )
-    lines.append(f"  {name} law, {method}: {shown}")
+    shown = [p for p in fit.params if p.startswith(("alpha", "gamma"))]
+    lines.append(f"  {name} law, {method}: {_exponents(fit, shown)}")
+  for (method, name), f in a.qid_fits.items():
+    held = f.heldout
+    err = f"; held-out largest D |ln error| {held['mean_abs_log_error']:.3g}" if held else ""
+    lines.append(f"  QiD {name} law, {method}: {_exponents(f.fit, list(f.fit.params)[1:])}{err}")
+  lines += [f"  {note}" for note in a.flat.values()]
   for (family, method, metric), t in list(a.bit_optimal.items())[:4]:
     best = t["best_interp"].dropna()
     if len(best):

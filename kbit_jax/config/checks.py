@@ -10,6 +10,7 @@ from kbit_jax.model import presets, transformer
 from kbit_jax.train import sharding
 
 DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "wsd")  # train.schedule (train/loop.py: learning_rate_schedule)
 
 
 def _check_keys(
@@ -77,6 +78,7 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
     raise ValueError(f"train.profile_steps={config.train.profile_steps} must be >= 0")
   if config.train.warmup_steps < 0:
     raise ValueError(f"train.warmup_steps={config.train.warmup_steps} must be >= 0")
+  _schedule(config.train)
   if p.positions == "learned" and config.data.seq_len > p.max_len:
     raise ValueError(
       f"data.seq_len={config.data.seq_len} exceeds {name}'s learned "
@@ -92,6 +94,38 @@ def validate(config: ml_collections.ConfigDict, arch: presets.Preset | None = No
   data.validate(config.data)
   eval_section.validate(config.eval, config.data)
   quant_spec.QuantSpec.from_config(config.quant)
+
+
+def _schedule(train: ml_collections.ConfigDict) -> None:
+  """train.schedule, the WSD cool-down and train.keep_steps."""
+  if train.schedule not in SCHEDULES:
+    raise ValueError(f"train.schedule={train.schedule!r} is unknown; allowed: {SCHEDULES}")
+  if train.schedule == "wsd":
+    if not 0 < train.decay_fraction <= 1:
+      raise ValueError(
+        f"train.decay_fraction={train.decay_fraction!r}: the WSD cool-down's share of "
+        "train.steps; allowed: 0 < decay_fraction <= 1"
+      )
+    decay = wsd_decay_steps(train)
+    if train.warmup_steps > train.steps - decay:
+      raise ValueError(
+        f"train.warmup_steps={train.warmup_steps} runs into the WSD cool-down, which "
+        f"starts at step {train.steps - decay} (train.steps={train.steps}, "
+        f"decay_fraction={train.decay_fraction}); allowed: warmup_steps <= "
+        f"{train.steps - decay}"
+      )
+  bad = [s for s in train.keep_steps if isinstance(s, bool) or not isinstance(s, int)]
+  bad += [s for s in train.keep_steps if s not in bad and not 1 <= s <= train.steps]
+  if bad:
+    raise ValueError(
+      f"train.keep_steps={tuple(train.keep_steps)!r}: {bad[0]!r} is not a step of the "
+      f"run; allowed: ints in [1, train.steps={train.steps}]"
+    )
+
+
+def wsd_decay_steps(train: ml_collections.ConfigDict) -> int:
+  """The WSD cool-down's length in steps: decay_fraction of train.steps, at least 1."""
+  return max(1, round(train.decay_fraction * train.steps))
 
 
 def validate_for_devices(

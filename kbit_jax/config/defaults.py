@@ -38,7 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32  # global, in sequences
   c.train.lr = 3e-3
   c.train.warmup_steps = 60
-  c.train.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+  c.train.min_lr_ratio = 0.1  # the schedule decays to lr * min_lr_ratio
+  # cosine (warmup, cosine decay over the run) | wsd (warmup, stable at lr, then a linear
+  # cool-down over the last decay_fraction of the steps: Hägele et al. 2024)
+  c.train.schedule = "cosine"
+  c.train.decay_fraction = 0.2  # wsd only: the cool-down's share of train.steps
   c.train.weight_decay = 0.1  # AdamW; not applied to biases, norms, embeddings
   c.train.b1 = 0.9
   c.train.b2 = 0.95
@@ -49,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
+  # Steps also saved and kept beside the newest keep_checkpoints (grid.checkpoints: the
+  # training-length axis evaluates them); () = none.
+  c.train.keep_steps = ()
   # > 0: a jax.profiler trace of that many steps (after compile) into <workdir>/profile
   # (TensorBoard or Perfetto).
   c.train.profile_steps = 0

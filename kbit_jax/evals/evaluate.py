@@ -42,11 +42,13 @@ def evaluate_tasks(
   net: transformer.Transformer,
   tokenizer: data.Tokenizer,
   eval_cfg: ml_collections.ConfigDict,
+  item_scores: dict | None = None,
 ) -> dict[str, dict[str, float]]:
   """{task: metrics} for eval.tasks, and "mean": the mean of their acc (the study's
   mean zero-shot accuracy); {probe: metrics} for the probes and "probe/summary". All
   files are read before anything is compiled; the requests of all tasks and probes are
-  scored together, so they share the buckets' compiles."""
+  scored together, so they share the buckets' compiles. An `item_scores` dict receives
+  each task's per-item accuracy as one "0"/"1" character per item."""
   eval_section.validate(eval_cfg)
   if tokenizer.vocab_size > net.p.vocab_size:
     raise ValueError(
@@ -68,6 +70,8 @@ def evaluate_tasks(
   out = {}
   for name, name_items in items.items():
     per_item = [[next(results) for _ in item.requests] for item in name_items]
+    if item_scores is not None and not name.startswith("probe/"):
+      item_scores[name] = "".join(str(int(a)) for a in tasks.item_acc(name, name_items, per_item))
     out[name] = (
       probes.score_probe(name_items, per_item)
       if name.startswith("probe/")
@@ -85,18 +89,24 @@ def evaluate_tasks(
 
 
 def evaluate(
-  params: Any, net: transformer.Transformer, config: ml_collections.ConfigDict
+  params: Any,
+  net: transformer.Transformer,
+  config: ml_collections.ConfigDict,
+  item_scores: dict | None = None,
 ) -> dict[str, dict[str, float]]:
   """Everything the `eval` section asks for: tasks (and their mean), perplexity on
-  `eval.ppl_split` (key "ppl/<split>") and on `eval.text_file` (key "ppl/text_file")."""
+  `eval.ppl_split` (key "ppl/<split>") and on `eval.text_file` (key "ppl/text_file").
+  An `item_scores` dict receives the per-item scores: each task's (evaluate_tasks) and
+  the split's per-row NLL sums and tokens ("ppl/<split>")."""
   ec = config.eval
   eval_section.validate(ec, config.data)
   data.validate(config.data)
   max_batches = ec.ppl_max_batches or None
-  out = evaluate_tasks(params, net, data.load_tokenizer(config.data.tokenizer), ec)
+  out = evaluate_tasks(params, net, data.load_tokenizer(config.data.tokenizer), ec, item_scores)
   if ec.ppl_split:
+    rows = None if item_scores is None else item_scores.setdefault(f"ppl/{ec.ppl_split}", {})
     out[f"ppl/{ec.ppl_split}"] = perplexity.perplexity(
-      params, net, config.data, ec.ppl_split, ec.batch_size, max_batches
+      params, net, config.data, ec.ppl_split, ec.batch_size, max_batches, rows
     )
   if ec.text_file:
     out["ppl/text_file"] = perplexity.text_file_perplexity(

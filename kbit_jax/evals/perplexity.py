@@ -37,9 +37,9 @@ def _nll_sums(
   *,
   net: transformer.Transformer,
 ):
-  """(weighted sum of next-token NLL in nats, sum of weights)."""
+  """Per row: (weighted sum of next-token NLL in nats, sum of weights)."""
   nll_BxL = transformer.next_token_nll(net.apply({"params": params}, inputs_BxL), targets_BxL)
-  return jnp.sum(nll_BxL * weights_BxL), jnp.sum(weights_BxL)
+  return jnp.sum(nll_BxL * weights_BxL, axis=1), jnp.sum(weights_BxL, axis=1)
 
 
 nll_sums = jax.jit(_nll_sums, static_argnames="net")
@@ -64,11 +64,14 @@ def stream_perplexity(
   seq_len: int,
   batch_size: int,
   max_batches: int | None = None,
+  rows: dict | None = None,
 ) -> dict[str, float]:
   """Perplexities of every next token of `stream_T` (the first `max_batches` batches).
 
   Row r predicts stream[r*L + 1 : r*L + L + 1] from stream[r*L : r*L + L]; the last row
   may be short and, like the padding rows of the last batch, is padded with weight 0.
+  A `rows` dict receives each row's NLL sum and token count ("nll_sum", "tokens"): the
+  per-item scores a resampling of the evaluation needs (analysis/noise.py).
   """
   num_targets = len(stream_T) - 1
   if num_targets < 1:
@@ -92,8 +95,11 @@ def stream_perplexity(
     nll_sums(params, x, y, w, net=net)
     for x, y, w in zip(inputs_T.reshape(shape), targets_T.reshape(shape), weights_T.reshape(shape))
   ]
-  sums = np.asarray(jax.device_get(sums), np.float64)
-  nll, count = float(sums[:, 0].sum()), int(round(sums[:, 1].sum()))
+  sums = np.asarray(jax.device_get(sums), np.float64)  # (batches, 2, batch_size)
+  row_nll, row_tokens = sums[:, 0].reshape(-1)[:num_rows], sums[:, 1].reshape(-1)[:num_rows]
+  nll, count = float(row_nll.sum()), int(round(row_tokens.sum()))
+  if rows is not None:
+    rows.update(nll_sum=row_nll.tolist(), tokens=[int(round(t)) for t in row_tokens])
   num_bytes, num_words = _text_stats(tokenizer, targets_T[:num_targets])
   return {
     "nll": nll / count,
@@ -114,9 +120,11 @@ def perplexity(
   split: str,
   batch_size: int,
   max_batches: int | None = None,
+  rows: dict | None = None,
 ) -> dict[str, float]:
   """Perplexities on a split of the configured data source (embedded: train | validation
-  | test; TFDS: any split string, 'validation' meaning data.tfds_eval_split)."""
+  | test; TFDS: any split string, 'validation' meaning data.tfds_eval_split); `rows` as
+  stream_perplexity's."""
   data.validate(data_cfg)
   return stream_perplexity(
     params,
@@ -126,6 +134,7 @@ def perplexity(
     data_cfg.seq_len,
     batch_size,
     max_batches,
+    rows,
   )
 
 

@@ -222,6 +222,16 @@ def mean_stderr(scores: Sequence[float]) -> float:
   return float(stats.sem(np.asarray(scores, np.float64)))
 
 
+def item_acc(
+  task: str, items: Sequence[Item], results: Sequence[Sequence[tuple[float, bool]]]
+) -> list[float]:
+  """Per item, 1.0 if answered right (lambada: greedy decoding reproduces the word; the
+  others: the most likely choice is the label), else 0.0."""
+  if task == "lambada":
+    return [float(r[0][1]) for r in results]
+  return [float(np.argmax([ll for ll, _ in r]) == item.label) for r, item in zip(results, items)]
+
+
 def score_items(
   task: str, items: Sequence[Item], results: Sequence[Sequence[tuple[float, bool]]]
 ) -> dict[str, float]:
@@ -229,13 +239,12 @@ def score_items(
   if len(items) != len(results):
     raise ValueError(f"{task}: {len(items)} items but {len(results)} results")
   metrics: dict[str, float] = {"n": len(items)}
+  acc = item_acc(task, items, results)
   if task == "lambada":
     lls = np.array([r[0][0] for r in results], np.float64)
-    acc = [float(r[0][1]) for r in results]
     metrics["perplexity"] = float(np.exp(-lls.mean()))
   else:
     lls_per_item = [np.array([ll for ll, _ in r], np.float64) for r in results]
-    acc = [float(np.argmax(lls) == item.label) for lls, item in zip(lls_per_item, items)]
     if task != "winogrande":  # its choices share one continuation: acc_norm == acc
       acc_norm = [
         float(np.argmax(lls / np.array(item.choice_chars)) == item.label)

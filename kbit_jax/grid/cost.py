@@ -68,7 +68,8 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
       lengths[tokenizer] = _request_lengths(pairs, tokenizer)
     task_tokens = sum(min(n - 1, cap) for n in lengths[tokenizer])
     ppl_tokens = _ppl_tokens(plan.config, run.config)
-    train_flops = flops.flops_per_token(p, seq_len) * run.train_tokens
+    trained_tokens = run.trained_steps * run.config.train.batch_size * seq_len
+    train_flops = flops.flops_per_token(p, seq_len) * trained_tokens
     eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
     quantile_cells = sum(c.spec.data_dependent for c in run.cells)
     per_model[run.name] = dict(
@@ -76,10 +77,10 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
       train_tokens=run.train_tokens,
       train_flops=train_flops,
       train_s=0.0
-      if run.pretrained
+      if not run.trained_steps  # an import, or a checkpoint of a trunk's run
       else (
         train_flops / (peak_flops * TRAIN_MFU)
-        + run.config.train.steps * STEP_OVERHEAD_S
+        + run.trained_steps * STEP_OVERHEAD_S
         + MODEL_OVERHEAD_S
       ),
       eval_tokens_per_cell=task_tokens + ppl_tokens,

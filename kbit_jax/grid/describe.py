@@ -19,6 +19,7 @@ SHOWN_AXES = (
   "outlier_shares",
   "act_bits",
   "tokens",
+  "checkpoints",
 )
 
 
@@ -69,7 +70,7 @@ def _model_row(run: ModelRun, m: dict[str, Any]) -> tuple[str, ...]:
     if run.pretrained
     else (
       f"{m['train_tokens']:,}",
-      f"{run.config.train.steps}",
+      f"{run.final_step}",
       f"{m['train_flops'] / 1e12:.2f}",
       format_duration(m["train_s"]),
     )
@@ -104,7 +105,7 @@ def _pretrained_lines(plan: Plan) -> list[str]:
   ]
   out += _table(
     ("size", "hub id", "import dir", "imported as"),
-    [(s.size, s.hub_id, s.import_dir, status(s)) for s in sources],
+    [(s.name, s.hub_id, s.import_dir, status(s)) for s in sources],
   )
   if missing:
     out += [

@@ -30,7 +30,7 @@ import ml_collections
 
 from kbit_jax.config import eval_section
 from kbit_jax.evals import evaluate
-from kbit_jax.grid import compiles
+from kbit_jax.grid import along, compiles
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
@@ -103,10 +103,12 @@ class CellEvaluator:
       self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
     )
 
-  def evaluate(self, params: Any, act_bits: int = UNQUANTIZED_BITS) -> dict[str, Any]:
+  def evaluate(
+    self, params: Any, act_bits: int = UNQUANTIZED_BITS, item_scores: dict | None = None
+  ) -> dict[str, Any]:
     if act_bits not in self.nets:
       self.nets[act_bits] = act_quant_net(self.run, act_bits)
-    return evaluate.evaluate(params, self.nets[act_bits], self.config)
+    return evaluate.evaluate(params, self.nets[act_bits], self.config, item_scores)
 
   def harness(self, params: Any, spec: QuantSpec) -> dict[str, Any]:
     """eval.harness_tasks on this cell's parameters through the lm-evaluation-harness
@@ -141,12 +143,13 @@ def evaluate_cell(
   t0, c0 = time.perf_counter(), compiles.compile_count()
   params = evaluator.quantized(cell.spec)
   t1 = time.perf_counter()
-  metrics = evaluator.evaluate(params, cell.spec.act_bits)
+  items: dict[str, Any] = {}
+  metrics = evaluator.evaluate(params, cell.spec.act_bits, items)
   metrics.update(evaluator.harness(params, cell.spec))
   t2 = time.perf_counter()
   count = dict(cell=compiles.compile_count() - c0, run=compiles.compile_count() - compiles_start)
   timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
-  return make_record(run, cell, metrics, evaluator.params, timing, count)
+  return dict(make_record(run, cell, metrics, evaluator.params, timing, count), items=items)
 
 
 def make_record(
@@ -189,14 +192,19 @@ def _model_source(run: grid_plan.ModelRun) -> dict[str, Any]:
   """A record's training setup, or for an imported model where it came from."""
   if run.pretrained:
     s = run.pretrained
-    return dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+    out = dict(import_dir=s.import_dir, family=s.family, imported_preset=s.table_preset)
+    return dict(out, revision=s.revision, run=s.size) if s.revision else out
   t = run.config.train
-  return dict(
+  out = dict(
     train_steps=t.steps,
     train_batch_size=t.batch_size,
     train_lr=t.lr,
     train_config=identity.identity(run.config),  # its hash is the key's train_id
   )
+  if run.trunk is None and t.schedule == "cosine":
+    return out  # a run of its own: the records of grids without the checkpoints axis
+  non_embedding = presets.param_counts(run.architecture)["non_embedding"]
+  return dict(out, **along.record_fields(run, non_embedding))
 
 
 def headline(metrics: dict[str, Any]) -> str:

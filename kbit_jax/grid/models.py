@@ -3,7 +3,9 @@ parameters onto the evaluation mesh.
 
     W/models/<size>-seed<s>-<train_id>/   the training run (train/loop.py; a finished run
                                           is reused); <size>-seed<s>-D<tokens>-<train_id>/
-                                          per budget of a grid.tokens axis
+                                          per budget of a grid.tokens axis;
+                                          <run>-wsd<step>-<train_id>/ per WSD cool-down
+                                          branch (along.py)
 
 `train_id` is a hash of the run's whole training identity (train/identity.py), so a
 model trained with another config (lr, seq_len, data, steps, ...) lives in another
@@ -13,6 +15,10 @@ final checkpoint that cannot be read is moved aside and the model retrained
 (driver.py). Workdirs of grids before `train_id`: a `W/models/<size>-seed<s>/` whose
 saved config has this run's identity is this model and is renamed to its new name; one
 with another identity is left as it is and named (the model is trained anew).
+
+Along training (grid.checkpoints, along.py), a cosine checkpoint is restored from its
+trunk's directory at its step (kept there by train.keep_steps); a WSD branch trains its
+cool-down from the trunk's kept stable-phase step once the trunk is trained.
 
 A pretrained grid's model (configs/grid_pretrained.py) is never trained and W/models/
 stays empty: its float parameters come from `convert.importer.load_imported(import dir)`.
@@ -65,6 +71,9 @@ def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
       flush=True,
     )
     return 0.0
+  if run.trunk is not None and not run.branch_start:  # a checkpoint of the trunk's run
+    return ensure_trained(run.trunk, workdir)
+  spent = ensure_trained(run.trunk, workdir) if run.trunk is not None else 0.0
   directory, steps = model_dir(workdir, run), run.config.train.steps
   done = _checkpoint_steps(directory, run.config.train.keep_checkpoints)
   if done and done[-1] > steps:
@@ -74,11 +83,20 @@ def ensure_trained(run: grid_plan.ModelRun, workdir: str) -> float:
     )
   if steps in done:
     print(f"grid: {run.name}: reusing the trained model in {directory}", flush=True)
-    return 0.0
-  print(f"grid: {run.name}: training {run.train_tokens:,} tokens in {directory}", flush=True)
+    return spent
+  branch = None
+  if run.branch_start:
+    branch = (str(model_dir(workdir, run.trunk)), run.branch_start)
+    print(
+      f"grid: {run.name}: WSD cool-down from step {run.branch_start} of {run.trunk.name} "
+      f"to step {steps} in {directory}",
+      flush=True,
+    )
+  else:
+    print(f"grid: {run.name}: training {run.train_tokens:,} tokens in {directory}", flush=True)
   t0 = time.perf_counter()
-  loop.train_and_evaluate(run.config, str(directory))
-  return time.perf_counter() - t0
+  loop.train_and_evaluate(run.config, str(directory), branch_from=branch)
+  return spent + time.perf_counter() - t0
 
 
 def restore_imported(run: grid_plan.ModelRun) -> Any:
@@ -107,13 +125,13 @@ def restore_params(run: grid_plan.ModelRun, workdir: str) -> Any:
     str(model_dir(workdir, run)), run.config.train.keep_checkpoints
   ) as ckpt:
     try:
-      params = ckpt.restore_params(trainer.abstract_state().params, step=run.config.train.steps)
+      params = ckpt.restore_params(trainer.abstract_state().params, step=run.final_step)
     except checkpoint.UnreadableCheckpointError as e:
       error = e
   if multihost.agreed_all(error is None):
     return transformer.unstack_layers(params)  # trained with model.scan_layers: unroll
   raise error or checkpoint.UnreadableCheckpointError(
-    f"the final checkpoint of {run.name} is unreadable on another process", run.config.train.steps
+    f"the final checkpoint of {run.name} is unreadable on another process", run.final_step
   )
 
 
@@ -121,7 +139,7 @@ def move_aside_final_step(run: grid_plan.ModelRun, workdir: str, error: Exceptio
   """Moves `run`'s unreadable final step aside (checkpoint.move_aside), so that training
   resumes from the step before it (or from scratch) and saves it again."""
   directory = checkpoint.checkpoints_dir(str(model_dir(workdir, run)))
-  checkpoint.move_aside(directory, run.config.train.steps, error)
+  checkpoint.move_aside(directory, run.final_step, error)
 
 
 def _adopt_legacy_dir(run: grid_plan.ModelRun, workdir: str) -> None:
@@ -168,6 +186,25 @@ def check_workdirs(plan: grid_plan.Plan, workdir: str, adopt: bool = True) -> No
         checkpoint.check_workdir(m.config, str(model_dir(workdir, m)))
       except checkpoint.WorkdirError as e:
         raise checkpoint.WorkdirError(f"grid size {m.name}: {e}") from None
+      _check_kept(m, workdir)
+
+
+def _check_kept(run: grid_plan.ModelRun, workdir: str) -> None:
+  """ValueError if a step this model needs from its trunk's directory (its checkpoint, or
+  a WSD branch's start) is past the trunk's saved steps but was not kept: an earlier run
+  of that directory saved other steps; the grid would have to train it again."""
+  if run.trunk is None or (run.branch_start and is_trained(run, workdir)):
+    return
+  need = run.branch_start or run.step
+  trunk = run.trunk
+  saved = _checkpoint_steps(model_dir(workdir, trunk), trunk.config.train.keep_checkpoints)
+  if saved and need <= saved[-1] and need not in saved:
+    raise ValueError(
+      f"grid model {run.name}: step {need} of {model_dir(workdir, trunk)} was not kept "
+      f"(saved steps: {saved}); that run was trained without train.keep_steps "
+      f"{tuple(trunk.config.train.keep_steps)}: use another --workdir, or checkpoints "
+      "among the saved steps"
+    )
 
 
 def is_trained(run: grid_plan.ModelRun, workdir: str) -> bool:
@@ -177,4 +214,4 @@ def is_trained(run: grid_plan.ModelRun, workdir: str) -> bool:
     run.check_import()
     return True
   steps = _checkpoint_steps(model_dir(workdir, run), run.config.train.keep_checkpoints)
-  return run.config.train.steps in steps
+  return run.final_step in steps

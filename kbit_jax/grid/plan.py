@@ -21,7 +21,9 @@ with another config (another lr, seq_len, data, ...), does not. The model's dire
 `W/models/<name>-<train_id>/` (models.py); names stay readable (`s1-seed0 k4 int B64 p0`).
 
 A pretrained grid's model (pretrained.py) is named by its size (no seed, no token budget;
-cell keys add `hub_id` and have train_tokens 0), has the architecture its import saved and
+cell keys add `hub_id` and have train_tokens 0; a hub revision of `pretrained.revisions`
+is the model "<size>@<revision>", its keys add `revision` and its training tokens), has
+the architecture its import saved and
 its own tokenizer (`data.tokenizer` = the import dir), and costs no training. A missing
 import is an error naming the size, the path and the `kbit import` command: at plan time
 with `make_plan(config, require_imports=True)`, else when the work starts
@@ -39,6 +41,7 @@ import ml_collections
 from kbit_jax.analysis import results
 from kbit_jax.config import checks, eval_section
 from kbit_jax.evals import scoring
+from kbit_jax.grid import along
 from kbit_jax.grid.pretrained import (
   Pretrained,
   missing_imports_message,
@@ -55,8 +58,10 @@ QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit 
 # Axes added later; a grid section without one reads its default, which adds nothing to
 # the cells' keys, names or model directories (the default grid is unchanged):
 # act_bits: matmul-input bits a of every cell, 16 = weights-only (the study);
-# tokens: training-token budgets D per size, () = the one budget of per_size's steps.
-OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": ()}
+# tokens: training-token budgets D per size, () = the one budget of per_size's steps;
+# checkpoints: points along each run (token counts or fractions of it) to evaluate, () =
+# its end (along.py).
+OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": (), "checkpoints": ()}
 GRID_KEYS = AXES + tuple(OPTIONAL_AXES) + ("targets",)
 
 
@@ -104,6 +109,13 @@ class ModelRun:
   pretrained: Pretrained | None = None  # evaluated from this import, never trained
   arch: presets.Preset | None = None  # the import's architecture (None: missing)
   bos: bool = False  # scoring prepends BOS (evals/scoring.py prepends_bos, eval.bos)
+  # Along training (grid.checkpoints, along.py): the trunk whose run this model is a
+  # point of: its step `step` (cosine: a kept checkpoint of the trunk's directory), or
+  # with train.schedule=wsd a cool-down branch of its own directory whose config is
+  # trained from the trunk's kept step `branch_start`. None: a run of its own.
+  trunk: ModelRun | None = None
+  step: int = 0  # a checkpoint of the trunk's run; 0 = the end of `config`'s run
+  branch_start: int = 0  # a WSD branch starts from this step of the trunk's run
 
   @property
   def architecture(self) -> presets.Preset:
@@ -113,7 +125,9 @@ class ModelRun:
   @property
   def name(self) -> str:
     if self.pretrained:
-      return self.preset
+      return self.pretrained.name
+    if self.trunk is not None:
+      return f"{self.trunk.name}-{'wsd' if self.branch_start else 'step'}{self.final_step}"
     d = f"-D{self.train_tokens}" if self.tokens_axis else ""
     return f"{self.preset}-seed{self.seed}{d}"
 
@@ -124,15 +138,31 @@ class ModelRun:
 
   @property
   def dir_name(self) -> str:
-    """The model's directory under W/models/: `<name>-<train_id>` (trained runs only)."""
+    """Its training run's directory under W/models/: `<name>-<train_id>` (trained runs
+    only); a cosine checkpoint along a run (grid.checkpoints) is read from its trunk's."""
+    if self.trunk is not None and not self.branch_start:
+      return self.trunk.dir_name
     return f"{self.name}-{self.train_id}"
+
+  @property
+  def final_step(self) -> int:
+    """The training step whose parameters this model is."""
+    return self.step or self.config.train.steps
 
   @property
   def train_tokens(self) -> int:
     if self.pretrained:
-      return 0  # not trained here
+      return self.pretrained.tokens  # not trained here: what the hub revision saw, or 0
     t = self.config.train
-    return t.steps * t.batch_size * self.config.data.seq_len
+    return self.final_step * t.batch_size * self.config.data.seq_len
+
+  @property
+  def trained_steps(self) -> int:
+    """Steps this model's own training adds: a checkpoint of a trunk none, a branch its
+    cool-down, a run (or a trunk) all of them; an import none."""
+    if self.pretrained or (self.trunk is not None and not self.branch_start):
+      return 0
+    return self.config.train.steps - self.branch_start
 
   def check_import(self) -> None:
     """Raises ValueError (size, path, `kbit import` command) if this run's import was
@@ -227,8 +257,11 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
     extra["bos"] = True
   if run.pretrained:
     extra["hub_id"] = run.pretrained.hub_id
+    if run.pretrained.revision:
+      extra["revision"] = run.pretrained.revision
   else:
     extra["train_id"] = run.train_id
+    extra.update(along.key_extras(run))
   return tuple(
     dict(
       preset=run.preset,
@@ -339,21 +372,24 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
   models = []
   for size in grid["sizes"]:
     shapes = None
-    for seed, tokens in itertools.product(grid["seeds"], grid["tokens"] or (0,)):
-      run = _model_run(config, size, seed, tokens, sources.get(size))
-      run.bos = scoring.prepends_bos(
-        data.load_tokenizer(run.config.data.tokenizer), eval_section.with_defaults(config.eval).bos
+    runs = itertools.product(sources.get(size, [None]), grid["seeds"], grid["tokens"] or (0,))
+    for source, seed, tokens in runs:
+      trunk = _model_run(config, size, seed, tokens, source)
+      trunk.bos = scoring.prepends_bos(  # along.expand's models copy it
+        data.load_tokenizer(trunk.config.data.tokenizer),
+        eval_section.with_defaults(config.eval).bos,
       )
       if shapes is None:  # one architecture per size: its seeds and budgets share it
-        shapes = quant_bits.preset_shapes(run.architecture)
-      for label, kwargs in _specs(grid, config.grid.targets):
-        try:
-          spec = QuantSpec(**kwargs)
-          check_targets_exist(shapes, spec)
-        except ValueError as e:
-          raise ValueError(f"grid cell {run.name} {label}: {e}") from None
-        run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
-      models.append(run)
+        shapes = quant_bits.preset_shapes(trunk.architecture)
+      for run in along.expand(trunk, grid["checkpoints"], config.grid):
+        for label, kwargs in _specs(grid, config.grid.targets):
+          try:
+            spec = QuantSpec(**kwargs)
+            check_targets_exist(shapes, spec)
+          except ValueError as e:
+            raise ValueError(f"grid cell {run.name} {label}: {e}") from None
+          run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+        models.append(run)
   plan = Plan(config, models)
   if require_imports and plan.missing_imports:
     raise ValueError(missing_imports_message(plan.missing_imports))

@@ -5,6 +5,12 @@ from the import `pretrained.import_root/<size>` of the hub model `pretrained.rep
 instead of training it. Its architecture (shapes, parameter counts, the net) is the one the
 import saved, not the table preset of the same name. An import dir that is missing is
 listed by the dry run with the `hf download` and `kbit import` commands that create it.
+
+Training trajectories: `pretrained.revisions` ((size, revision, training tokens) triples,
+e.g. Pythia's ("pythia-70m", "step1000", 2_097_152_000)) evaluates a size at each of those
+hub revisions instead of its final model, each downloaded (`hf download --revision`) and
+imported into its own directory `<root>/<size>-<revision>`; its records carry the revision
+and its training tokens D.
 """
 
 from __future__ import annotations
@@ -18,13 +24,8 @@ import ml_collections
 
 from kbit_jax.model import presets
 
-PRETRAINED_KEYS = ("hf_root", "import_root", "repos", "device_gib")  # device_gib: optional
-ARCHITECTURE_FILE = "architecture.json"  # convert/importer.py: written last by an import
-
-
-PRETRAINED_KEYS = ("hf_root", "import_root", "repos", "device_gib")  # device_gib: optional
-
-
+# device_gib and revisions are optional
+PRETRAINED_KEYS = ("hf_root", "import_root", "repos", "device_gib", "revisions")
 ARCHITECTURE_FILE = "architecture.json"  # convert/importer.py: written last by an import
 
 
@@ -38,6 +39,13 @@ class Pretrained:
   hf_dir: str  # pretrained.hf_root/<size>: the download the import reads
   family: str = ""  # from the import's architecture.json
   table_preset: str = ""  # the kbit_jax/model/presets.py entry the import equals, or ""
+  revision: str = ""  # a hub revision (an intermediate checkpoint), "" = the final model
+  tokens: int = 0  # training tokens of `revision` (0: not stated, the final model)
+
+  @property
+  def name(self) -> str:
+    """The grid's model name: the size, with "@<revision>" for a revision."""
+    return f"{self.size}@{self.revision}" if self.revision else self.size
 
   @property
   def present(self) -> bool:
@@ -46,25 +54,29 @@ class Pretrained:
   @property
   def commands(self) -> tuple[str, str]:
     """The download and the import that create `import_dir` (convert/README.md)."""
+    revision = f" --revision {self.revision}" if self.revision else ""
     return (
-      f"hf download {self.hub_id} --local-dir {self.hf_dir} --include '*.json' "
+      f"hf download {self.hub_id}{revision} --local-dir {self.hf_dir} --include '*.json' "
       "'*.safetensors' merges.txt",
       f"kbit import --hf_dir {self.hf_dir} --workdir {self.import_dir}",
     )
 
   def missing_message(self) -> str:
+    where = self.name.replace("@", "-")
+    what = f"{self.hub_id} at revision {self.revision}" if self.revision else self.hub_id
     return (
-      f"grid size {self.size}: its imported model {self.import_dir} "
-      f"(pretrained.import_root/{self.size}) is missing (no {ARCHITECTURE_FILE}); "
-      f"create it with `{self.commands[1]}` after downloading {self.hub_id} "
+      f"grid size {self.name}: its imported model {self.import_dir} "
+      f"(pretrained.import_root/{where}) is missing (no {ARCHITECTURE_FILE}); "
+      f"create it with `{self.commands[1]}` after downloading {what} "
       f"(`{self.commands[0]}`)"
     )
 
 
 def pretrained_sources(
   config: ml_collections.ConfigDict, grid: dict[str, tuple]
-) -> dict[str, Pretrained]:
-  """{size: Pretrained} of a grid config with a `pretrained` section, else {}."""
+) -> dict[str, list[Pretrained]]:
+  """{size: [Pretrained, ...]} of a grid config with a `pretrained` section, else {}: one
+  per revision of `pretrained.revisions` for the sizes it names, else the final model."""
   if "pretrained" not in config:
     return {}
   pc = config.pretrained
@@ -96,12 +108,54 @@ def pretrained_sources(
   def root(key):
     return pathlib.Path(pc[key]).expanduser().absolute()
 
-  return {
-    size: Pretrained(
+  revisions = _revisions(pc, grid["sizes"])
+  out = {}
+  for size in grid["sizes"]:
+    final = Pretrained(
       size, repos[size], str(root("import_root") / size), str(root("hf_root") / size)
     )
-    for size in grid["sizes"]
-  }
+    out[size] = [
+      dataclasses.replace(
+        final,
+        import_dir=f"{final.import_dir}-{revision}",
+        hf_dir=f"{final.hf_dir}-{revision}",
+        revision=revision,
+        tokens=tokens,
+      )
+      for revision, tokens in revisions.get(size, ())
+    ] or [final]
+  return out
+
+
+def _revisions(pc: ml_collections.ConfigDict, sizes: tuple) -> dict[str, list[tuple[str, int]]]:
+  """pretrained.revisions as {size: [(revision, tokens), ...]}, validated."""
+  out: dict[str, list[tuple[str, int]]] = {}
+  for entry in pc.get("revisions", ()) or ():
+    try:
+      size, revision, tokens = entry
+    except (TypeError, ValueError):
+      raise ValueError(
+        f"pretrained.revisions entry {entry!r}: allowed: (size, revision, training "
+        "tokens) triples, e.g. ('pythia-70m', 'step1000', 2097152000)"
+      ) from None
+    if size not in sizes:
+      raise ValueError(
+        f"pretrained.revisions entry {entry!r}: size {size!r} is not a grid size; "
+        f"allowed: {list(sizes)}"
+      )
+    if not isinstance(revision, str) or not revision or "/" in revision:
+      raise ValueError(
+        f"pretrained.revisions entry {entry!r}: the revision must be a hub revision "
+        "name such as 'step1000'"
+      )
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+      raise ValueError(
+        f"pretrained.revisions entry {entry!r}: training tokens {tokens!r} must be an int >= 1"
+      )
+    if revision in dict(out.get(size, [])):
+      raise ValueError(f"pretrained.revisions repeats {size} {revision}")
+    out.setdefault(size, []).append((revision, tokens))
+  return out
 
 
 def read_import(source: Pretrained) -> tuple[presets.Preset, Pretrained]:

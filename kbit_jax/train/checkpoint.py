@@ -1,6 +1,7 @@
 """Orbax checkpoints: everything needed to resume (state, data-iterator state, config).
 
-One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N.
+One `CheckpointManager` per workdir (`<workdir>/checkpoints`), keeping the newest N and,
+beside them, the steps `train.keep_steps` names (the grid's checkpoints along training).
 Saves are asynchronous; Orbax writes each step to a temporary directory and renames it
 when complete, so a `kill -9` mid-save leaves the previous steps intact (and the writer,
 which holds the workdir's lock, removes such temporary directories when it starts). A
@@ -101,7 +102,8 @@ def quiet_orbax():
 
 @contextlib.contextmanager
 def read_only(workdir: str, keep: int):
-  """A read-only Checkpointer of `workdir`, closed on exit."""
+  """A read-only Checkpointer of `workdir` (nothing is deleted: keep only names the
+  policy), closed on exit."""
   with quiet_orbax():
     ckpt = Checkpointer(workdir, keep, read_only=True)
   try:
@@ -140,16 +142,19 @@ def saved_config(workdir: str) -> dict | None:
     return ckpt.saved_config()
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir(
+  config: ml_collections.ConfigDict, workdir: str, allowed: tuple[str, ...] = ()
+) -> None:
   """Raises WorkdirError, naming the keys, if `workdir` holds checkpoints of another model
   (a training identity, train/identity.py, that differs from the newest readable saved
-  config's); nothing is written."""
+  config's in a key other than `allowed`'s); nothing is written."""
   saved = saved_config(workdir)
   if saved is None:
     return
   from kbit_jax.config import defaults
 
   diffs = identity.differences(saved, config, defaults.base_config().to_dict())
+  diffs = [d for d in diffs if d.split("=")[0] not in allowed]
   if diffs:
     raise WorkdirError(
       f"{checkpoints_dir(workdir)} holds checkpoints of another model: "
@@ -159,12 +164,28 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
+  """Saves and restores one workdir's checkpoints: the newest `keep`, and every step of
+  `keep_steps` once saved (Orbax's preservation policies: LatestN or CustomSteps)."""
+
+  def __init__(
+    self, workdir: str, keep: int, *, read_only: bool = False, keep_steps: tuple[int, ...] = ()
+  ):
     self.directory = checkpoints_dir(workdir)
+    if keep_steps and not read_only:
+      # Beside the newest `keep`, the steps a grid evaluates along training.
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+          ocp.checkpoint_managers.LatestN(n=keep),
+          ocp.checkpoint_managers.CustomSteps(steps=tuple(keep_steps)),
+        ]
+      )
+      kept = dict(preservation_policy=policy)
+    else:
+      kept = dict(max_to_keep=keep)
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
+        **kept,
         create=not read_only,
         read_only=read_only,
         # Temporary directories of saves a kill interrupted: the writer holds the
@@ -228,21 +249,26 @@ class Checkpointer:
     for step in reversed(self.steps()):
       restored, error = None, None
       try:
-        restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-          ),
-        )
+        restored = self.restore_step(step, abstract_state)
       except Exception as e:  # noqa: BLE001 (a corrupt step raises many kinds)
         error = e
       if _all_processes(error is None):
-        return step, restored.state, dict(restored.data)
+        return step, *restored
       unreadable += 1
       self.move_aside(step, error or RuntimeError("unreadable on another process"))
     if unreadable and jax.process_index() == 0:
       print(f"no readable checkpoint in {self.directory}: training from scratch", flush=True)
     return None
+
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state, data_state) of `step` (a WSD branch's start: train/loop.py)."""
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+      ),
+    )
+    return restored.state, dict(restored.data)
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Only the model parameters (for evaluation), from `step` or the newest readable.

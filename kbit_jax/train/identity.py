@@ -12,7 +12,8 @@ never claim a training config its model was not trained with.
 
 In the identity: the model's preset, compute dtype and parameter layout (scan_layers);
 all of `data` (source, tokenizer, seq_len, TFDS names); the schedule and optimizer
-(steps, batch size, lr, warmup, decay, AdamW's b1/b2/weight decay, clipping) and the seed;
+(steps, batch size, lr, warmup, decay, train.schedule and a WSD run's decay_fraction,
+AdamW's b1/b2/weight decay, clipping) and the seed;
 `quant.mode`, and for quantization-aware training every `quant` key. Not in it: what only
 observes or paces a run (log/eval/checkpoint intervals, eval batches, keep_checkpoints,
 profile_steps), how the same math is executed (mesh, model.remat, model.attention) and
@@ -65,7 +66,10 @@ QAT_KEYS = (  # only with quant.mode == "qat": the quantized forward is trained
   "quant.targets",
   "quant.act_bits",
 )
-ADDED_DEFAULTS: dict[str, Any] = {}  # keys added to the identity later: {key: default}
+WSD_KEYS = ("train.decay_fraction",)  # only with train.schedule == "wsd" (its cool-down)
+# Keys added to the identity later: {key: default}. train.schedule came with the training
+# length axis (grid.checkpoints): a cosine run's identity and train_id are unchanged.
+ADDED_DEFAULTS: dict[str, Any] = {"train.schedule": "cosine"}
 
 
 def _get(config: Mapping[str, Any], key: str, fallback: Mapping[str, Any] | None) -> Any:
@@ -87,6 +91,8 @@ def identity(
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
   keys = KEYS + (QAT_KEYS if _get(config, "quant.mode", fallback) == "qat" else ())
+  if (config.get("train") or {}).get("schedule", "cosine") == "wsd":
+    keys += WSD_KEYS
   out = {k: _get(config, k, fallback) for k in keys}
   for key, default in ADDED_DEFAULTS.items():
     value = _get(config, key, {key.split(".")[0]: {key.split(".")[1]: default}})
@@ -109,7 +115,7 @@ def differences(
   """`key=<now> but the saved model has <was>` for each identity key that differs between
   the `saved` config (a dict; missing keys from `fallback`) and `config`."""
   was, now = identity(saved, fallback), identity(config)
-  order = {k: i for i, k in enumerate(KEYS + QAT_KEYS + tuple(ADDED_DEFAULTS))}
+  order = {k: i for i, k in enumerate(KEYS + QAT_KEYS + WSD_KEYS + tuple(ADDED_DEFAULTS))}
   return [
     f"{k}={now.get(k)!r} but the saved model has {was.get(k)!r}"
     for k in sorted(set(was) | set(now), key=order.__getitem__)

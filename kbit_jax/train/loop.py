@@ -36,7 +36,26 @@ class TrainState:
 
 
 def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
+  """Linear warmup to `lr`, then to `lr * min_lr_ratio` at `steps`: by a cosine decay
+  (`schedule` "cosine"), or (WSD, "wsd") constant at `lr` until the cool-down, the last
+  `decay_fraction` of the steps, decays linearly (Hägele et al. 2024, arXiv 2405.18392).
+
+  A WSD run's learning rate before its cool-down does not depend on `steps`: a run to a
+  shorter budget with the same warmup is the same run up to its own cool-down, so a
+  cool-down branch from a longer run's stable phase (`train_and_evaluate(...,
+  branch_from=...)`) is that shorter run."""
+  if train_cfg.schedule == "wsd":
+    decay = checks.wsd_decay_steps(train_cfg)
+    stable = train_cfg.steps - decay
+    warmup = optax.linear_schedule(0.0, train_cfg.lr, max(train_cfg.warmup_steps, 1))
+    return optax.join_schedules(
+      [
+        warmup if train_cfg.warmup_steps else optax.constant_schedule(train_cfg.lr),
+        optax.constant_schedule(train_cfg.lr),
+        optax.linear_schedule(train_cfg.lr, train_cfg.lr * train_cfg.min_lr_ratio, decay),
+      ],
+      [train_cfg.warmup_steps, stable],
+    )
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=train_cfg.lr,
@@ -208,13 +227,19 @@ class _Profiler:
       print(f"profile of steps {self.first}-{self.last} written to {self.logdir}", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, branch_from: tuple[str, int] | None = None
+) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if a checkpoint is there); returns final metrics.
 
   The workdir is locked for the run (workdir_lock.py: a second run on it is refused), and
   a workdir holding another model's checkpoints is refused (checkpoint.check_workdir),
   both before anything is compiled or written.
-  """
+
+  `branch_from` = (trunk workdir, step): a run without checkpoints of its own starts from
+  the trunk's state and data position at that step instead of step 0 (a WSD cool-down
+  branch: the trunk's stable phase is this run's own, see learning_rate_schedule). The
+  trunk must be this model but for its length (its identity but train.steps)."""
   checks.validate(config)
   if config.mesh.distributed and not jax.distributed.is_initialized():
     sharding.initialize_distributed(config.mesh)
@@ -222,7 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checks.validate_for_devices(config, mesh)
   with workdir_lock.hold(workdir, "kbit train"):
     checkpoint.check_workdir(config, workdir)
-    return _train(config, workdir, mesh)
+    if branch_from is not None:
+      checkpoint.check_workdir(config, branch_from[0], allowed=("train.steps",))
+    return _train(config, workdir, mesh, branch_from)
 
 
 class _Guard:
@@ -241,10 +268,12 @@ class _Guard:
     raise FloatingPointError(f"{what}; stopping. {where}")
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, float]:
+def _train(
+  config: ml_collections.ConfigDict, workdir: str, mesh, branch_from: tuple[str, int] | None
+) -> dict[str, float]:
   tc = config.train
   trainer = Trainer(config, mesh)
-  ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints, keep_steps=tuple(tc.keep_steps))
   train_iter = data.make_train_iterator(
     config.data, tc.batch_size, tc.seed, jax.process_index(), jax.process_count()
   )
@@ -254,7 +283,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, f
   ]
 
   restored = ckpt.restore_latest(trainer.abstract_state())
-  if restored is None:
+  if restored is None and branch_from is not None:
+    trunk, start = branch_from
+    with checkpoint.read_only(trunk, tc.keep_checkpoints) as source:
+      state, data_state = source.restore_step(start, trainer.abstract_state())
+    train_iter.set_state(data_state)
+    print(f"branching from step {start} of {source.directory}", flush=True)
+  elif restored is None:
     state, start = trainer.init(), 0
   else:
     start, state, data_state = restored
@@ -317,7 +352,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, f
         logger.write(step, {"loss": val_loss, "perplexity": float(np.exp(val_loss))}, "val")
         logger.progress(step, {"val_loss": val_loss})
         last["val_loss"] = val_loss
-      if step % tc.checkpoint_every == 0 or step == tc.steps:
+      if step % tc.checkpoint_every == 0 or step == tc.steps or step in tc.keep_steps:
         # The step's loss is that of the parameters before its update: the ones a save
         # writes are checked on this step's batch first, so a blow-up is never saved.
         if checked is None:

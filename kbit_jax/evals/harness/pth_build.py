@@ -6,7 +6,6 @@ imports it at run time. A wheel installs build_lib's root into site-packages; an
 wheel (`pip install -e`) installs the directory editable_wheel points `install` at, and
 its build_py copies nothing."""
 
-
 import pathlib
 
 from setuptools.command.build_py import build_py
@@ -25,4 +24,3 @@ class BuildPyWithPth(build_py):
 
   def get_outputs(self, include_bytecode=True):
     return super().get_outputs(include_bytecode) + [str(pathlib.Path(self.build_lib) / PTH)]
-

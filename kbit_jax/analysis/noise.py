@@ -1,0 +1,139 @@
+"""Noise is not a law: which metrics move beyond their standard error, and resampling the
+evaluation's items.
+
+    table = noise.signal_table(cells)                  # per family x size x metric
+    flat = noise.flat_metrics(table)                   # {(family, metric): one-line note}
+    reps = noise.item_replicates(cells, "acc", 200)    # per-replicate metric values
+
+Signal rule. Per training family, model size and metric (the main method's cells and the
+16-bit ones, mean over seeds): the spread across k (max - min) against twice the metric's
+standard error (the cells' mean stderr: `acc_stderr` as the tasks report it; for nll,
+`nll_stderr` from the per-row losses). A metric has signal in a family when at least half
+of its sizes do; one without signal is neither fitted nor ranked (analyse.py), and the
+report says so in one line. A metric without a stderr (stores written before per-item
+scores were kept) is treated as having signal, as before.
+
+Item resampling. A record keeps per-item scores (`items/<task>`: one 0/1 character per
+item; `items/ppl/<split>`: the nll sum and token count of each perplexity row). Every cell
+of one evaluation scored the same items, so a replicate draws item indices once (per task,
+and rows) and applies them to every cell: the paired differences between k stay paired.
+bitoptimal.py combines these with the resampled checkpoints, so a win share counts the
+noise of the items as well as of the models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kbit_jax.analysis.cells import BASELINE_BITS, main_method
+
+STDERR = {"acc": "acc_stderr", "nll": "nll_stderr"}
+ITEM_PREFIX = "items/"
+MIN_SIGNAL_SHARE = 0.5  # of a family's sizes: a metric with signal at fewer is flat
+
+
+def signal_table(cells: pd.DataFrame) -> pd.DataFrame:
+  """Rows (family, preset, n, metric): spread across k, stderr, spread / stderr, signal
+  (True, False, or None where the stderr is unknown)."""
+  main = main_method(cells)
+  if main is None:
+    return pd.DataFrame()
+  rows = []
+  use = cells[(cells["method"] == main.label) | (cells["k"] == BASELINE_BITS)]
+  for (family, n, preset), g in use.groupby(["family", "n", "preset"]):
+    for metric, err in STDERR.items():
+      ok = g[np.isfinite(g[metric].to_numpy(float))]
+      by_k = ok.groupby("k")[metric].mean()
+      if len(by_k) < 2:
+        continue
+      spread = float(by_k.max() - by_k.min())
+      stderr = float(ok[err].mean()) if err in ok and ok[err].notna().any() else float("nan")
+      rows.append(
+        dict(
+          family=family,
+          preset=preset,
+          n=n,
+          metric=metric,
+          spread=spread,
+          stderr=stderr,
+          ratio=spread / stderr if stderr > 0 else float("nan"),
+          signal=None if not np.isfinite(stderr) else bool(spread > 2 * stderr),
+        )
+      )
+  return pd.DataFrame(rows)
+
+
+def flat_metrics(table: pd.DataFrame) -> dict[tuple[str, str], str]:
+  """{(family, metric): the one-line note} for the metrics without signal."""
+  out = {}
+  if table.empty:
+    return out
+  for (family, metric), g in table.groupby(["family", "metric"]):
+    known = g[g["signal"].notna()]
+    if known.empty:
+      continue
+    moving = int(known["signal"].astype(bool).sum())
+    if moving < MIN_SIGNAL_SHARE * len(known):
+      out[(family, metric)] = (
+        f"{metric}, {family}: no signal, not fitted or ranked: its spread across k exceeds "
+        f"twice its standard error at {moving} of {len(known)} sizes (median spread "
+        f"{known['spread'].median():.3g}, stderr {known['stderr'].median():.3g})"
+      )
+  return out
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def task_columns(cells: pd.DataFrame) -> list[str]:
+  return sorted(
+    c for c in cells.columns if c.startswith(ITEM_PREFIX) and not c.startswith("items/ppl/")
+  )
+
+
+def _scores(column: pd.Series) -> np.ndarray | None:
+  """(cells, items) 0/1 array of one task, None unless every cell has the same count."""
+  if column.isna().any():
+    return None
+  lengths = column.str.len()
+  if lengths.nunique() != 1:
+    return None
+  return np.array([np.frombuffer(s.encode(), np.uint8) - ord("0") for s in column], float)
+
+
+def _rows(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+  """(nll sums, token counts), each (cells, rows), or None without per-row losses."""
+  if "rows_nll" not in cells or cells["rows_nll"].isna().any():
+    return None
+  sums = [np.asarray(v, float) for v in cells["rows_nll"]]
+  counts = [np.asarray(v, float) for v in cells["rows_tokens"]]
+  if len({len(s) for s in sums}) != 1:
+    return None
+  return np.stack(sums), np.stack(counts)
+
+
+def item_replicates(
+  cells: pd.DataFrame, metric: str, n_boot: int, seed: int = 0
+) -> list[pd.Series] | None:
+  """n_boot resamples of `metric` for every cell (indexed like `cells`), the items drawn
+  with replacement once per replicate for all cells; None without per-item scores."""
+  rng = np.random.default_rng(seed)
+  if metric == "acc":
+    scores = [_scores(cells[c]) for c in task_columns(cells)]
+    if not scores or any(s is None for s in scores):
+      return None
+    out = []
+    for _ in range(n_boot):
+      per_task = [s[:, rng.integers(0, s.shape[1], s.shape[1])].mean(axis=1) for s in scores]
+      out.append(pd.Series(np.mean(per_task, axis=0), index=cells.index))
+    return out
+  rows = _rows(cells)
+  if rows is None:
+    return None
+  sums, counts = rows
+  out = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, sums.shape[1], sums.shape[1])
+    out.append(pd.Series(sums[:, idx].sum(axis=1) / counts[:, idx].sum(axis=1), index=cells.index))
+  return out
