@@ -3,13 +3,13 @@
 lm_eval 0.4.13 finds models only in its own table (lm_eval/models/__init__.py) or among
 classes whose module was imported; it has no entry point for third-party models
 (EleutherAI/lm-evaluation-harness#1621, #3282). So kbit-jax installs `kbit_jax_harness.pth`
-(setup.py), whose one line imports this module at interpreter start. It imports nothing
-else: it puts a finder on `sys.meta_path` that waits for `lm_eval.api.registry` and, right
-after that module runs, registers lm_eval's own model table and then "kbit" as a lazy
-placeholder, "module:class" of `KbitLM`. Nothing of kbit-jax, jax or torch is imported
-until lm_eval asks for the model; then lm_eval imports `kbit_jax.evals.harness.lm`, whose
-`@register_model("kbit")` replaces the placeholder with the class (the registry allows
-exactly that upgrade).
+(written by pth_build.py, setup.cfg's build_py), whose one line imports this module at
+interpreter start. It imports nothing else: it puts a finder on `sys.meta_path` that waits
+for `lm_eval.api.registry` and, right after that module runs, registers lm_eval's own model
+table and then "kbit" as a lazy placeholder, "module:class" of `KbitLM`. Nothing of
+kbit-jax, jax or torch is imported until lm_eval asks for the model; then lm_eval imports
+`kbit_jax.evals.harness.lm`, whose `@register_model("kbit")` replaces the placeholder with
+the class (the registry allows exactly that upgrade).
 """
 
 from __future__ import annotations
