@@ -92,7 +92,8 @@ def test_kbit_jax_imports_neither_lm_eval_nor_torch_unless_the_bridge_is_used():
 
 def test_the_pth_hook_registers_kbit_lazily():
   """Installed by setup.cfg's build_py (harness/pth_build.py) into site-packages: importing
-  lm_eval's registry registers the placeholder, and nothing of kbit-jax beyond the hook (no jax) is imported."""
+  lm_eval's registry registers the placeholder, and nothing of kbit-jax beyond the hook
+  (no jax) is imported."""
   site = next(p for p in map(pathlib.Path, sys.path) if (p / "kbit_jax_harness.pth").exists())
   assert "_kbit_hook.install()" in (site / "kbit_jax_harness.pth").read_text()
   out = _run(
