@@ -17,4 +17,9 @@ report_axes.py  the extra axes' tables as report blocks
 report.py       the report's sections, written as report.md + report.html
 stage.py        `kbit fit` and `kbit report` end to end
 synthetic.py    stores drawn from a known law, for tests and demos
+kg_cells.py     knowledge-graph records -> cells: store kind, adapter, checks, noise test
+kg_analyse.py   KG fits gated on signal: bounded curves, bit-optimal k, N x D
+kg_plots.py     the figures of a KG analysis
+kg_report.py    the KG report and tables (`kbit fit` / `kbit report` of a KG store)
+kg_synthetic.py KG stores drawn from a known law, for tests
 """
