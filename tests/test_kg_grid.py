@@ -12,6 +12,7 @@ import pytest
 from kbit_jax.analysis import kg_cells, results, stage
 from kbit_jax.config import files
 from kbit_jax.kg import data, grid, ranking, train
+from kbit_jax.kg import plan as kg_plan
 from kbit_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,7 @@ def _records(workdir):
 def test_grid_trains_once_stores_every_cell_and_resumes_exactly(graph_dir, tmp_path, counted):
   w = tmp_path / "w"
   config = tiny_config(graph_dir)
-  plan = grid.make_plan(config)
+  plan = kg_plan.make_plan(config)
   assert [r.name for r in plan.runs] == [
     "transe-d8-n100-seed0",
     "transe-d8-n220-seed0",
@@ -90,14 +91,14 @@ def test_grid_trains_once_stores_every_cell_and_resumes_exactly(graph_dir, tmp_p
   assert summary["steps"] == 6 and summary["resumed_from"] == 0
 
   # Rerun: every cell found finished, no model touched.
-  again = grid.run(grid.make_plan(config), str(w), log=lambda _: None)
+  again = grid.run(kg_plan.make_plan(config), str(w), log=lambda _: None)
   assert again["evaluated"] == 0 and again["skipped"] == 4
   assert counted == {"trained": 4, "restored": 0, "ranked": 8}
 
   # A new k: each model restored from its final checkpoint (no step), 4 new cells only;
   # the first run's records are not rewritten.
   config3 = tiny_config(graph_dir, bits=(2, 4, 16))
-  third = grid.run(grid.make_plan(config3), str(w), log=lambda _: None)
+  third = grid.run(kg_plan.make_plan(config3), str(w), log=lambda _: None)
   assert third["evaluated"] == 4 and third["trained"] == 0 and third["restored"] == 4
   assert counted == {"trained": 4, "restored": 4, "ranked": 12}
   records = _records(w)
@@ -107,7 +108,7 @@ def test_grid_trains_once_stores_every_cell_and_resumes_exactly(graph_dir, tmp_p
   cell = plan.runs[3].cells[1]
   lost = results.read(w / "results" / f"{cell.id}.json")
   os.remove(w / "results" / f"{cell.id}.json")
-  fourth = grid.run(grid.make_plan(config3), str(w), log=lambda _: None)
+  fourth = grid.run(kg_plan.make_plan(config3), str(w), log=lambda _: None)
   assert fourth["evaluated"] == 1 and fourth["restored"] == 1 and fourth["skipped"] == 3
   redone = results.read(w / "results" / f"{cell.id}.json")
   assert redone["metrics"] == lost["metrics"] and redone["bits"] == lost["bits"]
@@ -150,57 +151,60 @@ def test_bad_sections_and_training_keys_are_named(graph_dir):
   c = tiny_config(graph_dir)
   c.grid.sizes = (1,)
   with pytest.raises(ValueError, match=r"grid.sizes is unknown; allowed: \['models', 'dims'"):
-    grid.make_plan(c)
+    kg_plan.make_plan(c)
   c = tiny_config(graph_dir)
   c.train.batch_size = 101  # more than the 100-triple subsample holds
   with pytest.raises(
     ValueError, match=r"model transe dim 8 num_train 100 seed 0: train.batch_size=101"
   ):
-    grid.make_plan(c)
+    kg_plan.make_plan(c)
   c = tiny_config(graph_dir)
   c.eval.split = "dev"
   with pytest.raises(
     ValueError, match=r"eval.split='dev' is unknown; allowed: \['train', 'valid', 'test'\]"
   ):
-    grid.make_plan(c)
+    kg_plan.make_plan(c)
 
 
 def test_a_workdir_of_another_run_is_refused_before_any_work(graph_dir, tmp_path, counted):
   w = tmp_path / "w"
   config = tiny_config(graph_dir, models=("transe",), num_train=(100,), bits=(16,))
-  grid.run(grid.make_plan(config), str(w), log=lambda _: None)
+  grid.run(kg_plan.make_plan(config), str(w), log=lambda _: None)
   config.train.lr = 3e-3
   config.grid.bits = (4, 16)
   with pytest.raises(checkpoint.WorkdirError, match=r"transe-d8-n100-seed0: .*train.lr=0.003"):
-    grid.run(grid.make_plan(config), str(w), log=lambda _: None)
+    grid.run(kg_plan.make_plan(config), str(w), log=lambda _: None)
   assert counted["trained"] == 1 and len(os.listdir(w / "results")) == 1
   config.train.lr, config.train.steps = 1e-2, 3  # the saved run has 6 steps
   with pytest.raises(checkpoint.WorkdirError, match=r"holds a training run of 6 steps"):
-    grid.run(grid.make_plan(config), str(w), log=lambda _: None)
+    grid.run(kg_plan.make_plan(config), str(w), log=lambda _: None)
 
 
 @pytest.mark.parametrize(
   "spec", ["configs/kg.py", "configs/kg.py:runlocal", "experiments/kg_embeddings/config.py"]
 )
 def test_shipped_configs_plan(spec):
-  plan = grid.make_plan(files.get_config(os.path.join(REPO, spec)))
+  plan = kg_plan.make_plan(files.get_config(os.path.join(REPO, spec)))
   assert len(plan.cells) == len(plan.runs) * len(plan.config.grid.bits)
   assert plan.graph.num_entities == 22_324
 
 
-def test_kbit_kg_command_dry_run_and_one_line_errors(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  args = [sys.executable, "-m", "kbit_jax.main", "kg", "--config", "configs/kg.py:runlocal"]
-  dry = subprocess.run(
-    args + ["--workdir", str(tmp_path / "w"), "--dry_run"],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-  )  # fmt: skip
-  assert dry.returncode == 0, dry.stderr[-2000:]
-  assert "kg grid plan: 8 models, 16 cells (0 already finished)" in dry.stdout
-  assert "rotate-d16-n42054-seed0" in dry.stdout and not (tmp_path / "w" / "models").exists()
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+  config = files.get_config(os.path.join(REPO, "configs", "kg.py:runlocal"))
+  out = grid.plan_and_run(config, str(tmp_path / "w"), dry_run=True)
+  assert out == dict(cells=16, todo=16, evaluated=0, trained=0, restored=0, skipped=0)
+  printed = capsys.readouterr().out
+  assert "kg grid plan: 8 models, 16 cells (0 already finished)" in printed
+  assert "rotate-d16-n42054-seed0" in printed and not (tmp_path / "w" / "models").exists()
+
+
+def test_kbit_kg_command_reports_a_bad_config_in_one_line(tmp_path):
+  """The one subprocess of this file (~6 s: a fresh JAX import): main.py's error line."""
   bad = subprocess.run(
-    args + ["--config.grid.dims=(8,33)", "--workdir", str(tmp_path / "w2")],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    [sys.executable, "-m", "kbit_jax.main", "kg", "--config", "configs/kg.py:runlocal",
+     "--config.grid.dims=(8,33)", "--workdir", str(tmp_path / "w")],
+    cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+    timeout=600,
   )  # fmt: skip
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == (
@@ -208,4 +212,4 @@ def test_kbit_kg_command_dry_run_and_one_line_errors(tmp_path):
     "model.dim=33 is odd; RotatE needs an even dim (dim/2 complex numbers per entity, real "
     "then imaginary parts)"
   )
-  assert not (tmp_path / "w2").exists()
+  assert not (tmp_path / "w").exists()

@@ -23,9 +23,9 @@ kg_config = files.load_module(pathlib.Path(__file__).parents[2] / "configs" / "k
 
 
 def get_config(arg=None):
-  a = files.parse_arg(arg, steps=500, dims="4,8,16,32", runlocal=False)
+  a = files.parse_arg(arg, steps=1000, dims="8+16+32+64", runlocal=False)
   c = kg_config.get_config(f"steps={a.steps}")
-  c.grid.dims = tuple(int(d) for d in a.dims.split(","))
+  c.grid.dims = tuple(int(d) for d in a.dims.split("+"))
   if a.runlocal:
     c.grid.dims, c.grid.bits = (4, 8), (2, 16)
     c.train.update(dict(steps=10, log_every=10, checkpoint_every=10))

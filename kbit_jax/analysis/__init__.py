@@ -20,6 +20,7 @@ synthetic.py    stores drawn from a known law, for tests and demos
 kg_cells.py     knowledge-graph records -> cells: store kind, adapter, checks, noise test
 kg_analyse.py   KG fits gated on signal: bounded curves, bit-optimal k, N x D
 kg_plots.py     the figures of a KG analysis
-kg_report.py    the KG report and tables (`kbit fit` / `kbit report` of a KG store)
+kg_tables.py    the KG analysis as tables (CSV, fits.json) and its terminal summary
+kg_report.py    the KG report (`kbit fit` / `kbit report` of a KG store)
 kg_synthetic.py KG stores drawn from a known law, for tests
 """

@@ -9,19 +9,18 @@ what the metrics measure and which the fits use, the signal-against-noise table,
 figures, the bit-optimal k per budget with whether it is resolved, the fitted curves,
 the N-D fit, the extrapolation errors, the skipped fits and the provenance.
 
-Tables written (both commands): fits.json (all of it), params.csv, bit_optimal.csv,
+Tables written (both commands, kg_tables.py): fits.json (all of it), params.csv, bit_optimal.csv,
 extrapolation.csv, signal.csv and nd_fits.csv (where there is one).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import kg_analyse, kg_cells, kg_plots, results
+from kbit_jax.analysis import kg_analyse, kg_cells, kg_plots, kg_tables, results
 from kbit_jax.analysis.cells import main_method
 from kbit_jax.analysis.kg_analyse import NO_SIGNAL, KGAnalysis
 from kbit_jax.analysis.kg_cells import ALPHA, FIT_METRICS, Z
@@ -41,96 +40,6 @@ def analyse_records(
   return kg_analyse.analyse(checked, issues, n_boot=n_boot, level=level, seed=seed)
 
 
-# ----------------------------------------------------------------------------- tables
-
-
-def provenance(a: KGAnalysis) -> dict[str, Any]:
-  c = a.cells
-  created = sorted(x for x in c["created"].astype(str) if x and x != "nan")
-  setup_cols = [
-    col
-    for col in ("train_steps", "train_lr", "train_batch_size", "train_negatives", "train_loss")
-    if col in c
-  ]
-  models = (
-    c[c["k"] == 16]
-    .sort_values(["model", "triples", "dim"])[
-      ["model", "dim", "triples", "seed", "params", "n"]
-      + setup_cols
-      + [col for col in ("train_s",) if col in c]
-    ]
-    .to_dict(orient="records")
-  )
-  return {
-    "results_dir": c.attrs.get("results_dir", ""),
-    "cells": int(len(c)),
-    "commits": {str(k): int(v) for k, v in c["commit"].value_counts().items()},
-    "created": [created[0], created[-1]] if created else [],
-    "graph": sorted(set(c["graph"].astype(str))),
-    "eval_id": sorted(set(c["eval_id"].astype(str))),
-    "num_entities": sorted(set(c["num_entities"].dropna().astype(int))),
-    "test_triples": sorted(set(c["num_triples"].dropna().astype(int))),
-    "unleaked_triples": sorted(set(c["unleaked_triples"].dropna().astype(int))),
-    "bits": sorted(set(c["k"].astype(int))),
-    "methods": a.methods(),
-    "targets": sorted(set(c.loc[c["k"] != 16, "targets"].astype(str))),
-    "families": a.families(),
-    "models": models,
-    "n_boot": a.n_boot,
-    "level": a.level,
-    "z": Z,
-  }
-
-
-def _json_default(x: Any) -> Any:
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.floating):
-    return float(x) if np.isfinite(x) else None
-  if isinstance(x, float) and not np.isfinite(x):
-    return None
-  if isinstance(x, (np.ndarray, list, tuple)):
-    return list(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return str(x)
-
-
-def write_tables(a: KGAnalysis, out_dir: str) -> dict[str, epath.Path]:
-  out = epath.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  tables = {
-    "signal": a.signal,
-    "params": kg_analyse.params_table(a),
-    "bit_optimal": kg_analyse.bit_optimal_table(a),
-    "extrapolation": kg_analyse.extrapolation_table(a),
-    "nd_fits": kg_analyse.nd_table(a),
-  }
-  paths = {}
-  for name, table in tables.items():
-    if len(table) or name != "nd_fits":
-      paths[name] = out / f"{name}.csv"
-      paths[name].write_text(table.to_csv(index=False))
-  paths["fits"] = out / "fits.json"
-  paths["fits"].write_text(
-    json.dumps(
-      {
-        "task": kg_cells.TASK,
-        "provenance": provenance(a),
-        "issues": a.issues,
-        "skipped": a.skipped,
-        **{
-          name: t.astype(object).where(t.notna(), None).to_dict(orient="records")
-          for name, t in tables.items()
-        },
-      },
-      indent=1,
-      default=_json_default,
-    )
-  )
-  return paths
-
-
 # ----------------------------------------------------------------------------- blocks
 
 
@@ -142,7 +51,7 @@ def _limited(items: Sequence[str]) -> list[str]:
 
 
 def metrics_blocks(a: KGAnalysis) -> list[Block]:
-  p = provenance(a)
+  p = kg_tables.provenance(a)
   unleaked = ", ".join(map(str, p["unleaked_triples"])) or "-"
   test = ", ".join(map(str, p["test_triples"])) or "-"
   return [
@@ -377,7 +286,7 @@ def nd_blocks(a: KGAnalysis) -> list[Block]:
 
 
 def extrapolation_blocks(a: KGAnalysis) -> list[Block]:
-  t = kg_analyse.extrapolation_table(a)
+  t = kg_tables.extrapolation_table(a)
   blocks: list[Block] = [("h", 2, "Extrapolation: leave the largest dimension out")]
   if t.empty:
     return blocks + [("p", "No fit to check.")]
@@ -406,7 +315,7 @@ def extrapolation_blocks(a: KGAnalysis) -> list[Block]:
 
 
 def provenance_blocks(a: KGAnalysis) -> list[Block]:
-  p = provenance(a)
+  p = kg_tables.provenance(a)
   rows = [
     ("results", f"`{p['results_dir'] or '(in memory)'}`"),
     ("cells analysed", num(p["cells"])),
@@ -483,8 +392,8 @@ def fit(
 ) -> KGAnalysis:
   """`kbit fit` on a KG store: the fits and tables (no figures)."""
   a = analyse_records(records, results_dir, n_boot, level, seed)
-  paths = write_tables(a, out_dir)
-  print(kg_analyse.summary(a))
+  paths = kg_tables.write_tables(a, out_dir)
+  print(kg_tables.summary(a))
   print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
   return a
 
@@ -504,8 +413,8 @@ def report(
     paths = write_report(None, out_dir, error=str(e))
     print(f"report: no analysis ({e}); wrote {paths['md']}")
     return paths
-  write_tables(a, out_dir)
+  kg_tables.write_tables(a, out_dir)
   paths = write_report(a, out_dir)
-  print(kg_analyse.summary(a))
+  print(kg_tables.summary(a))
   print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths
