@@ -173,14 +173,27 @@ def fig_kg_bit_optimal(a: KGAnalysis, out: epath.Path) -> Figure:
   panels = [(f, m) for f in a.families() for m in FIT_METRICS if (f, method, m) in a.bit_optimal]
   if not panels:
     raise SkipFigure("no bit-optimal comparison (no metric moves beyond noise, or < 2 k)")
+  # One column per family, a (k, margin) pair of rows per metric: a readable grid, not
+  # one row of families x metrics panels.
+  families = list(dict.fromkeys(f for f, _ in panels))
+  metrics = [m for m in FIT_METRICS if any(pm == m for _, pm in panels)]
   fig, axes = subplots(
-    2, len(panels), width=4.6, height=2.8, sharex="col", gridspec_kw={"height_ratios": [2, 1]}
+    2 * len(metrics),
+    len(families),
+    width=4.6,
+    height=2.8,
+    sharex="col",
+    gridspec_kw={"height_ratios": [2, 1] * len(metrics)},
   )
+  for ax in axes.flat:
+    ax.set_visible(False)
   ks = sorted(
     {curve_k(c) for f, m in panels for c in a.bit_optimal[(f, method, m)]["best_interp"].dropna()}
   ) or [4]
-  for col, (family, metric) in enumerate(panels):
-    t, top, bottom = a.bit_optimal[(family, method, metric)], axes[0][col], axes[1][col]
+  for family, metric in panels:
+    row, col = 2 * metrics.index(metric), families.index(family)
+    t, top, bottom = a.bit_optimal[(family, method, metric)], axes[row][col], axes[row + 1][col]
+    top.set_visible(True), bottom.set_visible(True)
     ok = t["best_interp"].notna()
     won = [curve_k(c) for c in t["best_interp"][ok]]
     resolved = t["resolved_interp"][ok].fillna(False).astype(bool).to_numpy()

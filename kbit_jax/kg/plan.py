@@ -36,13 +36,14 @@ GRID_KEYS = ("models", "dims", "num_train", "seeds", "bits", "dtypes", "blocksiz
 AXES = GRID_KEYS[:-1]
 QUANT_AXES = ("dtypes", "blocksizes")  # unused by the 16-bit cell
 SECTION_KEYS = {"data": ("graph_dir",), "model": ("norm", "gamma"), "eval": ("split", "batch_size")}
-# Rough cost model for --dry_run, from experiments/kg_embeddings/README.md's measurements
-# on the 2-core development CPU under load (seconds): a training step costs about
-# TRAIN_S_PER_STEP_DIM x dim (batch 512 x 64 negatives), one evaluation EVAL_S_PER_SCORE
-# per (query x entity x dim) scored, plus a fixed overhead (compiles, filters).
-TRAIN_S_PER_STEP_DIM = {"transe": 1.1e-3, "rotate": 1.6e-3}
-EVAL_S_PER_SCORE = 8e-9
-OVERHEAD_S = {"train": 3.0, "cell": 0.5}
+# Rough cost model for --dry_run (seconds), fitted to the measured experiment run of
+# experiments/kg_embeddings/README.md (2-core CPU shared with other jobs, load 5-9): a
+# training step costs about TRAIN_S_PER_STEP_DIM x dim (batch 512 x 64 negatives), one
+# evaluation EVAL_S_PER_SCORE per (test triple x entity x dim), plus a fixed overhead
+# (compiles, filters). It predicted that run's 11m36s as 11m44s.
+TRAIN_S_PER_STEP_DIM = {"transe": 4e-4, "rotate": 1.0e-3}
+EVAL_S_PER_SCORE = 4.5e-9
+OVERHEAD_S = {"train": 4.0, "cell": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
