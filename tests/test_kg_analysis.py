@@ -161,6 +161,12 @@ def test_a_flat_metric_is_no_signal_not_a_law(tmp_path):
   assert sum("unleaked/mrr" in s and "no signal" in s for s in a.skipped) == 2 * 5 + 2 + 1
   md = render.to_markdown(kg_report.report_blocks(a, [], [], tmp_path))  # text, no figures
   assert "| rotate, 10,000 triples | unleaked/mrr |" in md and "**no signal**" in md
+  assert "One seed per model: the standard errors are over test triples only" in md
+  two_seeds = kg_synthetic.kg_records(
+    bounded_law, dims=(4, 8, 16), triples=(10_000,), seeds=(0, 1), num_entities=E
+  )
+  md2 = render.to_markdown(kg_report.report_blocks(_analysis(two_seeds), [], [], tmp_path))
+  assert "Bit-optimal k per total-bits budget" in md2 and "One seed per model" not in md2
   assert (
     "No signal (not fitted, not ranked): rotate, 10,000 triples: unleaked/mrr; rotate, 10,000 "
     "triples: unleaked/hits@10; rotate, 40,000 triples: unleaked/mrr;"

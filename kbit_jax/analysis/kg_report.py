@@ -126,6 +126,18 @@ def _k(label: Any) -> str:
   return label if isinstance(label, str) else "-"
 
 
+def _one_seed_note(a: KGAnalysis) -> str:
+  """A caveat when no trained model has a second seed: the errors are then over test
+  triples only, and a "resolved" winner can still be one training run's luck."""
+  seeds = a.cells.groupby(["model", "dim", "triples"])["seed"].nunique()
+  if len(seeds) and seeds.max() > 1:
+    return ""
+  return (
+    " One seed per model: the standard errors are over test triples only; the variation "
+    "between training runs is not in them."
+  )
+
+
 def bit_optimal_blocks(a: KGAnalysis) -> list[Block]:
   blocks: list[Block] = [("h", 2, "Bit-optimal k per total-bits budget")]
   if not a.bit_optimal:
@@ -140,7 +152,7 @@ def bit_optimal_blocks(a: KGAnalysis) -> list[Block]:
       "the fitted curves. *Resolved*: the interpolated winner beats every other k reaching "
       f"the budget by more than {Z:g} standard errors (errors interpolated like the "
       "values); otherwise the k within noise of it are listed. Share: bootstrap replicates "
-      "(over trained models) in which that k wins again.",
+      "(over trained models) in which that k wins again." + _one_seed_note(a),
     )
   )
   main = main_method(a.cells)
