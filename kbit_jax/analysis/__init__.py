@@ -21,6 +21,7 @@ kg_cells.py     knowledge-graph records -> cells: store kind, adapter, checks, n
 kg_analyse.py   KG fits gated on signal: bounded curves, bit-optimal k, N x D
 kg_plots.py     the figures of a KG analysis
 kg_tables.py    the KG analysis as tables (CSV, fits.json) and its terminal summary
-kg_report.py    the KG report (`kbit fit` / `kbit report` of a KG store)
+kg_report.py    the KG report: report.md + report.html
+kg_stage.py     `kbit fit` and `kbit report` of a KG store end to end
 kg_synthetic.py KG stores drawn from a known law, for tests
 """

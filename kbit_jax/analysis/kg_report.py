@@ -1,16 +1,14 @@
-"""`kbit fit` and `kbit report` of a knowledge-graph store: tables, figures, report.md/.html.
+"""The report of a knowledge-graph analysis as report.md and report.html.
 
-    kg_report.fit(records, results_dir, out_dir)      # stage.fit on a KG store
-    kg_report.report(records, results_dir, out_dir)   # stage.report on a KG store
+    kg_report.write_report(analysis, out_dir)   # figures/ (kg_plots.py) + report.md/.html
 
-stage.py sends a store here when its records are KG cells (kg_cells.store_kind). The
-report is the LM report's kind of document (render.py's blocks, plot_style's figures):
-what the metrics measure and which the fits use, the signal-against-noise table, the
-figures, the bit-optimal k per budget with whether it is resolved, the fitted curves,
-the N-D fit, the extrapolation errors, the skipped fits and the provenance.
+kg_stage.py calls it for `kbit report` of a KG store. The report is the LM report's kind
+of document (render.py's blocks, plot_style's figures): what the metrics measure and
+which the fits use, the signal-against-noise table, the figures, the bit-optimal k per
+budget with whether it is resolved, the fitted curves, the N-D fit, the extrapolation
+errors, the skipped fits and the provenance.
 
-Tables written (both commands, kg_tables.py): fits.json (all of it), params.csv, bit_optimal.csv,
-extrapolation.csv, signal.csv and nd_fits.csv (where there is one).
+The tables beside it (fits.json, params.csv, ...) are kg_tables.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from kbit_jax.analysis import kg_analyse, kg_cells, kg_plots, kg_tables, results
+from kbit_jax.analysis import kg_plots, kg_tables
 from kbit_jax.analysis.cells import main_method
 from kbit_jax.analysis.kg_analyse import NO_SIGNAL, KGAnalysis
 from kbit_jax.analysis.kg_cells import ALPHA, FIT_METRICS, Z
@@ -29,15 +27,6 @@ from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to
 from kbit_jax.analysis.report import MAX_LIST, figure_blocks
 
 TITLE = "k-bit knowledge-graph embeddings: report"
-
-
-def analyse_records(
-  records: Sequence[dict[str, Any]], results_dir: str, n_boot: int, level: float, seed: int
-) -> KGAnalysis:
-  cells = kg_cells.cells_from_store(results.frame(records))
-  cells.attrs["results_dir"] = str(results_dir)
-  checked, issues = kg_cells.check_cells(cells)
-  return kg_analyse.analyse(checked, issues, n_boot=n_boot, level=level, seed=seed)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -388,45 +377,4 @@ def write_report(a: KGAnalysis | None, out_dir: str, error: str = "") -> dict[st
   paths = {"md": out / "report.md", "html": out / "report.html"}
   paths["md"].write_text(to_markdown(blocks))
   paths["html"].write_text(to_html(blocks).replace("k-bit inference scaling report", TITLE))
-  return paths
-
-
-# ----------------------------------------------------------------------------- stage
-
-
-def fit(
-  records: Sequence[dict[str, Any]],
-  results_dir: str,
-  out_dir: str,
-  n_boot: int = 200,
-  level: float = 0.95,
-  seed: int = 0,
-) -> KGAnalysis:
-  """`kbit fit` on a KG store: the fits and tables (no figures)."""
-  a = analyse_records(records, results_dir, n_boot, level, seed)
-  paths = kg_tables.write_tables(a, out_dir)
-  print(kg_tables.summary(a))
-  print(f"scaling: wrote {', '.join(str(p) for p in paths.values())}")
-  return a
-
-
-def report(
-  records: Sequence[dict[str, Any]],
-  results_dir: str,
-  out_dir: str,
-  n_boot: int = 200,
-  level: float = 0.95,
-  seed: int = 0,
-) -> dict[str, epath.Path]:
-  """`kbit report` on a KG store: the fits, tables, figures and report.md / .html."""
-  try:
-    a = analyse_records(records, results_dir, n_boot, level, seed)
-  except ValueError as e:
-    paths = write_report(None, out_dir, error=str(e))
-    print(f"report: no analysis ({e}); wrote {paths['md']}")
-    return paths
-  kg_tables.write_tables(a, out_dir)
-  paths = write_report(a, out_dir)
-  print(kg_tables.summary(a))
-  print(f"report: wrote {paths['md']} and {paths['html']}")
   return paths

@@ -8,7 +8,7 @@ Both read the store once (cells.load_store), analyse its weights-only cells
 tokens: extra_axes), and write the tables.
 
 A store of knowledge-graph cells (records with key task = kg_cells.TASK, from `kbit kg`)
-goes to kg_report.py instead: its own fits, figures and report. Telling the two apart
+goes to kg_stage.py instead: its own fits, figures and report. Telling the two apart
 reads the records once more; a store holding both kinds is refused (kg_cells.store_kind
 names why), never analysed as one.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from etils import epath
 
-from kbit_jax.analysis import analyse, extra_axes, kg_analyse, kg_cells, kg_report, results, tables
+from kbit_jax.analysis import analyse, extra_axes, kg_analyse, kg_cells, kg_stage, results, tables
 from kbit_jax.analysis import report as report_lib
 from kbit_jax.analysis.cells import check_cells, load_store
 
@@ -48,7 +48,7 @@ def fit(
   """`kbit fit`: fits every form the store allows; writes the tables, and those of the
   probes, activation bits and N-D axes."""
   if (kg := _kg_records(results_dir)) is not None:
-    return kg_report.fit(kg, results_dir, out_dir, n_boot, level, seed)
+    return kg_stage.fit(kg, results_dir, out_dir, n_boot, level, seed)
   a, all_cells = _analyse(results_dir, n_boot, level, seed)
   paths = _write_tables(a, all_cells, out_dir)
   print(tables.summary(a))
@@ -63,7 +63,7 @@ def report(
   """`kbit report`: the fits and tables, figures and the report."""
   try:
     if (kg := _kg_records(results_dir)) is not None:
-      return kg_report.report(kg, results_dir, out_dir, n_boot, level, seed)
+      return kg_stage.report(kg, results_dir, out_dir, n_boot, level, seed)
     a, all_cells = _analyse(results_dir, n_boot, level, seed)
   except (ValueError, FileNotFoundError) as e:
     paths = report_lib.write(None, out_dir, error=str(e))
