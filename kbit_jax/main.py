@@ -40,6 +40,11 @@ COMMANDS = {
     "train each size, then quantize and evaluate every cell of a grid",
     "kbit grid --config configs/grid.py:runlocal --workdir /tmp/kbit/grid [--dry_run]",
   ),
+  "kg": Command(
+    "kg",
+    "train each knowledge-graph embedding once, then quantize and evaluate every cell",
+    "kbit kg --config configs/kg.py:runlocal --workdir /tmp/kbit/kg [--dry_run]",
+  ),
   "fit": Command(
     "fit",
     "fit the scaling laws of a results store: tables only",

@@ -21,4 +21,11 @@ report_length.py  noise, QiD laws and bit-optimal k vs training length as report
 report.py       the report's sections, written as report.md + report.html
 stage.py        `kbit fit` and `kbit report` end to end
 synthetic.py    stores drawn from a known law, for tests and demos
+kg_cells.py     knowledge-graph records -> cells: store kind, adapter, checks, noise test
+kg_analyse.py   KG fits gated on signal: bounded curves, bit-optimal k, N x D
+kg_plots.py     the figures of a KG analysis
+kg_tables.py    the KG analysis as tables (CSV, fits.json) and its terminal summary
+kg_report.py    the KG report: report.md + report.html
+kg_stage.py     `kbit fit` and `kbit report` of a KG store end to end
+kg_synthetic.py KG stores drawn from a known law, for tests
 """

@@ -23,6 +23,9 @@ import pandas as pd
 from kbit_jax.analysis import fitting
 
 HIGHER_IS_BETTER = {"acc": True, "nll": False}
+# Knowledge-graph link prediction (kg_cells.METRICS): ranks' MRR and Hits@10, all higher
+# is better, over all test triples and over the unleaked ones.
+HIGHER_IS_BETTER.update({m: True for m in ("mrr", "hits@10", "unleaked/mrr", "unleaked/hits@10")})
 # A fitted curve answers for budgets up to this far (in ln bits) outside its measured
 # range: a factor of 2 either side, so that no k wins a budget only by extrapolation.
 FIT_REACH = float(np.log(2.0))

@@ -6,6 +6,11 @@
 Both read the store once (cells.load_store), analyse its weights-only cells
 (cells.check_cells, analyse.analyse) and its extra axes (probes, activation bits, training
 tokens: extra_axes), and write the tables.
+
+A store of knowledge-graph cells (records with key task = kg_cells.TASK, from `kbit kg`)
+goes to kg_stage.py instead: its own fits, figures and report. Telling the two apart
+reads the records once more; a store holding both kinds is refused (kg_cells.store_kind
+names why), never analysed as one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 from etils import epath
 
-from kbit_jax.analysis import analyse, extra_axes, tables
+from kbit_jax.analysis import analyse, extra_axes, kg_analyse, kg_cells, kg_stage, results, tables
 from kbit_jax.analysis import report as report_lib
 from kbit_jax.analysis.cells import check_cells, load_store
 
@@ -30,11 +35,20 @@ def _write_tables(a: analyse.Analysis, all_cells, out_dir: str) -> dict[str, Any
   return {**tables.write_tables(a, out_dir), **extra_axes.write_tables(all_cells, out_dir)}
 
 
+def _kg_records(results_dir: str) -> list[dict[str, Any]] | None:
+  """The store's records if they are knowledge-graph cells, None for an LM store (or an
+  empty one); ValueError for a store mixing both."""
+  records = results.load_records(results_dir)
+  return records if kg_cells.store_kind(records) == "kg" else None
+
+
 def fit(
   results_dir: str, out_dir: str, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> analyse.Analysis:
+) -> analyse.Analysis | kg_analyse.KGAnalysis:
   """`kbit fit`: fits every form the store allows; writes the tables, and those of the
   probes, activation bits and N-D axes."""
+  if (kg := _kg_records(results_dir)) is not None:
+    return kg_stage.fit(kg, results_dir, out_dir, n_boot, level, seed)
   a, all_cells = _analyse(results_dir, n_boot, level, seed)
   paths = _write_tables(a, all_cells, out_dir)
   print(tables.summary(a))
@@ -48,6 +62,8 @@ def report(
 ) -> dict[str, epath.Path]:
   """`kbit report`: the fits and tables, figures and the report."""
   try:
+    if (kg := _kg_records(results_dir)) is not None:
+      return kg_stage.report(kg, results_dir, out_dir, n_boot, level, seed)
     a, all_cells = _analyse(results_dir, n_boot, level, seed)
   except (ValueError, FileNotFoundError) as e:
     paths = report_lib.write(None, out_dir, error=str(e))

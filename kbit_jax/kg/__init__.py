@@ -8,4 +8,6 @@ evaluated with their entity and relation tables quantized by the project's quant
     ranking.py        filtered ranks, MRR and Hits@k over head and tail corruption, on device
     quantize.py       fake-quantized tables and their total bits (quant/bits.py's rules)
     experiment.py     one (model, dim, training triples) cell: train once, evaluate every spec
+    plan.py           the grid's models and cells, validated before anything trains; its cost
+    grid.py           `kbit kg`: train each model once, one record per cell, resumable
 """

@@ -2,7 +2,11 @@
 every quantization spec; returns records shaped like the results store's (results.py).
 
     records = run_cell(config, [QuantSpec(bits=16), QuantSpec(bits=4, blocksize=64)])
-    for r in records: results.write(results_dir, r)      # phase 2
+    for r in records: results.write(results_dir, r)
+
+The grid (grid.py, `kbit kg`) calls the two halves itself: `train.train` (or its reuse
+from a checkpoint), then `evaluate_specs`, which yields one record at a time for the
+cells not yet in the store.
 
 or from the shell (prints one line per spec, `--out` writes the records as JSON lines):
 
@@ -22,15 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
 
+from kbit_jax.analysis.kg_cells import TASK  # the key that marks a store's KG cells
 from kbit_jax.kg import data, quantize, ranking, train
 from kbit_jax.quant.spec import QuantSpec
 
-TASK = "kg_link_prediction"
 EVAL_ID = "filtered-realistic-v1"  # ranking protocol version: change if ranks change
 
 
@@ -68,6 +72,95 @@ def cell_name(key: dict[str, Any]) -> str:
   return f"{key['model']} d{key['dim']} n{key['train_triples']} {quant}"
 
 
+def model_info(
+  config: ml_collections.ConfigDict,
+  graph: data.Graph,
+  result: train.TrainResult,
+  split: str = "test",
+  train_loss: float | None = None,
+) -> dict[str, Any]:
+  """A record's `model` group: parameter counts, the graph's sizes, the training setup.
+  `train_loss` (the final step's) defaults to the last loss of `result`'s run."""
+  shapes = {name: w.shape for name, w in result.params.items()}
+  t, m = config.train, config.model
+  if train_loss is None and result.losses:
+    train_loss = result.losses[max(result.losses)]
+  return dict(
+    params=sum(int(s[0]) * int(s[1]) for s in shapes.values()),
+    entity_params=int(shapes["entity"][0] * shapes["entity"][1]),
+    relation_params=int(shapes["relation"][0] * shapes["relation"][1]),
+    num_entities=graph.num_entities,
+    num_relations=graph.num_relations,
+    unseen_test_entities=data.unseen_entities(result.graph, split),
+    train_batch_size=t.batch_size,
+    train_negatives=t.negatives,
+    train_lr=t.lr,
+    train_loss=train_loss,
+    **(
+      dict(train_margin=t.margin)
+      if m.name == "transe"
+      else dict(train_adversarial_temperature=t.adversarial_temperature)
+    ),
+  )
+
+
+def evaluate_specs(
+  config: ml_collections.ConfigDict,
+  graph: data.Graph,
+  result: train.TrainResult,
+  specs: Sequence[QuantSpec],
+  split: str = "test",
+  tables: Sequence[str] = quantize.TABLES,
+  eval_batch_size: int = 64,
+  log=print,
+  train_s: float | None = None,
+  train_loss: float | None = None,
+  extra: dict[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+  """Yields one record per spec of the trained `result` (evaluated one at a time, so a
+  caller can store each before the next starts). `train_s` / `train_loss` default to
+  `result`'s (a model restored from its checkpoint ran no steps: pass the original
+  run's); `extra` is merged into every record (e.g. git_commit, created)."""
+  for spec in specs:
+    quantize.check_spec(spec, tables)
+  queries = graph.split(split)
+  num_train = len(result.graph.train_Nx3)
+  evaluator = ranking.Evaluator(result.model, queries, graph.all_true_Nx3(), eval_batch_size)
+  unleaked = ~data.reverse_in_train(result.graph, split)
+  info = model_info(config, graph, result, split, train_loss)
+  for spec in specs:
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(quantize.quantize_tables(result.params, spec, tables))
+    t1 = time.perf_counter()
+    tail_Q, head_Q = evaluator.ranks(params)
+    metrics = ranking.metrics_from_ranks(tail_Q, head_Q)
+    if unleaked.any():
+      metrics["unleaked"] = ranking.metrics_from_ranks(tail_Q[unleaked], head_Q[unleaked])
+    t2 = time.perf_counter()
+    key = cell_key(config, graph, num_train, spec, tables, split)
+    report = quantize.bits_report(result.params, spec, tables)
+    record = dict(
+      key=key,
+      name=cell_name(key),
+      model=info,
+      bits={
+        k: report[k]
+        for k in ("total_bits", "bits_per_param", "quantized_params", "quantized_bits_per_param")
+      },
+      metrics=metrics,
+      time=dict(
+        train_s=result.train_s if train_s is None else train_s, quantize_s=t1 - t0, eval_s=t2 - t1
+      ),
+      **(extra or {}),
+    )
+    log(
+      f"{record['name']}: mrr {metrics['mrr']:.4f} hits@10 {metrics['hits@10']:.4f} "
+      f"(unleaked {metrics.get('unleaked', {}).get('mrr', float('nan')):.4f}; "
+      f"{report['bits_per_param']:.3f} bits/param, eval {t2 - t1:.1f} s)"
+    )
+    yield record
+
+
 def run_cell(
   config: ml_collections.ConfigDict,
   specs: Sequence[QuantSpec],
@@ -83,61 +176,9 @@ def run_cell(
   graph = graph or data.shipped_graph()
   for spec in specs:
     quantize.check_spec(spec, tables)
-  queries = graph.split(split)
+  graph.split(split)  # an unknown split raises before training
   result = train.train(config, graph, workdir=workdir, log=log)
-  num_train = len(result.graph.train_Nx3)
-  evaluator = ranking.Evaluator(result.model, queries, graph.all_true_Nx3(), eval_batch_size)
-  unleaked = ~data.reverse_in_train(result.graph, split)
-  shapes = {name: w.shape for name, w in result.params.items()}
-  t, m = config.train, config.model
-  model_info = dict(
-    params=sum(int(s[0]) * int(s[1]) for s in shapes.values()),
-    entity_params=int(shapes["entity"][0] * shapes["entity"][1]),
-    relation_params=int(shapes["relation"][0] * shapes["relation"][1]),
-    num_entities=graph.num_entities,
-    num_relations=graph.num_relations,
-    unseen_test_entities=data.unseen_entities(result.graph, split),
-    train_batch_size=t.batch_size,
-    train_negatives=t.negatives,
-    train_lr=t.lr,
-    train_loss=result.losses[max(result.losses)] if result.losses else None,
-    **(
-      dict(train_margin=t.margin)
-      if m.name == "transe"
-      else dict(train_adversarial_temperature=t.adversarial_temperature)
-    ),
-  )
-  records = []
-  for spec in specs:
-    t0 = time.perf_counter()
-    params = jax.block_until_ready(quantize.quantize_tables(result.params, spec, tables))
-    t1 = time.perf_counter()
-    tail_Q, head_Q = evaluator.ranks(params)
-    metrics = ranking.metrics_from_ranks(tail_Q, head_Q)
-    if unleaked.any():
-      metrics["unleaked"] = ranking.metrics_from_ranks(tail_Q[unleaked], head_Q[unleaked])
-    t2 = time.perf_counter()
-    key = cell_key(config, graph, num_train, spec, tables, split)
-    report = quantize.bits_report(result.params, spec, tables)
-    records.append(
-      dict(
-        key=key,
-        name=cell_name(key),
-        model=model_info,
-        bits={
-          k: report[k]
-          for k in ("total_bits", "bits_per_param", "quantized_params", "quantized_bits_per_param")
-        },
-        metrics=metrics,
-        time=dict(train_s=result.train_s, quantize_s=t1 - t0, eval_s=t2 - t1),
-      )
-    )
-    log(
-      f"{records[-1]['name']}: mrr {metrics['mrr']:.4f} hits@10 {metrics['hits@10']:.4f} "
-      f"(unleaked {metrics.get('unleaked', {}).get('mrr', float('nan')):.4f}; "
-      f"{report['bits_per_param']:.3f} bits/param, eval {t2 - t1:.1f} s)"
-    )
-  return records
+  return list(evaluate_specs(config, graph, result, specs, split, tables, eval_batch_size, log=log))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -201,7 +201,7 @@ class TrainResult:
   resumed_from: int  # 0 when started from scratch (== steps: nothing left)
 
 
-def _check_resumable(ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict):
+def check_resumable(ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict):
   saved = ckpt.saved_config()
   if saved is None:
     return
@@ -261,7 +261,7 @@ def train(
   ckpt = checkpoint.Checkpointer(workdir, tc.keep_checkpoints) if workdir else None
   restored = None
   if ckpt is not None:
-    _check_resumable(ckpt, config)
+    check_resumable(ckpt, config)
     target = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       nn.unbox(abstract),
