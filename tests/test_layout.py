@@ -2,7 +2,9 @@
 library never imports the configs (configs/*.py import the library, as flax's lm1b does).
 
 Imports are read from the source with `ast`, module level and inside functions alike (a
-lazy import is still a dependency), so this runs nothing of the package.
+lazy import is still a dependency), so this runs nothing of the package. Imports under
+`if TYPE_CHECKING:` only name types for annotations (with `from __future__ import
+annotations` they never run) and are not dependencies.
 """
 
 import ast
@@ -24,7 +26,17 @@ def _imports() -> dict[str, set[str]]:
   graph = {}
   for name, path in modules.items():
     deps = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {
+      id(n)
+      for block in ast.walk(tree)
+      if isinstance(block, ast.If)
+      and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+      for n in ast.walk(block)
+    }
+    for node in ast.walk(tree):
+      if id(node) in typing_only:
+        continue
       if isinstance(node, ast.Import):
         deps |= {a.name for a in node.names}
       elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -71,7 +83,17 @@ def test_a_cycle_is_found():
 def test_the_library_never_imports_the_configs():
   importers = []
   for path in sorted(PACKAGE.rglob("*.py")):
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {
+      id(n)
+      for block in ast.walk(tree)
+      if isinstance(block, ast.If)
+      and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+      for n in ast.walk(block)
+    }
+    for node in ast.walk(tree):
+      if id(node) in typing_only:
+        continue
       if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom):

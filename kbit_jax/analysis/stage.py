@@ -21,7 +21,7 @@ from etils import epath
 
 from kbit_jax.analysis import analyse, extra_axes, kg_analyse, kg_cells, kg_stage, results, tables
 from kbit_jax.analysis import report as report_lib
-from kbit_jax.analysis.cells import check_cells, load_store
+from kbit_jax.analysis.cells import check_cells, load_cells, load_store
 
 
 def _analyse(results_dir: str, n_boot: int, level: float, seed: int):
@@ -40,6 +40,15 @@ def _kg_records(results_dir: str) -> list[dict[str, Any]] | None:
   empty one); ValueError for a store mixing both."""
   records = results.load_records(results_dir)
   return records if kg_cells.store_kind(records) == "kg" else None
+
+
+def check_store(results_dir: str) -> None:
+  """What `kbit report` checks before it writes anything (`report` itself writes a report
+  saying why there is no analysis): the store exists and its records read back; an LM
+  store holds records with the columns the analysis needs (cells.load_cells). Raises
+  FileNotFoundError or ValueError naming the store."""
+  if _kg_records(results_dir) is None:
+    load_cells(results_dir)
 
 
 def fit(

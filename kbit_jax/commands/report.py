@@ -18,10 +18,10 @@ ERRORS = ((FileNotFoundError, "invalid --results"), (ValueError, "cannot analyse
 
 
 def main() -> None:
-  from kbit_jax.analysis import cells, stage
+  from kbit_jax.analysis import stage
 
   # Nothing to analyse (no such directory, no records, an unreadable record, columns
   # missing) is an error before anything is written; stage.report would write a report
   # saying so and exit 0.
-  cells.load_cells(RESULTS.value)
+  stage.check_store(RESULTS.value)
   stage.report(RESULTS.value, OUT.value, n_boot=BOOTSTRAP.value)
