@@ -99,7 +99,7 @@ def run(plan: grid_plan.Plan, workdir: str, dry_run: bool = False) -> dict[str, 
     train_s = models.ensure_trained(m, workdir)
     progress.work(train_est[m.name])
     params = models.restore_params(m, workdir)
-    cells = evaluator.CellEvaluator(m, params, plan.config.eval)
+    cells = evaluator.CellEvaluator(m, params, plan.config.eval, plan.calibration)
     dealers = jax.process_count() if multihost.deals_cells(params) else 1
     for start in range(0, len(todo[m.name]), dealers):
       group = todo[m.name][start : start + dealers]
