@@ -9,8 +9,9 @@
 3. The bit-optimal k per method: at budgets spread over the total bits that every
    method's quantized cells span, each k's perplexity is interpolated between sizes
    (linear in log bits, log ppl, the study's procedure; no extrapolation) and the k with
-   the lowest wins; counted per method and data type. `kbit report`'s "Bit-optimal k per quantization method" does the
-   same on its own budgets, with bootstrap shares over training seeds.
+   the lowest wins; counted per method and data type. `kbit report`'s "Bit-optimal k per
+   quantization method" does the same on its own budgets, with bootstrap shares over
+   training seeds.
 """
 
 from __future__ import annotations
