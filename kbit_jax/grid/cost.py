@@ -86,6 +86,7 @@ def _method_cost(plan: Plan, run, seq_len: int, peak_flops: float) -> dict[str, 
     "gptq": GPTQ_S_PER_VALUE * values + METHOD_KERNEL_S * len(kernels),
     "awq": AWQ_S_PER_ALPHA_KERNEL * c.awq_grid * len(kernels) + METHOD_KERNEL_S * len(kernels),
   }
+  per_cell = {m: s for m, s in per_cell.items() if any(x.method == m for x in cells)}
   if c.mode == "sequential":
     per_cell = {m: s + (p.num_layers + 1) * one_pass for m, s in per_cell.items()}
     out["calibration_s"] = CALIBRATION_OVERHEAD_S
