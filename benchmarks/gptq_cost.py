@@ -18,7 +18,7 @@ tokens (the `160m` preset by default: 12 layers of d_model 768, d_ff 3072):
   python benchmarks/gptq_cost.py --layers 2             # the first 2 layers only (faster)
   python benchmarks/gptq_cost.py --preset 70m --sequences 16 --seq_len 512
 
-With the defaults about 15 minutes on 2 shared CPU cores (benchmarks/README.md).
+With the defaults 20 minutes on 2 CPU cores shared at load 9 (benchmarks/README.md).
 """
 
 from __future__ import annotations
