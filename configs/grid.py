@@ -14,10 +14,14 @@ Optional axes (defaults leave the grid as it is; settable on the command line, e
 `--config.grid.tokens="(250000,1000000)"`): `grid.act_bits` (activation bits a, e.g.
 (8, 16): AQT input quantization of the attn/mlp matmuls, one evaluation net per a),
 `grid.tokens` (training-token budgets per size, e.g. (250_000, 1_000_000): one run per
-budget in W/models/<size>-seed<s>-D<tokens>/). k-bit probes: `eval.probes="1,2,3,4"`
+budget in W/models/<size>-seed<s>-D<tokens>/), `grid.methods` (quantization methods, e.g.
+("rtn", "gptq", "awq"): every quantized cell once per method, the 16-bit cell once;
+gptq and awq calibrate on the `calibration` section's data, kbit_jax/config/
+calibration_section.py; experiments/methods/ uses them). k-bit probes: `eval.probes="1,2,3,4"`
 (kbit_jax/evals/probes.py). experiments/kbit_probes/ uses all three.
 
-Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `base` (the
+Sections: `grid` (the axes; `grid.sizes` accepts one comma list, as above), `calibration`
+(GPTQ's and AWQ's calibration data and settings; read only with a calibrated method), `base` (the
 training config every size starts from, kbit_jax/config/defaults.py), `per_size` (overrides of
 `base` for one preset: its steps, batch, lr; sizes without an entry train with `base`),
 `eval` (kbit_jax/config/eval_section.py: tasks, items per task, perplexity batches).
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kbit_jax.config import defaults, files
+from kbit_jax.config import calibration_section, defaults, files
 
 # preset -> (peak learning rate, sequences per batch): larger models a smaller lr.
 CPU_SIZES = {"s1": (3e-3, 32), "s2": (3e-3, 32), "s3": (2e-3, 32), "s4": (2e-3, 32)}
@@ -89,8 +93,12 @@ def get_config(arg=None):
       # them: --config.grid.act_bits="(8,16)" --config.grid.tokens="(250000,1000000)".
       act_bits=(16,),
       tokens=(),
+      checkpoints=(),
+      methods=("rtn",),
     )
   )
+  # GPTQ / AWQ calibration: 32 windows of data.seq_len tokens of the corpus' train split.
+  c.calibration = ml_collections.ConfigDict(calibration_section.DEFAULTS)
 
   base = defaults.base_config()
   base.data.seq_len = 128

@@ -19,9 +19,12 @@ to this many parameters; 0 = all), `runlocal` (the smallest model of each family
 evaluation: a CPU run), `fsdp`, `tensor` (the evaluation mesh: devices = fsdp x tensor),
 `device_gib` (mark what fits), `hf_root` (downloads), `import_root` (imported workdirs),
 `deduped` (Pythia's deduped runs), `revisions` (Pythia's intermediate checkpoints along
-training: "log" = steps 1000, 2000, 4000, ..., 64000, 143000; "all" = every 1000 steps
-from 1000 to 143000; or steps joined by "+", e.g. revisions=1000+8000+143000), `task_dir`
-(the released
+training: "log" = steps 1000, 2000, 4000, ..., 64000, 143000; "all" = every 1000 steps from
+1000 to 143000; or steps joined by "+", e.g. revisions=1000+8000+143000), `methods`
+(quantization methods joined by "+", e.g. methods=rtn+gptq+awq; default rtn; gptq and awq
+calibrate on the `calibration` section: 128 windows of data.seq_len tokens (2048, or the
+sizes' shortest context; runlocal: 16 of 256) of the corpus' train split in the model's own
+tokenizer, kbit_jax/config/calibration_section.py), `task_dir` (the released
 LAMBADA/HellaSwag/PiQA/Winogrande files, see kbit_jax/evals/tasks.py; '' = the built-in
 tasks made from the embedded corpus).
 
@@ -68,7 +71,7 @@ import sys
 
 import ml_collections
 
-from kbit_jax.config import defaults, files
+from kbit_jax.config import calibration_section, defaults, files
 
 # family -> {preset name: Hugging Face hub id}, smallest first
 FAMILIES = {
@@ -177,6 +180,7 @@ def get_config(arg=None):
     deduped=False,
     task_dir="",
     revisions="",
+    methods="rtn",
   )
   sizes = _sizes(a)
   revisions = pythia_revisions(a.revisions)
@@ -197,7 +201,17 @@ def get_config(arg=None):
       outlier_shares=(0.0,),
       targets="attn,mlp",
       act_bits=(16,),  # the optional axis at its default (configs/grid.py)
+      methods=tuple(m.strip() for m in a.methods.split("+") if m.strip()),
     )
+  )
+  # The GPTQ reference's 128 x 2048 tokens (its C4 samples; here the corpus' train split).
+  c.calibration = ml_collections.ConfigDict(
+    {
+      **calibration_section.DEFAULTS,
+      "sequences": 16 if a.runlocal else 128,
+      "seq_len": 0,  # data.seq_len: 2048 or the shortest context of the sizes
+      "batch_size": 4,
+    }
   )
   base = defaults.base_config()
   # One perplexity row length for all (per_size cannot key sizes with dots, like opt-1.3b):

@@ -76,7 +76,9 @@ COMMANDS = {
     "print a data type's normalised code values",
     "kbit codebook --dtype nf --bits 4 [--json]",
   ),
-  "bits": Command("bits", "print the total-bits table of the model presets", "kbit bits"),
+  "bits": Command(
+    "bits", "print the total-bits table of the model presets", "kbit bits [--method awq]"
+  ),
 }
 
 

@@ -67,6 +67,50 @@ def test_statistics_equal_numpy_on_captured_inputs():
   )
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _head_inputs(model, params, tokens_BxL):
+  """The tied head's input (nn.Embed.attend's argument) of one forward pass, (tokens, D)."""
+  inputs = []
+
+  def capture(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Embed) and context.method_name == "attend":
+      inputs.append(args[0].reshape(-1, args[0].shape[-1]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(capture):
+    model.apply(params, tokens_BxL)
+  return inputs[0]
+
+
+def test_tied_embedding_statistics_are_the_heads_inputs():
+  model, params, tokens = _setup(ONE_BLOCK)
+  calib = calibration.calibrate(model, params, tokens)
+  assert calibration.EMBED in calib.kernels and len(calib.kernels) == 6 + 1
+  x = np.concatenate([np.asarray(_head_inputs(model, params, t), np.float64) for t in tokens])
+  stats = calib.kernels[calibration.EMBED]
+  np.testing.assert_allclose(stats.h_KxK, 2 / len(x) * x.T @ x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats.mean_abs_K, np.abs(x).mean(0), rtol=1e-5, atol=1e-7)
+  # The head kernel GPTQ and AWQ quantize is E^T; its blocks are E's (B != -1): with
+  # identity statistics GPTQ of the embedding is RTN of it bit for bit.
+  e = params["params"]["embed"]["embedding"].value
+  assert calibration.kernel_view(calibration.EMBED, e).shape == (16, 128)
+  identity = calibration.Calibration(
+    {
+      n: calibration.KernelStats(jnp.eye(s.h_KxK.shape[0]), jnp.ones(s.h_KxK.shape[0]))
+      for n, s in calib.kernels.items()
+    },
+    6,
+    96,
+    "fast",
+  )
+  for blocksize in (64, 0):
+    spec = QuantSpec(bits=3, dtype="nf", targets="embed", blocksize=blocksize)
+    _equal_trees(
+      methods.quantize_params(params, spec, "gptq", identity, preset=ONE_BLOCK),
+      methods.quantize_params(params, spec, "rtn"),
+    )
+
+
 def _equal_trees(a, b):
   for n, x, y in zip(named_leaves(a)[0], named_leaves(a)[1], named_leaves(b)[1]):
     np.testing.assert_array_equal(np.asarray(x.value), np.asarray(y.value), err_msg=str(n))
@@ -82,7 +126,8 @@ def test_sequential_equals_fast_on_one_block(method):
   fast = calibration.calibrate(model, params, tokens)
   got, seq = methods.quantize_sequential(model, params, SPEC, method, tokens)
   assert seq.kernels.keys() == fast.kernels.keys() and seq.mode == "sequential"
-  for n, stats in fast.kernels.items():  # block 0's inputs do not depend on quantization
+  # Block 0's inputs do not depend on quantization (the tied head's, after it, do).
+  for n, stats in ((n, s) for n, s in fast.kernels.items() if n[0] == "layer_0"):
     np.testing.assert_array_equal(seq.kernels[n].h_KxK, stats.h_KxK, err_msg=str(n))
     np.testing.assert_array_equal(seq.kernels[n].mean_abs_K, stats.mean_abs_K)
   _equal_trees(got, methods.quantize_params(params, SPEC, method, fast, **_options(method)))
@@ -174,7 +219,7 @@ def test_bad_method_arguments_are_refused_before_compiling():
   calib = calibration.calibrate(model, params, tokens)
   empty = calibration.Calibration(calib.kernels, sequences=0, tokens=0, mode="fast")
   partial = calibration.Calibration(
-    {n: s for n, s in calib.kernels.items() if n[2] != "wo"}, 6, 96, "fast"
+    {n: s for n, s in calib.kernels.items() if n[-2] != "wo"}, 6, 96, "fast"
   )
   wi = ("layer_0", "mlp", "wi", "kernel")
   wrong = calibration.Calibration(
@@ -189,12 +234,40 @@ def test_bad_method_arguments_are_refused_before_compiling():
     calib,
   )
   _refused(
-    "'embed' is a lookup",
+    "the preset is needed",
     methods.quantize_params,
     params,
     QuantSpec(bits=4, targets="attn,embed"),
     "gptq",
     calib,
+  )
+  model2, params2, tokens2 = _setup(TWO_BLOCKS)
+  _refused(
+    "untied: a lookup",
+    methods.quantize_params,
+    params2,
+    QuantSpec(bits=4, targets="attn,embed"),
+    "gptq",
+    calibration.calibrate(model2, params2, tokens2),
+    preset=TWO_BLOCKS,
+  )
+  _refused(
+    "blocksize=-1 with method='awq' and target 'embed'",
+    methods.quantize_params,
+    params,
+    QuantSpec(bits=4, targets="attn,embed", blocksize=-1),
+    "awq",
+    calib,
+    preset=ONE_BLOCK,
+  )
+  _refused(
+    "method='awq' with act_bits=8: not defined",
+    methods.quantize_params,
+    params,
+    QuantSpec(bits=4, act_bits=8),
+    "awq",
+    calib,
+    preset=ONE_BLOCK,
   )
   for bad in (None, empty):
     _refused(

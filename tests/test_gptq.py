@@ -49,7 +49,8 @@ def _weights(seed, shape=(K, N)):
 @hypothesis.settings(max_examples=3, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**16), c=st.floats(1e-3, 1e3), act_order=st.booleans())
 def test_identity_hessian_equals_rtn_exactly(blocksize, with_outliers, seed, c, act_order):
-  # H = cI: U is diagonal, no error feedback, so every value is RTN's, bit for bit.
+  # H = cI: U is diagonal, no error feedback, so every value is RTN's, bit for bit (but
+  # exact ties, `_assert_equal_but_ties`).
   w = _weights(seed)
   keep = None
   if with_outliers:
@@ -57,7 +58,20 @@ def test_identity_hessian_equals_rtn_exactly(blocksize, with_outliers, seed, c, 
   h = jnp.float32(c) * jnp.eye(K)
   for spec in _specs(blocksize):
     got = np.asarray(gptq.quantize_kernel(w, h, spec, keep, act_order=act_order))
-    np.testing.assert_array_equal(got, rtn(w, spec, keep), err_msg=str(spec))
+    _assert_equal_but_ties(got, rtn(w, spec, keep), np.asarray(w), str(spec))
+
+
+def _assert_equal_but_ties(got, want, w, what):
+  """Bit-equal, except a weight that lies on the midpoint between two codes (within
+  4 float32 ulps): the two paths compute w / scale under different XLA fusions, 1 ulp
+  apart, and such a weight may go to either neighbour (hypothesis found seed 7197: w =
+  -0.0747801 = -2.5 steps of 8-bit int's per-tensor scale). Such a value must be one of
+  the two neighbours, i.e. w sits at their midpoint; anything else fails."""
+  bad = got != want
+  mid = (got[bad].astype(np.float64) + want[bad]) / 2
+  ulps = np.abs(w[bad] - mid) / np.spacing(np.abs(w[bad]).astype(np.float32))
+  assert np.all(ulps <= 4), f"{what}: {bad.sum()} values differ, not at a tie: {ulps.max()} ulps"
+  assert bad.sum() <= 3, f"{what}: {bad.sum()} ties in {bad.size} values"
 
 
 def _correlated_inputs(seed, tokens=512, k=K):

@@ -321,3 +321,48 @@ def test_cli_refuses_a_missing_import_before_any_work(tmp_path):
   assert "kbit grid: invalid config: 1 imported model(s) of the grid are missing" in out.stderr
   assert "kbit import --hf_dir" in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_calibrated_methods_on_an_imported_model_on_a_sharded_mesh(imported, tmp_path):
+  """gptq and awq on the imported Llama (RMSNorm, SwiGLU, grouped-query attention): the
+  calibration tokens come from its own tokenizer, the statistics are computed on the
+  evaluation mesh (fsdp 2 x tensor 2: each 48 x 48 / 80 x 80 Hessian split over the 4
+  devices) and give the records of a one-device run up to float32 reduction order."""
+  roots = imported[0].pretrained
+
+  def run(fsdp, tensor, workdir):
+    c = _grid_config(roots.hf_root, roots.import_root)
+    c.grid.sizes = ("llama-3.2-1b",)
+    c.pretrained.repos = (("llama-3.2-1b", MODELS["llama-3.2-1b"][1]),)
+    c.grid.update(dict(bits=(3, 16), methods=("rtn", "gptq", "awq")))
+    c.base.mesh.update(dict(fsdp=fsdp, tensor=tensor))
+    plan = grid_plan.make_plan(c, require_imports=True)
+    assert [x.method for x in plan.cells] == ["rtn", "rtn", "gptq", "awq"]
+    driver.run(plan, str(workdir))
+    return _records(str(workdir))
+
+  sharded, single = run(2, 2, tmp_path / "sharded"), run(1, 1, tmp_path / "single")
+  assert (
+    set(sharded)
+    == set(single)
+    == {
+      "llama-3.2-1b k16",
+      "llama-3.2-1b k3 int B64 p0",
+      "llama-3.2-1b k3 int B64 p0 gptq",
+      "llama-3.2-1b k3 int B64 p0 awq",
+    }
+  )
+  rtn = single["llama-3.2-1b k3 int B64 p0"]["metrics"]["ppl/validation"]["perplexity"]
+  for name in ("gptq", "awq"):
+    a, b = (r[f"llama-3.2-1b k3 int B64 p0 {name}"] for r in (sharded, single))
+    assert a["key"] == b["key"] and a["calibration"]["tokens"] == 16 * SEQ_LEN
+    ppl_a, ppl_b = (r["metrics"]["ppl/validation"]["perplexity"] for r in (a, b))
+    np.testing.assert_allclose(ppl_a, ppl_b, rtol=1e-3, err_msg=name)
+    assert ppl_b != rtn
+  # Llama's scales all fold (q/k/v and gate/up into the RMSNorms, down into up; GQA's
+  # out gets none): no extra storage.
+  awq = single["llama-3.2-1b k3 int B64 p0 awq"]["bits"]
+  assert (
+    awq["awq_scale_bits"] == 0
+    and awq["total_bits"] == (single["llama-3.2-1b k3 int B64 p0"]["bits"]["total_bits"])
+  )

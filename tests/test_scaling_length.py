@@ -137,8 +137,10 @@ def test_an_unidentified_exponent_is_reported_as_such(tmp_path):
 def _with_items(records, flat_acc, rng):
   """Per-item scores on every record: 100 items a task and 16 perplexity rows around the
   record's nll (spread 0.02 nats a row). acc: drawn at the record's own accuracy, or
-  (`flat_acc`) one answer sheet per size at 0.46 with 2 items flipped per cell, so that
-  k moves accuracy by less than its stderr (0.05 a task, 0.025 for the mean)."""
+  (`flat_acc`) one answer sheet per size at 0.46 with 1 item flipped per cell, so that
+  k moves accuracy by less than its stderr: 0.05 a task, 0.025 for the mean, and ~0.007
+  for the paired difference of two cells (at most 2 of a task's 100 items differ; with 2
+  flips a spread of 0.02 reached 2.005 paired stderrs at one size)."""
   out, sheets = [], {}
   offsets = np.linspace(-0.02, 0.02, 16)
   for r in records:
@@ -149,7 +151,7 @@ def _with_items(records, flat_acc, rng):
       if flat_acc:
         sheet = sheets.setdefault((r["key"]["preset"], task), rng.random(100) < 0.46)
         scores = sheet.copy()
-        flip = rng.choice(100, 2, replace=False)
+        flip = rng.choice(100, 1, replace=False)
         scores[flip] = ~scores[flip]
       else:
         scores = rng.random(100) < r["metrics"][task]["acc"]
@@ -201,10 +203,14 @@ def test_item_replicates_resample_items_once_for_every_cell(tmp_path):
   )
 
 
-def test_win_share_counts_the_noise_of_the_items(tmp_path):
+def test_win_share_counts_the_noise_of_the_items(tmp_path, monkeypatch):
   """Accuracy whose k-curves differ by less than the items' noise: by the models alone
   (no per-item scores) every replicate agrees at some budget; resampling the items too,
-  no budget's share stays at 100%."""
+  no budget's share stays at 100%. The signal rule would rightly not rank such accuracy
+  (its paired stderr: the items are drawn independently per cell); it is switched off
+  here, this test is about the win shares of what is ranked."""
+  monkeypatch.setattr(noise, "PAIRED_FACTOR", 0.0)
+  monkeypatch.setattr(noise, "UNPAIRED_FACTOR", 0.0)
   records = synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",))
   noisy = _with_items(records, False, np.random.default_rng(3))
   checked, _ = _store(tmp_path, noisy)
@@ -215,3 +221,21 @@ def test_win_share_counts_the_noise_of_the_items(tmp_path):
   models_only = b.bit_optimal[(b.families()[0], "nf B64", "acc")]["share_interp"].dropna()
   assert (models_only == 1.0).any()
   assert (with_items < 1.0).all()
+
+
+def test_the_signal_rule_uses_the_paired_stderr_of_the_two_cells_that_make_the_spread():
+  """Computed by hand: nll rows (sums 10, 12, 14 vs 9, 12, 13; 10 tokens each): the
+  per-row differences 1, 0, 1 have std 1/sqrt(3), so the stderr of the nll difference is
+  std * sqrt(3) / 30 tokens = 1/30. acc (one task, items 1100 vs 1000): differences 0, 1,
+  0, 0 have std 1/2, sem 1/4. Two cells at one k (two seeds) are not a pair: None."""
+  g = pd.DataFrame(
+    {
+      "k": [16, 3],
+      "rows_nll": [[10.0, 12.0, 14.0], [9.0, 12.0, 13.0]],
+      "rows_tokens": [[10, 10, 10]] * 2,
+      "items/piqa": ["1100", "1000"],
+    }
+  )
+  assert noise._paired_stderr(g, "nll", 16, 3) == pytest.approx(1 / 30, rel=1e-12)
+  assert noise._paired_stderr(g, "acc", 16, 3) == 0.25
+  assert noise._paired_stderr(pd.concat([g, g.iloc[:1]]), "nll", 16, 3) is None

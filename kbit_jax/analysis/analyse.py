@@ -5,11 +5,13 @@
 Per family x curve: `power` (nll) and `sigmoid` (mean zero-shot accuracy) fits against
 total model bits (forms, fitting); per family x method: the bit-optimal k per budget
 (bitoptimal); per method, jointly over k and families: the precision-aware `neff` and
-`ptq` laws; per method, along training (>= 2 training budgets): the two QiD laws (qid.py).
-Every fit reports its leave-largest-size-out extrapolation error; fits the data cannot
-identify are listed in `Analysis.skipped` with the reason. A metric without signal in a
-family (noise.py: its spread across k within twice its standard error at most sizes) is
-neither fitted nor ranked there; `Analysis.flat` holds the one-line note.
+`ptq` laws; per method, along training (>= 2 training budgets): the two QiD laws (qid.py);
+with several quantization methods (rtn, gptq, awq), their bit-optimal k on common budgets
+and bootstrap draws (`method_optimal`). Every fit reports its leave-largest-size-out
+extrapolation error; fits the data cannot identify are listed in `Analysis.skipped` with
+the reason. A metric without signal in a family (noise.py: its spread across k within
+its noise at most sizes) is neither fitted nor ranked there;
+`Analysis.flat` holds the one-line note.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import numpy as np
 import pandas as pd
 
 from kbit_jax.analysis import bitoptimal, fitting, forms, noise, qid
-from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, METRICS, by_count, curve_k
+from kbit_jax.analysis.cells import (
+  BASELINE_BITS,
+  BASELINE_METHOD,
+  METRICS,
+  RTN,
+  base_label,
+  by_count,
+  curve_k,
+  quant_methods,
+)
 from kbit_jax.analysis.fitting import FitError, FitResult
 
 
@@ -39,6 +50,9 @@ class Analysis:
   flat: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # (family, metric)
   qid_rows: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # qid.qid_rows
   qid_fits: dict[tuple[str, str], qid.QidFit] = dataclasses.field(default_factory=dict)
+  # (family, method label without its quantization method, metric) -> the best k per
+  # budget under each quantization method (bitoptimal.compare_methods); only with >= 2.
+  method_optimal: dict[tuple[str, str, str], pd.DataFrame] = dataclasses.field(default_factory=dict)
 
   def curves(self, family: str, method: str) -> dict[str, pd.DataFrame]:
     """label -> cells of that curve, the 16-bit baseline included, sorted by k."""
@@ -73,6 +87,46 @@ def _curve_fit(cells: pd.DataFrame, metric: str, what: str, draws, level: float)
     lo=float(c["chance"].mean()) if len(c) else 0.0,
   )
   return fitting.fit_form(forms.CURVE_FORMS[metric], data, what, draws, level)
+
+
+def _compare_quant_methods(a: Analysis, n_boot: int, seed: int, num_budgets: int) -> None:
+  """a.method_optimal: per family and base method (data type, block size, outliers) held
+  by >= 2 quantization methods, their bit-optimal k on common budgets and draws."""
+  if len(quant_methods(a.cells)) < 2:
+    return
+  for family in a.families():
+    fam = a.cells[a.cells["family"] == family]
+    draws = fitting.bootstrap_draws(fam["unit"].to_numpy(), n_boot, seed)
+    by_base: dict[str, dict[str, str]] = {}
+    for method in a.methods():
+      rows = fam[fam["method"] == method]
+      if len(rows):
+        by_base.setdefault(base_label(fam, method), {})[rows["quant_method"].iloc[0]] = method
+    for base, labels in by_base.items():
+      if len(labels) < 2:
+        continue
+      order = sorted(labels, key=lambda m: (m != RTN, m))
+      for metric in METRICS:
+        curves = {
+          qm: {
+            c: cells
+            for c, cells in a.curves(family, labels[qm]).items()
+            if len(_finite(cells, metric))
+          }
+          for qm in order
+        }
+        curves = {qm: {c: _finite(v, metric) for c, v in cs.items()} for qm, cs in curves.items()}
+        if any(len(cs) < 2 for cs in curves.values()):
+          a.skipped.append(
+            f"bit-optimal k per method, {metric}, {family}, {base}: a method with "
+            "fewer than 2 bit widths with data"
+          )
+          continue
+        everything = pd.concat([c for cs in curves.values() for c in cs.values()])
+        budgets = bitoptimal.budgets_for(everything, num_budgets)
+        a.method_optimal[(family, base, metric)] = bitoptimal.compare_methods(
+          curves, metric, budgets, draws
+        )
 
 
 def analyse(
@@ -124,6 +178,7 @@ def analyse(
         a.bit_optimal[(family, method, metric)] = bitoptimal.bit_optimal(
           curves, fits, metric, draws, num_budgets, items[metric]
         )
+  _compare_quant_methods(a, n_boot, seed, num_budgets)
   for method in a.methods():
     rows = _finite(cells[(cells["method"] == method) | (cells["k"] == BASELINE_BITS)], "nll")
     rows = rows[rows["family"].isin(set(cells.loc[cells["method"] == method, "family"]))]

@@ -187,3 +187,55 @@ def bit_optimal(
     out["best_fit"], out["share_fit"] = None, np.nan
   out.insert(0, "metric", metric)
   return out
+
+
+def compare_methods(
+  curves_by_method: Mapping[str, Mapping[str, pd.DataFrame]],
+  metric: str,
+  budgets: np.ndarray,
+  draws: Sequence[np.ndarray] = (),
+  reference: str | None = None,
+) -> pd.DataFrame:
+  """The best k per budget under each quantization method, on common budgets and the
+  same bootstrap draws (by interpolation, as `by_interpolation`).
+
+  `curves_by_method`: method (e.g. rtn, gptq, awq) -> {curve label -> its cells}. Columns
+  per method m: `best[m]`, `share[m]` (replicates in which m's winner wins again) and,
+  for m != `reference` (default: the first method), `same[m]`: the share of replicates,
+  among those in which both have a winner, in which m's best k equals the reference's
+  (paired: one draw resamples the checkpoints of both). Where `best` differs but
+  `same[m]` is large, the move is within the bootstrap's noise."""
+  methods = list(curves_by_method)
+  reference = reference or methods[0]
+  higher = HIGHER_IS_BETTER[metric]
+  query = np.log(budgets)
+  out = pd.DataFrame({"budget_bits": budgets})
+  for m in methods:
+    t = by_interpolation(curves_by_method[m], metric, budgets, draws)
+    out[f"best[{m}]"], out[f"share[{m}]"] = t["best"], t["share"]
+
+  def winners_of(m, weights):
+    values = {
+      label: interpolate(*curve_points(c, metric, None if weights is None else weights(c)), query)
+      for label, c in curves_by_method[m].items()
+    }
+    return winners(values, higher)
+
+  same = {m: np.zeros(len(budgets)) for m in methods if m != reference}
+  counted = {m: np.zeros(len(budgets), int) for m in same}
+  for draw in draws:
+    counts = pd.Series(draw).value_counts()
+
+    def weights(c, counts=counts):
+      return c["unit"].map(counts).fillna(0)
+
+    ref = winners_of(reference, weights)
+    for m in same:
+      got = winners_of(m, weights)
+      both = np.array([r is not None and g is not None for r, g in zip(ref, got)])
+      counted[m] += both
+      same[m] += both & (ref == got)
+  for m in same:
+    out[f"same[{m}]"] = np.where(counted[m] > 0, same[m] / np.maximum(counted[m], 1), np.nan)
+  out.insert(0, "metric", metric)
+  return out

@@ -7,7 +7,9 @@ training families and the main method.
 
 Vocabulary. A *cell* is one evaluated (model, quantization). A *checkpoint* (bootstrap
 unit) is one trained model: preset x seed x training tokens. A *method* is a quantization
-recipe: data type (+ double quantization), block size B, outlier share p; the 16-bit
+recipe: data type (+ double quantization), block size B, outlier share p and the
+quantization method (`quant_method`: rtn, gptq, awq; the label names it unless it is rtn,
+so stores without the axis keep their labels, e.g. 'int B64' and 'int B64 gptq'); the 16-bit
 cells form their own method "16-bit" and join every method's figures and bit-optimal
 comparisons as the k = 16 curve. A *curve* is one method at one k (with the float
 exponent bits in its label when a method holds several for one k). A *family* is a
@@ -75,6 +77,8 @@ STORE_COLUMNS = {
   "step": "step",
   "run_tokens": "run_tokens",
   "schedule": "schedule",
+  "method": "quant_method",  # key field of calibrated cells only (grid.methods)
+  "calib_id": "calib_id",
 }
 REQUIRED = ("preset", "bits", "params", "total_bits")
 DEFAULTS = {
@@ -92,7 +96,10 @@ DEFAULTS = {
   "act_bits": BASELINE_BITS,
   "run_tokens": np.nan,
   "schedule": "cosine",
+  "quant_method": "rtn",
+  "calib_id": "",
 }
+RTN = "rtn"
 METRIC_PREFIXES = ("metrics/", "")
 PPL_SPLITS = ("validation", "text_file", "test")  # preferred perplexity, in order
 PROBE_METRICS = ("bits", "bits_unclipped", "acc", "macro_f1", "max_k")
@@ -219,6 +226,8 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   cells["seed"] = cells["seed"].fillna(0).astype(int)
   cells["outlier_share"] = cells["outlier_share"].fillna(0.0).astype(float)
   cells["exponent_bits"] = cells["exponent_bits"].fillna(0).astype(int)
+  cells["quant_method"] = cells["quant_method"].fillna(RTN).astype(str)
+  cells["calib_id"] = cells["calib_id"].fillna("").astype(str)
   for col in ("params", "total_bits", "n", "tokens", "bits_per_param", "run_tokens"):
     if col in cells:
       cells[col] = pd.to_numeric(cells[col], errors="coerce")
@@ -226,9 +235,14 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
     cells["n"] = cells["params"]
   base = cells["k"] == BASELINE_BITS
   cells["method"] = [
-    BASELINE_METHOD if b else method_label(d, bs, p, dq)
-    for b, d, bs, p, dq in zip(
-      base, cells["dtype"], cells["blocksize"], cells["outlier_share"], cells["double_quant"]
+    BASELINE_METHOD if b else method_label(d, bs, p, dq, qm)
+    for b, d, bs, p, dq, qm in zip(
+      base,
+      cells["dtype"],
+      cells["blocksize"],
+      cells["outlier_share"],
+      cells["double_quant"],
+      cells["quant_method"],
     )
   ]
   if "cell" not in cells:
@@ -259,10 +273,39 @@ def blocksize_order(b: Any) -> float:
   return {0: 1e9, -1: 1e8}.get(int(b), float(b))
 
 
-def method_label(dtype: str, blocksize: Any, outlier_share: float, double_quant: bool) -> str:
-  """e.g. 'int B64', 'nf+dq B64', 'float Btensor p0.02'."""
+def method_label(
+  dtype: str, blocksize: Any, outlier_share: float, double_quant: bool, quant_method: str = RTN
+) -> str:
+  """e.g. 'int B64', 'nf+dq B64', 'float Btensor p0.02', 'int B64 gptq' (rtn unnamed)."""
   label = f"{dtype}{'+dq' if double_quant else ''} B{blocksize_label(blocksize)}"
-  return label + (f" p{outlier_share:g}" if outlier_share else "")
+  label += f" p{outlier_share:g}" if outlier_share else ""
+  return label + (f" {quant_method}" if quant_method != RTN else "")
+
+
+def quant_method_of(cells: pd.DataFrame) -> pd.Series:
+  """Each cell's quantization method (rtn for frames made before the column existed)."""
+  if "quant_method" in cells:
+    return cells["quant_method"]
+  return pd.Series(RTN, index=cells.index)
+
+
+def base_label(cells: pd.DataFrame, method: str) -> str:
+  """A method's label without its quantization method: what rtn / gptq / awq share."""
+  rows = quant_method_of(cells)[cells["method"] == method]
+  qm = rows.iloc[0] if len(rows) else RTN
+  return method.removesuffix(f" {qm}") if qm != RTN else method
+
+
+def quant_methods(cells: pd.DataFrame) -> list[str]:
+  """The quantization methods of the quantized cells: rtn first, then by name."""
+  present = set(quant_method_of(cells)[cells["k"] != BASELINE_BITS])
+  return sorted(present, key=lambda m: (m != RTN, m))
+
+
+def main_quant_method(cells: pd.DataFrame) -> str:
+  """rtn if any quantized cell has it (the study's method), else the first present."""
+  methods = quant_methods(cells)
+  return methods[0] if methods else RTN
 
 
 def curve_k(curve: str) -> int:
@@ -283,6 +326,7 @@ class MainMethod:
   label: str  # the cells' `method`, e.g. "nf B64"
   dtype: str
   blocksize: float
+  quant_method: str = RTN  # rtn when present (quant_methods: the others are compared)
 
 
 def main_method(cells: pd.DataFrame) -> MainMethod | None:
@@ -292,12 +336,15 @@ def main_method(cells: pd.DataFrame) -> MainMethod | None:
   (with and without double quantization), the one with the most cells. None without
   such cells. Activation-quantized cells do not count, so a store's checked cells (the
   figures, the report) and its extra axes' cells agree unless check_cells leaves out
-  quantized cells of other targets or parameter counts."""
+  quantized cells of other targets or parameter counts. Of several quantization methods
+  the main one is `main_quant_method`'s (rtn when present)."""
   q = cells[
     (cells["k"] != BASELINE_BITS)
     & (cells["outlier_share"] == 0)
     & (cells["act_bits"] == BASELINE_BITS)
   ]
+  qm = main_quant_method(q)
+  q = q[quant_method_of(q) == qm]
   blocks = q["blocksize"].dropna()
   if blocks.empty:
     return None
@@ -305,7 +352,7 @@ def main_method(cells: pd.DataFrame) -> MainMethod | None:
   q = q[q["blocksize"] == blocksize]
   dtypes = set(q["dtype"])
   dtype = next((d for d in MAIN_DTYPES if d in dtypes), min(dtypes))
-  return MainMethod(by_count(q.loc[q["dtype"] == dtype, "method"])[0], dtype, blocksize)
+  return MainMethod(by_count(q.loc[q["dtype"] == dtype, "method"])[0], dtype, blocksize, qm)
 
 
 # ----------------------------------------------------------------------------- checks

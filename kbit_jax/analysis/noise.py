@@ -6,12 +6,16 @@ evaluation's items.
     reps = noise.item_replicates(cells, "acc", 200)    # per-replicate metric values
 
 Signal rule. Per training family, model size and metric (the main method's cells and the
-16-bit ones, mean over seeds): the spread across k (max - min) against twice the metric's
-standard error (the cells' mean stderr: `acc_stderr` as the tasks report it; for nll,
-`nll_stderr` from the per-row losses). A metric has signal in a family when at least half
-of its sizes do; one without signal is neither fitted nor ranked (analyse.py), and the
-report says so in one line. A metric without a stderr (stores written before per-item
-scores were kept) is treated as having signal, as before.
+16-bit ones, mean over seeds): the spread across k (max - min) against its standard error (x
+2, or x 3 for a paired one: UNPAIRED_FACTOR, PAIRED_FACTOR). With one seed and per-item
+scores the two cells that make the spread scored the same items (the same task items, the
+same perplexity rows), so the standard error is that of their paired difference
+(`_paired_stderr`); otherwise the cells' mean stderr (`acc_stderr` as the tasks report it;
+for nll, `nll_stderr` from the per-row losses), which ignores the pairing and is
+conservative. A metric has signal in a family when at least half of its sizes do; one
+without signal is neither fitted nor ranked (analyse.py), and the report says so in one
+line. A metric without a stderr (stores written before per-item scores were kept) is treated
+as having signal, as before.
 
 Item resampling. A record keeps per-item scores (`items/<task>`: one 0/1 character per
 item; `items/ppl/<split>`: the nll sum and token count of each perplexity row). Every cell
@@ -31,6 +35,11 @@ from kbit_jax.analysis.cells import BASELINE_BITS, main_method
 STDERR = {"acc": "acc_stderr", "nll": "nll_stderr"}
 ITEM_PREFIX = "items/"
 MIN_SIGNAL_SHARE = 0.5  # of a family's sizes: a metric with signal at fewer is flat
+# The spread must exceed this many standard errors: 2 of a cell's own (unpaired) stderr;
+# 3 of the paired difference's, since the spread is the largest of the differences
+# between ~6 k (the studentized range of 6 values at 95% is 4.03 sigma of one value =
+# 2.85 sigma of a difference), so pure noise seldom passes.
+UNPAIRED_FACTOR, PAIRED_FACTOR = 2.0, 3.0
 
 
 def signal_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -49,6 +58,9 @@ def signal_table(cells: pd.DataFrame) -> pd.DataFrame:
         continue
       spread = float(by_k.max() - by_k.min())
       stderr = float(ok[err].mean()) if err in ok and ok[err].notna().any() else float("nan")
+      paired = _paired_stderr(ok, metric, by_k.idxmax(), by_k.idxmin())
+      stderr = paired if paired is not None else stderr
+      factor = PAIRED_FACTOR if paired is not None else UNPAIRED_FACTOR
       rows.append(
         dict(
           family=family,
@@ -58,10 +70,37 @@ def signal_table(cells: pd.DataFrame) -> pd.DataFrame:
           spread=spread,
           stderr=stderr,
           ratio=spread / stderr if stderr > 0 else float("nan"),
-          signal=None if not np.isfinite(stderr) else bool(spread > 2 * stderr),
+          paired=paired is not None,
+          signal=None if not np.isfinite(stderr) else bool(spread > factor * stderr),
         )
       )
   return pd.DataFrame(rows)
+
+
+def _paired_stderr(g: pd.DataFrame, metric: str, k_hi, k_lo) -> float | None:
+  """The standard error of the difference between the cells at k_hi and k_lo (the two
+  that make the spread) from their per-item scores, which are paired (the same items,
+  the same rows); None unless each k has one cell (one seed) with per-item scores."""
+  a, b = g[g["k"] == k_hi], g[g["k"] == k_lo]
+  if len(a) != 1 or len(b) != 1:
+    return None
+  pair = pd.concat([a, b])
+  if metric == "nll":
+    rows = _rows(pair)
+    if rows is None:
+      return None
+    (sums, counts), n = rows, rows[0].shape[1]
+    if n < 2:
+      return None
+    # nll = sum_i s_i / sum_i t_i over the same rows: its difference is sum_i d_i / T
+    return float(np.std(sums[0] - sums[1], ddof=1) * np.sqrt(n) / counts[0].sum())
+  scores = [_scores(pair[c]) for c in task_columns(pair)]
+  if not scores or any(s is None or s.shape[1] < 2 for s in scores):
+    return None
+  # mean acc = the mean over tasks of each task's acc: its difference's variance is the
+  # sum of the tasks' (per-item paired differences' sem^2) / tasks^2
+  sems = [np.std(s[0] - s[1], ddof=1) / np.sqrt(s.shape[1]) for s in scores]
+  return float(np.sqrt(np.sum(np.square(sems))) / len(scores))
 
 
 def flat_metrics(table: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -77,7 +116,8 @@ def flat_metrics(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     if moving < MIN_SIGNAL_SHARE * len(known):
       out[(family, metric)] = (
         f"{metric}, {family}: no signal, not fitted or ranked: its spread across k exceeds "
-        f"twice its standard error at {moving} of {len(known)} sizes (median spread "
+        f"its noise (2 stderr, 3 of a paired difference) at {moving} of {len(known)} sizes "
+        f"(median spread "
         f"{known['spread'].median():.3g}, stderr {known['stderr'].median():.3g})"
       )
   return out

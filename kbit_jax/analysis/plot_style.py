@@ -183,6 +183,8 @@ def method_title(a: Analysis, method: str, family: str | None = None) -> str:
   b = blocksize_label(c["blocksize"])
   title = f"data type {c['dtype']}{'+dq' if c['double_quant'] else ''}, block size {b}"
   title += f", outliers p={c['outlier_share']:g}" if c["outlier_share"] else ""
+  qm = c.get("quant_method", "rtn")
+  title += f", {qm.upper()}" if isinstance(qm, str) and qm != "rtn" else ""
   return title + (f" ({family})" if family and len(a.families()) > 1 else "")
 
 

@@ -9,10 +9,12 @@ Figures (x = total model bits, log scale; one colour per k, fixed in K_COLORS):
   acc_vs_bits_by_setup  the main method per training family, or per training seed
   blocksize_dtype_4bit  4-bit: data types at the main block size; block sizes of the main type
   outliers              outlier-dependent (proxy) quantization against plain, k <= 4
+  bits_scaling_<m>      one per quantization method m (rtn, gptq, awq) when there are several
   fits, bit_optimal, precision_law   (plots_fits.py)
   bitopt_vs_tokens, bits_by_budget, qid_laws   (plots_length.py: several training budgets)
 A figure whose data is missing is skipped and named in `notes`, never an error.
-The *main* method is cells.main_method's, as in the extra axes' tables and the report.
+The *main* method is cells.main_method's, as in the extra axes' tables and the report;
+the figures above it show the main quantization method's cells (rtn when present).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from kbit_jax.analysis.cells import (
   blocksize_order,
   curve_k,
   main_method,
+  main_quant_method,
+  method_label,
+  quant_method_of,
+  quant_methods,
 )
 from kbit_jax.analysis.plot_style import (
   METRIC_LABEL,
@@ -53,9 +59,11 @@ from kbit_jax.analysis.plots_length import fig_bitopt_vs_tokens, fig_bits_by_bud
 
 
 def _plain(a: Analysis, blocksize=None) -> pd.DataFrame:
-  """Quantized cells without outliers (at `blocksize` if given)."""
+  """Quantized cells without outliers (at `blocksize` if given) of the main quantization
+  method (rtn when present; the others have their own figures, `method_figures`)."""
   c = a.cells
   q = c[(c["k"] != BASELINE_BITS) & (c["outlier_share"] == 0)]
+  q = q[quant_method_of(q) == main_quant_method(q)]
   return q if blocksize is None else q[q["blocksize"] == blocksize]
 
 
@@ -184,6 +192,7 @@ def fig_blocksize_dtype(a: Analysis, out: epath.Path, k: int = 4) -> Figure:
 
 def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
   c = a.cells[a.cells["family"] == main_family(a)]
+  c = c[quant_method_of(c) == main_quant_method(c)]
   proxy = c[(c["outlier_share"] > 0) & (c["k"] != BASELINE_BITS)]
   if proxy.empty:
     raise SkipFigure("no cells with outlier-dependent quantization (outlier_share > 0)")
@@ -212,6 +221,60 @@ def fig_outliers(a: Analysis, out: epath.Path) -> Figure:
   )
 
 
+def _method_figure(a: Analysis, out: epath.Path, quant_method: str) -> Figure:
+  """Bit-level scaling under one quantization method: perplexity (and accuracy) vs total
+  bits, one curve per k, at the main data type and block size."""
+  main = main_method(a.cells)
+  if main is None:
+    raise SkipFigure("no quantized cells without outliers")
+  rows = a.cells[a.cells["dtype"] == main.dtype]
+  double_quant = bool(rows.loc[rows["method"] == main.label, "double_quant"].iloc[0])
+  label = method_label(main.dtype, main.blocksize, 0.0, double_quant, quant_method)
+  if label not in set(a.cells["method"]):
+    raise SkipFigure(f"no {quant_method} cells of {main.label}")
+  family = main_family(a)
+  metrics = sorted([m for m in METRICS if has_metric(a.cells, m)], key=lambda m: m != "nll")
+  fig, axes = panel_grid(len(metrics), width=5.2, height=3.8)
+  for ax, metric in zip(axes, metrics):
+    for curve, cells in a.curves(family, label).items():
+      k = curve_k(curve)
+      base = k == BASELINE_BITS
+      line(
+        ax,
+        cells,
+        metric,
+        "16-bit (float)" if base else f"{k}-bit",
+        k_color(k),
+        "--" if base else "-",
+      )
+    finish_bits_panel(ax, a, metric, method_title(a, label, family))
+  name = f"bits_scaling_{quant_method}"
+  return Figure(
+    name,
+    f"Bit-level scaling with {quant_method.upper()}",
+    f"{label}: one curve per k ({family}); points are model sizes (mean over seeds). "
+    "Same axes as the other methods' figures.",
+    save(fig, out, name),
+  )
+
+
+def method_figures(a: Analysis) -> list[Callable[[Analysis, epath.Path], Figure]]:
+  """One bit-level scaling figure per quantization method (rtn, gptq, awq) when the cells
+  hold more than one; none otherwise (a store without the methods axis is unchanged)."""
+  methods = quant_methods(a.cells)
+  if len(methods) < 2:
+    return []
+  makers = []
+  for qm in methods:
+
+    def make(a, out, qm=qm):
+      return _method_figure(a, out, qm)
+
+    make.__name__ = f"fig_bits_scaling_{qm}"
+    makers.append(make)
+  return makers
+
+
 FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
   fig_acc_vs_bits,
   fig_by_setup,
@@ -229,4 +292,4 @@ FIGURES: tuple[Callable[[Analysis, epath.Path], Figure], ...] = (
 
 def make_figures(a: Analysis, out_dir: str) -> tuple[list[Figure], list[str]]:
   """Every figure the analysis allows; `notes` names the skipped ones and why."""
-  return plot_style.render(FIGURES, a, out_dir)
+  return plot_style.render(FIGURES + tuple(method_figures(a)), a, out_dir)

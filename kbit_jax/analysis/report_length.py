@@ -37,9 +37,11 @@ def signal_blocks(a: Analysis) -> list[Block]:
     (
       "p",
       "Per training budget, size and metric (main method and 16-bit, mean over seeds): "
-      "the spread of the metric across k against twice its standard error (accuracy: "
-      "the tasks' stderr; nll: from the per-row losses). A metric with signal at fewer "
-      "than half of a budget's sizes is neither fitted nor ranked there.",
+      "the spread of the metric across k against 3 standard errors of the paired "
+      "difference of the two cells that make it (one seed: the same task items, the same "
+      "perplexity rows), else against 2 of the cells' own (accuracy: the tasks'; nll: "
+      "from the per-row losses). A metric with signal at fewer than "
+      "half of a budget's sizes is neither fitted nor ranked there.",
     ),
   ]
   rows = [

@@ -15,7 +15,7 @@ import pandas as pd
 from etils import epath
 
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_BITS, blocksize_label, blocksize_order
+from kbit_jax.analysis.cells import BASELINE_BITS, blocksize_label, blocksize_order, quant_methods
 from kbit_jax.analysis.fitting import FitResult
 
 
@@ -102,6 +102,16 @@ def bit_optimal_table(a: Analysis) -> pd.DataFrame:
   ]
 
 
+def method_optimal_table(a: Analysis) -> pd.DataFrame:
+  """a.method_optimal as one frame (family, base method, metric, budget, per method)."""
+  frames = [t.assign(family=f, method=b) for (f, b, _), t in a.method_optimal.items()]
+  if not frames:
+    return pd.DataFrame()
+  out = pd.concat(frames, ignore_index=True)
+  first = ["family", "method", "metric", "budget_bits"]
+  return out[first + [c for c in out.columns if c not in first]]
+
+
 def provenance(a: Analysis) -> dict[str, Any]:
   """Where the numbers come from: store, commits, axes, training setup per preset."""
   c = a.cells
@@ -139,6 +149,7 @@ def provenance(a: Analysis) -> dict[str, Any]:
     "targets": sorted(set(quantized["targets"].astype(str))),
     "families": a.families(),
     "methods": a.methods(),
+    "quant_methods": quant_methods(c),
     "presets": presets.reset_index().to_dict(orient="records"),
     "n_boot": a.n_boot,
     "level": a.level,
@@ -184,6 +195,8 @@ def write_tables(a: Analysis, out_dir: str) -> dict[str, epath.Path]:
   # written where the store allows them (several training budgets; stderrs)
   optional = {"signal": a.signal, "qid": qid_table(a), "qid_rows": a.qid_rows}
   tables.update({name: t for name, t in optional.items() if len(t)})
+  if a.method_optimal:  # several quantization methods (grid.methods)
+    tables["bit_optimal_methods"] = method_optimal_table(a)
   paths = {}
   for name, table in tables.items():
     paths[name] = out / f"{name}.csv"

@@ -25,6 +25,13 @@ MODEL_OVERHEAD_S = 10.0  # compile the train step, restore, evaluation compiles
 STEP_OVERHEAD_S = 0.15
 CELL_OVERHEAD_S = 1.0
 QUANTILE_COMPILE_S = 1.5  # `quantile` compiles its quantizer once per (layout, k)
+# Calibrated methods (grid.methods gptq, awq), measured on the CPU sizes (benchmarks/
+# gptq_cost.py and experiments/methods/): the calibration pass's compile, GPTQ's
+# sequential column loop per quantized value, AWQ's search per kernel and alpha.
+CALIBRATION_OVERHEAD_S = 5.0
+GPTQ_S_PER_VALUE = 2e-7
+METHOD_KERNEL_S = 0.02  # per kernel and cell: dispatch, the Hessian's factorisation
+AWQ_S_PER_ALPHA_KERNEL = 0.004
 
 
 def _request_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
@@ -52,6 +59,44 @@ def _ppl_tokens(config: ml_collections.ConfigDict, run_cfg: ml_collections.Confi
   return min(stream, cap) if cap else stream
 
 
+def _method_cost(plan: Plan, run, seq_len: int, peak_flops: float) -> dict[str, Any]:
+  """Seconds the calibrated cells of `run` add: the calibration pass (fast mode: once per
+  model; sequential: L + 1 passes per cell) and each method's quantizer per cell."""
+  from kbit_jax.config import calibration_section
+  from kbit_jax.quant import bits as quant_bits
+  from kbit_jax.quant.spec import is_quantized, named_leaves, unboxed
+
+  cells = [c for c in run.cells if c.method != "rtn" and c.spec.quantized]
+  out = dict(calibrated_cells=len(cells), calibration_s=0.0, per_cell_s={}, total_s=0.0)
+  if not cells:
+    return out
+  c, p = plan.calibration, run.architecture
+  tokens = c.sequences * calibration_section.seq_len(c, run.config.data)
+  names, leaves, _ = named_leaves(quant_bits.preset_shapes(p))
+  shapes = {n: tuple(unboxed(leaf).shape) for n, leaf in zip(names, leaves)}
+  recorded = [s for n, s in shapes.items() if n[-1] == "kernel" and len(s) == 2]
+  stats_flops = sum(2 * s[0] ** 2 for s in recorded) * tokens
+  one_pass = (flops.flops_per_token(p, seq_len, training=False) * tokens + stats_flops) / (
+    peak_flops * EVAL_MFU
+  )
+  spec = cells[0].spec
+  kernels = [s for n, s in shapes.items() if is_quantized(n, spec)]
+  values = sum(a * b for a, b in kernels)
+  per_cell = {
+    "gptq": GPTQ_S_PER_VALUE * values + METHOD_KERNEL_S * len(kernels),
+    "awq": AWQ_S_PER_ALPHA_KERNEL * c.awq_grid * len(kernels) + METHOD_KERNEL_S * len(kernels),
+  }
+  per_cell = {m: s for m, s in per_cell.items() if any(x.method == m for x in cells)}
+  if c.mode == "sequential":
+    per_cell = {m: s + (p.num_layers + 1) * one_pass for m, s in per_cell.items()}
+    out["calibration_s"] = CALIBRATION_OVERHEAD_S
+  else:
+    out["calibration_s"] = one_pass + CALIBRATION_OVERHEAD_S
+  out["per_cell_s"] = per_cell
+  out["total_s"] = out["calibration_s"] + sum(per_cell[x.method] for x in cells)
+  return out
+
+
 def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
   """FLOPs, tokens and seconds per model and in total, from `flops` and the time model
   above; `peak_flops` defaults to this machine's measured f32 matmul peak."""
@@ -72,6 +117,7 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
     train_flops = flops.flops_per_token(p, seq_len) * trained_tokens
     eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
     quantile_cells = sum(c.spec.data_dependent for c in run.cells)
+    method = _method_cost(plan, run, seq_len, peak_flops)
     per_model[run.name] = dict(
       params=presets.param_counts(p),
       train_tokens=run.train_tokens,
@@ -89,7 +135,9 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
       cells=len(run.cells),
       cell_s=eval_flops / (peak_flops * EVAL_MFU)
       + CELL_OVERHEAD_S
-      + QUANTILE_COMPILE_S * quantile_cells / len(run.cells),
+      + QUANTILE_COMPILE_S * quantile_cells / len(run.cells)
+      + method["total_s"] / len(run.cells),  # calibrated methods, spread over the cells
+      methods=method,
     )
   train_s = sum(m["train_s"] for m in per_model.values())
   eval_s = sum(m["cell_s"] * m["cells"] for m in per_model.values())

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kbit_jax.grid import cost as grid_cost
-from kbit_jax.grid.plan import Cell, ModelRun, Plan, axis_values
+from kbit_jax.grid.plan import OPTIONAL_AXES, Cell, ModelRun, Plan, axis_values
 
 SHOWN_AXES = (
   "sizes",
@@ -21,6 +21,7 @@ SHOWN_AXES = (
   "tokens",
   "checkpoints",
 )
+OPTIONAL_SHOWN = ("methods",)  # shown when not at their default (the default text as before)
 
 
 def format_duration(seconds: float) -> str:
@@ -33,21 +34,32 @@ def _compact(values: Sequence[Any]) -> str:
   return ",".join(str(v) for v in values)
 
 
-def _layout_rows(run: ModelRun) -> list[tuple[str, ...]]:
+def _layout_rows(run: ModelRun, with_methods: bool = False) -> list[tuple[str, ...]]:
+  """Cells per (block layout[, method]) and the quantizer compiles they need: one per
+  layout (quantile: per k); a calibrated method's per distinct kernel shape too."""
   groups: dict[tuple, list[Cell]] = {}
   for cell in run.cells:
     groups.setdefault(cell.layout if cell.spec.quantized else None, []).append(cell)
+  shapes = None
   rows = []
   for layout, cells in groups.items():
     ks = sorted({c.spec.bits for c in cells})
     dtypes = list(dict.fromkeys(c.spec.dtype for c in cells))
+    method = (cells[0].method,) if with_methods else ()
     if layout is None:
-      rows.append((run.name, "16", "-", "-", "-", str(len(cells)), "0"))
+      rows.append(
+        (run.name, *(("-",) if with_methods else ()), "16", "-", "-", "-", str(len(cells)), "0")
+      )
       continue
     compiles = int(any(d != "quantile" for d in dtypes)) + len(ks) * ("quantile" in dtypes)
+    if cells[0].method != "rtn":
+      if shapes is None:
+        shapes = _kernel_shapes(run, cells[0].spec)
+      compiles *= shapes
     rows.append(
       (
         run.name,
+        *method,
         _compact(ks),
         _compact(dtypes),
         str(layout[0]),
@@ -57,6 +69,46 @@ def _layout_rows(run: ModelRun) -> list[tuple[str, ...]]:
       )
     )
   return rows
+
+
+def _kernel_shapes(run: ModelRun, spec) -> int:
+  """Distinct shapes of the kernels `spec` quantizes in `run`'s model."""
+  from kbit_jax.quant import bits as quant_bits
+  from kbit_jax.quant.spec import is_quantized, named_leaves, unboxed
+
+  names, leaves, _ = named_leaves(quant_bits.preset_shapes(run.architecture))
+  return len({tuple(unboxed(x).shape) for n, x in zip(names, leaves) if is_quantized(n, spec)})
+
+
+def _method_lines(plan: Plan, cost: dict[str, Any]) -> list[str]:
+  """The calibration of a grid with gptq / awq cells and what it adds to the estimate."""
+  per_model = [(run, cost["per_model"][run.name]["methods"]) for run in plan.models]
+  per_model = [(run, m) for run, m in per_model if m["calibrated_cells"]]
+  if not per_model:
+    return []
+  c = plan.calibration
+  source = f"text_file={c.text_file}" if c.text_file else f"split={c.split!r}"
+  length = c.seq_len or "data.seq_len"
+  if c.mode == "sequential":
+    when = (
+      "sequential mode: PER CELL, block by block on the quantized prefix (L + 1 "
+      "calibration passes per cell, included in each cell's estimate)"
+    )
+  else:
+    when = "fast mode: statistics of the float model once per model, reused by every cell"
+  out = [
+    "",
+    f"calibration (gptq, awq): {c.sequences} sequences x {length} tokens of {source} "
+    f"(seed {c.seed}), {when}; gptq percdamp={c.percdamp:g} act_order={c.act_order}, "
+    f"awq grid={c.awq_grid}",
+  ]
+  for run, m in per_model:
+    methods = ", ".join(f"{k} +{v:.1f}s/cell" for k, v in m["per_cell_s"].items())
+    out.append(
+      f"  {run.name}: {m['calibrated_cells']} calibrated cells; calibration "
+      f"{m['calibration_s']:.1f}s per model; {methods}"
+    )
+  return out
 
 
 def _table(header: Sequence[str], rows: list[tuple[str, ...]]) -> list[str]:
@@ -127,6 +179,11 @@ def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset
     f"grid plan: {len(plan.models)} models, {len(cells)} cells ({done} already finished)",
     "axes: "
     + " ".join(f"{a}={_compact(axis_values(g, a)) or '-'}" for a in SHOWN_AXES)
+    + "".join(
+      f" {a}={_compact(axis_values(g, a))}"
+      for a in OPTIONAL_SHOWN
+      if axis_values(g, a) != OPTIONAL_AXES[a]
+    )
     + f" targets={g.targets} (blocksizes 0 = per tensor, tokens - = per_size's steps)",
     "",
   ]
@@ -148,10 +205,13 @@ def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset
   )
   out += _pretrained_lines(plan)
   out.append("")
+  with_methods = plan.methods != ("rtn",)
   out += _table(
-    ("model", "k", "dtypes", "B", "p", "cells", "quantizer compiles"),
-    [r for run in plan.models for r in _layout_rows(run)],
+    ("model", *(("method",) if with_methods else ()), "k", "dtypes", "B", "p", "cells")
+    + ("quantizer compiles",),
+    [r for run in plan.models for r in _layout_rows(run, with_methods)],
   )
+  out += _method_lines(plan, cost)
   out += [
     "",
     f"evaluation per cell: {cost['requests']} task requests + perplexity on "

@@ -155,7 +155,7 @@ def _run(plan: grid_plan.Plan, workdir: str, dry_run: bool) -> dict[str, Any]:
       continue
     params, train_s = _trained_params(m, workdir)
     progress.work(train_est[m.name])
-    cells = evaluator.CellEvaluator(m, params, plan.config.eval)
+    cells = evaluator.CellEvaluator(m, params, plan.config.eval, plan.calibration)
     dealers = jax.process_count() if multihost.deals_cells(params) else 1
     for start in range(0, len(todo[m.name]), dealers):
       group = todo[m.name][start : start + dealers]

@@ -10,6 +10,13 @@ estimates its 2^k codes from the weights inside the function, so it compiles onc
 shardings, and the evaluation takes parameters as jit arguments, so every cell of a model
 reuses the same evaluation executables.
 
+Calibrated methods (grid.methods gptq, awq): calibrated.py makes the model's calibration
+statistics once (fast mode) and applies the method per cell; their quantizers compile per
+(kernel shape, block layout), codebooks again array arguments, so compiles stay bounded by
+the model's distinct kernel shapes x layouts, not by cells. The result has the float
+parameters' shapes, dtypes and shardings, so the evaluation executables are reused too.
+A cell's record then has a `calibration` group and AWQ's unfolded scales in its bits.
+
 Activation quantization (grid.act_bits a < 16): the weights are fake-quantized as above
 and the net is built with AQT's dot_general quantizing the inputs of the attn and mlp
 matmuls to a bits (`act_quant_net`); one net per a, so compiles grow with the number of
@@ -28,9 +35,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from kbit_jax.config import eval_section
+from kbit_jax.config import calibration_section, eval_section
 from kbit_jax.evals import evaluate
-from kbit_jax.grid import along, compiles
+from kbit_jax.grid import along, calibrated, compiles
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import aqt, reference
@@ -79,14 +86,26 @@ def _act_dot_general_cls(act_bits: int, targets: tuple[str, ...]):
   return aqt.make_dot_general_cls(spec)
 
 
+BITS_FIELDS = ("total_bits", "bits_per_param", "quantized_params", "quantized_bits_per_param")
+
+
 class CellEvaluator:
   """Quantizes and evaluates the cells of one model; compiles once per layout, and the
   evaluation once per activation bit width (one net per act_bits)."""
 
-  def __init__(self, run: grid_plan.ModelRun, params: Any, eval_cfg: ml_collections.ConfigDict):
+  def __init__(
+    self,
+    run: grid_plan.ModelRun,
+    params: Any,
+    eval_cfg: ml_collections.ConfigDict,
+    calibration_cfg: ml_collections.ConfigDict | None = None,
+  ):
     self.run = run
     self.params = params
     self.nets: dict[int, Any] = {}
+    self.calibrator = calibrated.Calibrator(
+      run, params, calibration_section.with_defaults(calibration_cfg), _net(run)
+    )
     self.config = ml_collections.ConfigDict(
       {"data": run.config.data.to_dict(), "eval": eval_cfg.to_dict()}
     )
@@ -102,6 +121,12 @@ class CellEvaluator:
     return jax.block_until_ready(
       self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
     )
+
+  def quantized_cell(self, cell: grid_plan.Cell) -> tuple[Any, dict[str, Any] | None]:
+    """(params, the record's calibration group or None) of a cell under its method."""
+    if cell.method == grid_plan.RTN or not cell.spec.quantized:
+      return self.quantized(cell.spec), None
+    return self.calibrator.quantize(cell)
 
   def evaluate(
     self, params: Any, act_bits: int = UNQUANTIZED_BITS, item_scores: dict | None = None
@@ -139,9 +164,14 @@ def evaluate_cell(
   train_s: float,
   compiles_start: int,
 ) -> dict[str, Any]:
-  """Quantizes and evaluates one cell; returns its record."""
+  """Quantizes and evaluates one cell; returns its record. A method that fails on this
+  cell (e.g. GPTQ's Hessian not positive definite) raises ValueError naming the cell,
+  before its record exists."""
   t0, c0 = time.perf_counter(), compiles.compile_count()
-  params = evaluator.quantized(cell.spec)
+  try:
+    params, calib = evaluator.quantized_cell(cell)
+  except ValueError as e:
+    raise ValueError(f"grid cell {cell.name}: {e}") from None
   t1 = time.perf_counter()
   items: dict[str, Any] = {}
   metrics = evaluator.evaluate(params, cell.spec.act_bits, items)
@@ -149,7 +179,8 @@ def evaluate_cell(
   t2 = time.perf_counter()
   count = dict(cell=compiles.compile_count() - c0, run=compiles.compile_count() - compiles_start)
   timing = dict(quantize_s=t1 - t0, eval_s=t2 - t1, cell_s=t2 - t0, train_s=train_s)
-  return dict(make_record(run, cell, metrics, evaluator.params, timing, count), items=items)
+  record = make_record(run, cell, metrics, evaluator.params, timing, count, calib)
+  return dict(record, items=items)
 
 
 def make_record(
@@ -159,9 +190,23 @@ def make_record(
   params: Any,
   timing: dict[str, float],
   compiles: dict[str, int],
+  calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+  """The cell's record; a calibrated cell's has its `calibration` group (method,
+  calib_id, settings, mode, tokens, seconds, whether the statistics were reused) and, for
+  AWQ, the unfolded scales' bits in `bits` (`awq_scale_bits`, part of total_bits and of
+  both bits per parameter)."""
   counts = presets.param_counts(run.architecture)
   report = quant_bits.bits_report(params, cell.spec)
+  extra_bits = calibrated.scale_bits(params, cell, run.architecture)
+  bits = {k: report[k] for k in BITS_FIELDS}
+  if extra_bits:  # AWQ: the scales are stored with the quantized tensors
+    bits["total_bits"] += extra_bits
+    bits["bits_per_param"] = bits["total_bits"] / report["params"]
+    bits["quantized_bits_per_param"] += extra_bits / report["quantized_params"]
+  if cell.method == "awq":
+    bits["awq_scale_bits"] = extra_bits
+  extra = {} if calibration is None else {"calibration": calibration}
   return dict(
     key=cell.key_dict,
     model=dict(
@@ -172,12 +217,7 @@ def make_record(
       tokenizer_add_bos=bool(data.load_tokenizer(run.config.data.tokenizer).add_bos),
       **_model_source(run),
     ),
-    bits=dict(
-      total_bits=report["total_bits"],
-      bits_per_param=report["bits_per_param"],
-      quantized_params=report["quantized_params"],
-      quantized_bits_per_param=report["quantized_bits_per_param"],
-    ),
+    bits=bits,
     metrics=metrics,
     time=timing,
     compiles=compiles,
@@ -185,6 +225,7 @@ def make_record(
     process=jax.process_index(),
     git_commit=git_commit(),
     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    **extra,
   )
 
 

@@ -20,6 +20,15 @@ rerunning a grid finds its finished cells, and a changed evaluation, or a model 
 with another config (another lr, seq_len, data, ...), does not. The model's directory is
 `W/models/<name>-<train_id>/` (models.py); names stay readable (`s1-seed0 k4 int B64 p0`).
 
+Quantization methods (`grid.methods`, default ("rtn",)): every quantized (k, dtype, block
+size, outlier share) cell is made once per method of rtn (round to nearest, the study),
+gptq and awq (kbit_jax/quant/methods.py); the 16-bit cell once, whatever the methods.
+A gptq or awq cell's key adds `method` and `calib_id`, the fingerprint of the grid's
+`calibration` section as that method reads it (kbit_jax/config/calibration_section.py), so
+rtn keys are those of a grid without the axis and changing the calibration re-runs only
+the calibrated cells it affects. Every (method, cell) is checked here (methods.check_method:
+e.g. AWQ with activation bits < 16 is refused), and so is the calibration section.
+
 A pretrained grid's model (pretrained.py) is named by its size (no seed, no token budget;
 cell keys add `hub_id` and have train_tokens 0; a hub revision of `pretrained.revisions`
 is the model "<size>@<revision>", its keys add `revision` and its training tokens), has
@@ -39,7 +48,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from kbit_jax.analysis import results
-from kbit_jax.config import checks, eval_section
+from kbit_jax.config import calibration_section, checks, eval_section
 from kbit_jax.evals import scoring
 from kbit_jax.grid import along
 from kbit_jax.grid.pretrained import (
@@ -50,6 +59,7 @@ from kbit_jax.grid.pretrained import (
 )
 from kbit_jax.model import presets
 from kbit_jax.quant import bits as quant_bits
+from kbit_jax.quant import methods as quant_methods
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, check_targets_exist
 from kbit_jax.train import data, identity, sharding
 
@@ -60,8 +70,15 @@ QUANT_AXES = ("dtypes", "blocksizes", "outlier_shares")  # unused by the 16-bit 
 # act_bits: matmul-input bits a of every cell, 16 = weights-only (the study);
 # tokens: training-token budgets D per size, () = the one budget of per_size's steps;
 # checkpoints: points along each run (token counts or fractions of it) to evaluate, () =
-# its end (along.py).
-OPTIONAL_AXES = {"act_bits": (UNQUANTIZED_BITS,), "tokens": (), "checkpoints": ()}
+# its end (along.py); methods: quantization methods (quant/methods.py), rtn = the
+# study's round to nearest.
+OPTIONAL_AXES = {
+  "act_bits": (UNQUANTIZED_BITS,),
+  "tokens": (),
+  "checkpoints": (),
+  "methods": ("rtn",),
+}
+RTN = "rtn"
 GRID_KEYS = AXES + tuple(OPTIONAL_AXES) + ("targets",)
 
 
@@ -72,6 +89,7 @@ class Cell:
   model: str  # ModelRun.name
   key: tuple[tuple[str, Any], ...]
   spec: QuantSpec
+  method: str = RTN  # quant/methods.py: rtn, gptq, awq (the 16-bit cell: rtn)
 
   @property
   def key_dict(self) -> dict[str, Any]:
@@ -88,13 +106,16 @@ class Cell:
     if not s.quantized:
       return f"{self.model} k16{a}"
     e = f"e{s.exponent_bits}" if s.dtype == "float" else ""
-    return f"{self.model} k{s.bits} {s.dtype}{e} B{s.blocksize} p{s.outlier_share:g}{a}"
+    m = f" {self.method}" if self.method != RTN else ""
+    return f"{self.model} k{s.bits} {s.dtype}{e} B{s.blocksize} p{s.outlier_share:g}{a}{m}"
 
   @property
   def layout(self) -> tuple:
-    """What the compiled quantizer depends on besides the codebook (see evaluator.py)."""
+    """What the compiled quantizer depends on besides the codebook (see evaluator.py);
+    a calibrated method's quantizers are its own (compiled per kernel shape too)."""
     s = self.spec
-    return (s.blocksize, s.outlier_share, s.centered, s.double_quant, s.targets)
+    m = (self.method,) if self.method != RTN else ()
+    return (s.blocksize, s.outlier_share, s.centered, s.double_quant, s.targets) + m
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,6 +196,14 @@ class ModelRun:
 class Plan:
   config: ml_collections.ConfigDict  # the grid config
   models: list[ModelRun]
+  # The calibration section with its defaults (calibration_section.with_defaults).
+  calibration: ml_collections.ConfigDict = dataclasses.field(
+    default_factory=lambda: calibration_section.with_defaults(None)
+  )
+
+  @property
+  def methods(self) -> tuple[str, ...]:
+    return axis_values(self.config.grid, "methods")
 
   @property
   def cells(self) -> list[Cell]:
@@ -247,10 +276,13 @@ def eval_id(config: ml_collections.ConfigDict) -> str:
   return results.cell_id(eval_section.fingerprint_dict(config.eval))[:8]
 
 
-def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
+def cell_key(
+  run: ModelRun, spec: QuantSpec, eval_fingerprint: str, method: str = RTN, calib_id: str = ""
+) -> tuple:
   """The cell's identity; act_bits only when < 16, hub_id only for imported models,
-  train_id only for trained ones (`legacy_key`: the key without it) and bos only when
-  scoring prepends one (a hub OPT tokenizer under eval.bos="tokenizer")."""
+  train_id only for trained ones (`legacy_key`: the key without it), bos only when
+  scoring prepends one (a hub OPT tokenizer under eval.bos="tokenizer"), and method +
+  calib_id only for a calibrated method's quantized cell (rtn keys are as before)."""
   q = spec.quantized
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
   if run.bos:
@@ -262,6 +294,8 @@ def cell_key(run: ModelRun, spec: QuantSpec, eval_fingerprint: str) -> tuple:
   else:
     extra["train_id"] = run.train_id
     extra.update(along.key_extras(run))
+  if q and method != RTN:
+    extra.update(method=method, calib_id=calib_id)
   return tuple(
     dict(
       preset=run.preset,
@@ -340,6 +374,86 @@ def _model_run(
   return run
 
 
+def _check_methods(
+  config: ml_collections.ConfigDict, grid: dict[str, tuple]
+) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
+  """grid.methods and the calibration section, checked: (methods, calibration)."""
+  methods = grid["methods"]
+  if not methods:
+    raise ValueError(
+      f"grid.methods=() is empty; allowed: a tuple of {list(quant_methods.METHODS)}, "
+      "default ('rtn',)"
+    )
+  bad = [m for m in methods if m not in quant_methods.METHODS]
+  if bad:
+    raise ValueError(
+      f"grid.methods={config.grid.methods!r}: {bad[0]!r} is unknown; allowed: "
+      f"{list(quant_methods.METHODS)}"
+    )
+  calibrated = any(m in quant_methods.CALIBRATED for m in methods)
+  try:
+    calib = calibration_section.with_defaults(config.get("calibration"))
+    calibration_section.validate(calib, config.base.data, config.eval, calibrated)
+  except ValueError as e:
+    raise ValueError(f"grid calibration section: {e}") from None
+  return methods, calib
+
+
+def _check_calibration_windows(
+  calib: ml_collections.ConfigDict, models: list[ModelRun], methods: tuple[str, ...]
+) -> None:
+  """Enough calibration windows in the source, where that is cheap to know here (the
+  embedded corpus with the embedded tokenizer); imports and files are checked when the
+  model's calibration starts (grid/calibrated.py), before anything is compiled."""
+  if not any(m in quant_methods.CALIBRATED for m in methods):
+    return
+  from kbit_jax.train import data
+
+  checked = set()
+  for run in models:
+    d, arch = run.config.data, run.architecture
+    length = calibration_section.seq_len(calib, d)
+    if arch.positions == "learned" and length > arch.max_len:
+      raise ValueError(
+        f"grid calibration section: calibration.seq_len={length} exceeds "
+        f"{run.name}'s learned positions (max_len={arch.max_len}); allowed: <= {arch.max_len}"
+      )
+    if calib.text_file or d.source != "embedded" or d.tokenizer != "embedded":
+      continue
+    if length not in checked:  # one stream (source, tokenizer) for these models
+      checked.add(length)
+      stream = data.token_stream(d, calib.split)
+      calibration_section.check_windows(calib, len(stream), d, f"split {calib.split!r}")
+
+
+def _add_cells(run: ModelRun, grid: dict, targets, shapes, fingerprint: str, methods, calib):
+  """`run`'s cells: the float cell once, each quantized spec once per method (rtn's
+  first); a spec or method the model cannot take is a ValueError naming the cell."""
+  calib_ids = {
+    m: calibration_section.fingerprint(calib, run.config.data, m) for m in methods if m != RTN
+  }
+  by_method: dict[str, list[Cell]] = {m: [] for m in methods}
+  for label, kwargs in _specs(grid, targets):
+    try:
+      spec = QuantSpec(**kwargs)
+      check_targets_exist(shapes, spec)
+    except ValueError as e:
+      raise ValueError(f"grid cell {run.name} {label}: {e}") from None
+    if not spec.quantized:  # the float model: one cell whatever the methods
+      run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+      continue
+    for m in methods:
+      try:
+        quant_methods.check_method(
+          m, spec, preset=run.architecture, percdamp=calib.percdamp, grid=calib.awq_grid
+        )
+      except ValueError as e:
+        raise ValueError(f"grid cell {run.name} {label} method {m}: {e}") from None
+      key = cell_key(run, spec, fingerprint, m, calib_ids.get(m, ""))
+      by_method[m].append(Cell(run.name, key, spec, m))
+  run.cells += [c for m in methods for c in by_method[m]]  # rtn's cells first
+
+
 def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) -> Plan:
   """Expands and validates the grid; raises ValueError naming the bad cell or key. With
   `require_imports`, a missing import of a pretrained grid is an error here too."""
@@ -368,6 +482,7 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
   except ValueError as e:
     raise ValueError(f"grid eval section: {e}") from None
   fingerprint = eval_id(config)
+  methods, calib = _check_methods(config, grid)
   sources = pretrained_sources(config, grid)
   models = []
   for size in grid["sizes"]:
@@ -382,15 +497,10 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
       if shapes is None:  # one architecture per size: its seeds and budgets share it
         shapes = quant_bits.preset_shapes(trunk.architecture)
       for run in along.expand(trunk, grid["checkpoints"], config.grid):
-        for label, kwargs in _specs(grid, config.grid.targets):
-          try:
-            spec = QuantSpec(**kwargs)
-            check_targets_exist(shapes, spec)
-          except ValueError as e:
-            raise ValueError(f"grid cell {run.name} {label}: {e}") from None
-          run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+        _add_cells(run, grid, config.grid.targets, shapes, fingerprint, methods, calib)
         models.append(run)
-  plan = Plan(config, models)
+  _check_calibration_windows(calib, models, methods)
+  plan = Plan(config, models, calib)
   if require_imports and plan.missing_imports:
     raise ValueError(missing_imports_message(plan.missing_imports))
   return plan

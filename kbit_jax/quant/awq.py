@@ -34,6 +34,17 @@ Groups sharing one s (they read the same input) and where s folds (`scale_groups
                                         (narrow token embedding), else
                                         ln_f, else (post_norm) the last
                                         layer's ln2, read by the head only
+  embed            tied embedding, as   - (stored: the lookup reads the
+                   the head (D, V)      table too, Q(E diag(s)) / s)
+
+Modern families (model/README.md): a gated MLP's gate and up (mlp/gate, mlp/wi) read
+ln2's output, so layer_i/wi holds both and they share one s; its wo folds into mlp/wi's
+(up's) output columns whatever the activation (down(act(gate x) * (up x) / s) =
+down(act(gate x) * up x) / s). RMSNorm (Gemma's 1 + w too) folds like LayerNorm: its
+scale is divided by s. Grouped-query attention: value has kv_heads x head_dim outputs and
+out heads x head_dim inputs, so out's scale does not fold into value; as the reference
+(llm-awq skips v -> o when their shapes differ) out then gets no scale (alpha = 0: RTN).
+Any targeted kernel outside every group (none of the presets has one) is RTN too.
 
 In a parallel-residual block (GPT-NeoX) ln1 and ln2 are separate LayerNorms that feed
 only their own branch, so both fold. A scale that does not fold is applied to the
@@ -60,7 +71,7 @@ import numpy as np
 
 from kbit_jax.model.presets import Preset
 from kbit_jax.quant import reference
-from kbit_jax.quant.calibration import KernelStats
+from kbit_jax.quant.calibration import EMBED, KernelStats, in_features
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec, is_quantized, named_leaves, unboxed
 
 GRID = 20  # alpha = j / GRID, j = 0 .. GRID - 1, as the reference
@@ -86,9 +97,16 @@ class ScaleGroup:
   fold_into: tuple[str, ...] | None
 
 
+def _tied_embed(preset: Preset) -> tuple[str, ...] | None:
+  return EMBED if preset.tie_embeddings else None
+
+
 def scale_groups(preset: Preset, kernel_names: list[tuple[str, ...]]) -> list[ScaleGroup]:
-  """The groups of the attn/mlp/head kernels in `kernel_names` (see the module docstring)."""
+  """The groups of the attn/mlp/head kernels (and a tied embedding) in `kernel_names`
+  (see the module docstring)."""
   present = set(kernel_names)
+  gated = preset.mlp == "gated"
+  grouped_kv = preset.num_kv_heads != preset.num_heads
   groups = []
   for i in range(preset.num_layers):
     layer = f"layer_{i}"
@@ -99,13 +117,18 @@ def scale_groups(preset: Preset, kernel_names: list[tuple[str, ...]]) -> list[Sc
     def norm(ln, layer=layer):
       return None if preset.post_norm else (layer, ln)
 
-    wi_fold = kernel("mlp", "wi") if preset.activation == "relu" else None
+    wi_fold = kernel("mlp", "wi") if gated or preset.activation == "relu" else None
+    up = ("wi", "gate") if gated else ("wi",)
     groups += [
       ScaleGroup(
         f"{layer}/qkv", tuple(kernel("attn", p) for p in ("query", "key", "value")), norm("ln1")
       ),
-      ScaleGroup(f"{layer}/out", (kernel("attn", "out"),), kernel("attn", "value")),
-      ScaleGroup(f"{layer}/wi", (kernel("mlp", "wi"),), norm("ln2")),
+      *(
+        ()
+        if grouped_kv
+        else (ScaleGroup(f"{layer}/out", (kernel("attn", "out"),), kernel("attn", "value")),)
+      ),
+      ScaleGroup(f"{layer}/wi", tuple(kernel("mlp", p) for p in up), norm("ln2")),
       ScaleGroup(f"{layer}/wo", (kernel("mlp", "wo"),), wi_fold),
     ]
   if preset.token_dim != preset.d_model:
@@ -115,6 +138,8 @@ def scale_groups(preset: Preset, kernel_names: list[tuple[str, ...]]) -> list[Sc
   else:
     head_fold = ("ln_f",)
   groups.append(ScaleGroup("head", (("head", "kernel"),), head_fold))
+  if _tied_embed(preset):
+    groups.append(ScaleGroup("embed", (EMBED,), None))
   return [g for g in groups if all(k in present for k in g.kernels)]
 
 
@@ -127,7 +152,7 @@ def scale_bits(params_or_shapes: Any, spec: QuantSpec, preset: Preset) -> dict[s
   for g in scale_groups(preset, names):
     quantized = all(is_quantized(k, spec) for k in g.kernels)
     stored = quantized and g.fold_into is None
-    bits = shapes[g.kernels[0]][0] * UNQUANTIZED_BITS if stored else 0
+    bits = in_features(g.kernels[0], shapes[g.kernels[0]]) * UNQUANTIZED_BITS if stored else 0
     rows.append(
       dict(
         group=g.name,
@@ -232,10 +257,11 @@ def quantize_kernels(
     scales[g.name], alphas[g.name], _ = search_scale(kernels, spec, grid)
   absorbed = {g.fold_into: scales[g.name] for g in groups if g.fold_into in todo}
   layout, codebook_C = reference.layout_spec(spec), reference.spec_codebook(spec)
+  own = {k: scales[g.name] for g in groups for k in g.kernels}
   out = {}
-  for g in groups:
-    for k in g.kernels:
-      w = values[k]
-      c_N = absorbed.get(k, jnp.ones(w.shape[1:], jnp.float32))
-      out[k] = _apply(w, layout, scales[g.name], c_N, masks.get(k), codebook_C)
+  for k in names:  # kernels of no group (grouped-query attn/out): s = 1, i.e. RTN
+    w = values[k]
+    c_N = absorbed.get(k, jnp.ones(w.shape[1:], jnp.float32))
+    s_K = own.get(k, jnp.ones(w.shape[:1], jnp.float32))
+    out[k] = _apply(w, layout, s_K, c_N, masks.get(k), codebook_C)
   return out, {g.name: (alphas[g.name], scales[g.name]) for g in groups}

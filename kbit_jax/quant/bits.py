@@ -129,9 +129,17 @@ def bits_table(
   dtype: str = "int",
   targets: str = "attn,mlp",
   outlier_share: float = 0.0,
+  method: str = "rtn",
 ) -> list[dict[str, Any]]:
   """One row per (preset, k): parameters, total bits, bits/param of model and of the
-  quantized tensors (= k + 16/B + p (16 - k))."""
+  quantized tensors (= k + 16/B + p (16 - k)). `method`: rtn and gptq store the same
+  codes and constants; awq adds its scales that do not fold (awq.scale_bits) to the
+  quantized tensors' bits and reports them in `awq_scale_bits`."""
+  if method not in ("rtn", "gptq", "awq"):
+    raise ValueError(f"method={method!r} is unknown; allowed: ['rtn', 'gptq', 'awq']")
+  bad = [p for p in presets or () if p not in PRESETS]
+  if bad:
+    raise ValueError(f"preset {bad[0]!r} is unknown; allowed: {sorted(PRESETS)}")
   table = []
   for name in presets or PRESETS:
     shapes = preset_shapes(PRESETS[name])
@@ -140,17 +148,25 @@ def bits_table(
         bits=k, dtype=dtype, blocksize=blocksize, targets=targets, outlier_share=outlier_share
       )
       report = bits_report(shapes, spec)
-      table.append(
-        dict(
-          preset=name,
-          bits=k,
-          params=report["params"],
-          quantized_params=report["quantized_params"],
-          total_bits=report["total_bits"],
-          bits_per_param=report["bits_per_param"],
-          quantized_bits_per_param=report["quantized_bits_per_param"],
-        )
+      row = dict(
+        preset=name,
+        bits=k,
+        params=report["params"],
+        quantized_params=report["quantized_params"],
+        total_bits=report["total_bits"],
+        bits_per_param=report["bits_per_param"],
+        quantized_bits_per_param=report["quantized_bits_per_param"],
       )
+      if method == "awq":
+        from kbit_jax.quant import awq  # imports the model: only for this column
+
+        extra = awq.scale_bits(shapes, spec, PRESETS[name])["total_bits"]
+        row["total_bits"] += extra
+        row["bits_per_param"] = row["total_bits"] / row["params"]
+        if report["quantized_params"]:
+          row["quantized_bits_per_param"] += extra / report["quantized_params"]
+        row["awq_scale_bits"] = extra
+      table.append(row)
   return table
 
 
@@ -164,6 +180,7 @@ def format_bits_table(table: list[dict[str, Any]]) -> str:
       "total_bits": "total bits",
       "bits_per_param": "bits/param",
       "quantized_bits_per_param": "quant b/p",
+      "awq_scale_bits": "awq scales",
     }
   )
   return frame.to_string(
@@ -176,5 +193,6 @@ def format_bits_table(table: list[dict[str, Any]]) -> str:
       "GiB": "{:.3f}".format,
       "bits/param": "{:.4f}".format,
       "quant b/p": "{:.4f}".format,
+      "awq scales": "{:,}".format,
     },
   )

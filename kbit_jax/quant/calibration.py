@@ -15,7 +15,11 @@ by `spec.target_of` as attn, mlp or head it `sow`s x^T x and sum |x| into the co
 params and tokens as arguments and a `lax.scan` over the token batches, so it compiles
 once per (model, batch shape). x^T x is accumulated in float32 at HIGHEST precision.
 Statistics are recorded for every attn/mlp/head kernel whatever a spec targets, so one
-record serves every cell of a model.
+record serves every cell of a model. A tied embedding (`embed/embedding`, (V, D)) is also
+the output head's matmul (`nn.Embed.attend`, which takes no dot_general): its statistics
+are those of the head's input, recorded by intercepting `attend`, and GPTQ and AWQ treat
+it as the head kernel (D, V) = E^T (`kernel_view`); the lookup's error is not part of
+their objective. An untied embedding is a lookup only and has no statistics.
 
 Two modes:
 - fast (`calibrate`): statistics of the float model, one forward pass over the
@@ -50,12 +54,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kbit_jax.model.transformer import Transformer
 from kbit_jax.quant.spec import target_of
 
 COLLECTION = "calibration"
 RECORDED = ("attn", "mlp", "head")  # targets that are matmuls (embed is a lookup)
+EMBED = ("embed", "embedding")  # tied: also the head's matmul (attend), recorded too
 MODES = ("fast", "sequential")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _LAYER = re.compile(r"layer_(\d+)$")
@@ -78,6 +84,41 @@ class Calibration:
   mode: str
 
 
+def in_features(name: tuple[str, ...], shape: tuple[int, ...]) -> int:
+  """K, the contracted width of a recorded tensor: a kernel's rows, a tied embedding's
+  columns (the head multiplies by E^T)."""
+  return shape[1] if tuple(name) == EMBED else shape[0]
+
+
+def kernel_view(name: tuple[str, ...], w: Any) -> Any:
+  """The (K, N) matmul kernel of a recorded tensor: itself, or a tied embedding's E^T
+  (its own inverse: kernel_view(name, kernel_view(name, w)) is w). Quantized as a kernel
+  (kernel=True), E^T has the blocks of E quantized as an embedding table (rows of D),
+  except per output channel (B = -1), which methods.check_method refuses for it."""
+  return w.T if tuple(name) == EMBED else w
+
+
+def _record(module: nn.Module, x: jax.Array) -> None:
+  """Sows x^T x and sum |x| of the matmul input x (..., K) into COLLECTION."""
+  x_TxK = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  xtx_KxK = jnp.matmul(x_TxK.T, x_TxK, precision=_HIGHEST)
+  module.sow(COLLECTION, "xtx", xtx_KxK, init_fn=lambda: 0, reduce_fn=operator.add)
+  module.sow(
+    COLLECTION,
+    "abs_sum",
+    jnp.sum(jnp.abs(x_TxK), axis=0),
+    init_fn=lambda: 0,
+    reduce_fn=operator.add,
+  )
+
+
+def _record_attend(next_fun, args, kwargs, context):
+  """nn.intercept_methods hook: records the input of a tied head (nn.Embed.attend)."""
+  if isinstance(context.module, nn.Embed) and context.method_name == "attend":
+    _record(context.module, args[0])
+  return next_fun(*args, **kwargs)
+
+
 class RecordingDotGeneral(nn.Module):
   """`nn.Dense(dot_general_cls=RecordingDotGeneral)`: a float matmul that records its input."""
 
@@ -92,16 +133,7 @@ class RecordingDotGeneral(nn.Module):
           f"contracted, as nn.Dense does; got dimension numbers "
           f"{dimension_numbers}"
         )
-      x_TxK = lhs.reshape(-1, lhs.shape[-1]).astype(jnp.float32)
-      xtx_KxK = jnp.matmul(x_TxK.T, x_TxK, precision=_HIGHEST)
-      self.sow(COLLECTION, "xtx", xtx_KxK, init_fn=lambda: 0, reduce_fn=operator.add)
-      self.sow(
-        COLLECTION,
-        "abs_sum",
-        jnp.sum(jnp.abs(x_TxK), axis=0),
-        init_fn=lambda: 0,
-        reduce_fn=operator.add,
-      )
+      _record(self, lhs)
     return jax.lax.dot_general(
       lhs,
       rhs,
@@ -152,19 +184,36 @@ def _variables(params: Any) -> dict[str, Any]:
   return params if isinstance(params, dict) and "params" in params else {"params": params}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _sums(net: Transformer, params: Any, tokens_SxBxL: jax.Array) -> Any:
-  """The `calibration` collection summed over the batches: xtx and abs_sum per kernel."""
+def row_sharded(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """A statistic's layout on `mesh`: a K x K matrix split along its rows over all the
+  mesh's devices when their number divides K, anything else replicated."""
+  if len(shape) == 2 and shape[0] % mesh.size == 0:
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None))
+  return NamedSharding(mesh, PartitionSpec())
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _sums(net: Transformer, params: Any, tokens_SxBxL: jax.Array, mesh: Mesh | None = None) -> Any:
+  """The `calibration` collection summed over the batches: xtx and abs_sum per kernel;
+  with a `mesh`, accumulated and returned in `row_sharded` layouts."""
   variables = _variables(params)
 
   def record(tokens_BxL):
-    return net.apply(variables, tokens_BxL, mutable=[COLLECTION])[1]
+    with nn.intercept_methods(_record_attend):
+      return net.apply(variables, tokens_BxL, mutable=[COLLECTION])[1]
+
+  def laid_out(tree):
+    if mesh is None:
+      return tree
+    return jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(x, row_sharded(mesh, x.shape)), tree
+    )
 
   shapes = jax.eval_shape(record, tokens_SxBxL[0])
-  init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  init = laid_out(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
 
   def step(acc, tokens_BxL):
-    return (jax.tree.map(jnp.add, acc, record(tokens_BxL)), None)
+    return (laid_out(jax.tree.map(jnp.add, acc, record(tokens_BxL))), None)
 
   sums, _ = jax.lax.scan(step, init, tokens_SxBxL)
   return sums[COLLECTION]
@@ -175,7 +224,8 @@ def _by_kernel(sums: Any) -> dict[tuple[str, ...], dict[str, Any]]:
   by_kernel: dict[tuple[str, ...], dict[str, Any]] = {}
   for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]:
     keys = tuple(k.key for k in path)
-    by_kernel.setdefault(keys[:-2] + ("kernel",), {})[keys[-1]] = value
+    name = EMBED if keys[:-1] == EMBED[:1] else keys[:-2] + ("kernel",)  # embed/<stat>
+    by_kernel.setdefault(name, {})[keys[-1]] = value
   return by_kernel
 
 
@@ -189,12 +239,16 @@ def _stats(sums: Any, tokens: int) -> dict[tuple[str, ...], KernelStats]:
   }
 
 
-def calibrate(model: Transformer, params: Any, tokens: Any) -> Calibration:
-  """Fast mode: statistics of the float model on `tokens` (batches, B, L)."""
+def calibrate(
+  model: Transformer, params: Any, tokens: Any, out_sharding: Mesh | None = None
+) -> Calibration:
+  """Fast mode: statistics of the float model on `tokens` (batches, B, L); with
+  `out_sharding` (a mesh, e.g. the evaluation mesh the params live on) each K x K
+  statistic is accumulated split along its rows over the mesh (`row_sharded`)."""
   tokens = check_tokens(tokens)
   net = recording_net(model)
   s, b, length = tokens.shape
-  sums = _sums(net, params, jnp.asarray(tokens, jnp.int32))
+  sums = _sums(net, params, jnp.asarray(tokens, jnp.int32), out_sharding)
   return Calibration(
     _stats(sums, s * b * length), sequences=s * b, tokens=s * b * length, mode="fast"
   )
@@ -228,10 +282,10 @@ def calibrate_sequential(
   net = recording_net(model)
   s, b, length = tokens.shape
   tokens = jnp.asarray(tokens, jnp.int32)
-  names = list(_by_kernel(jax.eval_shape(_sums, net, params, tokens)))
+  names = list(_by_kernel(jax.eval_shape(_sums, net, params, tokens, None)))
   kernels: dict[tuple[str, ...], KernelStats] = {}
   for stage in stages(names):
-    stats = _stats(_sums(net, params, tokens), s * b * length)
+    stats = _stats(_sums(net, params, tokens, None), s * b * length)  # as calibrate calls it
     kernels.update({n: stats[n] for n in stage})
     calibration = Calibration(
       {n: stats[n] for n in stage}, sequences=s * b, tokens=s * b * length, mode="sequential"

@@ -1,7 +1,7 @@
 """Text for the `kbit codebook` and `kbit bits` commands (flags live in `main.py`).
 
   kbit codebook --dtype nf --bits 4 [--exponent_bits 0] [--json]
-  kbit bits                              # total-bits table of every preset, k = 3, 4, 8
+  kbit bits [--method awq] [--presets s4,70m]   # total-bits table, k = 3, 4, 8
 
 kbit_jax/commands/codebook.py and bits.py print them.
 """
@@ -30,11 +30,18 @@ def bits_table_text(
   bits: Iterable[int] = (3, 4, 8),
   blocksize: int = 64,
   dtype: str = "int",
+  method: str = "rtn",
 ) -> str:
-  """Total model bits per preset at 16 and k bits (targets attn,mlp)."""
-  table = bits_lib.bits_table(presets, bits, blocksize, dtype)
+  """Total model bits per preset at 16 and k bits (targets attn,mlp); `method` awq adds
+  its unfolded scales (rtn and gptq store the same codes and constants: one table)."""
+  table = bits_lib.bits_table(presets, bits, blocksize, dtype, method=method)
   title = (
     f"# total model bits, dtype={dtype}, B={blocksize}, targets attn,mlp; "
     f"quantized tensors cost k + 16/B bits per parameter, the rest 16"
   )
+  if method == "awq":
+    title += (
+      "; awq: + 16 bits per input channel of each scale that does not fold into "
+      "the layer before (included in total bits, listed as awq scales)"
+    )
   return title + "\n" + bits_lib.format_bits_table(table)

@@ -92,6 +92,12 @@ def data_codebook(w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array) -> jax.A
   return codebooks.padded(codebooks.quantile_codebook(values.reshape(-1), spec.bits))
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _live_data_codebook(w_KxN: jax.Array, h_KxK: jax.Array, spec: QuantSpec, keep_K: jax.Array):
+  """data_codebook of w with its dead inputs zeroed: one compile per (shape, k)."""
+  return data_codebook(dead_zeroed(w_KxN, h_KxK), spec, keep_K)
+
+
 def static_constants(
   w_KxN: jax.Array, spec: QuantSpec, keep_K: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -251,7 +257,7 @@ def quantize_kernel(
   if spec.data_dependent:
     # The codebook is estimated first and passed in: GPTQ itself then compiles once per
     # block layout for every k and type (quantile has no centering or double quant).
-    codebook_C = data_codebook(dead_zeroed(w_KxN, h_KxK), spec, keep_K)
+    codebook_C = _live_data_codebook(w_KxN, jnp.asarray(h_KxK), spec, keep_K)
     layout = reference.layout_spec(dataclasses.replace(spec, dtype="int"))
   # Device arrays throughout: a numpy argument in place of a jax one recompiles.
   q_KxN, ok = _gptq(

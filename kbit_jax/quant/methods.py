@@ -10,8 +10,13 @@ other leaf (and the tree, the dtypes, the shardings, the flax boxes) as it came 
 Every method stores its result in RTN's layout (codes, constants), and outlier rows come
 from the float weights' proxies as in RTN. GPTQ and AWQ are defined for every data type
 of `codebooks.DTYPES` (with centering, double quantization and outlier rows) and need
-calibration statistics (`calibration.py`); they do not quantize the `embed` target: a
-lookup has no matmul input to take statistics of, so a spec targeting it is refused.
+calibration statistics (`calibration.py`). The `embed` target: a tied embedding is also
+the head's matmul and is quantized as the head kernel E^T with the head input's
+statistics (calibration.kernel_view; not per output channel, B = -1, whose blocks differ
+between E and E^T); an untied embedding is a lookup with no matmul input statistics, so
+a spec targeting it is refused. AWQ with activation bits < 16 is refused: the scale
+folds into the layer before, so the activation quantizer would have to see x / s, and
+the fake-quantized tree (original parametrisation) gives it x.
 `quantize_sequential` calibrates block by block on the quantized prefix (calibration.py's
 sequential mode). Every argument is checked (ValueError naming it) before any compile.
 """
@@ -24,8 +29,16 @@ import jax
 
 from kbit_jax.model.presets import Preset
 from kbit_jax.model.transformer import Transformer
-from kbit_jax.quant import awq, calibration, gptq, reference
-from kbit_jax.quant.spec import QuantSpec, is_quantized, named_leaves, reboxed, unboxed
+from kbit_jax.quant import awq, blockwise, calibration, gptq, reference
+from kbit_jax.quant.calibration import kernel_view
+from kbit_jax.quant.spec import (
+  UNQUANTIZED_BITS,
+  QuantSpec,
+  is_quantized,
+  named_leaves,
+  reboxed,
+  unboxed,
+)
 
 METHODS = ("rtn", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")  # need calibration statistics
@@ -53,11 +66,33 @@ def check_method(
         "quant method='awq' needs the model's preset (its architecture "
         "decides which scales fold); got preset=None"
       )
-  if method in CALIBRATED and spec.quantized and "embed" in spec.targets:
+  if method not in CALIBRATED or not spec.quantized:
+    return
+  if "embed" in spec.targets:
+    if preset is None or not preset.tie_embeddings:
+      why = (
+        "the preset is needed to tell whether the embedding is tied"
+        if preset is None
+        else "the model's embedding is untied: a lookup with no matmul input statistics"
+      )
+      raise ValueError(
+        f"quant.targets={','.join(spec.targets)!r} with method={method!r}: "
+        f"{why}; allowed: 'embed' with a tied embedding (the head's matmul), "
+        "targets from ['attn', 'mlp', 'head'], or method='rtn'"
+      )
+    if spec.blocksize == blockwise.PER_CHANNEL:
+      raise ValueError(
+        f"quant.blocksize=-1 with method={method!r} and target 'embed': per-channel "
+        "constants of the embedding table (per column of E) are not per output "
+        "channel of the head kernel E^T that GPTQ and AWQ quantize; allowed: "
+        "blocksize in "
+        f"{list(blockwise.BLOCKSIZES)} or 0, targets without 'embed', or method='rtn'"
+      )
+  if method == "awq" and spec.act_bits != UNQUANTIZED_BITS:
     raise ValueError(
-      f"quant.targets={','.join(spec.targets)!r} with method={method!r}: "
-      "'embed' is a lookup with no matmul input statistics; allowed: "
-      "targets from ['attn', 'mlp', 'head'], or method='rtn'"
+      f"quant method='awq' with act_bits={spec.act_bits}: not defined here (the "
+      "activation quantizer would see the unscaled inputs x, not x / s); allowed: "
+      f"act_bits={UNQUANTIZED_BITS}, or method 'rtn' or 'gptq'"
     )
 
 
@@ -83,7 +118,7 @@ def _check_calibration(
       "calibration of this model (it records every attn/mlp/head kernel)"
     )
   for n in names:
-    k = shapes[n][0]
+    k = calibration.in_features(n, shapes[n])
     stats = calib.kernels[n]
     if tuple(stats.h_KxK.shape) != (k, k) or tuple(stats.mean_abs_K.shape) != (k,):
       raise ValueError(
@@ -121,7 +156,7 @@ def _quantize_stage(
   if method == "gptq":
     done = {
       n: gptq.quantize_kernel(
-        values[n],
+        kernel_view(n, values[n]),
         calib.kernels[n].h_KxK,
         spec,
         masks.get(n),
@@ -132,7 +167,9 @@ def _quantize_stage(
       for n in names
     }
   else:
-    done, _ = awq.quantize_kernels(values, calib.kernels, spec, preset, masks, names, grid)
+    kernels = {n: kernel_view(n, v) for n, v in values.items()}
+    done, _ = awq.quantize_kernels(kernels, calib.kernels, spec, preset, masks, names, grid)
+  done = {n: kernel_view(n, w) for n, w in done.items()}
   out = [
     reboxed(leaf, _like(values[n], done[n])) if n in done else leaf
     for n, leaf in zip(all_names, leaves)
