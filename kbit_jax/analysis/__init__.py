@@ -14,6 +14,7 @@ plots_fits.py   the figures of its fits: curves, bit-optimal k, precision laws
 plots_axes.py   the figures of the extra axes
 render.py       report blocks -> Markdown / HTML, number formats
 report_axes.py  the extra axes' tables as report blocks
+report_methods.py  the bit-optimal k per quantization method (rtn, gptq, awq) as report blocks
 report.py       the report's sections, written as report.md + report.html
 stage.py        `kbit fit` and `kbit report` end to end
 synthetic.py    stores drawn from a known law, for tests and demos
