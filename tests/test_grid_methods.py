@@ -110,6 +110,28 @@ def test_calibrated_records_differ_from_rtn_and_add_awq_scale_bits(methods_run):
       assert r["bits"]["bits_per_param"] == r["bits"]["total_bits"] / r["model"]["params"]
 
 
+# Validation perplexity of the k = 3 int cells of the fixture's run under each method
+# (and the 16-bit cell, test_grid.py's GOLDEN: the same trained s0), from a real run at
+# the commit that introduced them (jax 0.10.2, XLA:CPU). A change means training, a
+# method or the evaluation changed: update only when that was the intent, by pasting the
+# values the failing message prints.
+GOLDEN_PPL = {
+  "s0-seed0 k16": 2730.0417516361113,
+  "s0-seed0 k3 int B64 p0": 2734.5339994429737,
+  "s0-seed0 k3 int B64 p0 gptq": 2730.8346540360526,
+  "s0-seed0 k3 int B64 p0 awq": 2733.4363129278404,
+}
+
+
+def test_golden_perplexity_per_method(methods_run):
+  _, workdir, _, _ = methods_run
+  by_name = _by_name(_records(workdir))
+  got = {n: by_name[n]["metrics"]["ppl/validation"]["perplexity"] for n in GOLDEN_PPL}
+  message = f"golden perplexities changed; got {got} (see the comment above GOLDEN_PPL)"
+  # 1e-6 relative: the float32 reduction order of an unchanged program on another CPU.
+  assert got == pytest.approx(GOLDEN_PPL, rel=1e-6), message
+
+
 def test_calibration_is_computed_once_per_model(methods_run):
   plan, workdir, _, calls = methods_run
   assert calls == [(4, 8, 32)]  # 32 sequences in batches of 8, of data.seq_len 32

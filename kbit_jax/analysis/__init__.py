@@ -18,6 +18,7 @@ plots_length.py the figures of training length: bit-optimal k vs D/N, bits per b
 render.py       report blocks -> Markdown / HTML, number formats
 report_axes.py  the extra axes' tables as report blocks
 report_length.py  noise, QiD laws and bit-optimal k vs training length as report blocks
+report_methods.py  the bit-optimal k per quantization method (rtn, gptq, awq) as report blocks
 report.py       the report's sections, written as report.md + report.html
 stage.py        `kbit fit` and `kbit report` end to end
 synthetic.py    stores drawn from a known law, for tests and demos

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 from etils import epath
 
-from kbit_jax.analysis import plots, plots_axes, report_axes, report_length, tables
+from kbit_jax.analysis import plots, plots_axes, report_axes, report_length, report_methods, tables
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, RTN, main_method
+from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, main_method
 from kbit_jax.analysis.plot_style import Figure
 from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown
 
@@ -178,94 +178,6 @@ def bit_optimal_blocks(a: Analysis) -> list[Block]:
       "table",
       ["family", "method", "metric", "by", "most often best", "budgets", "all winners"],
       rows,
-    ),
-  ]
-  return blocks
-
-
-def _k(label: Any) -> str:
-  return label.removeprefix("k") if isinstance(label, str) else "-"
-
-
-def method_blocks(a: Analysis) -> list[Block]:
-  """Bit-optimal k per quantization method (rtn, gptq, awq): per budget for the main data
-  type, and summarised for every data type; only when the cells hold several methods."""
-  if not a.method_optimal:
-    return []
-  blocks: list[Block] = [
-    ("h", 2, "Bit-optimal k per quantization method"),
-    (
-      "p",
-      "The best k at each total-bits budget under each quantization method, by "
-      "interpolation between measured sizes, on common budgets and the same bootstrap "
-      "draws (checkpoints resampled). share: replicates in which that method's winner "
-      "wins again; same as rtn: replicates, paired, in which the method's best k equals "
-      "rtn's. A different best k with a large 'same as rtn' share is within the noise.",
-    ),
-  ]
-  main = main_method(a.cells)
-  family = a.families()[0]
-  for metric in METRICS:
-    t = a.method_optimal.get((family, main.label if main else "", metric))
-    if t is None:
-      continue
-    methods = [c[5:-1] for c in t.columns if c.startswith("best[")]
-    header = ["budget (bits)"]
-    for m in methods:
-      header += [f"{m} best k", "share"] + ([f"same as {methods[0]}"] if m != methods[0] else [])
-    rows = []
-    for r in t.to_dict("records"):
-      row = [num(r["budget_bits"])]
-      for m in methods:
-        row += [_k(r[f"best[{m}]"]), percent(r[f"share[{m}]"])]
-        row += [percent(r[f"same[{m}]"])] if m != methods[0] else []
-      rows.append(row)
-    what = "perplexity" if metric == "nll" else "accuracy"
-    blocks += [("h", 3, f"{main.label}, by {what} ({family})"), ("table", header, rows)]
-  summary = []
-  for (fam, base, metric), t in a.method_optimal.items():
-    methods = [c[5:-1] for c in t.columns if c.startswith("best[")]
-    for m in methods:
-      best = t[f"best[{m}]"]
-      ok = best.notna()
-      if not ok.any():
-        continue
-      counts = best[ok].value_counts()
-      ref = t[f"best[{methods[0]}]"]
-      both = ok & ref.notna()
-      moved = int((best[both] != ref[both]).sum())
-      same = t.get(f"same[{m}]")
-      summary.append(
-        [
-          fam,
-          base,
-          metric,
-          m,
-          _k(counts.index[0]),
-          f"{counts.iloc[0]}/{int(ok.sum())}",
-          ", ".join(f"{_k(k)}: {n}" for k, n in counts.items()),
-          percent(t.loc[ok, f"share[{m}]"].mean()),
-          "-" if m == methods[0] else f"{moved}/{int(both.sum())}",
-          "-" if same is None else percent(same[both].mean()),
-        ]
-      )
-  blocks += [
-    ("h", 3, "All data types: bit-optimal k per method across budgets"),
-    (
-      "table",
-      [
-        "family",
-        "data type, block",
-        "metric",
-        "method",
-        "most often best k",
-        "budgets",
-        "all winners",
-        "mean share",
-        f"budgets where k differs from {RTN}",
-        f"mean same as {RTN}",
-      ],
-      summary,
     ),
   ]
   return blocks
@@ -458,9 +370,9 @@ def report_blocks(
   blocks += report_length.signal_blocks(a)
   blocks += figure_blocks(figures, notes, out_dir)
   blocks += list(axes)
-  blocks += bit_optimal_blocks(a) + method_blocks(a) + report_length.length_blocks(a)
-  blocks += fit_blocks(a) + joint_blocks(a) + report_length.qid_blocks(a)
-  blocks += extrapolation_blocks(a)
+  blocks += bit_optimal_blocks(a) + report_methods.method_blocks(a)
+  blocks += report_length.length_blocks(a) + fit_blocks(a) + joint_blocks(a)
+  blocks += report_length.qid_blocks(a) + extrapolation_blocks(a)
   if a.skipped:
     blocks += [("h", 2, "Skipped fits"), ("ul", _limited(a.skipped))]
   return blocks + provenance_blocks(a)

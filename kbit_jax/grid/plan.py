@@ -50,7 +50,7 @@ import ml_collections
 from kbit_jax.analysis import results
 from kbit_jax.config import calibration_section, checks, eval_section
 from kbit_jax.evals import scoring
-from kbit_jax.grid import along
+from kbit_jax.grid import along, plan_methods
 from kbit_jax.grid.pretrained import (
   Pretrained,
   missing_imports_message,
@@ -374,58 +374,6 @@ def _model_run(
   return run
 
 
-def _check_methods(
-  config: ml_collections.ConfigDict, grid: dict[str, tuple]
-) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
-  """grid.methods and the calibration section, checked: (methods, calibration)."""
-  methods = grid["methods"]
-  if not methods:
-    raise ValueError(
-      f"grid.methods=() is empty; allowed: a tuple of {list(quant_methods.METHODS)}, "
-      "default ('rtn',)"
-    )
-  bad = [m for m in methods if m not in quant_methods.METHODS]
-  if bad:
-    raise ValueError(
-      f"grid.methods={config.grid.methods!r}: {bad[0]!r} is unknown; allowed: "
-      f"{list(quant_methods.METHODS)}"
-    )
-  calibrated = any(m in quant_methods.CALIBRATED for m in methods)
-  try:
-    calib = calibration_section.with_defaults(config.get("calibration"))
-    calibration_section.validate(calib, config.base.data, config.eval, calibrated)
-  except ValueError as e:
-    raise ValueError(f"grid calibration section: {e}") from None
-  return methods, calib
-
-
-def _check_calibration_windows(
-  calib: ml_collections.ConfigDict, models: list[ModelRun], methods: tuple[str, ...]
-) -> None:
-  """Enough calibration windows in the source, where that is cheap to know here (the
-  embedded corpus with the embedded tokenizer); imports and files are checked when the
-  model's calibration starts (grid/calibrated.py), before anything is compiled."""
-  if not any(m in quant_methods.CALIBRATED for m in methods):
-    return
-  from kbit_jax.train import data
-
-  checked = set()
-  for run in models:
-    d, arch = run.config.data, run.architecture
-    length = calibration_section.seq_len(calib, d)
-    if arch.positions == "learned" and length > arch.max_len:
-      raise ValueError(
-        f"grid calibration section: calibration.seq_len={length} exceeds "
-        f"{run.name}'s learned positions (max_len={arch.max_len}); allowed: <= {arch.max_len}"
-      )
-    if calib.text_file or d.source != "embedded" or d.tokenizer != "embedded":
-      continue
-    if length not in checked:  # one stream (source, tokenizer) for these models
-      checked.add(length)
-      stream = data.token_stream(d, calib.split)
-      calibration_section.check_windows(calib, len(stream), d, f"split {calib.split!r}")
-
-
 def _add_cells(run: ModelRun, grid: dict, targets, shapes, fingerprint: str, methods, calib):
   """`run`'s cells: the float cell once, each quantized spec once per method (rtn's
   first); a spec or method the model cannot take is a ValueError naming the cell."""
@@ -482,7 +430,7 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
   except ValueError as e:
     raise ValueError(f"grid eval section: {e}") from None
   fingerprint = eval_id(config)
-  methods, calib = _check_methods(config, grid)
+  methods, calib = plan_methods.check_methods(config, grid)
   sources = pretrained_sources(config, grid)
   models = []
   for size in grid["sizes"]:
@@ -499,7 +447,7 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
       for run in along.expand(trunk, grid["checkpoints"], config.grid):
         _add_cells(run, grid, config.grid.targets, shapes, fingerprint, methods, calib)
         models.append(run)
-  _check_calibration_windows(calib, models, methods)
+  plan_methods.check_calibration_windows(calib, models, methods)
   plan = Plan(config, models, calib)
   if require_imports and plan.missing_imports:
     raise ValueError(missing_imports_message(plan.missing_imports))
