@@ -6,7 +6,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/launch/setup_venv.sh" || exit 1
 cd "$repo"
 rc=0
-python -m pytest -q --durations=15 "$@" || rc=$?   # setup_venv.sh turned on `set -e`
+# -n auto: one worker per core (pytest-xdist); -n 0 runs in this process (e.g. for -x, --pdb)
+python -m pytest -q -n auto --durations=15 "$@" || rc=$?   # setup_venv.sh turned on `set -e`
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1

@@ -141,7 +141,10 @@ def test_calibration_is_computed_once_per_model(methods_run):
 
 def test_compiles_per_cell_are_bounded_by_shapes_and_layouts(methods_run):
   """After a method's first cell, its data-free cells compile nothing; quantile's compile
-  per k only (its codebook), never more than the distinct kernel shapes allow."""
+  per k only (its codebook), never more than the distinct kernel shapes allow. A program
+  an earlier test of this process compiled is not compiled again (jax's in-memory cache;
+  with pytest-xdist the tests a worker ran before vary), so a first cell's count is
+  bounded, not exact."""
   plan, workdir, _, _ = methods_run
   records = _records(workdir)
   shapes = 4  # s0's targeted kernels: 16x16, 16x64, 64x16 and the tied head 16x4096
@@ -149,13 +152,14 @@ def test_compiles_per_cell_are_bounded_by_shapes_and_layouts(methods_run):
     cells = [c for c in plan.cells if c.method == method]
     counts = [records[c.id]["compiles"]["cell"] for c in cells]
     free = [n for c, n in zip(cells, counts) if not c.spec.data_dependent]
-    assert free[0] > 0 and free[1:] == [0] * (len(free) - 1), (method, counts)
+    assert free[1:] == [0] * (len(free) - 1), (method, counts)
     quantile = [n for c, n in zip(cells, counts) if c.spec.data_dependent]
     assert all(0 < n <= 5 * shapes for n in quantile), (method, counts)
   rtn = [c for c in plan.cells if c.method == "rtn" and c.spec.quantized]
   counts = [records[c.id]["compiles"]["cell"] for c in rtn]  # as in a rtn-only grid
-  assert [n for c, n in zip(rtn, counts) if not c.spec.data_dependent] == [1, 0]
-  assert [n for c, n in zip(rtn, counts) if c.spec.data_dependent] == [1]
+  free = [n for c, n in zip(rtn, counts) if not c.spec.data_dependent]
+  assert free[0] <= 1 and free[1:] == [0]
+  assert [n for c, n in zip(rtn, counts) if c.spec.data_dependent] in ([0], [1])
 
 
 def test_rerun_skips_finished_method_cells(methods_run, capsys):
