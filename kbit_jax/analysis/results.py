@@ -25,9 +25,12 @@ its cell. `load_records` (the analysis) refuses such a file, naming it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import pathlib
+import subprocess
 import time
 import uuid
 from typing import Any, Sequence
@@ -232,3 +235,21 @@ def format_tables(
         )
         out.append(f"{value} at B={b} (columns: k)\n{text}")
   return "\n\n".join(out)
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+  """HEAD of the checkout this package is in, for a record's provenance ('unknown'
+  outside git)."""
+  try:
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+      cwd=pathlib.Path(__file__).parent,
+    )
+    return out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import datetime
 import functools
-import pathlib
-import subprocess
 import time
 from typing import Any
 
 import jax
 import ml_collections
 
+from kbit_jax.analysis import results
 from kbit_jax.config import calibration_section, eval_section
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import along, calibrated, compiles
@@ -44,22 +43,6 @@ from kbit_jax.quant import aqt, reference
 from kbit_jax.quant import bits as quant_bits
 from kbit_jax.quant.spec import UNQUANTIZED_BITS, QuantSpec
 from kbit_jax.train import data, identity, loop
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-  try:
-    out = subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-      cwd=pathlib.Path(__file__).parent,
-    )
-    return out.stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
 
 
 def act_quant_net(run: grid_plan.ModelRun, act_bits: int):
@@ -223,7 +206,7 @@ def make_record(
     compiles=compiles,
     name=cell.name,
     process=jax.process_index(),
-    git_commit=git_commit(),
+    git_commit=results.git_commit(),
     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     **extra,
   )

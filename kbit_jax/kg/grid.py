@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import subprocess
 import time
 from typing import Any, Callable
 
@@ -152,7 +151,7 @@ def run(
         raise RuntimeError(f"record key {record['key']} is no cell of the plan of {r.name}")
       record["time"]["train_reused"] = not summary["trained_now"]
       record["compiles"] = dict(cell=compiles.compile_count() - c_cell)
-      record["git_commit"] = git_commit()
+      record["git_commit"] = results.git_commit()
       record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
       results.write(results_dir, record)
       c_cell = compiles.compile_count()
@@ -177,23 +176,6 @@ def run(
   )
   log(format_results(plan, results_dir))
   return counts
-
-
-def git_commit() -> str:
-  """HEAD of the checkout this module is in ('unknown' outside git); kbit_jax/grid/
-  evaluator.py's, not imported from there: that module imports the whole LM stack."""
-  try:
-    out = subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-      cwd=str(epath.Path(__file__).parent),
-    )
-    return out.stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
 
 
 def format_results(plan: Plan, results_dir: epath.Path) -> str:
