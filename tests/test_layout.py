@@ -19,6 +19,19 @@ def _module_name(path: pathlib.Path) -> str:
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(path: pathlib.Path):
+  """Every AST node of `path` but those under `if TYPE_CHECKING:` (type-only imports)."""
+  tree = ast.parse(path.read_text())
+  typing_only = {
+    id(n)
+    for block in ast.walk(tree)
+    if isinstance(block, ast.If)
+    and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+    for n in ast.walk(block)
+  }
+  return [n for n in ast.walk(tree) if id(n) not in typing_only]
+
+
 def _imports() -> dict[str, set[str]]:
   """Module -> the kbit_jax modules it imports (a `from pkg import name` of a submodule
   counts as that submodule)."""
@@ -26,17 +39,7 @@ def _imports() -> dict[str, set[str]]:
   graph = {}
   for name, path in modules.items():
     deps = set()
-    tree = ast.parse(path.read_text())
-    typing_only = {
-      id(n)
-      for block in ast.walk(tree)
-      if isinstance(block, ast.If)
-      and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-      for n in ast.walk(block)
-    }
-    for node in ast.walk(tree):
-      if id(node) in typing_only:
-        continue
+    for node in _runtime_nodes(path):
       if isinstance(node, ast.Import):
         deps |= {a.name for a in node.names}
       elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -83,17 +86,7 @@ def test_a_cycle_is_found():
 def test_the_library_never_imports_the_configs():
   importers = []
   for path in sorted(PACKAGE.rglob("*.py")):
-    tree = ast.parse(path.read_text())
-    typing_only = {
-      id(n)
-      for block in ast.walk(tree)
-      if isinstance(block, ast.If)
-      and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-      for n in ast.walk(block)
-    }
-    for node in ast.walk(tree):
-      if id(node) in typing_only:
-        continue
+    for node in _runtime_nodes(path):
       if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom):
