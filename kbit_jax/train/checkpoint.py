@@ -153,8 +153,7 @@ def check_workdir(
     return
   from kbit_jax.config import defaults
 
-  diffs = identity.differences(saved, config, defaults.base_config().to_dict())
-  diffs = [d for d in diffs if d.split("=")[0] not in allowed]
+  diffs = identity.differences(saved, config, defaults.base_config().to_dict(), allowed)
   if diffs:
     raise WorkdirError(
       f"{checkpoints_dir(workdir)} holds checkpoints of another model: "

@@ -111,13 +111,14 @@ def differences(
   saved: Mapping[str, Any],
   config: ml_collections.ConfigDict,
   fallback: Mapping[str, Any] | None = None,
+  ignore: tuple[str, ...] = (),
 ) -> list[str]:
-  """`key=<now> but the saved model has <was>` for each identity key that differs between
-  the `saved` config (a dict; missing keys from `fallback`) and `config`."""
+  """`key=<now> but the saved model has <was>` for each identity key but `ignore`'s that
+  differs between the `saved` config (a dict; missing keys from `fallback`) and `config`."""
   was, now = identity(saved, fallback), identity(config)
   order = {k: i for i, k in enumerate(KEYS + QAT_KEYS + WSD_KEYS + tuple(ADDED_DEFAULTS))}
   return [
     f"{k}={now.get(k)!r} but the saved model has {was.get(k)!r}"
     for k in sorted(set(was) | set(now), key=order.__getitem__)
-    if was.get(k) != now.get(k)
+    if was.get(k) != now.get(k) and k not in ignore
   ]
