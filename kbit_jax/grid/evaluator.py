@@ -111,12 +111,16 @@ class CellEvaluator:
       return self.quantized(cell.spec), None
     return self.calibrator.quantize(cell)
 
+  def net(self, act_bits: int):
+    """The evaluation net for `act_bits` (act_quant_net), built once."""
+    if act_bits not in self.nets:
+      self.nets[act_bits] = act_quant_net(self.run, act_bits)
+    return self.nets[act_bits]
+
   def evaluate(
     self, params: Any, act_bits: int = UNQUANTIZED_BITS, item_scores: dict | None = None
   ) -> dict[str, Any]:
-    if act_bits not in self.nets:
-      self.nets[act_bits] = act_quant_net(self.run, act_bits)
-    return evaluate.evaluate(params, self.nets[act_bits], self.config, item_scores)
+    return evaluate.evaluate(params, self.net(act_bits), self.config, item_scores)
 
   def harness(self, params: Any, spec: QuantSpec) -> dict[str, Any]:
     """eval.harness_tasks on this cell's parameters through the lm-evaluation-harness
@@ -125,12 +129,10 @@ class CellEvaluator:
       return {}
     from kbit_jax.evals.harness import cells
 
-    if spec.act_bits not in self.nets:
-      self.nets[spec.act_bits] = act_quant_net(self.run, spec.act_bits)
     run = self.run
     return cells.cell_metrics(
       params,
-      self.nets[spec.act_bits],
+      self.net(spec.act_bits),
       data.load_tokenizer(run.config.data.tokenizer),
       self.config.eval,
       spec,
