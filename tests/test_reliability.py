@@ -187,6 +187,26 @@ def _limit_file_size():
   resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # a full disk: EFBIG
 
 
+def test_a_write_error_names_its_operating_system_cause_first():
+  """TensorStore reports EFBIG only as `[os_error_code='27']` in the middle of a ~1000
+  character message (CI's run, where the cut to one line dropped "File too large");
+  Python's OSError carries errno. Either way the cause leads the line."""
+  from kbit_jax.train import checkpoint
+
+  buried = "x" * 600 + " [os_error_code='27'] " + "y" * 600
+  line = checkpoint._one_line(ValueError(buried))
+  assert line.startswith("File too large (errno 27): ValueError: xxx")
+  assert "os_error_code" not in line  # cut away, the cause is named anyway
+  try:
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError as e:
+      raise RuntimeError("commit failed") from e
+  except RuntimeError as e:
+    assert checkpoint._one_line(e) == "No space left on device (errno 28): RuntimeError: commit failed"
+  assert checkpoint._one_line(KeyError("k")) == "KeyError: 'k'"
+
+
 @pytest.mark.slow
 def test_every_failure_ends_in_one_line(tmp_path):
   lm = "configs/lm.py:runlocal"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from typing import Any
 
@@ -57,13 +58,29 @@ class UnreadableCheckpointError(FileNotFoundError):
     self.step = step
 
 
+def _os_cause(e: BaseException) -> str | None:
+  """The operating-system error under `e`, as "File too large (errno 27)", or None.
+
+  Python's OSErrors carry it as `strerror`; TensorStore (under Orbax) only prints
+  `[os_error_code='27']` somewhere in a message of several hundred characters."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return f"{os.strerror(e.errno)} (errno {e.errno})"
+    match = re.search(r"os_error_code='?(\d+)", str(e))
+    if match:
+      return f"{os.strerror(int(match[1]))} (errno {match[1]})"
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _one_line(e: BaseException, head: int = 120, tail: int = 240) -> str:
-  """An exception as one short line (Orbax and TensorStore errors span many, with the
-  cause, e.g. "No space left on device", at the end)."""
+  """An exception as one short line, its operating-system cause first (Orbax and
+  TensorStore errors span many lines, with the cause buried in them)."""
   text = " ".join(str(e).split())
   if len(text) > head + tail + 5:
     text = f"{text[:head]} ... {text[-tail:]}"
-  return f"{type(e).__name__}: {text}"
+  cause = _os_cause(e)
+  return f"{cause}: {type(e).__name__}: {text}" if cause else f"{type(e).__name__}: {text}"
 
 
 def _all_processes(ok: bool) -> bool:
