@@ -203,7 +203,8 @@ def test_a_write_error_names_its_operating_system_cause_first():
     except OSError as e:
       raise RuntimeError("commit failed") from e
   except RuntimeError as e:
-    assert checkpoint._one_line(e) == "No space left on device (errno 28): RuntimeError: commit failed"
+    line = checkpoint._one_line(e)
+    assert line == "No space left on device (errno 28): RuntimeError: commit failed"
   assert checkpoint._one_line(KeyError("k")) == "KeyError: 'k'"
 
 
