@@ -251,63 +251,17 @@ def get_config(arg=None):
 
 
 def memory_table(config: ml_collections.ConfigDict) -> list[dict]:
-  """Per size: parameters and GiB per device on the config's mesh (fsdp x tensor
-  devices; parameters split evenly, small replicated norms ignored) stored as float32
-  (as imported), as 16-bit, and at each k < 16 of the grid (its first data type and
-  block size, its targets; codes + block constants, the rest 16-bit)."""
+  """Per size: parameters and GiB per device on the config's mesh (grid/memory.py)."""
+  from kbit_jax.grid import memory
   from kbit_jax.model import presets
-  from kbit_jax.quant import bits as quant_bits
-  from kbit_jax.quant.spec import QuantSpec
 
-  g, mesh = config.grid, config.base.mesh
-  devices = mesh.fsdp * mesh.tensor
-  ks = [k for k in g.bits if k < 16]
-  rows = []
-  for size in g.sizes:
-    p = presets.get_preset(size)
-    shapes = quant_bits.preset_shapes(p)
-    params = presets.param_counts(p)["total"]
-    row = dict(
-      size=size,
-      params=params,
-      devices=devices,
-      f32=4 * params / devices / 2**30,
-      b16=2 * params / devices / 2**30,
-    )
-    for k in ks:
-      spec = QuantSpec(bits=k, dtype=g.dtypes[0], blocksize=g.blocksizes[0], targets=g.targets)
-      row[f"k{k}"] = quant_bits.bits_report(shapes, spec)["total_bits"] / 8 / devices / 2**30
-    rows.append(row)
-  return rows
+  return memory.memory_rows(config, {s: presets.get_preset(s) for s in config.grid.sizes})
 
 
 def format_memory_table(config: ml_collections.ConfigDict, rows: list[dict]) -> str:
-  import pandas as pd
+  from kbit_jax.grid import memory
 
-  g, limit, mesh = config.grid, config.pretrained.device_gib, config.base.mesh
-  ks = [k for k in g.bits if k < 16]
-  table = pd.DataFrame(rows).drop(columns="devices")
-  table.columns = ["size", "params", "f32 GiB", "16-bit", *[f"k={k}" for k in ks]]
-  # The grid evaluates by fake quantization: the float32 params and a float32 copy.
-  table["grid eval"] = 2 * table["f32 GiB"]
-  if limit:
-    table[f"fits {limit:g}"] = [
-      "yes" if e <= limit else "16-bit" if b <= limit else "no"
-      for e, b in zip(table["grid eval"], table["16-bit"])
-    ]
-  title = (
-    f"# GiB of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
-    f"{mesh.fsdp * mesh.tensor} devices; k-bit: dtype={g.dtypes[0]}, "
-    f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; grid eval = "
-    "float32 params + float32 fake-quantized copy (activations not included)"
-  )
-  return (
-    title
-    + "\n"
-    + table.to_string(
-      index=False, float_format="{:.2f}".format, formatters={"params": "{:,}".format}
-    )
-  )
+  return memory.format_memory(config, rows, device_gib=config.pretrained.device_gib)
 
 
 def print_memory_table(arg: str | None = None) -> str:

@@ -332,3 +332,9 @@ def test_pretrained_grid_plans_the_modern_families(tmp_path, capsys):
   assert "hf download meta-llama/Llama-3.2-1B --local-dir" in out
   assert f"kbit import --hf_dir {pathlib.Path('~/hf').expanduser()}/gemma-2b" in out
   assert "TPU cost from FLOPs" in out and "v5e" in out
+  # The dry run's memory per device: 8,030,261,248 params x 4 B / 8 devices = 3.74 GiB,
+  # 16-bit half, grid eval 2x; k=4 nf B64 (attn, mlp) from quant/bits.py; no train column
+  # for imports; missing imports use their table preset.
+  memory = out[out.index("memory: GiB of parameters per device on fsdp=8 x tensor=1 = 8 devices") :]
+  (llama,) = [r.split() for r in memory.splitlines() if r.split()[:1] == ["llama-3.1-8b"]]
+  assert llama == "llama-3.1-8b 8,030,261,248 3.74 1.87 0.68 7.48".split()

@@ -676,3 +676,11 @@ def test_every_documented_axis_is_settable_from_the_command_line(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "grid plan: 2 models, 28 cells" in out.stdout
   assert "act_bits=8,16 tokens=2560,5120" in out.stdout
+  # Memory per device, one row for the two budgets' one architecture: 77,040 params x 4 B
+  # = 0.29 MiB, 16-bit half, the grid's fake-quantized evaluation 2x, training 4x (params,
+  # grads, AdamW's mu and nu); k=3/4 from quant/bits.py with the embedding quantized.
+  memory = out.stdout[out.stdout.index("memory: MiB of parameters per device") :].splitlines()
+  assert "on fsdp=1 x tensor=1 = 1 device; k-bit: dtype=int, B=64" in memory[0]
+  assert memory[1].split() == "size params f32 MiB 16-bit k=3 k=4 grid eval train".split()
+  assert memory[2].split() == "s0 77,040 0.29 0.15 0.04 0.05 0.59 1.18".split()
+  assert memory[3].startswith("results: ")

@@ -1,5 +1,6 @@
 """The plan as text: its models and their training cost, its cells per block layout, the
-imports a pretrained grid reads, and the estimated time (what `kbit grid` prints first)."""
+imports a pretrained grid reads, the estimated time and the memory per device (what
+`kbit grid` prints first)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kbit_jax.grid import cost as grid_cost
+from kbit_jax.grid import memory as grid_memory
 from kbit_jax.grid.plan import OPTIONAL_AXES, Cell, ModelRun, Plan, axis_values
 
 SHOWN_AXES = (
@@ -224,5 +226,7 @@ def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset
     f"estimated time: training {format_duration(cost['train_s'])}, evaluation "
     f"{format_duration(cost['eval_s'])}, total {format_duration(cost['total_s'])} "
     f"(for all {len(cells)} cells)",
+    "",
+    grid_memory.plan_memory(plan),
   ]
   return "\n".join(out)
