@@ -5,14 +5,15 @@ quantization-induced degradation grow with D as Ouyang et al. (2024) found?
     kbit report --results workdirs/training_length/results --out workdirs/training_length/report
     kbit grid --config experiments/training_length/config.py:runlocal --workdir /tmp/kbit/tl
 
-A variant of configs/grid.py: sizes s0, s1, s2 (3.2k, 25k, 98k non-embedding parameters),
-each trained once to `tokens` (default 2,097,152: 512 steps of 32 x 128 tokens, cosine)
-and evaluated at 5 checkpoints along the run (grid.checkpoints: 1/16, 1/8, 1/4, 1/2 and
-all of it: D = 131k .. 2.1M, D/N from 1.3 (s2 at 1/16) to 655 (s0 at the end)); k in
-{3, 4, 5, 6, 8, 16}, data types int, nf and float at block size 64: 3 x 5 x 16 = 240
-cells. The evaluation is perplexity only, on 16k validation tokens (4 batches of 32 rows):
-the zero-shot tasks carry no signal at these sizes (the default grid's report marks them
-flat), and QiD and the bit-optimal k are read from perplexity.
+A variant of configs/grid.py: sizes s0, s1, s2 (3,312, 25,472 and 100,096 non-embedding
+parameters), each trained once to `tokens` (default 5,242,880: 1,280 steps of 32 x 128
+tokens, cosine) and evaluated at 5 checkpoints along the run (grid.checkpoints: 1/16,
+1/8, 1/4, 1/2 and all of it: D = 328k .. 5.2M, D/N from 3.3 (s2 at 1/16) to 1,583 (s0 at
+the end); s0 and s1 end past D/N = 200, s2 at 52); k in {3, 4, 5, 6, 8, 16}, data types
+int, nf and float at block size 64: 3 x 5 x 16 = 240 cells. The evaluation is perplexity
+only, on 16k validation tokens (4 batches of 32 rows): the zero-shot tasks carry no
+signal at these sizes (the default grid's report marks them flat), and QiD and the
+bit-optimal k are read from perplexity.
 
 Arguments: tokens (the run's length), schedule (cosine | wsd: WSD cool-down branches
 instead of intermediate checkpoints, each budget a finished run), runlocal (s0 only, 2
@@ -32,7 +33,7 @@ CHECKPOINTS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 def get_config(arg=None):
-  a = files.parse_arg(arg, tokens=2_097_152, schedule="cosine", runlocal=False)
+  a = files.parse_arg(arg, tokens=5_242_880, schedule="cosine", runlocal=False)
   c = grid_config.get_config(f"runlocal={a.runlocal}")
   c.grid.sizes = ("s0",) if a.runlocal else SIZES
   c.grid.bits = (4, 16) if a.runlocal else (3, 4, 5, 6, 8, 16)
@@ -50,7 +51,7 @@ def get_config(arg=None):
           lr=3e-3,
           batch_size=8 if a.runlocal else batch,
           steps=steps,
-          warmup_steps=2 if a.runlocal else 20,  # before the first checkpoint (step 32)
+          warmup_steps=2 if a.runlocal else 20,  # before the first checkpoint (step 80)
           eval_every=steps,
           checkpoint_every=100,
           keep_checkpoints=1,
