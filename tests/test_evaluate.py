@@ -28,8 +28,11 @@ class Bigram:
   p: presets.Preset
   tag: str = ""  # a distinct tag is a distinct static argument: a cold jit cache
 
-  def apply(self, variables, tokens_BxL):
-    return variables["params"]["table"][tokens_BxL]
+  def apply(self, variables, tokens_BxL, positions_BxC=None):
+    logits_BxLxV = variables["params"]["table"][tokens_BxL]
+    if positions_BxC is None:
+      return logits_BxLxV
+    return jnp.take_along_axis(logits_BxLxV, positions_BxC[..., None], axis=1)
 
 
 def _compiled(name: str) -> int:
@@ -117,6 +120,39 @@ def test_buckets_and_batches():
   assert scoring.bucket_lengths(16) == (16,)
   batches = scoring._batches([5, 3, 0, 1, 2, 4], [64, 64, 64, 32, 16, 16], 2)
   assert batches == [([5, 3], 64), ([0], 64), ([1], 32), ([2, 4], 16)]
+
+
+def test_rows_gather_the_continuation_into_a_power_of_two_width():
+  """Continuations of 1, 3 and 5 tokens: C = 8 (the longest, to a power of two) in the
+  16-long bucket; positions are the inputs whose outputs predict each continuation token."""
+  requests = [([7, 8], [9]), ([1, 2, 3, 4], [5, 6, 7]), ([1], [2, 3, 4, 5, 6])]
+  (batch,) = scoring.pack_requests(requests, cap=64, batch_size=4)
+  assert batch.requests == [1, 2, 0] and batch.inputs_BxL.shape == (4, 16)
+  assert batch.positions_BxC.shape == batch.targets_BxC.shape == (4, 8)
+  np.testing.assert_array_equal(
+    batch.positions_BxC[:3, :5], [[3, 4, 5, 0, 0], [0, 1, 2, 3, 4], [1, 0, 0, 0, 0]]
+  )
+  np.testing.assert_array_equal(
+    batch.targets_BxC[:3, :5], [[5, 6, 7, 0, 0], [2, 3, 4, 5, 6], [9, 0, 0, 0, 0]]
+  )
+  assert batch.mask_BxC.sum(axis=1).tolist() == [3, 5, 1, 0]
+  assert scoring.continuation_width([([], [], 9)], 64) == 16
+  assert scoring.continuation_width([([], [], 9)], 12) == 12  # at most the batch length
+
+
+@pytest.mark.parametrize("size", ["s0", "l1"])
+def test_the_head_on_gathered_positions_equals_those_rows_of_all_logits(size):
+  """Scoring runs the final norm and head on the continuation's positions only; every
+  op after the blocks is per position, so the rows equal the full logits' (float32
+  matmuls of another row count: 1e-6)."""
+  net = transformer.Transformer(presets.get_preset(size))
+  params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  tokens_BxL = jax.random.randint(jax.random.key(1), (2, 16), 0, net.p.vocab_size)
+  positions_BxC = jnp.array([[3, 4, 5, 15], [0, 1, 2, 2]])
+  full_BxLxV = net.apply({"params": params}, tokens_BxL)
+  part_BxCxV = net.apply({"params": params}, tokens_BxL, positions_BxC)
+  want = jnp.take_along_axis(full_BxLxV, positions_BxC[..., None], axis=1)
+  np.testing.assert_allclose(part_BxCxV, want, rtol=0, atol=1e-6)
 
 
 def test_one_compile_per_bucket_and_new_params_reuse_it():

@@ -20,6 +20,7 @@ from kbit_jax.config import files
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import cost as grid_cost
 from kbit_jax.grid import describe, driver, models
+from kbit_jax.grid import keys as grid_keys
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
 from kbit_jax.quant import bits as quant_bits
@@ -608,7 +609,7 @@ def test_a_workdir_of_before_train_id_is_adopted_or_left(tmp_path, capsys):
   results_dir = tmp_path / "results"
   (record,) = results.load_records(results_dir)
   os.remove(results_dir / f"{record['id']}.json")
-  old = dict(record, key=grid_plan.legacy_key(record["key"]))
+  old = dict(record, key=grid_keys.legacy_key(record["key"]))
   old.pop("id")
   old_path = results.write(results_dir, old)
   os.rename(models.model_dir(workdir, run), models.legacy_model_dir(workdir, run))

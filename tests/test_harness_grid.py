@@ -21,6 +21,7 @@ from kbit_jax.analysis import results
 from kbit_jax.config import eval_section, files
 from kbit_jax.evals.harness import loading, run
 from kbit_jax.grid import driver
+from kbit_jax.grid import keys as grid_keys
 from kbit_jax.grid import plan as grid_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -72,8 +73,8 @@ def test_harness_keys_at_their_default_leave_cell_keys_unchanged(zoo):
   with_default.eval.harness_include_path = ""
   without = ml_collections.ConfigDict(with_default.to_dict())
   del without.eval["harness_tasks"], without.eval["harness_include_path"]
-  assert grid_plan.eval_id(with_default) == grid_plan.eval_id(without)
-  assert grid_plan.eval_id(_config(zoo)) != grid_plan.eval_id(without)
+  assert grid_keys.eval_id(with_default) == grid_keys.eval_id(without)
+  assert grid_keys.eval_id(_config(zoo)) != grid_keys.eval_id(without)
   ids = [c.id for c in grid_plan.make_plan(with_default).cells]
   assert ids == [c.id for c in grid_plan.make_plan(without).cells]
 

@@ -1,4 +1,4 @@
-"""One main method for the figures, the extra axes' tables and the report (cells.main_method)."""
+"""One main method for the figures, the extra axes' tables and the report (labels.main_method)."""
 
 import copy
 import warnings
@@ -7,14 +7,8 @@ import pandas as pd
 import pytest
 
 from kbit_jax.analysis import results, stage, synthetic
-from kbit_jax.analysis.cells import (
-  MainMethod,
-  ScalingWarning,
-  cells_from_store,
-  check_cells,
-  keep_largest,
-  main_method,
-)
+from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells, keep_largest
+from kbit_jax.analysis.labels import MainMethod, main_method
 
 SIZES = ("s1", "s2", "s3")
 SEEDS = (0, 1)

@@ -7,13 +7,8 @@ import pytest
 
 from kbit_jax.analysis import plot_style, plots, report, results, stage, synthetic
 from kbit_jax.analysis.analyse import analyse
-from kbit_jax.analysis.cells import (
-  MainMethod,
-  ScalingWarning,
-  cells_from_store,
-  check_cells,
-  main_method,
-)
+from kbit_jax.analysis.cells import ScalingWarning, cells_from_store, check_cells
+from kbit_jax.analysis.labels import MainMethod, main_method
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {

@@ -1,7 +1,8 @@
 """The analysis stage, free of jax: results store -> cells -> fits -> tables, figures, report.
 
 results.py      the store: one JSON record per cell, loaded as one DataFrame
-cells.py        store columns -> cells: labels, compatibility checks, families, main method
+cells.py        store columns -> cells: the adapter, compatibility checks, families
+labels.py       method / block / budget labels and the one main method of figures and tables
 forms.py        the fit forms (power, sigmoid, neff, ptq) and the data they are fitted to
 fitting.py      robust least squares, bootstrap intervals, hold-out error
 bitoptimal.py   the best k per total-bits budget

@@ -23,17 +23,17 @@ import numpy as np
 import pandas as pd
 
 from kbit_jax.analysis import bitoptimal, fitting, forms, noise, qid
-from kbit_jax.analysis.cells import (
+from kbit_jax.analysis.cells import METRICS
+from kbit_jax.analysis.fitting import FitError, FitResult
+from kbit_jax.analysis.labels import (
   BASELINE_BITS,
   BASELINE_METHOD,
-  METRICS,
   RTN,
   base_label,
   by_count,
   curve_k,
   quant_methods,
 )
-from kbit_jax.analysis.fitting import FitError, FitResult
 
 
 @dataclasses.dataclass

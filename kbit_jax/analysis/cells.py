@@ -1,9 +1,9 @@
-"""The results store as cells: the column adapter, labels, the compatibility checks, the
-training families and the main method.
+"""The results store as cells: the column adapter, the compatibility checks and the
+training families (the labels and the main method: labels.py).
 
     store = cells.load_store(results_dir)            # results.load + the adapter
     checked, issues = cells.check_cells(store)       # the compatibility checks
-    main = cells.main_method(checked)                # what the figures and tables show
+    main = labels.main_method(checked)               # what the figures and tables show
 
 Vocabulary. A *cell* is one evaluated (model, quantization). A *checkpoint* (bootstrap
 unit) is one trained model: preset x seed x training tokens. A *method* is a quantization
@@ -26,8 +26,6 @@ out of that metric's fits).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import warnings
 from typing import Any
 
@@ -35,12 +33,16 @@ import numpy as np
 import pandas as pd
 
 from kbit_jax.analysis import results
+from kbit_jax.analysis.labels import (
+  BASELINE_BITS,
+  BASELINE_METHOD,
+  RTN,
+  family_order,
+  method_label,
+  tokens_label,
+)
 
-BASELINE_BITS = 16
-BASELINE_METHOD = "16-bit"
 METRICS = ("nll", "acc")  # nll = ln(perplexity), nats per token
-# The main method's data type: the first present (the study's recommended types first).
-MAIN_DTYPES = ("float", "quantile", "nf", "int", "dynamic", "int_centered")
 # Chance accuracy of each zero-shot task (lambada is greedy generation: 0); the mean
 # accuracy's floor `lo` is the mean over the tasks a cell was scored on.
 CHANCE = {"lambada": 0.0, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5}
@@ -99,7 +101,6 @@ DEFAULTS = {
   "quant_method": "rtn",
   "calib_id": "",
 }
-RTN = "rtn"
 METRIC_PREFIXES = ("metrics/", "")
 PPL_SPLITS = ("validation", "text_file", "test")  # preferred perplexity, in order
 PROBE_METRICS = ("bits", "bits_unclipped", "acc", "macro_f1", "max_k")
@@ -213,12 +214,6 @@ def nll_stderr(row_sums: Any, row_tokens: Any) -> float:
   return float(np.sqrt(r / (r - 1) * np.sum(resid**2)) / tokens.sum())
 
 
-def blocksize_label(b: Any) -> str:
-  if b is None or (isinstance(b, float) and math.isnan(b)):
-    return "-"
-  return {0: "tensor", -1: "channel"}.get(int(b), str(int(b)))
-
-
 def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
   cells = cells.copy()
   cells["k"] = cells["k"].astype(int)
@@ -266,93 +261,6 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
     for k, e, n in zip(cells["k"], cells["exponent_bits"], exps)
   ]
   return cells.reset_index(drop=True)
-
-
-def blocksize_order(b: Any) -> float:
-  """Blocks from small to large, then per channel, then per tensor."""
-  return {0: 1e9, -1: 1e8}.get(int(b), float(b))
-
-
-def method_label(
-  dtype: str, blocksize: Any, outlier_share: float, double_quant: bool, quant_method: str = RTN
-) -> str:
-  """e.g. 'int B64', 'nf+dq B64', 'float Btensor p0.02', 'int B64 gptq' (rtn unnamed)."""
-  label = f"{dtype}{'+dq' if double_quant else ''} B{blocksize_label(blocksize)}"
-  label += f" p{outlier_share:g}" if outlier_share else ""
-  return label + (f" {quant_method}" if quant_method != RTN else "")
-
-
-def quant_method_of(cells: pd.DataFrame) -> pd.Series:
-  """Each cell's quantization method (rtn for frames made before the column existed)."""
-  if "quant_method" in cells:
-    return cells["quant_method"]
-  return pd.Series(RTN, index=cells.index)
-
-
-def base_label(cells: pd.DataFrame, method: str) -> str:
-  """A method's label without its quantization method: what rtn / gptq / awq share."""
-  rows = quant_method_of(cells)[cells["method"] == method]
-  qm = rows.iloc[0] if len(rows) else RTN
-  return method.removesuffix(f" {qm}") if qm != RTN else method
-
-
-def quant_methods(cells: pd.DataFrame) -> list[str]:
-  """The quantization methods of the quantized cells: rtn first, then by name."""
-  present = set(quant_method_of(cells)[cells["k"] != BASELINE_BITS])
-  return sorted(present, key=lambda m: (m != RTN, m))
-
-
-def main_quant_method(cells: pd.DataFrame) -> str:
-  """rtn if any quantized cell has it (the study's method), else the first present."""
-  methods = quant_methods(cells)
-  return methods[0] if methods else RTN
-
-
-def curve_k(curve: str) -> int:
-  """'k4' or 'k4 e2' -> 4."""
-  return int(curve.split()[0][1:])
-
-
-def by_count(values: pd.Series) -> list[Any]:
-  """The distinct values, most frequent first, then by name."""
-  counts = values.value_counts()
-  return sorted(counts.index, key=lambda v: (-counts[v], str(v)))
-
-
-@dataclasses.dataclass(frozen=True)
-class MainMethod:
-  """The one quantization method the figures, the extra axes' tables and the report show."""
-
-  label: str  # the cells' `method`, e.g. "nf B64"
-  dtype: str
-  blocksize: float
-  quant_method: str = RTN  # rtn when present (quant_methods: the others are compared)
-
-
-def main_method(cells: pd.DataFrame) -> MainMethod | None:
-  """The main method of `cells`, from its weights-only quantized cells without outliers:
-  block size 64 if present, else the most common; then the first of MAIN_DTYPES present
-  (else the first data type by name); then, of that type's methods at that block size
-  (with and without double quantization), the one with the most cells. None without
-  such cells. Activation-quantized cells do not count, so a store's checked cells (the
-  figures, the report) and its extra axes' cells agree unless check_cells leaves out
-  quantized cells of other targets or parameter counts. Of several quantization methods
-  the main one is `main_quant_method`'s (rtn when present)."""
-  q = cells[
-    (cells["k"] != BASELINE_BITS)
-    & (cells["outlier_share"] == 0)
-    & (cells["act_bits"] == BASELINE_BITS)
-  ]
-  qm = main_quant_method(q)
-  q = q[quant_method_of(q) == qm]
-  blocks = q["blocksize"].dropna()
-  if blocks.empty:
-    return None
-  blocksize = 64.0 if (blocks == 64).any() else float(blocks.mode().iloc[0])
-  q = q[q["blocksize"] == blocksize]
-  dtypes = set(q["dtype"])
-  dtype = next((d for d in MAIN_DTYPES if d in dtypes), min(dtypes))
-  return MainMethod(by_count(q.loc[q["dtype"] == dtype, "method"])[0], dtype, blocksize, qm)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -440,15 +348,6 @@ def check_cells(
   return checked, issues
 
 
-def tokens_label(t: float) -> str:
-  if not np.isfinite(t):
-    return "D=?"
-  for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-    if t >= scale:
-      return f"D={t / scale:.3g}{unit}"
-  return f"D={t:g}"
-
-
 def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   """Training-setup label per cell (see the module docstring)."""
   if cells.empty:
@@ -468,7 +367,7 @@ def assign_families(cells: pd.DataFrame, issues: list[str]) -> pd.Series:
   )
   issues.append(
     f"training tokens differ within presets ({note}): fitting each training "
-    f"family separately ({', '.join(sorted(labels.unique()))}); the precision "
+    f"family separately ({', '.join(sorted(labels.unique(), key=family_order))}); the precision "
     "laws pool them with one E per family"
   )
   return labels

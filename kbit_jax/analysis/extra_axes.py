@@ -8,7 +8,7 @@
 
 The cells are a store's (cells.load_store) of its most common eval_id, activation-
 quantized ones included: none of check_cells' other checks apply here. Weight-only tables
-and fits use act_bits = 16 cells, one method: the *main* one (cells.main_method), the
+and fits use act_bits = 16 cells, one method: the *main* one (labels.main_method), the
 one the figures and the report show.
 
 N-D fit: on the 16-bit (weights and activations) cells, ln y = ln a + b ln N + c ln D by
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from kbit_jax.analysis.cells import BASELINE_BITS, METRICS, keep_largest, main_method, tokens_label
+from kbit_jax.analysis.cells import METRICS, keep_largest
+from kbit_jax.analysis.labels import BASELINE_BITS, main_method, tokens_label
 
 
 def axes_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -39,7 +40,7 @@ def axes_cells(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def main_method_cells(cells: pd.DataFrame) -> pd.DataFrame:
-  """The 16-bit cells and the cells of the main method (cells.main_method), at every
+  """The 16-bit cells and the cells of the main method (labels.main_method), at every
   activation precision."""
   base = cells[cells["k"] == BASELINE_BITS]
   main = main_method(cells)

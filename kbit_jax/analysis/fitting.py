@@ -138,8 +138,10 @@ class FitResult:
 
   @property
   def unidentified(self) -> dict[str, str]:
-    """{parameter: why} for the parameters the bootstrap does not identify."""
+    """{parameter: why} for the parameters the bootstrap does not identify, and those
+    the fit left on their search bound (the data ask for more than the bound allows)."""
     out = {p: not_identified(self.ci.get(p)) for p in self.params}
+    out.update({p: "on its search bound" for p in self.at_bound if p in self.params})
     return {p: why for p, why in out.items() if why}
 
   @property

@@ -43,7 +43,6 @@ import pandas as pd
 from scipy import stats
 
 from kbit_jax.analysis import bitoptimal, extra_axes, fitting, forms
-from kbit_jax.analysis.cells import BASELINE_BITS, BASELINE_METHOD, by_count, curve_k
 from kbit_jax.analysis.fitting import FitError, FitResult
 from kbit_jax.analysis.kg_cells import (
   ALPHA,
@@ -54,6 +53,7 @@ from kbit_jax.analysis.kg_cells import (
   moves,
   size_means,
 )
+from kbit_jax.analysis.labels import BASELINE_BITS, BASELINE_METHOD, by_count, curve_k
 
 # The bounded form per fitted metric: forms.SIGMOID (hi, s, m_bits; lo fixed), residuals
 # in metric units, named after the metric it fits.

@@ -34,13 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kbit_jax.analysis.cells import (
-  BASELINE_BITS,
-  BASELINE_METHOD,
-  ScalingWarning,
-  keep_largest,
-  method_label,
-)
+from kbit_jax.analysis.cells import ScalingWarning, keep_largest
+from kbit_jax.analysis.labels import BASELINE_BITS, BASELINE_METHOD, method_label
 
 TASK = "kg_link_prediction"  # key `task` of every KG record (kg/experiment.py imports it)
 # Metrics read from a record's `metrics` group; "unleaked/": the test triples whose
@@ -188,7 +183,7 @@ def _normalise(cells: pd.DataFrame) -> pd.DataFrame:
     cells[col] = cells[col].fillna(0).astype(int)
   for col in ("params", "n", "total_bits", "bits_per_param"):
     cells[col] = pd.to_numeric(cells[col], errors="coerce")
-  cells["outlier_share"] = 0.0  # for cells.main_method (KG tables have no outliers)
+  cells["outlier_share"] = 0.0  # for labels.main_method (KG tables have no outliers)
   cells["act_bits"] = BASELINE_BITS
   base = cells["k"] == BASELINE_BITS
   cells["method"] = [

@@ -25,9 +25,9 @@ import numpy as np
 from etils import epath
 
 from kbit_jax.analysis import plot_style
-from kbit_jax.analysis.cells import BASELINE_BITS, curve_k, main_method
 from kbit_jax.analysis.kg_analyse import NO_SIGNAL, KGAnalysis
 from kbit_jax.analysis.kg_cells import FIT_METRICS, METRIC_LABEL, Z, size_means
+from kbit_jax.analysis.labels import BASELINE_BITS, curve_k, main_method
 from kbit_jax.analysis.plot_style import (
   BITS_LABEL,
   OTHER_COLORS,

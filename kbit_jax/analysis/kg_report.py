@@ -19,9 +19,9 @@ import numpy as np
 from etils import epath
 
 from kbit_jax.analysis import kg_plots, kg_tables
-from kbit_jax.analysis.cells import main_method
 from kbit_jax.analysis.kg_analyse import NO_SIGNAL, KGAnalysis
 from kbit_jax.analysis.kg_cells import ALPHA, FIT_METRICS, Z
+from kbit_jax.analysis.labels import main_method
 from kbit_jax.analysis.plot_style import Figure
 from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown, with_ci
 from kbit_jax.analysis.report import MAX_LIST, figure_blocks

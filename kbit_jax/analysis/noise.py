@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kbit_jax.analysis.cells import BASELINE_BITS, main_method
+from kbit_jax.analysis.labels import BASELINE_BITS, family_order, main_method
 
 STDERR = {"acc": "acc_stderr", "nll": "nll_stderr"}
 ITEM_PREFIX = "items/"
@@ -74,7 +74,12 @@ def signal_table(cells: pd.DataFrame) -> pd.DataFrame:
           signal=None if not np.isfinite(stderr) else bool(spread > factor * stderr),
         )
       )
-  return pd.DataFrame(rows)
+  table = pd.DataFrame(rows)
+  if table.empty:
+    return table
+  order = table["family"].map(family_order).tolist()
+  rank = sorted(range(len(table)), key=lambda i: (order[i], table["n"].iloc[i]))
+  return table.iloc[rank].reset_index(drop=True)
 
 
 def _paired_stderr(g: pd.DataFrame, metric: str, k_hi, k_lo) -> float | None:

@@ -27,7 +27,7 @@ from matplotlib import ticker
 
 from kbit_jax.analysis import bitoptimal
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import blocksize_label
+from kbit_jax.analysis.labels import blocksize_label
 
 K_COLORS = {
   2: "#8c564b",

@@ -13,7 +13,7 @@ Figures (x = total model bits, log scale; one colour per k, fixed in K_COLORS):
   fits, bit_optimal, precision_law   (plots_fits.py)
   bitopt_vs_tokens, bits_by_budget, qid_laws   (plots_length.py: several training budgets)
 A figure whose data is missing is skipped and named in `notes`, never an error.
-The *main* method is cells.main_method's, as in the extra axes' tables and the report;
+The *main* method is labels.main_method's, as in the extra axes' tables and the report;
 the figures above it show the main quantization method's cells (rtn when present).
 """
 
@@ -26,10 +26,10 @@ from etils import epath
 
 from kbit_jax.analysis import plot_style
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import (
+from kbit_jax.analysis.cells import METRICS
+from kbit_jax.analysis.labels import (
   BASELINE_BITS,
   MAIN_DTYPES,
-  METRICS,
   blocksize_label,
   blocksize_order,
   curve_k,

@@ -19,7 +19,7 @@ import pandas as pd
 from etils import epath
 
 from kbit_jax.analysis import extra_axes, plot_style
-from kbit_jax.analysis.cells import tokens_label
+from kbit_jax.analysis.labels import tokens_label
 from kbit_jax.analysis.plot_style import (
   Figure,
   SkipFigure,

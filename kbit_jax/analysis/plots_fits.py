@@ -13,7 +13,8 @@ import numpy as np
 from etils import epath
 
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_BITS, METRICS, curve_k, main_method
+from kbit_jax.analysis.cells import METRICS
+from kbit_jax.analysis.labels import BASELINE_BITS, curve_k, main_method
 from kbit_jax.analysis.plot_style import (
   BITS_LABEL,
   METRIC_LABEL,

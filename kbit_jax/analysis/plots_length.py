@@ -17,7 +17,7 @@ import pandas as pd
 from etils import epath
 
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_BITS, MAIN_DTYPES, curve_k, main_method
+from kbit_jax.analysis.labels import BASELINE_BITS, MAIN_DTYPES, curve_k, main_method
 from kbit_jax.analysis.plot_style import (
   OTHER_COLORS,
   Figure,

@@ -18,7 +18,8 @@ from etils import epath
 
 from kbit_jax.analysis import plots, plots_axes, report_axes, report_length, report_methods, tables
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_METHOD, METRICS, main_method
+from kbit_jax.analysis.cells import METRICS
+from kbit_jax.analysis.labels import BASELINE_METHOD, main_method
 from kbit_jax.analysis.plot_style import Figure
 from kbit_jax.analysis.render import Block, cell_text, num, percent, to_html, to_markdown
 

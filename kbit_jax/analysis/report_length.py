@@ -14,8 +14,8 @@ import numpy as np
 
 from kbit_jax.analysis import plots_length, qid
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import main_method
 from kbit_jax.analysis.fitting import FitResult
+from kbit_jax.analysis.labels import main_method
 from kbit_jax.analysis.render import Block, num, percent, with_ci
 
 QID_THRESHOLD = 0.05  # nats: QiD of about 5% perplexity

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import METRICS, RTN, main_method
+from kbit_jax.analysis.cells import METRICS
+from kbit_jax.analysis.labels import RTN, main_method
 from kbit_jax.analysis.render import Block, num, percent
 
 

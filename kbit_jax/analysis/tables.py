@@ -15,8 +15,8 @@ import pandas as pd
 from etils import epath
 
 from kbit_jax.analysis.analyse import Analysis
-from kbit_jax.analysis.cells import BASELINE_BITS, blocksize_label, blocksize_order, quant_methods
 from kbit_jax.analysis.fitting import FitResult
+from kbit_jax.analysis.labels import BASELINE_BITS, blocksize_label, blocksize_order, quant_methods
 
 
 def _fit_rows(key: dict[str, Any], fit: FitResult) -> list[dict[str, Any]]:

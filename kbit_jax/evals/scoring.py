@@ -12,10 +12,11 @@ whether greedy decoding reproduces it.
 Compiles are bounded: rows are padded into fixed shapes (batch_size x bucket, buckets are
 powers of two from 16 up to max_len) and the parameters are arguments of the jitted
 function, never constants in it, so every quantized variant of a model (same shapes and
-net) reuses the same executables: at most one per bucket. The last batch of a shape is
-padded with rows of weight 0.
+net) reuses the same executables: at most one per bucket (the continuation width C is
+one per bucket for a set of requests). The last batch of a shape is padded with rows of
+weight 0.
 
-Shape suffixes: B batch, L length, V vocab.
+Shape suffixes: B batch, L length, C continuation (the positions scored), V vocab.
 """
 
 from __future__ import annotations
@@ -113,23 +114,26 @@ def encode_requests(
 def _score_rows(
   params: Any,
   inputs_BxL: jax.Array,
-  targets_BxL: jax.Array,
-  mask_BxL: jax.Array,
+  positions_BxC: jax.Array,
+  targets_BxC: jax.Array,
+  mask_BxC: jax.Array,
   *,
   net: transformer.Transformer,
 ):
   """Per row: summed log-prob of the masked targets, and whether each is the argmax.
 
-  "Is the argmax" is tested as target logit >= max logit: it differs from lm-eval's
-  `argmax == target` only on exact ties, and XLA:CPU's argmax over V made scoring ~3x
-  slower. No B x L x V log-prob array is formed (transformer.next_token_nll).
+  Only the continuation's positions (`positions_BxC`, C >= the longest continuation)
+  reach the head: the logits of the context are never used. "Is the argmax" is tested as
+  target logit >= max logit: it differs from lm-eval's `argmax == target` only on exact
+  ties, and XLA:CPU's argmax over V made scoring ~3x slower. No B x C x V log-prob array
+  is formed (transformer.next_token_nll).
   """
-  logits_BxLxV = net.apply({"params": params}, inputs_BxL)
-  nll_BxL = transformer.next_token_nll(logits_BxLxV, targets_BxL)
-  ll_B = jnp.sum(jnp.where(mask_BxL, -nll_BxL, 0.0), axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  hit_BxL = target_logit_BxL >= jnp.max(logits_BxLxV, axis=-1)
-  return ll_B, jnp.all(hit_BxL | ~mask_BxL, axis=-1)
+  logits_BxCxV = net.apply({"params": params}, inputs_BxL, positions_BxC)
+  nll_BxC = transformer.next_token_nll(logits_BxCxV, targets_BxC)
+  ll_B = jnp.sum(jnp.where(mask_BxC, -nll_BxC, 0.0), axis=-1)
+  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+  hit_BxC = target_logit_BxC >= jnp.max(logits_BxCxV, axis=-1)
+  return ll_B, jnp.all(hit_BxC | ~mask_BxC, axis=-1)
 
 
 score_rows = jax.jit(_score_rows, static_argnames="net")
@@ -172,8 +176,9 @@ class ScoringBatch(NamedTuple):
 
   requests: list[int]  # request indices of the first len(requests) rows
   inputs_BxL: np.ndarray
-  targets_BxL: np.ndarray
-  mask_BxL: np.ndarray  # True at the continuation's targets
+  positions_BxC: np.ndarray  # the input positions whose outputs predict the continuation
+  targets_BxC: np.ndarray  # the continuation's tokens
+  mask_BxC: np.ndarray  # True at a row's continuation tokens (padding: False)
   tokens: int  # unpadded input tokens
 
 
@@ -190,12 +195,21 @@ def _step_batches(
   return out
 
 
+def continuation_width(rows: Sequence[tuple[list[int], list[int], int]], length: int) -> int:
+  """C of a batch `length` long: the longest continuation of all `rows`, rounded up to a
+  power of two, at most `length`: one C per batch length, so compiles stay one per
+  length."""
+  longest = max(r[2] for r in rows)
+  return min(length, 1 << (longest - 1).bit_length())
+
+
 def pack_requests(
   requests: Sequence[Request], cap: int, batch_size: int, bucket_step: int = 0
 ) -> list[ScoringBatch]:
   """Requests -> fixed-shape batches: longest first (an out-of-memory shows at once, as
   in lm-eval), each batch one bucket long, padded rows all-zero with an empty mask.
-  `bucket_step` > 0 (the harness bridge): batch lengths are multiples of it instead."""
+  `bucket_step` > 0 (the harness bridge): batch lengths are multiples of it instead.
+  Each row's continuation is gathered into C columns (`continuation_width`)."""
   buckets = bucket_lengths(cap)
   rows = [_request_row(c, x, cap) for c, x in requests]
   order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
@@ -206,15 +220,22 @@ def pack_requests(
     batches = _batches(order, bucket_of, batch_size)
   out = []
   for chunk, length in batches:
+    width = continuation_width(rows, length)
     inputs_BxL = np.zeros((batch_size, length), np.int32)
-    targets_BxL = np.zeros((batch_size, length), np.int32)
-    mask_BxL = np.zeros((batch_size, length), bool)
+    positions_BxC = np.zeros((batch_size, width), np.int32)
+    targets_BxC = np.zeros((batch_size, width), np.int32)
+    mask_BxC = np.zeros((batch_size, width), bool)
     for b, i in enumerate(chunk):
       inputs, targets, cont_len = rows[i]
-      inputs_BxL[b, : len(inputs)], targets_BxL[b, : len(targets)] = inputs, targets
-      mask_BxL[b, len(targets) - cont_len : len(targets)] = True
+      inputs_BxL[b, : len(inputs)] = inputs
+      start = len(targets) - cont_len
+      positions_BxC[b, :cont_len] = np.arange(start, len(targets))
+      targets_BxC[b, :cont_len] = targets[start:]
+      mask_BxC[b, :cont_len] = True
     out.append(
-      ScoringBatch(chunk, inputs_BxL, targets_BxL, mask_BxL, sum(len(rows[i][0]) for i in chunk))
+      ScoringBatch(
+        chunk, inputs_BxL, positions_BxC, targets_BxC, mask_BxC, sum(len(rows[i][0]) for i in chunk)
+      )
     )
   return out
 
@@ -237,7 +258,11 @@ def loglikelihoods(
   batches = pack_requests(requests, scoring_length(net, max_len), batch_size, bucket_step)
   pending, t0, tokens = [], time.perf_counter(), 0
   for n, batch in enumerate(batches, start=1):
-    pending.append(score_rows(params, batch.inputs_BxL, batch.targets_BxL, batch.mask_BxL, net=net))
+    pending.append(
+      score_rows(
+        params, batch.inputs_BxL, batch.positions_BxC, batch.targets_BxC, batch.mask_BxC, net=net
+      )
+    )
     tokens += batch.tokens
     if n % LOG_EVERY == 0 or n == len(batches):
       jax.block_until_ready(pending[-1])

@@ -35,6 +35,7 @@ from etils import epath
 from kbit_jax.analysis import results
 from kbit_jax.grid import compiles, describe, evaluator, models, multihost, tpu_cost
 from kbit_jax.grid import cost as grid_cost
+from kbit_jax.grid import keys as grid_keys
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.train import checkpoint, workdir_lock
 
@@ -76,7 +77,7 @@ def _finished(plan: grid_plan.Plan, results_dir: epath.Path, dry_run: bool) -> s
     legacy = {
       results.cell_id(old): c.name
       for c in plan.cells
-      if (old := grid_plan.legacy_key(c.key_dict)) is not None
+      if (old := grid_keys.legacy_key(c.key_dict)) is not None
     }
     found = [i for i in legacy if (results_dir / f"{i}{results.SUFFIX}").exists()]
     if found:

@@ -13,12 +13,10 @@ and adds nothing to cell keys). Every cell's `QuantSpec` is built here and its t
 checked against the model's parameter shapes, so a bad cell is reported with its name
 and the bad key before anything is trained.
 
-A cell's key (analysis/results.py) names the model (preset, seed, training tokens and
-`train_id`, a hash of the whole training identity: train/identity.py), the resolved
-quantization (float exponent bits included) and a fingerprint of the eval section, so
-rerunning a grid finds its finished cells, and a changed evaluation, or a model trained
-with another config (another lr, seq_len, data, ...), does not. The model's directory is
-`W/models/<name>-<train_id>/` (models.py); names stay readable (`s1-seed0 k4 int B64 p0`).
+A cell's key (keys.py) names the model (its training identity `train_id`), the resolved
+quantization and a fingerprint of the eval section, so rerunning a grid finds its finished
+cells. The model's directory is `W/models/<name>-<train_id>/` (models.py); names stay
+readable (`s1-seed0 k4 int B64 p0`).
 
 Quantization methods (`grid.methods`, default ("rtn",)): every quantized (k, dtype, block
 size, outlier share) cell is made once per method of rtn (round to nearest, the study),
@@ -50,7 +48,8 @@ import ml_collections
 from kbit_jax.analysis import results
 from kbit_jax.config import calibration_section, checks, eval_section
 from kbit_jax.evals import scoring
-from kbit_jax.grid import along, plan_methods
+from kbit_jax.grid import along, keys, plan_methods
+from kbit_jax.grid.keys import RTN
 from kbit_jax.grid.pretrained import (
   Pretrained,
   missing_imports_message,
@@ -78,7 +77,6 @@ OPTIONAL_AXES = {
   "checkpoints": (),
   "methods": ("rtn",),
 }
-RTN = "rtn"
 GRID_KEYS = AXES + tuple(OPTIONAL_AXES) + ("targets",)
 
 
@@ -271,57 +269,6 @@ def model_config(
   return c
 
 
-def eval_id(config: ml_collections.ConfigDict) -> str:
-  """Fingerprint of the evaluation settings (part of every cell key)."""
-  return results.cell_id(eval_section.fingerprint_dict(config.eval))[:8]
-
-
-def cell_key(
-  run: ModelRun, spec: QuantSpec, eval_fingerprint: str, method: str = RTN, calib_id: str = ""
-) -> tuple:
-  """The cell's identity; act_bits only when < 16, hub_id only for imported models,
-  train_id only for trained ones (`legacy_key`: the key without it), bos only when
-  scoring prepends one (a hub OPT tokenizer under eval.bos="tokenizer"), and method +
-  calib_id only for a calibrated method's quantized cell (rtn keys are as before)."""
-  q = spec.quantized
-  extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
-  if run.bos:
-    extra["bos"] = True
-  if run.pretrained:
-    extra["hub_id"] = run.pretrained.hub_id
-    if run.pretrained.revision:
-      extra["revision"] = run.pretrained.revision
-  else:
-    extra["train_id"] = run.train_id
-    extra.update(along.key_extras(run))
-  if q and method != RTN:
-    extra.update(method=method, calib_id=calib_id)
-  return tuple(
-    dict(
-      preset=run.preset,
-      seed=run.seed,
-      train_tokens=run.train_tokens,
-      bits=spec.bits,
-      dtype=spec.dtype if q else "none",
-      exponent_bits=spec.exponent_bits if q else 0,
-      blocksize=spec.blocksize if q else None,
-      outlier_share=spec.outlier_share if q else 0.0,
-      targets=",".join(spec.targets) if q else "none",
-      double_quant=spec.double_quant,
-      eval_id=eval_fingerprint,
-      **extra,
-    ).items()
-  )
-
-
-def legacy_key(key: dict[str, Any]) -> dict[str, Any] | None:
-  """A trained cell's key as grids wrote it before keys carried `train_id` (None for an
-  imported model's cell, whose key is unchanged)."""
-  if "train_id" not in key:
-    return None
-  return {k: v for k, v in key.items() if k != "train_id"}
-
-
 def _specs(grid: dict[str, tuple], targets: str) -> Iterable[tuple[str, dict[str, Any]]]:
   """(cell label, QuantSpec kwargs): per activation bits a, 16 bits once, then layouts x
   dtypes x k."""
@@ -388,7 +335,7 @@ def _add_cells(run: ModelRun, grid: dict, targets, shapes, fingerprint: str, met
     except ValueError as e:
       raise ValueError(f"grid cell {run.name} {label}: {e}") from None
     if not spec.quantized:  # the float model: one cell whatever the methods
-      run.cells.append(Cell(run.name, cell_key(run, spec, fingerprint), spec))
+      run.cells.append(Cell(run.name, keys.cell_key(run, spec, fingerprint), spec))
       continue
     for m in methods:
       try:
@@ -397,7 +344,7 @@ def _add_cells(run: ModelRun, grid: dict, targets, shapes, fingerprint: str, met
         )
       except ValueError as e:
         raise ValueError(f"grid cell {run.name} {label} method {m}: {e}") from None
-      key = cell_key(run, spec, fingerprint, m, calib_ids.get(m, ""))
+      key = keys.cell_key(run, spec, fingerprint, m, calib_ids.get(m, ""))
       by_method[m].append(Cell(run.name, key, spec, m))
   run.cells += [c for m in methods for c in by_method[m]]  # rtn's cells first
 
@@ -429,7 +376,7 @@ def make_plan(config: ml_collections.ConfigDict, require_imports: bool = False) 
       harness_cells.check(config.eval)
   except ValueError as e:
     raise ValueError(f"grid eval section: {e}") from None
-  fingerprint = eval_id(config)
+  fingerprint = keys.eval_id(config)
   methods, calib = plan_methods.check_methods(config, grid)
   sources = pretrained_sources(config, grid)
   models = []

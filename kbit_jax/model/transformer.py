@@ -279,7 +279,10 @@ class Transformer(nn.Module):
   scan_layers: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, positions_BxC: jax.Array | None = None) -> jax.Array:
+    """logits_BxLxV; with `positions_BxC`, only those positions' logits, logits_BxCxV
+    (scoring needs the continuation's: what follows the last block is per position, so
+    the head, a large share of a small model's FLOPs, runs on C rows instead of L)."""
     p = self.p
     L = tokens_BxL.shape[1]
     if L > p.max_len and p.positions == "learned":
@@ -332,6 +335,8 @@ class Transformer(nn.Module):
         x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention, name=f"layer_{i}")(
           x_BxLxD
         )
+    if positions_BxC is not None:
+      x_BxLxD = jnp.take_along_axis(x_BxLxD, positions_BxC[..., None], axis=1)  # B x C x D
     if not p.post_norm:  # a post-norm block already ends with a LayerNorm
       x_BxLxD = _norm(p, self.dtype, "ln_f")(x_BxLxD)
     if p.token_dim != p.d_model:
