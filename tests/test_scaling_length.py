@@ -7,7 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kbit_jax.analysis import analyse, cells, fitting, noise, qid, results, synthetic, tables
+from kbit_jax.analysis import (
+  analyse,
+  cells,
+  fitting,
+  labels,
+  noise,
+  qid,
+  results,
+  synthetic,
+  tables,
+)
 
 OUYANG_TRUTH = dict(c=40.0, beta=0.5, alpha=0.6, gamma=4.0)
 SIZES = {"a": 2e4, "b": 8e4, "c": 3.2e5}
@@ -183,6 +193,52 @@ def test_flat_metric_is_neither_fitted_nor_ranked_and_a_moving_one_is(tmp_path):
   assert any(m == "nll" for (*_, m) in a.curve_fits)
   assert (family, "nf B64", "nll") in a.bit_optimal
   assert note in tables.summary(a)
+
+
+def test_a_flat_metric_is_not_ranked_per_quantization_method_either(tmp_path):
+  """The same store with a gptq copy of every quantized cell (nll 1% lower): bit-optimal
+  k per method is compared for nll, the metric with signal, and not for the flat acc."""
+  rng = np.random.default_rng(0)
+  records = _with_items(
+    synthetic.synthetic_records(sizes=("s1", "s2", "s3", "s4"), dtypes=("nf",)), True, rng
+  )
+  gptq = []
+  for r in records:
+    if r["key"]["bits"] < 16:
+      m = dict(r["metrics"])
+      ppl = dict(m["ppl/validation"], nll=m["ppl/validation"]["nll"] * 0.99)
+      m["ppl/validation"] = ppl
+      gptq.append(dict(r, key=dict(r["key"], method="gptq", calib_id="c0"), metrics=m))
+  checked, issues = _store(tmp_path, records + gptq)
+  a = analyse.analyse(checked, issues, n_boot=10)
+  family = a.families()[0]
+  assert (family, "acc") in a.flat
+  assert sorted(a.method_optimal) == [(family, "nf B64", "nll")]
+
+
+def test_an_exponent_past_its_search_bound_is_reported_as_not_identified():
+  """Rows planted with gamma = 15 > qid.BOUND = 12: the fit stops on the bound, and the
+  report must not present 12 as a measured exponent."""
+  rows = ouyang_rows()
+  rows["qid"] = rows["qid"] * rows["k"] ** (OUYANG_TRUTH["gamma"] - 15.0)
+  fit = qid.fit_laws(rows, n_boot=20)[0][("nf B64", "ouyang")].fit
+  assert fit.params["gamma"] == pytest.approx(qid.BOUND, abs=1e-6)
+  assert fit.unidentified["gamma"] == "on its search bound"
+  assert "beta" not in fit.unidentified
+
+
+def test_training_families_sort_by_budget_not_as_text():
+  assert sorted(["D=1.31M", "D=328k", "D=5.24M", "D=655k"], key=labels.family_order) == [
+    "D=328k",
+    "D=655k",
+    "D=1.31M",
+    "D=5.24M",
+  ]
+  assert sorted(["D/N=130", "D/N=16", "one run per size"], key=labels.family_order) == [
+    "D/N=16",
+    "D/N=130",
+    "one run per size",
+  ]
 
 
 def test_item_replicates_resample_items_once_for_every_cell(tmp_path):

@@ -32,6 +32,7 @@ from kbit_jax.analysis.labels import (
   base_label,
   by_count,
   curve_k,
+  family_order,
   quant_methods,
 )
 
@@ -66,7 +67,16 @@ class Analysis:
     return by_count(self.cells.loc[self.cells["k"] != BASELINE_BITS, "method"])
 
   def families(self) -> list[str]:
-    return by_count(self.cells["family"])
+    """Training families by number of cells (most first), then by budget (smallest D
+    first: 'D=328k' before 'D=1.31M')."""
+    counts = self.cells["family"].value_counts()
+    return sorted(counts.index, key=lambda f: (-counts[f], family_order(f)))
+
+  def main_family(self) -> str:
+    """The family the figures and the main tables show: the one with the most cells, of
+    several such the largest budget (along one run, its end: a finished model)."""
+    counts = self.cells["family"].value_counts()
+    return max(counts.index, key=lambda f: (counts[f], family_order(f)))
 
   def curve_fit(self, family: str, method: str, curve: str, metric: str) -> FitResult | None:
     m = BASELINE_METHOD if curve_k(curve) == BASELINE_BITS else method
@@ -107,6 +117,8 @@ def _compare_quant_methods(a: Analysis, n_boot: int, seed: int, num_budgets: int
         continue
       order = sorted(labels, key=lambda m: (m != RTN, m))
       for metric in METRICS:
+        if (family, metric) in a.flat:  # no signal: not ranked (noise.flat_metrics)
+          continue
         curves = {
           qm: {
             c: cells

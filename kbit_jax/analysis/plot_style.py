@@ -92,6 +92,11 @@ def log_x_axes(
   """Every figure's axes: log x, labels, a title if given, the grid; log_perplexity: a log
   perplexity y axis too."""
   ax.set_xscale("log")
+  # Labels at 1-2-5 steps only: matplotlib labels every minor tick of an axis spanning
+  # under two decades, and "3x10^1 4x10^1 6x10^1" overlap.
+  ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   if log_perplexity:
     log_perplexity_axis(ax)
   if xlabel:
@@ -172,8 +177,8 @@ def has_metric(cells: pd.DataFrame, metric: str) -> bool:
 
 
 def main_family(a: Analysis) -> str:
-  """The training family with the most cells: the one the figures draw."""
-  return a.families()[0]
+  """The training family the figures draw (Analysis.main_family)."""
+  return a.main_family()
 
 
 def method_title(a: Analysis, method: str, family: str | None = None) -> str:

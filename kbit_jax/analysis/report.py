@@ -123,7 +123,7 @@ def bit_optimal_blocks(a: Analysis) -> list[Block]:
     )
   )
   main = main_method(a.cells)
-  family = a.families()[0]
+  family = a.main_family()
   for metric in METRICS:
     t = a.bit_optimal.get((family, main.label, metric)) if main else None
     if t is None:

@@ -34,7 +34,7 @@ def method_blocks(a: Analysis) -> list[Block]:
     ),
   ]
   main = main_method(a.cells)
-  family = a.families()[0]
+  family = a.main_family()
   for metric in METRICS:
     t = a.method_optimal.get((family, main.label if main else "", metric))
     if t is None:
