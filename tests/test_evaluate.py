@@ -136,8 +136,8 @@ def test_rows_gather_the_continuation_into_a_power_of_two_width():
     batch.targets_BxC[:3, :5], [[5, 6, 7, 0, 0], [2, 3, 4, 5, 6], [9, 0, 0, 0, 0]]
   )
   assert batch.mask_BxC.sum(axis=1).tolist() == [3, 5, 1, 0]
-  assert scoring.continuation_width([([], [], 9)], 64) == 16
-  assert scoring.continuation_width([([], [], 9)], 12) == 12  # at most the batch length
+  assert scoring.continuation_width(9, 64) == 16 and scoring.continuation_width(8, 64) == 8
+  assert scoring.continuation_width(9, 12) == 12  # at most the batch length
 
 
 @pytest.mark.parametrize("size", ["s0", "l1"])

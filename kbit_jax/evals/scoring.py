@@ -195,11 +195,10 @@ def _step_batches(
   return out
 
 
-def continuation_width(rows: Sequence[tuple[list[int], list[int], int]], length: int) -> int:
-  """C of a batch `length` long: the longest continuation of all `rows`, rounded up to a
-  power of two, at most `length`: one C per batch length, so compiles stay one per
-  length."""
-  longest = max(r[2] for r in rows)
+def continuation_width(longest: int, length: int) -> int:
+  """C of a batch `length` long: the longest continuation of the whole request set,
+  rounded up to a power of two, at most `length`: one C per batch length, so compiles
+  stay one per length."""
   return min(length, 1 << (longest - 1).bit_length())
 
 
@@ -218,9 +217,9 @@ def pack_requests(
   else:
     bucket_of = [buckets[int(np.searchsorted(buckets, len(rows[i][0])))] for i in order]
     batches = _batches(order, bucket_of, batch_size)
-  out = []
+  out, longest = [], max((r[2] for r in rows), default=1)
   for chunk, length in batches:
-    width = continuation_width(rows, length)
+    width = continuation_width(longest, length)
     inputs_BxL = np.zeros((batch_size, length), np.int32)
     positions_BxC = np.zeros((batch_size, width), np.int32)
     targets_BxC = np.zeros((batch_size, width), np.int32)
