@@ -19,7 +19,7 @@ from kbit_jax.analysis import results
 from kbit_jax.config import files
 from kbit_jax.evals import evaluate
 from kbit_jax.grid import cost as grid_cost
-from kbit_jax.grid import describe, driver, models
+from kbit_jax.grid import describe, driver, memory, models
 from kbit_jax.grid import keys as grid_keys
 from kbit_jax.grid import plan as grid_plan
 from kbit_jax.model import presets, transformer
@@ -649,6 +649,14 @@ def test_a_corrupt_record_is_moved_aside_and_its_cell_redone(tmp_path, capsys):
   assert out.count("its cell is redone") == 2 and "mean/acc at B=64" in out
   assert set(results.finished_ids(results_dir)) == {c.id for c in plan.cells}
   assert len(list((results_dir / "unreadable").iterdir())) == 2
+
+
+def test_the_memory_table_of_a_16_bit_only_grid_has_no_k_columns():
+  plan = grid_plan.make_plan(_config("runlocal", bits=(16,), dtypes=(), blocksizes=()))
+  title, header, row = memory.plan_memory(plan).splitlines()
+  assert "k-bit" not in title and title.startswith("memory: MiB of parameters per device")
+  assert header.split() == "size params f32 MiB 16-bit grid eval train".split()
+  assert row.split() == "s0 77,040 0.29 0.15 0.59 1.18".split()
 
 
 def test_every_documented_axis_is_settable_from_the_command_line(tmp_path):

@@ -78,9 +78,14 @@ def format_memory(
     ]
   title = (
     f"memory: {unit} of parameters per device on fsdp={mesh.fsdp} x tensor={mesh.tensor} = "
-    f"{devices} device{'s' if devices > 1 else ''}; k-bit: dtype={g.dtypes[0]}, "
-    f"B={g.blocksizes[0]}, targets={g.targets}, other tensors 16-bit; "
-    "grid eval = float32 params + float32 fake-quantized copy"
+    f"{devices} device{'s' if devices > 1 else ''}; "
+    + (
+      f"k-bit: dtype={g.dtypes[0]}, B={g.blocksizes[0]}, targets={g.targets}, other "
+      "tensors 16-bit; "
+      if ks
+      else ""
+    )
+    + "grid eval = float32 params + float32 fake-quantized copy"
     + ("; train = float32 params, grads and AdamW's 2 moments" if trained else "")
     + " (activations not included)"
   )
