@@ -37,7 +37,6 @@ def cell_key(
   train_id only for trained ones (`legacy_key`: the key without it), bos only when
   scoring prepends one (a hub OPT tokenizer under eval.bos="tokenizer"), and method +
   calib_id only for a calibrated method's quantized cell (rtn keys are as before)."""
-  q = spec.quantized
   extra = {} if spec.act_bits == UNQUANTIZED_BITS else {"act_bits": spec.act_bits}
   if run.bos:
     extra["bos"] = True
@@ -48,20 +47,14 @@ def cell_key(
   else:
     extra["train_id"] = run.train_id
     extra.update(along.key_extras(run))
-  if q and method != RTN:
+  if spec.quantized and method != RTN:
     extra.update(method=method, calib_id=calib_id)
   return tuple(
     dict(
       preset=run.preset,
       seed=run.seed,
       train_tokens=run.train_tokens,
-      bits=spec.bits,
-      dtype=spec.dtype if q else "none",
-      exponent_bits=spec.exponent_bits if q else 0,
-      blocksize=spec.blocksize if q else None,
-      outlier_share=spec.outlier_share if q else 0.0,
-      targets=",".join(spec.targets) if q else "none",
-      double_quant=spec.double_quant,
+      **spec.key_fields(),
       eval_id=eval_fingerprint,
       **extra,
     ).items()

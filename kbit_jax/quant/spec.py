@@ -121,6 +121,22 @@ class QuantSpec:
   def quantized(self) -> bool:
     return self.bits != UNQUANTIZED_BITS
 
+  def key_fields(self) -> dict[str, Any]:
+    """The quantization part of a result record's key (grid cells and `kbit harness`
+    alike): the resolved spec, with neutral values for the 16-bit model (no data type
+    or block size, so it is never repeated per dtype). act_bits is added by the callers,
+    only when < 16."""
+    q = self.quantized
+    return dict(
+      bits=self.bits,
+      dtype=self.dtype if q else "none",
+      exponent_bits=self.exponent_bits if q else 0,
+      blocksize=self.blocksize if q else None,
+      outlier_share=self.outlier_share if q else 0.0,
+      targets=",".join(self.targets) if q else "none",
+      double_quant=self.double_quant,
+    )
+
   @property
   def centered(self) -> bool:
     return self.dtype == "int_centered"

@@ -114,10 +114,9 @@ def harness_metrics(output: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def record_key(model: loading.LoadedModel, eval_id: str) -> dict[str, Any]:
-  """The grid's cell key fields (grid/plan.py cell_key) for this model and spec, and the
+  """The grid's cell key fields (grid/keys.py cell_key) for this model and spec, and the
   model directory: trained models name their preset, seed and training tokens."""
   s: QuantSpec = model.spec
-  q = s.quantized
   if model.kind == "trained":
     t, seq_len = model.config.train, model.config.data.seq_len
     seed, train_tokens = t.seed, t.steps * t.batch_size * seq_len
@@ -127,13 +126,7 @@ def record_key(model: loading.LoadedModel, eval_id: str) -> dict[str, Any]:
     preset=model.name,
     seed=seed,
     train_tokens=train_tokens,
-    bits=s.bits,
-    dtype=s.dtype if q else "none",
-    exponent_bits=s.exponent_bits if q else 0,
-    blocksize=s.blocksize if q else None,
-    outlier_share=s.outlier_share if q else 0.0,
-    targets=",".join(s.targets) if q else "none",
-    double_quant=s.double_quant,
+    **s.key_fields(),
     eval_id=eval_id,
     model_dir=str(pathlib.Path(model.args.model_dir).expanduser().absolute()),
   )
