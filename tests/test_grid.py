@@ -199,6 +199,9 @@ def tiny_run(tmp_path_factory):
   """The tiny grid run in this process (8 fake devices train, one evaluates)."""
   workdir = str(tmp_path_factory.mktemp("grid"))
   plan = grid_plan.make_plan(_config("runlocal"))
+  # Compile counts are per process: with jax's caches warm from an earlier test in this
+  # worker (e.g. the harness tests' evaluation shapes) the 16-bit cell compiled nothing.
+  jax.clear_caches()
   summary = driver.run(plan, workdir)
   return plan, workdir, summary
 
