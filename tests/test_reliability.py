@@ -118,8 +118,11 @@ def test_the_grid_retrains_a_model_whose_final_checkpoint_is_unreadable(tmp_path
   out = kbit(*GRID, "--workdir", tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   (model,) = (tmp_path / "models").iterdir()
+  # Every data file cut to 10 bytes: the params-only restore must fail whichever file
+  # (and whichever half of it) holds the params. Cut to half, the params happened to lie in
+  # the kept half on CI (writes are concurrent, so the layout varies) and the restore passed.
   for f in (model / "checkpoints" / "20" / "state" / "ocdbt.process_0" / "d").iterdir():
-    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    f.write_bytes(f.read_bytes()[:10])
   (record,) = (tmp_path / "results").glob("*.json")
   record.unlink()
   out = kbit(*GRID, "--workdir", tmp_path)
