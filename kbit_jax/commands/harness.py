@@ -51,7 +51,15 @@ TARGETS = flags.DEFINE_string(
 ACT_BITS = flags.DEFINE_integer(
   "act_bits", 16, "matmul-input bits (16 = weights only)", flag_values=FLAGS
 )
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "rows per scoring call", flag_values=FLAGS)
+BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", 32, "rows per scoring call (several requests to a row)", flag_values=FLAGS
+)
+SHARE_PREFIXES = flags.DEFINE_bool(
+  "share_prefixes",
+  True,
+  "score each shared context once; false: a row per request",
+  flag_values=FLAGS,
+)
 MAX_LENGTH = flags.DEFINE_integer(
   "max_length", 0, "longest scored sequence; 0 = the model's", flag_values=FLAGS
 )
@@ -101,6 +109,7 @@ def main() -> None:
     fsdp=FSDP.value,
     tensor=TENSOR.value,
     step=STEP.value,
+    share_prefixes=SHARE_PREFIXES.value,
   )
   result = run.evaluate(
     args,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from kbit_jax.evals import shared_prefix
 from kbit_jax.model import transformer
 from kbit_jax.train import data
 
@@ -139,6 +140,26 @@ def _score_rows(
 score_rows = jax.jit(_score_rows, static_argnames="net")
 
 
+def _score_packed(
+  params: Any,
+  inputs_BxL: jax.Array,
+  packing: transformer.Packing,
+  scored_BxC: jax.Array,
+  targets_BxC: jax.Array,
+  *,
+  net: transformer.Transformer,
+):
+  """nll_BxC and is-the-argmax of each scored position of packed rows (shared_prefix.py);
+  the host sums them per request."""
+  logits_BxCxV = net.apply({"params": params}, inputs_BxL, scored_BxC, packing)
+  nll_BxC = transformer.next_token_nll(logits_BxCxV, targets_BxC)
+  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+  return nll_BxC, target_logit_BxC >= jnp.max(logits_BxCxV, axis=-1)
+
+
+score_packed = jax.jit(_score_packed, static_argnames="net")
+
+
 def _request_row(
   context: Sequence[int], continuation: Sequence[int], cap: int
 ) -> tuple[list[int], list[int], int]:
@@ -246,22 +267,50 @@ def loglikelihoods(
   batch_size: int,
   max_len: int = 0,
   bucket_step: int = 0,
+  share_prefixes: bool = False,
 ) -> list[tuple[float, bool]]:
   """(sum of continuation log-probs in nats, is_greedy) per request, in request order.
 
   `max_len` (0: the model's) caps each request's length, its context left-truncated;
-  `bucket_step` > 0 packs batches as `pack_requests` says.
-  One compile per bucket length used; outputs are fetched once, at the end, so the host
+  `bucket_step` > 0 packs batches as `pack_requests` says. `share_prefixes`: rows of
+  several requests, each shared prefix run once (shared_prefix.py; batch lengths are
+  multiples of `bucket_step`, or of MIN_BUCKET when it is 0).
+  One compile per batch shape used; outputs are fetched once, at the end, so the host
   never waits on the device except for a progress line every LOG_EVERY batches.
   """
-  batches = pack_requests(requests, scoring_length(net, max_len), batch_size, bucket_step)
+  cap = scoring_length(net, max_len)
+  if share_prefixes:
+    rows = [_request_row(c, x, cap) for c, x in requests]
+    batches = shared_prefix.pack(rows, batch_size, bucket_step or MIN_BUCKET, cap)
+    outputs = _run(
+      batches,
+      lambda b: score_packed(
+        params,
+        b.inputs_BxL,
+        transformer.Packing(b.positions_BxL, b.groups_BxL, b.branches_BxL),
+        b.scored_1xC,
+        b.targets_1xC,
+        net=net,
+      ),
+    )
+    return shared_prefix.reduce(batches, outputs, len(requests))
+  batches = pack_requests(requests, cap, batch_size, bucket_step)
+  outputs = _run(
+    batches,
+    lambda b: score_rows(params, b.inputs_BxL, b.positions_BxC, b.targets_BxC, b.mask_BxC, net=net),
+  )
+  results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+  for batch, (ll_B, greedy_B) in zip(batches, outputs):
+    for b, i in enumerate(batch.requests):
+      results[i] = (float(ll_B[b]), bool(greedy_B[b]))
+  return results
+
+
+def _run(batches: Sequence[Any], score: Any) -> list[Any]:
+  """score(batch) for every batch, dispatched without waiting; fetched once at the end."""
   pending, t0, tokens = [], time.perf_counter(), 0
   for n, batch in enumerate(batches, start=1):
-    pending.append(
-      score_rows(
-        params, batch.inputs_BxL, batch.positions_BxC, batch.targets_BxC, batch.mask_BxC, net=net
-      )
-    )
+    pending.append(score(batch))
     tokens += batch.tokens
     if n % LOG_EVERY == 0 or n == len(batches):
       jax.block_until_ready(pending[-1])
@@ -273,8 +322,4 @@ def loglikelihoods(
         tokens / seconds,
         seconds * (len(batches) / n - 1),
       )
-  results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-  for batch, (ll_B, greedy_B) in zip(batches, jax.device_get(pending)):
-    for b, i in enumerate(batch.requests):
-      results[i] = (float(ll_B[b]), bool(greedy_B[b]))
-  return results
+  return jax.device_get(pending)

@@ -40,21 +40,22 @@ def inv_frequencies(p: Preset, rotary_dims: int) -> jax.Array:
 
 def rotary(
   x_BxLxHxK: jax.Array,
-  positions_L: jax.Array,
+  positions: jax.Array,
   rotary_dims: int,
   base: float = 10000.0,
   inv_freq_R: jax.Array | None = None,
 ) -> jax.Array:
   """Half-split rotary embedding on the first `rotary_dims` dims of each head; the
-  frequencies are base^(-2i / rotary_dims) unless `inv_freq_R` gives them."""
+  frequencies are base^(-2i / rotary_dims) unless `inv_freq_R` gives them. `positions`:
+  L (every row alike) or B x L (packed rows, model/packing.py)."""
   if rotary_dims == 0:
     return x_BxLxHxK
   x_rot, x_pass = x_BxLxHxK[..., :rotary_dims], x_BxLxHxK[..., rotary_dims:]
   half = rotary_dims // 2
   if inv_freq_R is None:
     inv_freq_R = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) / half))
-  angles_LxR = positions_L[:, None].astype(jnp.float32) * inv_freq_R[None, :]
-  sin, cos = jnp.sin(angles_LxR)[None, :, None, :], jnp.cos(angles_LxR)[None, :, None, :]
+  angles_xLx1xR = (positions[..., None].astype(jnp.float32) * inv_freq_R)[..., None, :]
+  sin, cos = jnp.sin(angles_xLx1xR), jnp.cos(angles_xLx1xR)  # broadcast over B (if L) and H
   x1, x2 = x_rot[..., :half].astype(jnp.float32), x_rot[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return jnp.concatenate([rotated.astype(x_BxLxHxK.dtype), x_pass], axis=-1)

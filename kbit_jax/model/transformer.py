@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kbit_jax.model.packing import Packing, positions
 from kbit_jax.model.positions import alibi_slopes, inv_frequencies, rotary
 from kbit_jax.model.presets import Preset
 
@@ -110,7 +111,7 @@ class Attention(nn.Module):
   impl: str = "einsum"  # one of ATTENTION_IMPLS
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, packing: Packing | None = None) -> jax.Array:
     p = self.p
     B, L, _ = x_BxLxD.shape
     H, N, K = p.num_heads, p.num_kv_heads, p.head_dim
@@ -128,18 +129,22 @@ class Attention(nn.Module):
     if p.qk_norm:  # Qwen3: over each head's K dims, before rotary
       q_BxLxHxK = RMSNorm(p.norm_eps, self.dtype, name="query_norm")(q_BxLxHxK)
       k_BxMxNxK = RMSNorm(p.norm_eps, self.dtype, name="key_norm")(k_BxMxNxK)
+    pos_xL = positions(packing, L)  # L, or B x L when packed
     if p.positions == "rotary":
-      positions_L = jnp.arange(L)
       rotary_dims = int(K * p.rotary_pct) // 2 * 2
       inv_freq_R = inv_frequencies(p, rotary_dims)
-      q_BxLxHxK = rotary(q_BxLxHxK, positions_L, rotary_dims, inv_freq_R=inv_freq_R)
-      k_BxMxNxK = rotary(k_BxMxNxK, positions_L, rotary_dims, inv_freq_R=inv_freq_R)
-    bias_HxLxM = None
+      q_BxLxHxK = rotary(q_BxLxHxK, pos_xL, rotary_dims, inv_freq_R=inv_freq_R)
+      k_BxMxNxK = rotary(k_BxMxNxK, pos_xL, rotary_dims, inv_freq_R=inv_freq_R)
+    bias_xHxLxM = None  # H x L x M, or B x H x L x M when packed
     if p.positions == "alibi":
       # -slope * (query - key distance), <= 0 at any length; HF adds slope * key position,
       # which differs by a per-query constant that softmax ignores.
-      distance_LxM = (jnp.arange(L)[None, :] - jnp.arange(L)[:, None]).astype(jnp.float32)
-      bias_HxLxM = alibi_slopes(H)[:, None, None] * distance_LxM
+      distance_xLxM = (pos_xL[..., None, :] - pos_xL[..., :, None]).astype(jnp.float32)
+      bias_xHxLxM = alibi_slopes(H)[:, None, None] * distance_xLxM[..., None, :, :]
+    # causal, or packed rows' own mask (model/packing.py)
+    mask_xLxM = (
+      jnp.tril(jnp.ones((L, L), dtype=bool)) if packing is None else packing.mask_Bx1xLxM()
+    )
     if self.impl == "einsum":
       # query head h reads key/value head h // (H / N), as transformers' repeat_kv
       k_BxMxHxK = jnp.repeat(k_BxMxNxK, H // N, axis=2) if N != H else k_BxMxNxK
@@ -148,16 +153,23 @@ class Attention(nn.Module):
         self.dtype
       )
       scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
-      if bias_HxLxM is not None:
-        scores_BxHxLxM = scores_BxHxLxM + bias_HxLxM
-      causal_LxM = jnp.tril(jnp.ones((L, L), dtype=bool))
-      scores_BxHxLxM = jnp.where(causal_LxM, scores_BxHxLxM, -1e30)
+      if bias_xHxLxM is not None:
+        scores_BxHxLxM = scores_BxHxLxM + bias_xHxLxM
+      scores_BxHxLxM = jnp.where(mask_xLxM, scores_BxHxLxM, -1e30)
       probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
       out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
     elif self.impl in ("cudnn", "xla"):
-      bias = None if bias_HxLxM is None else bias_HxLxM[None].astype(self.dtype)
+      bias = None if bias_xHxLxM is None else jnp.asarray(bias_xHxLxM, self.dtype)
+      if bias is not None and bias.ndim == 3:
+        bias = bias[None]
       out_BxLxHxK = jax.nn.dot_product_attention(  # groups query heads as repeat_kv
-        q_BxLxHxK, k_BxMxNxK, v_BxMxNxK, bias=bias, is_causal=True, implementation=self.impl
+        q_BxLxHxK,
+        k_BxMxNxK,
+        v_BxMxNxK,
+        bias=bias,
+        mask=None if packing is None else mask_xLxM,
+        is_causal=packing is None,
+        implementation=self.impl,
       )
     else:
       raise ValueError(f"attention impl {self.impl!r} is unknown; allowed: {ATTENTION_IMPLS}")
@@ -205,18 +217,18 @@ class Block(nn.Module):
   attention: str = "einsum"
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, packing: Packing | None = None) -> jax.Array:
     p = self.p
     attn = Attention(p, self.dtype, self.dot_general_cls, self.attention, name="attn")
     mlp = Mlp(p, self.dtype, self.dot_general_cls, name="mlp")
     ln1, ln2 = _norm(p, self.dtype, "ln1"), _norm(p, self.dtype, "ln2")
     if p.parallel_residual:  # GPT-NeoX: both branches read the block's input
-      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD)) + mlp(ln2(x_BxLxD))
+      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD), packing) + mlp(ln2(x_BxLxD))
     elif p.post_norm:  # OPT-350m: normalise after each residual add
-      x_BxLxD = ln1(x_BxLxD + attn(x_BxLxD))
+      x_BxLxD = ln1(x_BxLxD + attn(x_BxLxD, packing))
       x_BxLxD = ln2(x_BxLxD + mlp(x_BxLxD))
     else:
-      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD))
+      x_BxLxD = x_BxLxD + attn(ln1(x_BxLxD), packing)
       x_BxLxD = x_BxLxD + mlp(ln2(x_BxLxD))
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
@@ -227,7 +239,8 @@ def _block_cls(remat: bool) -> type[nn.Module]:
 
 
 class _ScannedBlock(nn.Module):
-  """One Block as the body of nn.scan: (x, None) -> (x, None)."""
+  """One Block as the body of nn.scan: (x, packing) -> (x, None); `packing` (or None)
+  is broadcast to every layer."""
 
   p: Preset
   dtype: Any
@@ -236,10 +249,10 @@ class _ScannedBlock(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, _: None) -> tuple[jax.Array, None]:
+  def __call__(self, x_BxLxD: jax.Array, packing: Packing | None) -> tuple[jax.Array, None]:
     return _block_cls(self.remat)(
       self.p, self.dtype, self.dot_general_cls, self.attention, name="block"
-    )(x_BxLxD), None
+    )(x_BxLxD, packing), None
 
 
 SCANNED = "layers"  # the scanned blocks' parameters: params["layers"]["block"][...]
@@ -279,10 +292,17 @@ class Transformer(nn.Module):
   scan_layers: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BxL: jax.Array, positions_BxC: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    tokens_BxL: jax.Array,
+    positions_BxC: jax.Array | None = None,
+    packing: Packing | None = None,
+  ) -> jax.Array:
     """logits_BxLxV; with `positions_BxC`, only those positions' logits, logits_BxCxV
     (scoring needs the continuation's: what follows the last block is per position, so
-    the head, a large share of a small model's FLOPs, runs on C rows instead of L)."""
+    the head, a large share of a small model's FLOPs, runs on C rows instead of L);
+    1 x C positions index the B rows as one (b * L + l), for logits_1xCxV.
+    `packing`: each row holds several requests (model/packing.py); None: one sequence."""
     p = self.p
     L = tokens_BxL.shape[1]
     if L > p.max_len and p.positions == "learned":
@@ -314,7 +334,10 @@ class Transformer(nn.Module):
         nn.with_logical_partitioning(nn.initializers.normal(0.01), ("length", "embed")),
         (p.max_len + p.pos_offset, p.d_model),
       )
-      x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset : p.pos_offset + L].astype(self.dtype)[None]
+      if packing is None:
+        x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset : p.pos_offset + L].astype(self.dtype)[None]
+      else:
+        x_BxLxD = x_BxLxD + pos_LxD[p.pos_offset + packing.positions_BxL].astype(self.dtype)
     if p.embed_norm:
       x_BxLxD = _norm(p, self.dtype, "embed_norm")(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
@@ -323,19 +346,22 @@ class Transformer(nn.Module):
         _ScannedBlock,
         variable_axes={"params": 0},
         split_rngs={"params": True},
+        in_axes=nn.broadcast,
         length=p.num_layers,
         metadata_params={nn.PARTITION_NAME: SCANNED},
       )
       x_BxLxD, _ = layers(
         p, self.dtype, self.dot_general_cls, self.attention, self.remat, name=SCANNED
-      )(x_BxLxD, None)
+      )(x_BxLxD, packing)
     else:
       block = _block_cls(self.remat)
       for i in range(p.num_layers):
         x_BxLxD = block(p, self.dtype, self.dot_general_cls, self.attention, name=f"layer_{i}")(
-          x_BxLxD
+          x_BxLxD, packing
         )
     if positions_BxC is not None:
+      if positions_BxC.shape[0] == 1:  # 1 x C: indices b * L + l into all rows
+        x_BxLxD = x_BxLxD.reshape(1, -1, x_BxLxD.shape[-1])
       x_BxLxD = jnp.take_along_axis(x_BxLxD, positions_BxC[..., None], axis=1)  # B x C x D
     if not p.post_norm:  # a post-norm block already ends with a LayerNorm
       x_BxLxD = _norm(p, self.dtype, "ln_f")(x_BxLxD)

@@ -10,7 +10,9 @@ give the same numbers on the same checkpoint:
     to the continuation, the continuation is the whole's tokens after the context's; an
     empty context becomes `prefix_token_id`), then scored by evals/scoring.py (length
     buckets, params as jit arguments): context + continuation left-truncated to the last
-    max_length + 1 tokens, as `_loglikelihood_tokens` truncates.
+    max_length + 1 tokens, as `_loglikelihood_tokens` truncates; with `share_prefixes`
+    (the default) several requests to a row, each shared prefix run once
+    (evals/shared_prefix.py).
   * loglikelihood_rolling: lm_eval's own rolling windows (`get_rolling_token_windows` with
     context_len 1, `make_disjoint_window`) of max_length tokens, every window of every
     document scored in one call of the scorer, summed per document.
@@ -218,7 +220,13 @@ class KbitLM(TemplateLM):
     )
     m = self.model
     results = scoring.loglikelihoods(
-      m.params, m.net, token_pairs, self.batch_size, self.max_length, self.args.bucket_step
+      m.params,
+      m.net,
+      token_pairs,
+      self.batch_size,
+      self.max_length,
+      self.args.bucket_step,
+      share_prefixes=self.args.share_prefixes,
     )
     for (request, _, _), answer in zip(requests, results):
       if request is not None:

@@ -64,6 +64,9 @@ class ModelArgs:
   max_gen_toks: int = 256
   # scoring batches: lengths a multiple of this (scoring.pack_requests); 0 = powers of two
   bucket_step: int = 32
+  # several requests per row, each shared prefix (a choice task's context) run once
+  # (evals/shared_prefix.py); False: one request per row
+  share_prefixes: bool = True
   compile_cache: str | None = None  # None: kbit's default (~/.cache/kbit_jax/xla); "" off
   retain_host_memory: bool = True  # CPU: keep freed host memory (train/host_memory.py)
 
@@ -133,6 +136,10 @@ def check_args(args: ModelArgs) -> QuantSpec:
   _int_at_least(args, "step", -1)
   _int_at_least(args, "max_gen_toks", 1)
   _int_at_least(args, "bucket_step", 0)
+  if args.share_prefixes not in (True, False):
+    raise ValueError(
+      f"kbit model_args: share_prefixes={args.share_prefixes!r}; allowed: True, False"
+    )
   if args.add_bos_token not in (None, True, False):
     raise ValueError(
       f"kbit model_args: add_bos_token={args.add_bos_token!r}; allowed: True, False or "
