@@ -130,11 +130,16 @@ def _score_rows(
   is formed (transformer.next_token_nll).
   """
   logits_BxCxV = net.apply({"params": params}, inputs_BxL, positions_BxC)
-  nll_BxC = transformer.next_token_nll(logits_BxCxV, targets_BxC)
+  nll_BxC, hit_BxC = _nll_and_hits(logits_BxCxV, targets_BxC)
   ll_B = jnp.sum(jnp.where(mask_BxC, -nll_BxC, 0.0), axis=-1)
-  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-  hit_BxC = target_logit_BxC >= jnp.max(logits_BxCxV, axis=-1)
   return ll_B, jnp.all(hit_BxC | ~mask_BxC, axis=-1)
+
+
+def _nll_and_hits(logits_BxCxV: jax.Array, targets_BxC: jax.Array):
+  """Each target's NLL, and whether it is the argmax (as target logit >= max logit)."""
+  nll_BxC = transformer.next_token_nll(logits_BxCxV, targets_BxC)
+  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+  return nll_BxC, target_logit_BxC >= jnp.max(logits_BxCxV, axis=-1)
 
 
 score_rows = jax.jit(_score_rows, static_argnames="net")
@@ -151,10 +156,7 @@ def _score_packed(
 ):
   """nll_BxC and is-the-argmax of each scored position of packed rows (shared_prefix.py);
   the host sums them per request."""
-  logits_BxCxV = net.apply({"params": params}, inputs_BxL, scored_BxC, packing)
-  nll_BxC = transformer.next_token_nll(logits_BxCxV, targets_BxC)
-  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-  return nll_BxC, target_logit_BxC >= jnp.max(logits_BxCxV, axis=-1)
+  return _nll_and_hits(net.apply({"params": params}, inputs_BxL, scored_BxC, packing), targets_BxC)
 
 
 score_packed = jax.jit(_score_packed, static_argnames="net")

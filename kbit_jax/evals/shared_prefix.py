@@ -1,6 +1,6 @@
 """Log-likelihood requests packed into rows, each shared prefix run once (model/packing.py).
 
-    batches = shared_prefix.pack(rows, batch_size, step, cap)   # rows: scoring's request rows
+    batches = shared_prefix.pack(rows, batch_size, step, cap)   # rows: scoring._request_row's
     ll, greedy = shared_prefix.reduce(batches, nll_and_hits, len(rows))
 
 Multiple-choice tasks score one context with several continuations: hellaswag's four
@@ -18,10 +18,10 @@ requests' continuations, gathered from all rows into C columns, C a multiple of
 SCORED_STEP) reach the head; the sums per request are taken on the host.
 
 What each request sees is exactly what it sees alone: its own tokens at its own
-positions, left-truncated as `scoring.request_row` truncates; the log-likelihoods equal
+positions, left-truncated as `scoring._request_row` truncates; the log-likelihoods equal
 the row-by-row scorer's up to float32 rounding (tests/test_shared_prefix.py).
 
-Shape suffixes: B batch (rows), L row length, C scored positions per row.
+Shape suffixes: B batch (rows), L row length, C scored positions of a whole batch.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def pack(rows: Sequence[Row], batch_size: int, step: int, cap: int) -> list[Pack
 
   if not groups:
     return []
-  length = min(cap, -(-pool_lengths[-1] // max(step, 1)) * max(step, 1))
+  step = max(step, 1)
+  length = min(cap, -(-pool_lengths[-1] // step) * step)
   bins: list[list[int]] = []  # the groups of each row
   while pool_groups:
     row, room = [], length

@@ -49,5 +49,6 @@ class Packing(NamedTuple):
 
 
 def positions(packing: Packing | None, length: int) -> jax.Array:
-  """Each token's position: positions_BxL when packed, else 0..length-1 (shape L)."""
-  return jnp.arange(length) if packing is None else packing.positions_BxL
+  """Each token's position: positions_BxL when packed, else 0..length-1 for every row
+  (shape 1 x L)."""
+  return jnp.arange(length)[None] if packing is None else packing.positions_BxL

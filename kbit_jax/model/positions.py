@@ -47,7 +47,7 @@ def rotary(
 ) -> jax.Array:
   """Half-split rotary embedding on the first `rotary_dims` dims of each head; the
   frequencies are base^(-2i / rotary_dims) unless `inv_freq_R` gives them. `positions`:
-  L (every row alike) or B x L (packed rows, model/packing.py)."""
+  1 x L (every row alike) or B x L (packed rows, model/packing.py)."""
   if rotary_dims == 0:
     return x_BxLxHxK
   x_rot, x_pass = x_BxLxHxK[..., :rotary_dims], x_BxLxHxK[..., rotary_dims:]
@@ -55,7 +55,7 @@ def rotary(
   if inv_freq_R is None:
     inv_freq_R = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) / half))
   angles_xLx1xR = (positions[..., None].astype(jnp.float32) * inv_freq_R)[..., None, :]
-  sin, cos = jnp.sin(angles_xLx1xR), jnp.cos(angles_xLx1xR)  # broadcast over B (if L) and H
+  sin, cos = jnp.sin(angles_xLx1xR), jnp.cos(angles_xLx1xR)  # broadcast over B (if 1) and H
   x1, x2 = x_rot[..., :half].astype(jnp.float32), x_rot[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return jnp.concatenate([rotated.astype(x_BxLxHxK.dtype), x_pass], axis=-1)

@@ -129,18 +129,18 @@ class Attention(nn.Module):
     if p.qk_norm:  # Qwen3: over each head's K dims, before rotary
       q_BxLxHxK = RMSNorm(p.norm_eps, self.dtype, name="query_norm")(q_BxLxHxK)
       k_BxMxNxK = RMSNorm(p.norm_eps, self.dtype, name="key_norm")(k_BxMxNxK)
-    pos_xL = positions(packing, L)  # L, or B x L when packed
+    pos_BxL = positions(packing, L)  # 1 x L, or B x L when packed
     if p.positions == "rotary":
       rotary_dims = int(K * p.rotary_pct) // 2 * 2
       inv_freq_R = inv_frequencies(p, rotary_dims)
-      q_BxLxHxK = rotary(q_BxLxHxK, pos_xL, rotary_dims, inv_freq_R=inv_freq_R)
-      k_BxMxNxK = rotary(k_BxMxNxK, pos_xL, rotary_dims, inv_freq_R=inv_freq_R)
-    bias_xHxLxM = None  # H x L x M, or B x H x L x M when packed
+      q_BxLxHxK = rotary(q_BxLxHxK, pos_BxL, rotary_dims, inv_freq_R=inv_freq_R)
+      k_BxMxNxK = rotary(k_BxMxNxK, pos_BxL, rotary_dims, inv_freq_R=inv_freq_R)
+    bias_BxHxLxM = None  # B is 1 unless packed
     if p.positions == "alibi":
       # -slope * (query - key distance), <= 0 at any length; HF adds slope * key position,
       # which differs by a per-query constant that softmax ignores.
-      distance_xLxM = (pos_xL[..., None, :] - pos_xL[..., :, None]).astype(jnp.float32)
-      bias_xHxLxM = alibi_slopes(H)[:, None, None] * distance_xLxM[..., None, :, :]
+      distance_BxLxM = (pos_BxL[:, None, :] - pos_BxL[:, :, None]).astype(jnp.float32)
+      bias_BxHxLxM = alibi_slopes(H)[None, :, None, None] * distance_BxLxM[:, None]
     # causal, or packed rows' own mask (model/packing.py)
     mask_xLxM = (
       jnp.tril(jnp.ones((L, L), dtype=bool)) if packing is None else packing.mask_Bx1xLxM()
@@ -153,15 +153,13 @@ class Attention(nn.Module):
         self.dtype
       )
       scores_BxHxLxM = scores_BxHxLxM.astype(jnp.float32)
-      if bias_xHxLxM is not None:
-        scores_BxHxLxM = scores_BxHxLxM + bias_xHxLxM
+      if bias_BxHxLxM is not None:
+        scores_BxHxLxM = scores_BxHxLxM + bias_BxHxLxM
       scores_BxHxLxM = jnp.where(mask_xLxM, scores_BxHxLxM, -1e30)
       probs_BxHxLxM = jax.nn.softmax(scores_BxHxLxM, axis=-1).astype(self.dtype)
       out_BxLxHxK = jnp.einsum("BHLM,BMHK->BLHK", probs_BxHxLxM, v_BxMxHxK)
     elif self.impl in ("cudnn", "xla"):
-      bias = None if bias_xHxLxM is None else jnp.asarray(bias_xHxLxM, self.dtype)
-      if bias is not None and bias.ndim == 3:
-        bias = bias[None]
+      bias = None if bias_BxHxLxM is None else bias_BxHxLxM.astype(self.dtype)
       out_BxLxHxK = jax.nn.dot_product_attention(  # groups query heads as repeat_kv
         q_BxLxHxK,
         k_BxMxNxK,
