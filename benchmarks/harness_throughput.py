@@ -2,7 +2,7 @@
 items, on CPU. Wall time of each command and tokens/s, and one k-bit cell.
 
     python benchmarks/harness_throughput.py [--items 12] [--batch_size 16] [--keep DIR]
-      [--runs hf,kbit,kbit rows,kbit k4 nf]
+      [--runs hf,kbit,kbit rerun,kbit rows,kbit k4 nf] [--rounds 1]
 
 The model is a random-weight GPT-NeoX of Pythia-160m's shape (12 layers, d_model 768, 12
 heads, d_ff 3072, vocab 50304) built with transformers and saved with save_pretrained,
@@ -12,6 +12,12 @@ four study tasks read the same local items (the built-in records in the official
 formats, tests/test_harness.py's `write_task_dir`) through the offline YAMLs. Each
 command is timed as a whole process (start-up, model load, compiles, scoring); tokens
 are the scored inputs (context + continuation - 1, capped at max_length) of every request.
+The kbit runs share a compilation cache made for this run: the first ("kbit") compiles
+its executables, "kbit rerun" loads them, as any later run on the same shapes does.
+With --rounds N the runs go in turn N times (hf, kbit, ..., hf, kbit, ...); each ratio
+is then the median over the rounds of that round's hf time over the run's time, so a
+drift in the machine's speed lands on both sides of a pair (after the first round every
+kbit run finds its executables in the cache).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import pathlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,18 +75,38 @@ def build(root: pathlib.Path, items: int) -> tuple[pathlib.Path, pathlib.Path, p
   return hf_dir, kbit_dir, root / "yaml"
 
 
-def scored_tokens(kbit_dir: pathlib.Path, task_dir: pathlib.Path) -> tuple[int, int]:
-  """(requests, scored input tokens) of the four tasks, as both models tokenize them."""
-  from kbit_jax.evals import scoring, tasks
+def scored_tokens(kbit_dir: pathlib.Path, task_dir: pathlib.Path, batch_size: int):
+  """(requests, scored input tokens, hf's and kbit's TFLOP) of the four tasks, as both
+  models tokenize them. Tokens: context + continuation - 1 per request, capped at 2048.
+  FLOP: the matmuls of a forward (weights, full L x L attention) over what each computes:
+  hf's rows sorted longest first, batch_size a batch, each padded to its longest (as
+  lm_eval's hf model batches them), its head at every position; kbit's packed batches
+  (shared prefixes, the bridge's bucket_step 32), its head on the scored positions only.
+  With matmuls equally fast on both sides, their ratio is the scoring's speed-up."""
+  from kbit_jax.evals import scoring, shared_prefix, tasks
   from kbit_jax.train import data
 
   tok = data.load_tokenizer(str(kbit_dir))
   pairs = [
     p for t in tasks.TASKS for item in tasks.load_file_task(t, str(task_dir)) for p in item.requests
   ]
-  return len(pairs), sum(
-    min(len(c) + len(x) - 1, 2048) for c, x in scoring.encode_requests(tok, pairs)
+  rows = [scoring._request_row(c, x, 2048) for c, x in scoring.encode_requests(tok, pairs)]
+  d, ff, layers, vocab = 768, 3072, 12, 50304  # the model build() makes
+  body, head = 2 * layers * (4 * d * d + 2 * d * ff), 2 * d * vocab  # per token
+
+  def attention(batch: int, length: int) -> int:  # q k^T and p v, every layer
+    return batch * layers * 4 * length * length * d
+
+  lengths = sorted((len(inputs) for inputs, _, _ in rows), reverse=True)
+  hf = sum(
+    len(chunk) * max(chunk) * (body + head) + attention(len(chunk), max(chunk))
+    for chunk in (lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size))
   )
+  kbit = sum(
+    b.inputs_BxL.size * body + b.scored_1xC.size * head + attention(*b.inputs_BxL.shape)
+    for b in shared_prefix.pack(rows, batch_size, 32, 2048)
+  )
+  return len(pairs), sum(lengths), hf / 1e12, kbit / 1e12
 
 
 def lm_eval(
@@ -123,10 +150,12 @@ def main() -> None:
   parser.add_argument(
     "--runs",
     type=lambda v: v.split(","),
-    default=["hf", "kbit", "kbit rows", "kbit k4 nf"],
-    help="comma-separated: hf, kbit (rows sharing prefixes), kbit rows (a row per "
-    "request: share_prefixes=False), kbit k4 nf",
+    default=["hf", "kbit", "kbit rerun", "kbit rows", "kbit k4 nf"],
+    help="comma-separated: hf, kbit (rows sharing prefixes; compiles), kbit rerun (the "
+    "same, its executables in the compilation cache), kbit rows (a row per request: "
+    "share_prefixes=False), kbit k4 nf",
   )
+  parser.add_argument("--rounds", type=int, default=1, help="times to run the runs in turn")
   args = parser.parse_args()
   root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="kbit-harness-bench-"))
   if not (root / "yaml").exists():
@@ -137,36 +166,52 @@ def main() -> None:
   if built != args.items:
     raise SystemExit(f"--keep {root} holds {built} items per task, not --items {args.items}")
   hf_dir, kbit_dir, yaml_dir = root / "hf", root / "kbit", root / "yaml"
-  requests, tokens = scored_tokens(kbit_dir, root / "tasks")
+  requests, tokens, hf_tflop, kbit_tflop = scored_tokens(kbit_dir, root / "tasks", args.batch_size)
   print(f"{requests} requests, {tokens:,} scored tokens; load average {os.getloadavg()[0]:.1f}")
+  print(
+    f"matmul TFLOP of the scoring: hf {hf_tflop:.2f}, kbit {kbit_tflop:.2f}; at equal matmul "
+    f"speed kbit's scoring would be {hf_tflop / kbit_tflop:.2f}x hf's"
+  )
+  # A compilation cache of this run's own: "kbit" compiles (cold), "kbit rerun" finds its
+  # executables there, as every later run on the same shapes does (a grid's next cell).
+  cache = root / f"xla-cache-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+  kbit_args = f"model_dir={kbit_dir},compile_cache={cache}"
   runs = {
     "hf": ("hf", f"pretrained={hf_dir},dtype=float32"),
-    "kbit": ("kbit", f"model_dir={kbit_dir}"),
-    "kbit rows": ("kbit", f"model_dir={kbit_dir},share_prefixes=False"),
-    "kbit k4 nf": ("kbit", f"model_dir={kbit_dir},bits=4,dtype=nf"),
+    "kbit": ("kbit", kbit_args),
+    "kbit rerun": ("kbit", kbit_args),
+    "kbit rows": ("kbit", f"{kbit_args},share_prefixes=False"),
+    "kbit k4 nf": ("kbit", f"{kbit_args},bits=4,dtype=nf"),
   }
   unknown = sorted(set(args.runs) - set(runs))
   if unknown or "hf" not in args.runs or "kbit" not in args.runs:
     raise SystemExit(f"--runs={args.runs}: needs hf and kbit; allowed: {list(runs)}")
-  walls, scoring = {}, {}
-  for name, (model, model_args) in runs.items():
-    if name not in args.runs:
-      continue
-    seconds, scored_s, results = lm_eval(
-      model, model_args, yaml_dir, args.batch_size, root / f"out-{name}"
-    )
-    walls[name], scoring[name] = seconds, scored_s
-    accs = " ".join(f"{t} {r['acc,none']:.3f}" for t, r in results.items())
-    print(
-      f"lm_eval --model {name:<11} {seconds:6.1f}s  {tokens / seconds:7.0f} tok/s  "
-      f"(scoring {scored_s:.0f}s)  {accs}"
-    )
-  for name in walls:
-    if name != "hf":
+  if args.rounds < 1:
+    raise SystemExit(f"--rounds={args.rounds}: allowed: 1 or more")
+  walls, scoring = {n: [] for n in args.runs}, {n: [] for n in args.runs}
+  for round_ in range(args.rounds):
+    for name in args.runs:
+      model, model_args = runs[name]
+      seconds, scored_s, results = lm_eval(
+        model, model_args, yaml_dir, args.batch_size, root / f"out-{name}"
+      )
+      walls[name].append(seconds)
+      scoring[name].append(scored_s)
+      accs = " ".join(f"{t} {r['acc,none']:.3f}" for t, r in results.items())
       print(
-        f"{name} / hf: {walls['hf'] / walls[name]:.2f}x tokens/s (wall {walls[name]:.1f}s vs "
-        f"{walls['hf']:.1f}s); scoring alone {scoring['hf'] / scoring[name]:.2f}x "
-        f"({scoring[name]:.0f}s vs {scoring['hf']:.0f}s)"
+        f"[{round_ + 1}/{args.rounds}] lm_eval --model {name:<11} {seconds:6.1f}s  "
+        f"{tokens / seconds:7.0f} tok/s  (scoring {scored_s:.0f}s)  {accs}"
+      )
+  median = statistics.median
+  for name in args.runs:
+    if name != "hf":
+      ratios = [h / k for h, k in zip(walls["hf"], walls[name])]
+      scored = [h / k for h, k in zip(scoring["hf"], scoring[name])]
+      each = "" if args.rounds == 1 else f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+      print(
+        f"{name} / hf: {median(ratios):.2f}x tokens/s{each}; wall {median(walls[name]):.1f}s "
+        f"vs {median(walls['hf']):.1f}s; scoring alone {median(scored):.2f}x "
+        f"({median(scoring[name]):.0f}s vs {median(scoring['hf']):.0f}s)"
       )
   print(f"load average now {os.getloadavg()[0]:.1f}")
 

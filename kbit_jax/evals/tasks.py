@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from etils import epath
-from scipy import stats
 
 TASKS = ("lambada", "hellaswag", "piqa", "winogrande")
 # The official released files, as lm-eval's data sets hold them (validation splits,
@@ -219,6 +218,8 @@ def mean_stderr(scores: Sequence[float]) -> float:
   nan if n < 2 (without scipy's small-sample warning)."""
   if len(scores) < 2:
     return float("nan")
+  from scipy import stats  # here, not at the top: importing scipy.stats costs ~0.6 s
+
   return float(stats.sem(np.asarray(scores, np.float64)))
 
 

@@ -18,7 +18,6 @@ from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
-import pandas as pd
 
 from kbit_jax.model.presets import PRESETS, Preset
 from kbit_jax.quant import blockwise, outliers
@@ -171,6 +170,8 @@ def bits_table(
 
 
 def format_bits_table(table: list[dict[str, Any]]) -> str:
+  import pandas as pd  # here, not at the top: only `kbit bits` prints a table (~0.3 s)
+
   frame = pd.DataFrame(table)
   frame.insert(5, "GiB", frame["total_bits"] / 8 / 2**30)
   frame = frame.rename(
