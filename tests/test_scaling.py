@@ -123,7 +123,9 @@ def test_ptq_law_recovered_from_noisy_store():
   assert abs(fit.params["gamma_N"] - law["gamma_N"]) < 0.03
   assert abs(fit.params["gamma_post"] - law["gamma_post"]) < 0.07
   assert "gamma_D" not in fit.params  # one token count: absorbed into C
-  assert fit.params == pytest.approx(GOLDEN_PTQ, rel=1e-6), (
+  assert set(fit.params) == set(GOLDEN_PTQ) and all(
+    fit.params[p] == pytest.approx(v, rel=GOLDEN_REL.get(p, 1e-6)) for p, v in GOLDEN_PTQ.items()
+  ), (
     f"the ptq fit of this store is now {_pasteable(fit.params)}. Update GOLDEN_PTQ only if "
     "the fit method or the synthetic store changed on purpose (forms.py, fitting.py, "
     "synthetic.py); rerun `python -m pytest tests/test_scaling.py -k noisy` and paste it."
@@ -131,7 +133,10 @@ def test_ptq_law_recovered_from_noisy_store():
 
 
 # The fit above, pinned: rel 1e-6 leaves room for another machine's floating point and
-# catches a change of method (the MAD constant's 1.5e-6 moved C by 2e-6).
+# catches a change of method (the MAD constant's 1.5e-6 moved C by 2e-6). C alone gets
+# 1e-5: on an AVX2 machine (these were made on another) C came out 1.95e-6 off,
+# gamma_post 3.0e-7 and the rest under 1e-7 (2026-12-02), so a change as small as that
+# constant's now shows only if it moves another parameter by 1e-6.
 GOLDEN_PTQ = {
   "A": 67.64191031,
   "alpha": 0.3116585552,
@@ -140,6 +145,7 @@ GOLDEN_PTQ = {
   "gamma_post": 0.4658765996,
   "E[D=1M]": 2.538185304,
 }
+GOLDEN_REL = {"C": 1e-5}
 
 
 def _pasteable(params):
