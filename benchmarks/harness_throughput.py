@@ -40,6 +40,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The commands --runs may name; the default runs them all, in this order (model args: main).
+RUNS = ("hf", "kbit", "kbit rerun", "kbit rows", "kbit k4 nf")
 
 
 def build(root: pathlib.Path, items: int) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
@@ -77,34 +79,38 @@ def build(root: pathlib.Path, items: int) -> tuple[pathlib.Path, pathlib.Path, p
 
 def scored_tokens(kbit_dir: pathlib.Path, task_dir: pathlib.Path, batch_size: int):
   """(requests, scored input tokens, hf's and kbit's TFLOP) of the four tasks, as both
-  models tokenize them. Tokens: context + continuation - 1 per request, capped at 2048.
-  FLOP: the matmuls of a forward (weights, full L x L attention) over what each computes:
-  hf's rows sorted longest first, batch_size a batch, each padded to its longest (as
-  lm_eval's hf model batches them), its head at every position; kbit's packed batches
-  (shared prefixes, the bridge's bucket_step 32), its head on the scored positions only.
-  With matmuls equally fast on both sides, their ratio is the scoring's speed-up."""
+  models tokenize them. Tokens: context + continuation - 1 per request, capped at max_len.
+  FLOP: model/flops.py's forward count (weights, full L x L attention) over what each
+  computes: hf's rows sorted longest first, batch_size a batch, each padded to its longest
+  (as lm_eval's hf model batches them), its head at every position; kbit's packed batches
+  (shared prefixes, the bridge's default bucket_step), its head on the scored positions
+  only. With matmuls equally fast on both sides, their ratio is the scoring's speed-up."""
+  from kbit_jax.convert import importer
   from kbit_jax.evals import scoring, shared_prefix, tasks
+  from kbit_jax.evals.harness import loading
+  from kbit_jax.model import flops
   from kbit_jax.train import data
 
   tok = data.load_tokenizer(str(kbit_dir))
+  arch = importer.read_architecture(kbit_dir)
   pairs = [
     p for t in tasks.TASKS for item in tasks.load_file_task(t, str(task_dir)) for p in item.requests
   ]
-  rows = [scoring._request_row(c, x, 2048) for c, x in scoring.encode_requests(tok, pairs)]
-  d, ff, layers, vocab = 768, 3072, 12, 50304  # the model build() makes
-  body, head = 2 * layers * (4 * d * d + 2 * d * ff), 2 * d * vocab  # per token
+  rows = [scoring._request_row(c, x, arch.max_len) for c, x in scoring.encode_requests(tok, pairs)]
+  head = 2 * arch.d_model * arch.vocab_size  # per position
 
-  def attention(batch: int, length: int) -> int:  # q k^T and p v, every layer
-    return batch * layers * 4 * length * length * d
+  def forward(length: int) -> float:  # per token of a row `length` long, head included
+    return flops.flops_per_token(arch, length, training=False)
 
   lengths = sorted((len(inputs) for inputs, _, _ in rows), reverse=True)
   hf = sum(
-    len(chunk) * max(chunk) * (body + head) + attention(len(chunk), max(chunk))
+    len(chunk) * max(chunk) * forward(max(chunk))
     for chunk in (lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size))
   )
+  step = loading.ModelArgs().bucket_step
   kbit = sum(
-    b.inputs_BxL.size * body + b.scored_1xC.size * head + attention(*b.inputs_BxL.shape)
-    for b in shared_prefix.pack(rows, batch_size, 32, 2048)
+    b.inputs_BxL.size * (forward(b.inputs_BxL.shape[1]) - head) + b.scored_1xC.size * head
+    for b in shared_prefix.pack(rows, batch_size, step, arch.max_len)
   )
   return len(pairs), sum(lengths), hf / 1e12, kbit / 1e12
 
@@ -150,13 +156,18 @@ def main() -> None:
   parser.add_argument(
     "--runs",
     type=lambda v: v.split(","),
-    default=["hf", "kbit", "kbit rerun", "kbit rows", "kbit k4 nf"],
+    default=list(RUNS),
     help="comma-separated: hf, kbit (rows sharing prefixes; compiles), kbit rerun (the "
     "same, its executables in the compilation cache), kbit rows (a row per request: "
     "share_prefixes=False), kbit k4 nf",
   )
   parser.add_argument("--rounds", type=int, default=1, help="times to run the runs in turn")
   args = parser.parse_args()
+  unknown = sorted(set(args.runs) - set(RUNS))
+  if unknown or "hf" not in args.runs or "kbit" not in args.runs:
+    raise SystemExit(f"--runs={args.runs}: needs hf and kbit; allowed: {list(RUNS)}")
+  if args.rounds < 1:
+    raise SystemExit(f"--rounds={args.rounds}: allowed: 1 or more")
   root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="kbit-harness-bench-"))
   if not (root / "yaml").exists():
     t0 = time.perf_counter()
@@ -183,11 +194,7 @@ def main() -> None:
     "kbit rows": ("kbit", f"{kbit_args},share_prefixes=False"),
     "kbit k4 nf": ("kbit", f"{kbit_args},bits=4,dtype=nf"),
   }
-  unknown = sorted(set(args.runs) - set(runs))
-  if unknown or "hf" not in args.runs or "kbit" not in args.runs:
-    raise SystemExit(f"--runs={args.runs}: needs hf and kbit; allowed: {list(runs)}")
-  if args.rounds < 1:
-    raise SystemExit(f"--rounds={args.rounds}: allowed: 1 or more")
+  assert tuple(runs) == RUNS
   walls, scoring = {n: [] for n in args.runs}, {n: [] for n in args.runs}
   for round_ in range(args.rounds):
     for name in args.runs:
