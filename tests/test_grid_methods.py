@@ -128,8 +128,10 @@ def test_golden_perplexity_per_method(methods_run):
   by_name = _by_name(_records(workdir))
   got = {n: by_name[n]["metrics"]["ppl/validation"]["perplexity"] for n in GOLDEN_PPL}
   message = f"golden perplexities changed; got {got} (see the comment above GOLDEN_PPL)"
-  # 1e-6 relative: the float32 reduction order of an unchanged program on another CPU.
-  assert got == pytest.approx(GOLDEN_PPL, rel=1e-6), message
+  # 1e-5 relative: the float32 reduction order of an unchanged program on another CPU
+  # (measured on a Xeon with AMX: 1.01e-6 on the RTN cell, 5.4e-7 on gptq and awq, 0 on
+  # k16); the closest two goldens differ by 2.9e-4, so a method that changed still fails.
+  assert got == pytest.approx(GOLDEN_PPL, rel=1e-5), message
 
 
 def test_calibration_is_computed_once_per_model(methods_run):
