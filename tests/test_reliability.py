@@ -214,8 +214,8 @@ def test_a_write_error_names_its_operating_system_cause_first():
 def test_ctrl_c_during_a_checkpoint_write_is_raised_when_the_write_ends():
   """A SIGINT inside `interrupt_after` (around every save, wait and close) lets the block
   finish, then raises KeyboardInterrupt; the handler before it is back afterwards. Before,
-  Ctrl-C cut saves half-way: 1 of 12 interrupted runs aborted (SIGABRT) with Orbax's
-  threads still writing and another logged a step without metadata."""
+  Ctrl-C cut saves half-way: 1 of 12 interrupted trainings aborted (SIGABRT) with Orbax's
+  threads still writing, and in a suite run one logged a step without metadata."""
   from kbit_jax.train import checkpoint
 
   finished, before = [], signal.getsignal(signal.SIGINT)
