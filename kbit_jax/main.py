@@ -149,8 +149,10 @@ def _config_file_error(args: list[str]) -> str | None:
 class _Quiet:
   """Background noise off, so a failure ends in the one line of `run`: tracebacks of
   other threads (Orbax's writers; the main thread gets their error), of objects torn
-  down at exit ("Event loop is closed") and of logged exceptions (Orbax logs every
-  exception it passes on, a Ctrl-C included) are kept, not printed. The first background
+  down at exit ("Event loop is closed"), of Orbax's write coroutines left unawaited when a
+  write fails (CI's full-disk run: two more lines, "coroutine ... was never awaited") and
+  of logged exceptions (Orbax logs every exception it passes on, a Ctrl-C included) are
+  kept, not printed. The first background
   failure is named in one line if the command itself succeeds. KBIT_TRACEBACK=1: all."""
 
   def __init__(self):
@@ -159,6 +161,7 @@ class _Quiet:
   def install(self) -> None:
     import logging as py_logging
     import threading
+    import warnings
 
     def thread_hook(hook_args):
       if self.background is None and not isinstance(hook_args.exc_value, SystemExit):
@@ -166,6 +169,7 @@ class _Quiet:
 
     threading.excepthook = thread_hook
     sys.unraisablehook = lambda _: None
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
 
     class DropTracebacks(py_logging.Filter):
       def filter(self, record):

@@ -1,5 +1,9 @@
 """Data types: the codebooks of every dtype x k, against the study's constructions."""
 
+import os
+import subprocess
+import sys
+
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -150,6 +154,23 @@ def test_quantile_codebook_properties(x, k):
   q = np.asarray(codebooks.quantile_codebook(jnp.asarray(x), k))
   assert q.shape == (2**k,) and np.all(np.diff(q) >= 0)
   assert len(np.unique(q)) <= 2**k and np.abs(q).max() <= 1.0
+
+
+def test_quantile_codebook_is_sorted_whatever_the_compiler_rounds():
+  """A block of one repeated value: jnp.nanquantile interpolates its equal order statistics
+  as a(1-t) + at, which XLA compiled at -O0 rounds to 0.99999994 beside 1.0, so the codes
+  came out unsorted (and blockwise's error bound failed) until quantile_codebook sorted
+  them. Run in a fresh process, since XLA_FLAGS are read once."""
+  script = (
+    "import numpy as np, jax.numpy as jnp\n"
+    "from kbit_jax.quant import codebooks\n"
+    "q = np.asarray(codebooks.quantile_codebook(jnp.full(300, 0.5887285), 6))\n"
+    "below_one = float(np.nextafter(np.float32(1), 0))\n"
+    "print(bool(np.all(np.diff(q) >= 0)), sorted(set(q.tolist())) == [below_one, 1.0])\n"
+  )
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+  assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
 
 
 def test_quantile_codebook_per_block_and_nan_ignored():

@@ -211,6 +211,29 @@ def test_a_write_error_names_its_operating_system_cause_first():
   assert checkpoint._one_line(KeyError("k")) == "KeyError: 'k'"
 
 
+def test_a_failed_write_leaves_no_unawaited_coroutine_warning_behind():
+  """CI's full-disk run ended in three lines: ours, then Python's "coroutine
+  'async_serialize_from_host.<locals>.write_fragment' was never awaited" and its tracemalloc
+  hint, printed at exit for the Orbax write the error cut short. With `kbit`'s quiet
+  hooks installed, a coroutine dropped unawaited prints nothing; without them, it does."""
+  script = (
+    "import sys\n"
+    "if sys.argv[1] == 'quiet':\n"
+    "  from kbit_jax import main\n"
+    "  main._Quiet().install()\n"
+    "async def write_fragment(): pass\n"
+    "pending = write_fragment()\n"
+  )
+  runs = {
+    mode: subprocess.run(
+      [sys.executable, "-c", script, mode], cwd=REPO, capture_output=True, text=True
+    )
+    for mode in ("loud", "quiet")
+  }
+  assert "coroutine 'write_fragment' was never awaited" in runs["loud"].stderr
+  assert (runs["quiet"].returncode, runs["quiet"].stderr) == (0, "")
+
+
 def test_ctrl_c_during_a_checkpoint_write_is_raised_when_the_write_ends():
   """A SIGINT inside `interrupt_after` (around every save, wait and close) lets the block
   finish, then raises KeyboardInterrupt; the handler before it is back afterwards. Before,

@@ -189,6 +189,9 @@ def quantile_codebook(x: jax.Array, bits: int) -> jax.Array:
   levels_P = jnp.arange(n + 1, dtype=jnp.float32) / n
   q_Px = jnp.nanquantile(jnp.asarray(x, jnp.float32), levels_P, axis=-1)
   q_xP = jnp.moveaxis(q_Px, 0, -1)
-  q_xC = (q_xP[..., :-1] + q_xP[..., 1:]) / 2
+  # Sorted by construction, not by the compiler's rounding: jnp.nanquantile interpolates
+  # equal order statistics as a(1-t) + at, which XLA at -O0 rounds to 0.99999994 beside
+  # 1.0 (tests/test_codebooks.py); other backends fuse and round in their own ways.
+  q_xC = jnp.sort((q_xP[..., :-1] + q_xP[..., 1:]) / 2, axis=-1)
   absmax_x1 = jnp.max(jnp.abs(q_xC), axis=-1, keepdims=True)
   return q_xC / jnp.where(absmax_x1 > 0, absmax_x1, 1.0)
