@@ -152,8 +152,8 @@ class _Quiet:
   down at exit ("Event loop is closed"), of Orbax's write coroutines left unawaited when a
   write fails (CI's full-disk run: two more lines, "coroutine ... was never awaited") and
   of logged exceptions (Orbax logs every exception it passes on, a Ctrl-C included) are
-  kept, not printed. The first background
-  failure is named in one line if the command itself succeeds. KBIT_TRACEBACK=1: all."""
+  kept, not printed. The first background failure is named in one line if the command
+  itself succeeds. KBIT_TRACEBACK=1: all."""
 
   def __init__(self):
     self.background: BaseException | None = None

@@ -12,7 +12,7 @@ Choices, and why:
   codebook next to 1 (int8: 1/254 ~ 2^-8), so the block maximum keeps its +-1 code; the
   range (6e-8 .. 65504) covers any weight block (larger absmax saturates and clips). A
   block whose absmax is under float16's smallest normal (2^-14 ~ 6.1e-5) gets a subnormal
-  constant, whose relative step is coarser (up to 1/2 at 2^-23): the error bound still
+  constant, whose relative step is coarser (1/n at n x 2^-24): the error bound still
   holds, but its maximum may take a code short of +-1, so quantizing the dequantized block
   again can derive a smaller constant (found by tests/test_blockwise.py's hypothesis). The
   fake quant uses the rounded constant, i.e. exactly what would be stored.
