@@ -46,25 +46,6 @@ weights = hnp.arrays(
 ).map(lambda w: np.where(np.abs(w) < FP16_TINY, 0, w))
 
 
-def test_a_block_of_subnormal_constant_still_keeps_the_error_bound():
-  """The case above, kept: 2.637e-6 everywhere gets the float16 constant 45 x 2^-24, a step
-  of 1/45 against int6's half gap of 1/62, so the maximum takes code 30/31, not 1; the
-  error bound holds, and a second pass derives 44 x 2^-24 and moves every value."""
-  w = np.full(SHAPE, 2.6372275e-06, np.float32)
-  w[0, :5] = 0.0
-  cb = codebooks.codebook("int", 6)
-  cb_C = codebooks.padded(cb)
-  codes, scales = _q(w, cb_C, 64)
-  s = float(np.asarray(scales)[0])
-  assert s == 45 * 2.0**-24  # the next float16 up from 2.637e-6: subnormal
-  assert set(np.asarray(codes)[w > 0].tolist()) == {len(cb) - 2}  # code 30/31
-  y = np.asarray(_fq(w, cb_C, 64))
-  assert np.all(np.abs(y - w) <= _cell_radius(cb, np.asarray(codes)) * s + 1e-6 * s)
-  _, scales_again = _q(y, cb_C, 64)
-  assert float(np.asarray(scales_again)[0]) == 44 * 2.0**-24
-  assert not np.any(np.asarray(_fq(y, cb_C, 64))[w > 0] == y[w > 0])
-
-
 def _cell_radius(codebook, idx):
   """Largest distance from code idx to a point of its cell (cells clipped to [-1, 1])."""
   mid = (codebook[:-1] + codebook[1:]) / 2
@@ -81,6 +62,26 @@ def _requantize(y, scales, codebook_C, blocksize):
     / jnp.where(scales > 0, scales.astype(jnp.float32), 1)[:, None]
   )
   return blockwise.from_blocks(blockwise.nearest_code(x_NxB, codebook_C), y.shape, blocksize)
+
+
+def test_a_block_of_subnormal_constant_still_keeps_the_error_bound():
+  """The case `weights` leaves out, kept: 2.637e-6 everywhere gets the float16 constant 45 x 2^-24, a step
+  of 1/45 against int6's half gap of 1/62, so the maximum takes code 30/31, not 1; the
+  error bound holds, and a second pass derives 44 x 2^-24 and moves every value."""
+  w = np.full(SHAPE, 2.6372275e-06, np.float32)
+  w[0, :5] = 0.0
+  cb = codebooks.codebook("int", 6)
+  cb_C = codebooks.padded(cb)
+  codes, scales = _q(w, cb_C, 64)
+  s = float(np.asarray(scales)[0])
+  assert s == 45 * 2.0**-24  # the next float16 up from 2.637e-6: subnormal
+  assert set(np.asarray(codes)[w > 0].tolist()) == {len(cb) - 2}  # code 30/31
+  y = np.asarray(_fq(w, cb_C, 64))
+  assert np.all(np.abs(y - w) <= _cell_radius(cb, np.asarray(codes)) * s + 1e-6 * s)
+  _, scales_again = _q(y, cb_C, 64)
+  assert float(np.asarray(scales_again)[0]) == 44 * 2.0**-24
+  again = np.asarray(_fq(y, cb_C, 64))
+  assert set(again[w > 0].tolist()) == {44 * 2.0**-24} and not np.any(again[w > 0] == y[w > 0])
 
 
 @hypothesis.settings(max_examples=10, deadline=None)
