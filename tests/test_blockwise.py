@@ -65,9 +65,10 @@ def _requantize(y, scales, codebook_C, blocksize):
 
 
 def test_a_block_of_subnormal_constant_still_keeps_the_error_bound():
-  """The case `weights` leaves out, kept: 2.637e-6 everywhere gets the float16 constant 45 x 2^-24, a step
-  of 1/45 against int6's half gap of 1/62, so the maximum takes code 30/31, not 1; the
-  error bound holds, and a second pass derives 44 x 2^-24 and moves every value."""
+  """The case `weights` leaves out, kept: 2.637e-6 everywhere gets the float16 constant
+  45 x 2^-24, a step of 1/45 against int6's half gap of 1/62, so the maximum takes code
+  30/31, not 1; the error bound holds, and a second pass derives 44 x 2^-24 and moves
+  every value."""
   w = np.full(SHAPE, 2.6372275e-06, np.float32)
   w[0, :5] = 0.0
   cb = codebooks.codebook("int", 6)
