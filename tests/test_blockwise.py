@@ -277,6 +277,7 @@ def test_quantile_codebook_per_block():
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # an eager init takes seconds; the tests only read it
 def _params(preset="s0"):
   model = Transformer(PRESETS[preset])
   return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
@@ -349,3 +350,29 @@ def test_kernel_blocks_run_along_inputs_as_in_the_study():
       assert abs(float(got[half, col][i]) - float(w[half, col][i])) < 1e-3 * abs(
         float(w[half, col][i])
       )
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_compile_args_serve_every_k_of_a_quantile_layout(k):
+  """The grid's quantizer call (grid/evaluator.py) with quantile: one static spec for
+  every k (k traced), the same params as the spec itself within 1 ulp (its 257-edge
+  codebook fuses differently from the 2^k + 1 edges of quantile_codebook), 2^k codes then
+  +inf. Data-free types: compile_args is layout_spec and spec_codebook."""
+  params = _params()
+  quantize = jax.jit(reference.fake_quant_params, static_argnums=1)
+  spec, k5 = (QuantSpec(bits=b, dtype="quantile", outlier_share=0.05) for b in (k, 5))
+  layout, codebook, bits = reference.compile_args(spec)
+  assert layout == reference.compile_args(k5)[0]
+  assert codebook is None and bits == k
+  want, got = quantize(params, spec), quantize(params, layout, codebook, bits)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=1)
+  x = jnp.asarray(np.random.default_rng(k).uniform(-1, 1, 1000), jnp.float32)
+  padded = np.asarray(jax.jit(codebooks.quantile_codebook_padded)(x, np.int32(k)))
+  assert np.all(np.isfinite(padded[: 2**k])) and np.all(np.isinf(padded[2**k :]))
+  codes = jax.jit(codebooks.quantile_codebook, static_argnums=1)(x, k)
+  np.testing.assert_array_max_ulp(np.asarray(codes), padded[: 2**k], 1)
+  int_spec = QuantSpec(bits=k, dtype="int")
+  layout, codebook, _ = reference.compile_args(int_spec)
+  assert layout == reference.layout_spec(int_spec)
+  np.testing.assert_array_equal(codebook, reference.spec_codebook(int_spec))

@@ -108,7 +108,9 @@ def write_task_dir(task_dir: pathlib.Path, n: int = ITEMS) -> None:
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-  """{name: (hf dir, import dir)}, the task dir and its resolved YAML dir."""
+  """{name: (hf dir, import dir)}, the task dir, its resolved YAML dir and one lm_eval
+  TaskManager over it (building the harness's task index takes ~14 s on 2 cores; a
+  manager only indexes, so the tests share one)."""
   root = tmp_path_factory.mktemp("harness")
   bpe = tokenizers.ByteLevelBPETokenizer()
   bpe.train_from_iterator(
@@ -125,7 +127,8 @@ def zoo(tmp_path_factory):
     models[name] = (root / name, root / f"{name}-kbit")
   write_task_dir(root / "tasks")
   offline.write_task_yamls(root / "tasks", root / "yaml")
-  return dict(models=models, task_dir=root / "tasks", yaml=root / "yaml", root=root)
+  tm = TaskManager(include_path=str(root / "yaml"))
+  return dict(models=models, task_dir=root / "tasks", yaml=root / "yaml", root=root, tm=tm)
 
 
 def _evaluate(model, model_args, zoo, tasks_=HARNESS_TASKS, **kwargs):
@@ -133,7 +136,7 @@ def _evaluate(model, model_args, zoo, tasks_=HARNESS_TASKS, **kwargs):
     model=model,
     model_args=model_args,
     tasks=tasks_,
-    task_manager=TaskManager(include_path=str(zoo["yaml"])),
+    task_manager=zoo["tm"],
     log_samples=True,
     batch_size=8,
     device="cpu",
@@ -317,8 +320,7 @@ def test_trained_workdir_evaluates_as_the_builtin_scorer(zoo, tmp_path):
   lm = KbitLM.from_loaded(loading.load(args))
   assert lm.model.kind == "trained" and lm.model.step == 2 and lm.prefix_token_id == data.EOS_ID
   assert not lm.add_bos
-  out = run.simple_evaluate(lm, run.HarnessConfig(("hellaswag", "winogrande")), TaskManager(
-    include_path=str(zoo["yaml"])))  # fmt: skip
+  out = run.simple_evaluate(lm, run.HarnessConfig(("hellaswag", "winogrande")), zoo["tm"])
   builtin = _builtin(lm.model.params, lm.model.net, lm.model.tokenizer, zoo["task_dir"])
   for task in ("hellaswag", "winogrande"):
     assert builtin[task]["acc"] == out["results"][task]["acc,none"]

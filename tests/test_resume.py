@@ -12,9 +12,9 @@ import pytest
 
 ARGS = [
   "--config",
-  "configs/lm.py:size=s2,steps=160,batch=16,seq_len=64",
+  "configs/lm.py:size=s1,steps=80,batch=16,seq_len=64",
   "--config.train.log_every=1",
-  "--config.train.checkpoint_every=40",
+  "--config.train.checkpoint_every=20",
   "--config.train.eval_every=1000",
   "--config.mesh.data=1",
 ]
@@ -51,14 +51,14 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
   proc = kbit_train(killed)
   deadline = time.time() + 600
-  # Kill once the step-40 checkpoint is complete (Orbax renames it into place when done).
-  while not (killed / "checkpoints" / "40").exists():
+  # Kill once the step-20 checkpoint is complete (Orbax renames it into place when done).
+  while not (killed / "checkpoints" / "20").exists():
     assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   logged_before_kill = max(losses(killed))
-  assert 40 <= logged_before_kill < 160, "the kill came too late to test a resume"
+  assert 20 <= logged_before_kill < 80, "the kill came too late to test a resume"
 
   proc = kbit_train(killed)
   out, _ = proc.communicate(timeout=600)

@@ -24,7 +24,8 @@ EVAL_MFU = 0.4
 MODEL_OVERHEAD_S = 10.0  # compile the train step, restore, evaluation compiles
 STEP_OVERHEAD_S = 0.15
 CELL_OVERHEAD_S = 1.0
-QUANTILE_COMPILE_S = 1.5  # `quantile` compiles its quantizer once per (layout, k)
+QUANTILE_COMPILE_S = 1.5  # `quantile`'s quantizer: one compile per layout (rtn; k an
+# argument, reference.compile_args), per (layout, k) under a calibrated method
 # Calibrated methods (grid.methods gptq, awq), measured on the CPU sizes (benchmarks/
 # gptq_cost.py and experiments/methods/): the calibration pass's compile, GPTQ's
 # sequential column loop per quantized value, AWQ's search per kernel and alpha.
@@ -116,7 +117,13 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
     trained_tokens = run.trained_steps * run.config.train.batch_size * seq_len
     train_flops = flops.flops_per_token(p, seq_len) * trained_tokens
     eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
-    quantile_cells = sum(c.spec.data_dependent for c in run.cells)
+    quantile_compiles = len(
+      {
+        (c.layout, c.method, None if c.method == "rtn" else c.spec.bits)
+        for c in run.cells
+        if c.spec.data_dependent
+      }
+    )
     method = _method_cost(plan, run, seq_len, peak_flops)
     per_model[run.name] = dict(
       params=presets.param_counts(p),
@@ -135,7 +142,7 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
       cells=len(run.cells),
       cell_s=eval_flops / (peak_flops * EVAL_MFU)
       + CELL_OVERHEAD_S
-      + QUANTILE_COMPILE_S * quantile_cells / len(run.cells)
+      + QUANTILE_COMPILE_S * quantile_compiles / len(run.cells)
       + method["total_s"] / len(run.cells),  # calibrated methods, spread over the cells
       methods=method,
     )

@@ -38,7 +38,8 @@ def _compact(values: Sequence[Any]) -> str:
 
 def _layout_rows(run: ModelRun, with_methods: bool = False) -> list[tuple[str, ...]]:
   """Cells per (block layout[, method]) and the quantizer compiles they need: one per
-  layout (quantile: per k); a calibrated method's per distinct kernel shape too."""
+  layout, and one more for its quantile cells (a calibrated method's: one per k and
+  distinct kernel shape)."""
   groups: dict[tuple, list[Cell]] = {}
   for cell in run.cells:
     groups.setdefault(cell.layout if cell.spec.quantized else None, []).append(cell)
@@ -53,7 +54,8 @@ def _layout_rows(run: ModelRun, with_methods: bool = False) -> list[tuple[str, .
         (run.name, *(("-",) if with_methods else ()), "16", "-", "-", "-", str(len(cells)), "0")
       )
       continue
-    compiles = int(any(d != "quantile" for d in dtypes)) + len(ks) * ("quantile" in dtypes)
+    quantile_ks = 1 if cells[0].method == "rtn" else len(ks)  # rtn: k is an argument
+    compiles = int(any(d != "quantile" for d in dtypes)) + quantile_ks * ("quantile" in dtypes)
     if cells[0].method != "rtn":
       if shapes is None:
         shapes = _kernel_shapes(run, cells[0].spec)
@@ -222,7 +224,7 @@ def format_plan(plan: Plan, cost: dict[str, Any], finished: set[str] = frozenset
     f"assuming {grid_cost.TRAIN_MFU:.0%} of it in training and {grid_cost.EVAL_MFU:.0%} in "
     f"evaluation, +{grid_cost.MODEL_OVERHEAD_S:g}s per model, +{grid_cost.STEP_OVERHEAD_S:g}s "
     f"per step, +{grid_cost.CELL_OVERHEAD_S:g}s per cell, +{grid_cost.QUANTILE_COMPILE_S:g}s per "
-    "quantile cell",
+    "quantile compile",
     f"estimated time: training {format_duration(cost['train_s'])}, evaluation "
     f"{format_duration(cost['eval_s'])}, total {format_duration(cost['total_s'])} "
     f"(for all {len(cells)} cells)",

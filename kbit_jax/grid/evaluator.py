@@ -5,10 +5,11 @@ once; each cell's quantized copy comes from one jitted `reference.fake_quant_par
 static spec is reduced to the cell's layout (block size, outlier share, centering, double
 quantization, targets) while the codebook, padded to 256 codes, is an array argument: one
 compile per layout serves every data-free (k, dtype). The data-dependent `quantile` type
-estimates its 2^k codes from the weights inside the function, so it compiles once per
-(layout, k). The quantized copy keeps the float parameters' shapes, dtypes and
-shardings, and the evaluation takes parameters as jit arguments, so every cell of a model
-reuses the same evaluation executables.
+estimates its codes from the weights inside the function, with k an array argument too
+(`reference.compile_args`), so it also compiles once per layout. The quantized copy
+keeps the float parameters' shapes, dtypes and shardings, and the evaluation takes
+parameters as jit arguments, so every cell of a model reuses the same evaluation
+executables.
 
 Calibrated methods (grid.methods gptq, awq): calibrated.py makes the model's calibration
 statistics once (fast mode) and applies the method per cell; their quantizers compile per
@@ -101,9 +102,7 @@ class CellEvaluator:
   def quantized(self, spec: QuantSpec) -> Any:
     if not spec.quantized:
       return self.params
-    return jax.block_until_ready(
-      self._quantize(self.params, reference.layout_spec(spec), reference.spec_codebook(spec))
-    )
+    return jax.block_until_ready(self._quantize(self.params, *reference.compile_args(spec)))
 
   def quantized_cell(self, cell: grid_plan.Cell) -> tuple[Any, dict[str, Any] | None]:
     """(params, the record's calibration group or None) of a cell under its method."""

@@ -13,6 +13,7 @@ Works on arrays, `jax.eval_shape` output or flax boxes alike: only shapes are re
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -113,7 +114,15 @@ def bits_report(params_or_shapes: Any, spec: QuantSpec) -> dict[str, Any]:
 
 
 def preset_shapes(preset: Preset) -> Any:
-  """Parameter shapes of `model.Transformer(preset)` via `jax.eval_shape` (no allocation)."""
+  """Parameter shapes of `model.Transformer(preset)` via `jax.eval_shape` (no allocation).
+
+  Traced once per preset (a 7B-shaped trace takes seconds, and a dry run's plan, cost and
+  memory tables each ask for every size); each call gets its own copy of the tree."""
+  return jax.tree.map(lambda s: s, _traced_shapes(preset))
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_shapes(preset: Preset) -> Any:
   from kbit_jax.model.transformer import Transformer  # flax model: only needed for this helper
 
   model = Transformer(preset)

@@ -185,13 +185,29 @@ def quantile_codebook(x: jax.Array, bits: int) -> jax.Array:
   for one per block.
   """
   _check_bits(bits)
-  n = 2**bits
+  return quantile_codebook_padded(x, bits)[..., : 2**bits]
+
+
+def quantile_codebook_padded(x: jax.Array, bits: int | jax.Array) -> jax.Array:
+  """`padded(quantile_codebook(x, bits))`, computed with `bits` traced: one compiled
+  function serves every k of a block layout (the grid's quantile cells).
+
+  The edges j / 2^k are the edges j 2^(8-k) / 256, exactly in float32, so the quantiles
+  are taken once at the 257 edges of 256 bins and code i of k bits pairs edges i s and
+  (i + 1) s, s = 2^(8-k); codes past 2^k are +inf. Shape (..., n) -> (..., 256)."""
+  n = CODEBOOK_SIZE
   levels_P = jnp.arange(n + 1, dtype=jnp.float32) / n
   q_Px = jnp.nanquantile(jnp.asarray(x, jnp.float32), levels_P, axis=-1)
   q_xP = jnp.moveaxis(q_Px, 0, -1)
+  stride = 2 ** (max(BITS) - jnp.asarray(bits, jnp.int32))
+  i_C = jnp.arange(n, dtype=jnp.int32)
+  used_C = i_C < n // stride
+  lo_C = jnp.where(used_C, i_C * stride, 0)
+  q_xC = (q_xP[..., lo_C] + q_xP[..., lo_C + jnp.where(used_C, stride, 0)]) / 2
   # Sorted by construction, not by the compiler's rounding: jnp.nanquantile interpolates
   # equal order statistics as a(1-t) + at, which XLA at -O0 rounds to 0.99999994 beside
   # 1.0 (tests/test_codebooks.py); other backends fuse and round in their own ways.
-  q_xC = jnp.sort((q_xP[..., :-1] + q_xP[..., 1:]) / 2, axis=-1)
-  absmax_x1 = jnp.max(jnp.abs(q_xC), axis=-1, keepdims=True)
+  # Unused slots sort last as NaN (as NaNs do), then become +inf padding.
+  q_xC = jnp.where(used_C, jnp.sort(jnp.where(used_C, q_xC, jnp.nan), axis=-1), jnp.inf)
+  absmax_x1 = jnp.max(jnp.where(used_C, jnp.abs(q_xC), 0.0), axis=-1, keepdims=True)
   return q_xC / jnp.where(absmax_x1 > 0, absmax_x1, 1.0)

@@ -5,7 +5,8 @@ blockwise absmax with the spec's codebook, optional double quantization, centeri
 16-bit outlier rows. Everything else is returned unchanged. `jax.jit(fake_quant_params,
 static_argnums=1)` compiles it; with `layout_spec(spec)` as the static spec and
 `spec_codebook(spec)` as a traced argument, one compiled function serves every
-(k, data-free dtype) with the same blocksize, targets and outlier share.
+(k, data-free dtype) with the same blocksize, targets and outlier share; `compile_args(spec)`
+also makes a data-dependent type's k an argument, so one compile serves every k of it too.
 """
 
 from __future__ import annotations
@@ -60,11 +61,23 @@ def layout_spec(spec: QuantSpec) -> QuantSpec:
   )
 
 
-def _data_codebook(w: jax.Array, spec: QuantSpec, keep: jax.Array | None) -> jax.Array:
+def compile_args(spec: QuantSpec) -> tuple[QuantSpec, np.ndarray | None, np.ndarray]:
+  """(static spec, codebook, k) for `fake_quant_params(params, *compile_args(s))`, which
+  computes `fake_quant_params(params, s)`: `layout_spec` and `spec_codebook`, and for a
+  data-dependent type (quantile) its k canonical in the static spec and passed as the
+  traced `data_bits`, so one compiled function serves every k of a layout
+  (codebooks.quantile_codebook_padded; equal within 1 ulp, tests/test_blockwise.py)."""
+  layout = layout_spec(spec)
+  if spec.data_dependent and spec.quantized:
+    layout = dataclasses.replace(layout, bits=max(codebooks.BITS))
+  return layout, spec_codebook(spec), np.int32(spec.bits)
+
+
+def _data_codebook(w: jax.Array, spec: QuantSpec, keep: jax.Array | None, bits) -> jax.Array:
   x = blockwise.normalized(w, spec.blocksize)
   if keep is not None:
     x = jnp.where(keep, jnp.nan, x)  # values kept in 16 bits are not part of the data
-  return codebooks.padded(codebooks.quantile_codebook(x.reshape(-1), spec.bits))
+  return codebooks.quantile_codebook_padded(x.reshape(-1), spec.bits if bits is None else bits)
 
 
 def fake_quant_tensor(
@@ -74,13 +87,15 @@ def fake_quant_tensor(
   codebook_C: jax.Array | None = None,
   *,
   kernel: bool = False,
+  data_bits: jax.Array | None = None,
 ) -> jax.Array:
   """Fake-quantizes one tensor; rows where `keep_R` is True stay exact (16-bit).
 
   `kernel=True` for a matmul kernel stored (in, out): its blocks then run along the input
   axis of each output unit, as in the study, which flattened PyTorch's (out, in) weights
   (the "contraction" layout of `aqt.py`). Per-channel scales (B = -1) are per output
-  column either way. Other tensors are flattened as stored.
+  column either way. Other tensors are flattened as stored. `data_bits` (traced)
+  replaces spec.bits for a data-dependent type's codes (`compile_args`).
   """
   quantized = w if keep_R is None else outliers.split_rows(w, keep_R)
   keep = None if keep_R is None else jnp.broadcast_to(keep_R[:, None], w.shape)
@@ -88,7 +103,7 @@ def fake_quant_tensor(
   if transpose:
     quantized, keep = quantized.T, (None if keep is None else keep.T)
   if spec.data_dependent:
-    codebook_C = _data_codebook(quantized, spec, keep)
+    codebook_C = _data_codebook(quantized, spec, keep, data_bits)
   elif codebook_C is None:
     codebook_C = spec_codebook(spec)
   quantized = blockwise.fake_quant(
@@ -125,8 +140,11 @@ def outlier_masks(params: Any, spec: QuantSpec) -> dict[tuple[str, ...], jax.Arr
   return masks
 
 
-def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None = None) -> Any:
-  """params -> params with every targeted kernel fake-quantized (same tree and dtypes)."""
+def fake_quant_params(
+  params: Any, spec: QuantSpec, codebook_C: jax.Array | None = None, data_bits=None
+) -> Any:
+  """params -> params with every targeted kernel fake-quantized (same tree and dtypes);
+  `data_bits`: a data-dependent type's k as a traced argument (`compile_args`)."""
   if not spec.quantized:
     return params
   names, leaves, treedef = named_leaves(params)
@@ -136,7 +154,14 @@ def fake_quant_params(params: Any, spec: QuantSpec, codebook_C: jax.Array | None
     if is_quantized(n, spec):
       leaf = reboxed(
         leaf,
-        fake_quant_tensor(unboxed(leaf), spec, masks.get(n), codebook_C, kernel=n[-1] == "kernel"),
+        fake_quant_tensor(
+          unboxed(leaf),
+          spec,
+          masks.get(n),
+          codebook_C,
+          kernel=n[-1] == "kernel",
+          data_bits=data_bits,
+        ),
       )
     out.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, out)
