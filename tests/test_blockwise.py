@@ -277,7 +277,6 @@ def test_quantile_codebook_per_block():
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)  # an eager init takes seconds; the tests only read it
 def _params(preset="s0"):
   model = Transformer(PRESETS[preset])
   return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))

@@ -172,7 +172,7 @@ def builtin_records(task: str, n: int, seed: int) -> list[Record]:
   """n records of `task` in its official format, the same for the same (n, seed).
 
   Made once per process (a grid evaluates the same items in every cell, and making
-  them is a pass over the corpus in Python: ~0.5 s per cell of the default grid); each
+  them is a pass over the corpus in Python: 0.25 s per cell of the default grid); each
   call gets its own copy."""
   return copy.deepcopy(_builtin_records(task, n, seed))
 
