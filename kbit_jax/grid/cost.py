@@ -9,13 +9,13 @@ on 2 shared CPU cores (load ~6; f32, tiny presets, where the fixed costs dominat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 
 from kbit_jax.evals import evaluate, scoring
-from kbit_jax.grid.plan import Plan
+from kbit_jax.grid.plan import RTN, Cell, Plan
 from kbit_jax.model import flops, presets
 from kbit_jax.train import data
 
@@ -24,8 +24,7 @@ EVAL_MFU = 0.4
 MODEL_OVERHEAD_S = 10.0  # compile the train step, restore, evaluation compiles
 STEP_OVERHEAD_S = 0.15
 CELL_OVERHEAD_S = 1.0
-QUANTILE_COMPILE_S = 1.5  # `quantile`'s quantizer: one compile per layout (rtn; k an
-# argument, reference.compile_args), per (layout, k) under a calibrated method
+QUANTILE_COMPILE_S = 1.5  # per compile of `quantile`'s quantizer (quantile_compiles)
 # Calibrated methods (grid.methods gptq, awq), measured on the CPU sizes (benchmarks/
 # gptq_cost.py and experiments/methods/): the calibration pass's compile, GPTQ's
 # sequential column loop per quantized value, AWQ's search per kernel and alpha.
@@ -33,6 +32,15 @@ CALIBRATION_OVERHEAD_S = 5.0
 GPTQ_S_PER_VALUE = 2e-7
 METHOD_KERNEL_S = 0.02  # per kernel and cell: dispatch, the Hessian's factorisation
 AWQ_S_PER_ALPHA_KERNEL = 0.004
+
+
+def quantile_compiles(cells: Sequence[Cell]) -> int:
+  """Quantizer compiles the `quantile` cells among `cells` need: one per layout under rtn
+  (k is an argument, reference.compile_args), one per (layout, k) under a calibrated
+  method (`Cell.layout` holds the method)."""
+  return len(
+    {(c.layout, None if c.method == RTN else c.spec.bits) for c in cells if c.spec.data_dependent}
+  )
 
 
 def _request_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
@@ -117,13 +125,6 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
     trained_tokens = run.trained_steps * run.config.train.batch_size * seq_len
     train_flops = flops.flops_per_token(p, seq_len) * trained_tokens
     eval_flops = flops.flops_per_token(p, seq_len, training=False) * (task_tokens + ppl_tokens)
-    quantile_compiles = len(
-      {
-        (c.layout, c.method, None if c.method == "rtn" else c.spec.bits)
-        for c in run.cells
-        if c.spec.data_dependent
-      }
-    )
     method = _method_cost(plan, run, seq_len, peak_flops)
     per_model[run.name] = dict(
       params=presets.param_counts(p),
@@ -142,7 +143,7 @@ def estimate(plan: Plan, peak_flops: float | None = None) -> dict[str, Any]:
       cells=len(run.cells),
       cell_s=eval_flops / (peak_flops * EVAL_MFU)
       + CELL_OVERHEAD_S
-      + QUANTILE_COMPILE_S * quantile_compiles / len(run.cells)
+      + QUANTILE_COMPILE_S * quantile_compiles(run.cells) / len(run.cells)
       + method["total_s"] / len(run.cells),  # calibrated methods, spread over the cells
       methods=method,
     )

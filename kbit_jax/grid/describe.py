@@ -54,8 +54,7 @@ def _layout_rows(run: ModelRun, with_methods: bool = False) -> list[tuple[str, .
         (run.name, *(("-",) if with_methods else ()), "16", "-", "-", "-", str(len(cells)), "0")
       )
       continue
-    quantile_ks = 1 if cells[0].method == "rtn" else len(ks)  # rtn: k is an argument
-    compiles = int(any(d != "quantile" for d in dtypes)) + quantile_ks * ("quantile" in dtypes)
+    compiles = int(any(d != "quantile" for d in dtypes)) + grid_cost.quantile_compiles(cells)
     if cells[0].method != "rtn":
       if shapes is None:
         shapes = _kernel_shapes(run, cells[0].spec)

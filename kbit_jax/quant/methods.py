@@ -4,7 +4,8 @@
 kernel `spec` targets replaced by its dequantized weights under the method, and every
 other leaf (and the tree, the dtypes, the shardings, the flax boxes) as it came in:
 - "rtn": round to nearest, `reference.fake_quant_params` exactly as grid.py's
-  CellEvaluator runs it (jitted, `layout_spec` static, the codebook an argument);
+  CellEvaluator runs it (jitted, `reference.compile_args`: the layout static, the
+  codebook and a quantile cell's k arguments);
 - "gptq": `gptq.quantize_kernel` of each kernel with its Hessian;
 - "awq": `awq.quantize_kernels`, per-input-channel scales searched per group.
 Every method stores its result in RTN's layout (codes, constants), and outlier rows come
@@ -198,7 +199,7 @@ def quantize_params(
   if method == "rtn":
     if not spec.quantized:
       return params
-    out = _rtn(params, reference.layout_spec(spec), reference.spec_codebook(spec))
+    out = _rtn(params, *reference.compile_args(spec))
     return jax.tree.map(_like, params, out)
   if not spec.quantized:
     return params

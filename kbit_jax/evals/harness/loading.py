@@ -14,7 +14,8 @@ Two kinds of directory:
 The quantization arguments build the grid's `QuantSpec` and are checked against the
 model's tensors as grid/plan.py checks a cell (the same messages), before any parameter
 is read; the parameters are then fake-quantized by the grid's one jitted
-`reference.fake_quant_params` (layout static, codebook an argument), so a k-bit
+`reference.fake_quant_params` (`reference.compile_args`: layout static, the codebook and a
+quantile cell's k arguments), so a k-bit
 evaluation here sees exactly the weights a grid cell with that spec sees.
 """
 
@@ -243,9 +244,7 @@ def quantize(params: Any, spec: QuantSpec) -> Any:
     static_argnums=1,
     out_shardings=jax.tree.map(lambda x: x.sharding, params),
   )
-  return jax.block_until_ready(
-    fn(params, reference.layout_spec(spec), reference.spec_codebook(spec))
-  )
+  return jax.block_until_ready(fn(params, *reference.compile_args(spec)))
 
 
 def prepare_host(args: ModelArgs) -> None:
